@@ -119,6 +119,7 @@ def user_assistant(user: str, assistant: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. Converters: one raw record -> (samples, info). A sample = {"m": messages, "st": [stages]}.
+#    "key" (first sample) is the record's text before templating, used for exact dedup.
 #    A user mistake raises DataError(path, line, field, ...); a filtered record raises Drop(reason).
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -137,7 +138,8 @@ def convert_statute(rec, path, line, rng, opts, ctx):
     sub = rec.get("article_sub") or 0
     art = utils.article_cn(num, sub)
     forms = rng.sample(TEMPLATES["statute"], 2)
-    samples = [{"m": user_assistant(forms[0].format(law=law, art=art), text), "st": [1, 2] if is_key_law(rec) else [1]}]
+    samples = [{"m": user_assistant(forms[0].format(law=law, art=art), text), "st": [1, 2] if is_key_law(rec) else [1],
+                "key": law + art + text}]
     if is_key_law(rec):  # stage 2 resamples key laws with a second question form
         samples.append({"m": user_assistant(forms[1].format(law=law, art=art), text), "st": [2]})
     return samples
@@ -154,7 +156,7 @@ def convert_judgment(rec, path, line, rng, opts, ctx):
         raise DataError(path, line, "meta", f"cannot read the labels: {e}", reason="bad_field") from None
     prompt = utils.judgment_prompt(fact)
     ctx["rl"] = {"prompt": prompt, "truth": truth}
-    return [{"m": user_assistant(prompt, utils.format_answer(truth)), "st": task_stages(rng, ctx)}]
+    return [{"m": user_assistant(prompt, utils.format_answer(truth)), "st": task_stages(rng, ctx), "key": prompt}]
 
 
 def task_stages(rng, ctx) -> list[int]:
@@ -167,7 +169,7 @@ def convert_lawbench_task(rec, path, line, rng, opts, ctx):
     instruction = rec.get("instruction") or ""
     user = rng.choice(TEMPLATES["lawbench"]).format(instruction=instruction, question=question) if instruction \
         else question
-    return [{"m": user_assistant(user, answer), "st": task_stages(rng, ctx)}]
+    return [{"m": user_assistant(user, answer), "st": task_stages(rng, ctx), "key": question + answer}]
 
 
 def convert_cail_task(rec, path, line, rng, opts, ctx):
@@ -180,6 +182,7 @@ def convert_cail_task(rec, path, line, rng, opts, ctx):
             ans = "根据文书内容无法回答该问题。"
         ans = {"YES": "是", "NO": "否"}.get(ans, ans)
         user = rng.choice(TEMPLATES["cjrc"]).format(context=context, question=question)
+        key = context + question + ans
     elif fmt == "argmine":
         sc = require(rec, "sc", path, line)
         cands = require(rec, "candidates", path, line, kind=dict)
@@ -190,6 +193,7 @@ def convert_cail_task(rec, path, line, rng, opts, ctx):
         letter = letters[int(ans) - 1]
         user = rng.choice(TEMPLATES["argmine"]).format(sc=sc, cands="\n".join(f"{k}：{cands[k]}" for k in letters))
         ans = f"{letter}：{cands[letter]}"
+        key = user[user.index(sc):]
     elif fmt == "ie":
         text = require(rec, "sentText", path, line)
         ents = rec.get("entityMentions") or []
@@ -201,10 +205,11 @@ def convert_cail_task(rec, path, line, rng, opts, ctx):
             raise Drop("no_entities")
         user = rng.choice(TEMPLATES["ie"]).format(text=text)
         ans = "实体：\n" + "\n".join(dict.fromkeys(ent_lines)) + ("\n关系：\n" + "\n".join(rel_lines) if rel_lines else "")
+        key = text + ans
     else:
         raise DataError(path, None, "options.format", f"cail_task needs format cjrc|argmine|ie, got {fmt!r}",
                         reason="bad_manifest")
-    return [{"m": user_assistant(user, ans), "st": task_stages(rng, ctx)}]
+    return [{"m": user_assistant(user, ans), "st": task_stages(rng, ctx), "key": key}]
 
 
 def convert_exam_mcq(rec, path, line, rng, opts, ctx):
@@ -221,7 +226,8 @@ def convert_exam_mcq(rec, path, line, rng, opts, ctx):
         options = {}
         answer = require(rec, "output", path, line)
     full_q = q.strip() + "".join(f"\n{k}. {v}" for k, v in options.items())
-    return [{"m": user_assistant(rng.choice(TEMPLATES["mcq"]).format(q=full_q), answer), "st": task_stages(rng, ctx)}]
+    return [{"m": user_assistant(rng.choice(TEMPLATES["mcq"]).format(q=full_q), answer), "st": task_stages(rng, ctx),
+             "key": full_q + answer}]
 
 
 def convert_consultation(rec, path, line, rng, opts, ctx):
@@ -243,7 +249,7 @@ def convert_consultation(rec, path, line, rng, opts, ctx):
             raise Drop("llm_incoherent")
         hq = min(s["clarity"], s["coherence"]) >= cfg.llm_hq
     user = rng.choice(TEMPLATES["consultation"]).format(q=q.strip())
-    return [{"m": user_assistant(user, a), "st": [1, 2] if hq else [1]}]
+    return [{"m": user_assistant(user, a), "st": [1, 2] if hq else [1], "key": q + a}]
 
 
 def convert_general(rec, path, line, rng, opts, ctx):
@@ -523,7 +529,9 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
                 ctx.pop("rl", None)
                 try:
                     samples = conv(rec, path, line, rng, src["options"], ctx)
-                    key = text_key(sample_text(samples[0]))
+                    # exact dedup on the record's own normalised text (before templates: a template must not hide
+                    # a duplicate)
+                    key = text_key(samples[0].pop("key", None) or sample_text(samples[0]))
                     if key in seen:
                         raise Drop("duplicate")
                     if decon is not None:
