@@ -215,7 +215,7 @@ def consultations():
 
 def consultations_laws():
     """query / response (+ laws) format."""
-    return [{"query": q, "laws": [f"《{law}》{art}：{text}"], "response": a}
+    return [{"query": "我想咨询一下：" + q, "laws": [f"《{law}》{art}：{text}"], "response": a}
             for (q, a), (law, art, text) in zip(CONSULT[6:], [
                 ("刑法", "第二百三十四条", ARTICLES[8][5]), ("民法典", "第一千零八十四条", ARTICLES[20][5]),
                 ("刑法", "第二百六十四条", ARTICLES[10][5]), ("劳动合同法", "第十条", ARTICLES[25][5]),
