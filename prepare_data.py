@@ -61,7 +61,8 @@ class Config:
                                                               "(comma list; 1-1 = statute recitation)"})
     boilerplate_items: int = field(default=5, metadata={"help": "windows found in >= this many LawBench items ignored"})
     seq_len: int = field(default=32768, metadata={"help": "pack length"})
-    overlong: str = field(default="truncate", metadata={"help": "samples longer than seq_len: truncate | drop"})
+    overlong: str = field(default="drop", metadata={"help": "samples longer than seq_len: drop | truncate (a cut "
+                                                                  "judgment loses its answer, so drop is the default)"})
     general_ratio: float = field(default=0.1, metadata={"help": "share of general data in stage1 (0 / 0.1 / 0.2)"})
     stage2_task_frac: float = field(default=0.3, metadata={"help": "share of legal-task records resampled to stage2"})
     seed: int = field(default=0, metadata={"help": "templates, resampling and pack order"})
@@ -413,6 +414,9 @@ def normalize(text: str) -> str:
     return _NON_WORD.sub("", text).lower()
 
 
+_BASE = np.uint64(1_000_003)
+
+
 def window_hashes(text: str, w: int) -> np.ndarray:
     """Polynomial hashes of every w-character window of `text`. Returns uint64 [max(0, len(text) - w + 1)]."""
     c = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
@@ -420,9 +424,8 @@ def window_hashes(text: str, w: int) -> np.ndarray:
     if n <= 0:
         return np.zeros(0, dtype=np.uint64)
     h = np.zeros(n, dtype=np.uint64)
-    base = np.uint64(1_000_003)
     for j in range(w):  # wraps mod 2**64
-        h = h * base + c[j:j + n]
+        h = h * _BASE + c[j:j + n]
     return h
 
 
@@ -433,6 +436,8 @@ class Decontaminator:
     items (template phrases) are ignored. A record is flagged when it contains min(`min_hits`, `min_frac` x n) of the
     n distinct windows of one LawBench item (all positions of the record are checked), i.e. a long shared passage or
     most of a short item: one shared legal phrase is not enough."""
+
+    BITMAP_BITS = 25  # 32 MB per window size
 
     def __init__(self, lawbench_dir, window=24, short_window=12, short_below=48, min_hits=24, min_frac=0.5,
                  boilerplate_items=5, answer_tasks=("1-1",)):
@@ -463,7 +468,7 @@ class Decontaminator:
                     per_w[w][0].append(h)
                     per_w[w][1].append(np.full(len(h), item, dtype=np.int32))
         self.need = np.maximum(1, np.minimum(min_hits, np.ceil(min_frac * np.asarray(n_windows)))).astype(np.int64)
-        self.index = {}
+        self.index, self.bits = {}, {}
         for w, (hs, ids) in per_w.items():
             h = np.concatenate(hs) if hs else np.zeros(0, np.uint64)
             ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
@@ -472,15 +477,31 @@ class Decontaminator:
             uniq, start, counts = np.unique(h, return_index=True, return_counts=True)
             keep = np.repeat(counts < boilerplate_items, counts)
             self.index[w] = (h[keep], ids[keep])
+            # a bitmap on the top hash bits answers "surely absent" for most windows without a binary search
+            bits = np.zeros(1 << self.BITMAP_BITS, dtype=bool)
+            bits[h[keep] >> np.uint64(64 - self.BITMAP_BITS)] = True
+            self.bits[w] = bits
+        self.window, self.short_window = window, short_window
 
     def hits(self, text: str, tasks: tuple[str, ...] | None = None) -> set[int]:
         """Ids of LawBench items (of `tasks`, default all) that `text` overlaps."""
         t = normalize(text)
         found: dict[int, int] = {}
-        for w, (H, ids) in self.index.items():
-            if len(H) == 0 or len(t) < w:
+        hashes = {}
+        if len(t) >= self.short_window:
+            hashes[self.short_window] = window_hashes(t, self.short_window)
+        if len(t) >= self.window:
+            if self.window == 2 * self.short_window:  # h24(i) = B^12 h12(i) + h12(i+12): reuse the short hashes
+                h12, k = hashes[self.short_window], self.short_window
+                hashes[self.window] = h12[:-k] * _BASE ** np.uint64(k) + h12[k:]
+            else:
+                hashes[self.window] = window_hashes(t, self.window)
+        for w, h in hashes.items():
+            H, ids = self.index[w]
+            h = h[self.bits[w][h >> np.uint64(64 - self.BITMAP_BITS)]]  # candidates only
+            if len(h) == 0:
                 continue
-            h = np.unique(window_hashes(t, w))
+            h = np.unique(h)
             lo = np.searchsorted(H, h, side="left")
             hi = np.searchsorted(H, h, side="right")
             for a, b in zip(lo[hi > lo], hi[hi > lo]):
