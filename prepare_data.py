@@ -782,6 +782,7 @@ def run(cfg: Config, scorer=None) -> dict:
         if not cfg.llm_model:
             raise DataError("--llm_model", None, None, "needed with --llm_url", reason="bad_flag")
         scorer = LLMScorer(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, cfg.llm_cache or out / "llm_scores.jsonl")
+    timings = {}
     decon = None
     if cfg.lawbench_dir and cfg.decontaminate:
         decon = Decontaminator(cfg.lawbench_dir, cfg.window, cfg.short_window, cfg.short_below, cfg.min_window_hits,
@@ -790,7 +791,9 @@ def run(cfg: Config, scorer=None) -> dict:
         print(f"decontamination index: {len(decon.items)} LawBench items", flush=True)
 
     # 1-6: load, convert, filter, dedup, decontaminate
+    timings["index"] = time.time() - t0
     report = collect(cfg, sources, out, scorer, decon)
+    timings["load_filter_dedup_decontaminate"] = time.time() - t0 - sum(timings.values())
     if scorer is not None:
         report["llm_filter"] = {"calls": scorer.calls, "cache_hits": scorer.hits}
     c = report.pop("counts")
@@ -806,6 +809,7 @@ def run(cfg: Config, scorer=None) -> dict:
 
     # 8: tokenize + pack
     tok = tokenize_all(cfg, out / "work", general_keep, c["legal_samples"] + n_gen)
+    timings["tokenize"] = time.time() - t0 - sum(timings.values())
     from transformers import AutoTokenizer
     pad_id = AutoTokenizer.from_pretrained(cfg.model).pad_token_id or 0
     lengths = tok["lengths"]
@@ -817,7 +821,9 @@ def run(cfg: Config, scorer=None) -> dict:
         report["stages"][name] = write_stage(cfg, out / "work", out / name, name, index, lengths, offsets, pad_id)
     for f in ("tokens.bin", "sup.bin"):
         (out / "work" / f).unlink()
+    timings["pack_write"] = time.time() - t0 - sum(timings.values())
     report["seconds"] = round(time.time() - t0, 1)
+    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
 
     # 9: report
     (out / "data_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -837,6 +843,7 @@ def print_report(report: dict):
     for name, d in report["decontamination"].items():
         print(f"decontamination {name}: " + ", ".join(f"{t}={n} items" for t, n in d.items()))
     print(f"duplicates: {report['duplicates']}   overlong: {report['overlong']}   mix: {report['mix']}")
+    print(f"seconds: {report['seconds']}  {report.get('timings', {})}")
     print(f"\n{'stage':<10}{'samples':>10}{'tokens':>14}{'packs':>8}{'efficiency':>12}  lengths")
     for name, s in report["stages"].items():
         print(f"{name:<10}{s['samples']:>10}{s['tokens']:>14}{s['packs']:>8}{s['packing_efficiency']:>12.4%}  "
