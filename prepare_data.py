@@ -799,7 +799,8 @@ def run(cfg: Config, scorer=None) -> dict:
     c = report.pop("counts")
 
     # 7: mix. stage1 = legal + general at general_ratio of the stage; stage2 = samples tagged 2
-    n_legal1 = sum(1 for _ in open(out / "work" / "legal.jsonl", encoding="utf-8") if '"st": [1' in _)
+    with open(out / "work" / "legal.jsonl", encoding="utf-8") as f:
+        n_legal1 = sum(1 for line in f if '"st": [1' in line)  # legal samples in stage 1
     want = int(round(cfg.general_ratio / (1 - cfg.general_ratio) * n_legal1)) if cfg.general_ratio < 1 else \
         c["general_samples"]
     n_gen = min(want, c["general_samples"])
