@@ -463,3 +463,57 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.cmd == "tiny-model":
         print(build_tiny_model(a.out, vocab_size=a.vocab_size, seed=a.seed))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Packing: best fit, a sample is never split; boundaries and restarting positions (PACKED_FORMAT.md)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def best_fit_pack(lengths, capacity: int, seed: int = 0) -> list[list[int]]:
+    """Best-fit-decreasing bin packing of whole samples.
+
+    lengths: int [n], each 1 <= lengths[i] <= capacity. Returns packs: a list of lists of sample indices (each index
+    exactly once, sum of lengths per pack <= capacity). Samples go longest first (ties by index) into the open pack
+    with the least room that still fits; the packs are then shuffled with `seed`. Deterministic for (lengths, seed).
+    """
+    import bisect
+    import random as _random
+    lengths = [int(x) for x in lengths]
+    for i, n in enumerate(lengths):
+        if not 1 <= n <= capacity:
+            raise ValueError(f"sample {i} has length {n}, outside 1..{capacity}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    packs: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # sorted (remaining capacity, pack id) of packs that still have room
+    for i in order:
+        n = lengths[i]
+        j = bisect.bisect_left(room, (n, -1))
+        if j < len(room):
+            free, p = room.pop(j)
+        else:
+            free, p = capacity, len(packs)
+            packs.append([])
+        packs[p].append(i)
+        if free - n > 0:
+            bisect.insort(room, (free - n, p))
+    _random.Random(seed).shuffle(packs)
+    return packs
+
+
+def pack_boundaries(lengths) -> "np.ndarray":
+    """Sample lengths [k] of one pack -> cu_seqlens int32 [k+1] = [0, l0, l0+l1, ..., sum]."""
+    import numpy as np
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int32)
+
+
+def pack_position_ids(cu_seqlens, seq_len: int) -> "np.ndarray":
+    """cu_seqlens [k+1] -> position ids int32 [seq_len]: 0,1,2,... restarting at each sample start, 0 on padding."""
+    import numpy as np
+    cu = np.asarray(cu_seqlens, dtype=np.int64)
+    pos = np.zeros(seq_len, dtype=np.int32)
+    n = int(cu[-1])
+    if n:
+        idx = np.arange(n)
+        starts = np.repeat(cu[:-1], np.diff(cu))
+        pos[:n] = idx - starts
+    return pos

@@ -6,3 +6,6 @@ RUN=${RUN:-runs/demo}
 mkdir -p "$RUN"
 echo "== tiny model"
 python utils.py tiny-model --out "$RUN/model"
+echo "== prepare_data on the built-in sample (decontaminated against the sample LawBench items)"
+python prepare_data.py --manifest data/sample/manifest.json --lawbench_dir data/sample/lawbench \
+    --model "$RUN/model" --seq_len 4096 --workers 1 --out "$RUN/data"
