@@ -117,3 +117,153 @@ def test_parse_weights():
     assert rl.parse_weights("charge=1,format=0") == {"charge": 1.0, "format": 0.0}
     with pytest.raises(ValueError):
         rl.parse_weights("bogus=1")
+
+
+# ---- 2 ranks (gloo) == 1 process on the same rollouts ------------------------------------------------------------------
+
+DP_SCRIPT = r'''
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+import rl
+model_dir, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+if dist.is_available() and "RANK" in __import__("os").environ:
+    dist.init_process_group("gloo")
+rank, world = rl.dist_info()
+torch.manual_seed(0)
+N = 8
+prompts = [[5 + i, 6, 7 + i % 3][: 2 + i % 2] for i in range(N)]
+comps = [[10 + (i * 7 + j) % 50 for j in range(1 + (i * 3) % 6)] for i in range(N)]
+model = rl.load_model(model_dir, "float32")
+opt = torch.optim.SGD(model.parameters(), lr=1.0)  # update == gradient: compared exactly, no Adam noise
+cfg = rl.RLConfig(model=model_dir, prompts="-", output_dir="-", micro_batch=3, loss_agg=mode, beta=0.1,
+                  max_new_tokens=6)
+full = rl.build_batch(prompts, comps, pad_id=0)
+adv = rl.group_advantages(torch.arange(N, dtype=torch.float32) % 3, 4)
+old = rl.batch_logprobs(model, full, 8) - 0.05
+ref = old + 0.1
+per = N // world
+rows = slice(rank * per, (rank + 1) * per)
+batch = rl.build_batch(prompts[rows], comps[rows], pad_id=0)
+Tc = batch["tokens"].shape[1]
+mask = rl.length_mask(batch["lengths"], Tc)
+st = rl.train_on_batch(model, opt, batch, adv[rows], old[rows, :Tc], ref[rows, :Tc], mask, cfg)
+if rank == 0:
+    torch.save({{"params": model.state_dict(), "stats": st}}, out)
+'''
+
+
+@pytest.mark.parametrize("mode", ["token_mean"])
+def test_two_ranks_same_update_as_one_process(tiny_model, tmp_path, mode):
+    import subprocess
+    import sys
+    script = tmp_path / "dp.py"
+    script.write_text(DP_SCRIPT.format(repo=str(Path(rl.__file__).parent)))
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    subprocess.run([sys.executable, str(script), str(tiny_model), str(one), mode], check=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                    str(script), str(tiny_model), str(two), mode], check=True, env={**__import__("os").environ,
+                                                                                  "OMP_NUM_THREADS": "1"})
+    a, b = torch.load(one), torch.load(two)
+    init = rl.load_model(tiny_model, "float32").state_dict()
+    moved = max((a["params"][k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-4  # the update did something
+    for k in init:
+        assert torch.allclose(a["params"][k], b["params"][k], atol=1e-6, rtol=1e-4), k
+    for k in ("loss", "kl", "clip_frac", "entropy", "grad_norm"):
+        assert a["stats"][k] == pytest.approx(b["stats"][k], rel=1e-4, abs=1e-6), k
+
+
+# ---- learnability: GRPO end to end on CPU with the tiny model ----------------------------------------------------------
+
+CHARGES = ["盗窃", "抢劫", "诈骗", "故意伤害"]
+NAMES = ["张三", "李四", "王五", "赵六", "孙七", "周八"]
+PREFIX = "<answer>\n罪名："
+
+
+def _truth(c):
+    return {"charges": [c], "articles": [264], "term_months": 12, "life": False, "death": False}
+
+
+def _charge_reward(text, truth):
+    """The real parser and charge F1 on the forced answer prefix + the completion (the rest of the block is fixed)."""
+    return utils.legal_reward(text + "\n法条：\n刑期：\n</answer>", truth,
+                              {"charge": 1, "article": 0, "term": 0, "format": 0})
+
+
+@pytest.fixture(scope="module")
+def warm_model(tmp_path_factory):
+    """Tiny model whose tokenizer knows the task, SFT-warmed to answer one of 4 charges UNIFORMLY (independent of the
+    facts), so that GRPO has something to learn: the court's charge (always 盗窃 here, named in the facts)."""
+    import random
+    from transformers import AutoTokenizer
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    d = tmp_path_factory.mktemp("rlwarm")
+    texts = [f"被告人{n}实施{c}。" + PREFIX + c2 + "罪" for c in CHARGES for n in NAMES for c2 in CHARGES]
+    mdir = utils.build_tiny_model(d / "init", texts=texts, vocab_size=400)
+    tok = AutoTokenizer.from_pretrained(mdir)
+    model = rl.load_model(mdir, "float32")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = []
+    for n in NAMES:
+        for c2 in CHARGES:
+            p = tok.apply_chat_template([{"role": "user", "content": f"被告人{n}实施盗窃。"}], tokenize=False,
+                                        add_generation_prompt=True) + PREFIX
+            pi = tok(p, add_special_tokens=False)["input_ids"]
+            ci = tok(c2 + "罪" + tok.eos_token, add_special_tokens=False)["input_ids"]
+            data.append((pi + ci, [-100] * len(pi) + ci))
+    for _ in range(40):
+        b = rng.sample(data, 16)
+        L = max(len(x) for x, _ in b)
+        ids = torch.tensor([x + [0] * (L - len(x)) for x, _ in b])
+        lab = torch.tensor([y + [-100] * (L - len(y)) for _, y in b])
+        opt.zero_grad()
+        model(input_ids=ids, labels=lab).loss.backward()
+        opt.step()
+    model.save_pretrained(d / "sft")
+    tok.save_pretrained(d / "sft")
+    prompts = d / "prompts.jsonl"
+    utils.write_jsonl(prompts, [{"prompt": f"被告人{n}实施盗窃。", "truth": _truth("盗窃")} for n in NAMES])
+    return d / "sft", prompts
+
+
+def _cfg(model, prompts, out, **kw):
+    return rl.RLConfig(model=str(model), prompts=str(prompts), output_dir=str(out), group_size=8, prompts_per_step=4,
+                       lr=1e-3, max_new_tokens=5, response_prefix=PREFIX, sample_every=10, log_every=10, **kw)
+
+
+def test_learnability_reward_rises(warm_model, tmp_path):
+    model, prompts = warm_model
+    out = rl.train(_cfg(model, prompts, tmp_path / "run", max_steps=30, seed=0), reward_fn=_charge_reward)
+    m = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    r = [x["reward"] for x in m]
+    assert len(r) == 30
+    first, last = sum(r[:10]) / 10, sum(r[-10:]) / 10
+    print(f"learnability: first10 {first:.3f} last10 {last:.3f}")
+    assert last > first + 0.1 and last > 0.85
+    for k in ("reward_charge", "reward_format", "zero_var_frac", "kl", "clip_frac", "entropy", "completion_len",
+              "rollout_tok_s", "weight_sync_s", "step_time", "t_rollout", "t_logprobs", "t_train"):
+        assert k in m[0], k
+    assert (out / "final" / "config.json").is_file() and (out / "samples.jsonl").stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["group_size"] == 8
+
+
+def test_resume_continues_the_run(warm_model, tmp_path):
+    model, prompts = warm_model
+    out = tmp_path / "run"
+    rl.train(_cfg(model, prompts, out, max_steps=2, beta=0.05, loss_agg="seq_mean", mu=2), reward_fn=_charge_reward)
+    state = torch.load(out / "ckpt" / "state.pt", weights_only=False)
+    assert state["step"] == 2
+    rl.train(_cfg(model, prompts, out, max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2, resume=True),
+             reward_fn=_charge_reward)
+    m = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [x["step"] for x in m] == [1, 2, 3]
+    assert m[-1]["kl"] >= 0 and m[-1]["clip_frac"] >= 0
+
+
+def test_bad_prompt_file_is_a_one_line_error(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "x"}\n', encoding="utf-8")
+    with pytest.raises(utils.DataError, match="p.jsonl:1: field 'truth'"):
+        rl.load_prompts(p, AutoTokenizer.from_pretrained(tiny_model), 64)
