@@ -233,7 +233,7 @@ class HFRollout:
 class VLLMWeightSync:
     """vLLM worker extension (worker_extension_cls='rl.VLLMWeightSync'): load trainer weights in place."""
 
-    def update_weights(self, named_tensors):
+    def lexlab_load_weights(self, named_tensors):
         self.reload_weights(weights_iterator=iter(named_tensors))
 
 
@@ -272,7 +272,7 @@ class VLLMRollout:
         """Push the trainer's weights into the engine; returns seconds taken."""
         t0 = time.time()
         named = [(k, v.detach()) for k, v in model.state_dict().items()]
-        self.llm.collective_rpc("update_weights", args=(named,))
+        self.llm.collective_rpc("lexlab_load_weights", args=(named,))
         self.llm.reset_prefix_cache()
         return time.time() - t0
 

