@@ -55,7 +55,8 @@ class RLConfig:
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low"})
     clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)"})
     beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)"})
-    loss_agg: str = field(default="token_mean", metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)"})
+    loss_agg: str = field(default="token_mean",
+                          metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)"})
     scale_std: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: Dr. GRPO)"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"})
     mask_truncated: bool = field(default=False, metadata={"help": "exclude completions that hit max_new_tokens"})
@@ -66,7 +67,8 @@ class RLConfig:
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
     response_prefix: str = field(default="", metadata={"help": "text forced at the start of every completion"})
     reward_weights: str = field(default="", metadata={"help": "e.g. charge=0.35,article=0.25,term=0.25,format=0.15"})
-    charge_list: str | None = field(default=None, metadata={"help": "official charge list (default ../shared accu.txt)"})
+    charge_list: str | None = field(default=None,
+                                    metadata={"help": "official charge list (default ../shared accu.txt)"})
     backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)"})
     vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes"})
     vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)"})

