@@ -458,7 +458,7 @@ def train(cfg: RLConfig, reward_fn=None) -> Path:
         old_logp = batch_logprobs(model, batch, cfg.micro_batch)
         ref_logp = batch_logprobs(ref, batch, cfg.micro_batch) if ref is not None else None
         t_logp = time.time() - t0
-        lp_diff = float("nan")
+        lp_diff = None  # only with a sampler that reports log-probs (vLLM)
         if res and res[0][1] is not None:
             vl = torch.zeros_like(old_logp)
             for i, r in enumerate(res):
