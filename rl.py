@@ -1,0 +1,533 @@
+"""
+GRPO on judgment facts with legal rewards (LexPro-1.0's RL stage), in one file.
+
+    torchrun --nproc_per_node N rl.py --model DIR --prompts RL_PROMPTS.jsonl --output_dir OUT \
+        [--group_size G] [--max_steps K] [--backend vllm|hf] ...
+
+Per step: sample `prompts_per_step` prompts (per rank), G completions each (vLLM colocated, or HF generate), score
+them with utils.legal_reward, compute group-normalised advantages, recompute the old log-probs with the trainer,
+take `mu` inner epochs of clipped-ratio updates, push the new weights into the vLLM engine. Writes OUT/metrics.jsonl
+(a `reward` field per step), OUT/samples.jsonl, OUT/ckpt/ (resume) and OUT/final/ (Hugging Face folder).
+
+Sections:
+  1. Config
+  2. GRPO math            - pure functions with shapes in the docstrings (tests/test_rl.py checks them by hand)
+  3. Rollouts             - vLLM colocated with per-step weight push, or HF generate
+  4. Trainer              - plain torch (+ optional torch.distributed gloo/nccl data parallel with all-reduced grads).
+                            Kept minimal and separate so it can be switched to the FSDP2 pieces of sft.py at merge.
+  5. Loop                 - metrics, samples, checkpoint / resume, export
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import utils
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Config
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RLConfig:
+    """GRPO with legal rewards (charge / statute / sentence / format)."""
+    model: str = field(metadata={"help": "Hugging Face model folder (policy init and reference)"})
+    prompts: str = field(metadata={"help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py)"})
+    output_dir: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, ckpt/, final/"})
+    group_size: int = field(default=8, metadata={"help": "G completions per prompt"})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)"})
+    mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch"})
+    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)"})
+    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward"})
+    clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low"})
+    clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)"})
+    beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)"})
+    loss_agg: str = field(default="token_mean",
+                          metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)"})
+    scale_std: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: Dr. GRPO)"})
+    dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"})
+    mask_truncated: bool = field(default=False, metadata={"help": "exclude completions that hit max_new_tokens"})
+    max_new_tokens: int = field(default=512, metadata={"help": "completion length limit"})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "longer prompts are cut from the left"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    response_prefix: str = field(default="", metadata={"help": "text forced at the start of every completion"})
+    reward_weights: str = field(default="", metadata={"help": "e.g. charge=0.35,article=0.25,term=0.25,format=0.15"})
+    charge_list: str | None = field(default=None,
+                                    metadata={"help": "official charge list (default ../shared accu.txt)"})
+    backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)"})
+    vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes"})
+    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16"})
+    seed: int = field(default=0, metadata={"help": "seed (prompt sampler, sampling, init)"})
+    log_every: int = field(default=1, metadata={"help": "print every N steps"})
+    sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/ckpt if present"})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. GRPO math (pure functions)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = True, eps: float = 1e-6):
+    """rewards [B*G] (G consecutive completions per prompt) -> advantages [B*G].
+
+    A = (r - mean_group) / (std_group + eps), std unbiased as in TRL/verl; scale_std=False gives Dr. GRPO's r - mean.
+    """
+    r = rewards.view(-1, group_size).float()
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale_std:
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        adv = adv / (std + eps)
+    return adv.reshape(-1)
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards [B*G] -> bool [B]: True where all G rewards of a prompt are equal (no learning signal)."""
+    r = rewards.view(-1, group_size)
+    return (r.max(dim=1).values - r.min(dim=1).values).abs() < 1e-8
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """lengths [N] -> float mask [N, max_len] with mask[i, t] = t < lengths[i].
+
+    Built from lengths, never from token ids: with pad == eos an id-based mask silently drops the EOS token."""
+    return (torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]).float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T])."""
+    logp_all = F.log_softmax(logits.float(), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref) per token [N, T]: exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_policy_loss(logp, old_logp, advantages, clip_low: float, clip_high: float):
+    """logp, old_logp [N, T], advantages [N] -> (per-token loss [N, T], clipped [N, T] bool).
+
+    loss = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)), ratio = exp(logp - old_logp)."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens_global: float | None = None,
+                   n_seqs_global: float | None = None, constant: float | None = None) -> torch.Tensor:
+    """Per-token loss [N, T] + mask [N, T] -> scalar, normalised so that summing over micro-batches and ranks gives
+    the loss of the whole (global) batch:
+
+      token_mean: sum(loss * mask) / n_tokens_global                 (DAPO; every token weighs the same)
+      seq_mean:   sum_i (sum_t loss * mask / len_i) / n_seqs_global  (original GRPO)
+      constant:   sum(loss * mask) / (n_seqs_global * constant)      (Dr. GRPO, constant = max completion length)
+    The *_global defaults are this batch's own counts."""
+    masked = loss * mask
+    n_tokens_global = mask.sum().clamp(min=1) if n_tokens_global is None else n_tokens_global
+    n_seqs_global = loss.shape[0] if n_seqs_global is None else n_seqs_global
+    if mode == "token_mean":
+        return masked.sum() / n_tokens_global
+    if mode == "seq_mean":
+        return (masked.sum(1) / mask.sum(1).clamp(min=1)).sum() / n_seqs_global
+    if mode == "constant":
+        assert constant, "constant aggregation needs the constant (max completion length)"
+        return masked.sum() / (n_seqs_global * constant)
+    raise ValueError(f"loss_agg must be token_mean | seq_mean | constant, got {mode!r}")
+
+
+def parse_weights(s: str) -> dict | None:
+    """'charge=1,format=0.5' -> {'charge': 1.0, 'format': 0.5}; '' -> None (defaults)."""
+    if not s.strip():
+        return None
+    out = {}
+    for part in s.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() not in utils.DEFAULT_REWARD_WEIGHTS:
+            raise ValueError(f"--reward_weights: unknown component {k!r} (known: {list(utils.DEFAULT_REWARD_WEIGHTS)})")
+        out[k.strip()] = float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Rollouts
+# ----------------------------------------------------------------------------------------------------------------------
+
+def load_prompts(path, tokenizer, max_prompt_tokens: int, response_prefix: str = "") -> list[dict]:
+    """rl_prompts.jsonl -> [{'ids': prompt token ids (chat template + response_prefix), 'truth', 'prompt'}]."""
+    out = []
+    for line, rec in utils.iter_records(path):
+        prompt = utils.require(rec, "prompt", path, line)
+        truth = utils.require(rec, "truth", path, line, kind=dict)
+        for k in ("charges", "articles"):
+            utils.require(rec, f"truth.{k}", path, line, kind=list, allow_empty=True)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True) + response_prefix
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+        out.append({"ids": ids, "truth": truth, "prompt": prompt})
+    if not out:
+        raise utils.DataError(path, None, None, "no prompts", reason="empty_file")
+    return out
+
+
+def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
+    """Generated ids -> (length including the first EOS, truncated?). Later ids (padding) are not part of it."""
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return i + 1, False
+    return len(tokens), True
+
+
+class HFRollout:
+    """Rollouts with transformers generate on the trainer's own model (no weight sync needed)."""
+
+    def __init__(self, model, tokenizer, cfg: RLConfig):
+        self.model, self.tok, self.cfg = model, tokenizer, cfg
+        self.eos = {tokenizer.eos_token_id}
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], n: int, generator_seed: int):
+        """-> list over prompts*n of (completion ids, sampler log-probs or None, truncated)."""
+        cfg, dev = self.cfg, next(self.model.parameters()).device
+        flat = [p for p in prompt_ids for _ in range(n)]
+        width = max(map(len, flat))
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in flat], device=dev)  # left padding
+        attn = length_mask(torch.tensor([len(p) for p in flat]), width).flip(1).long().to(dev)
+        torch.manual_seed(generator_seed)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+                                  pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
+        self.model.train(was_training)
+        res = []
+        for row in out[:, width:].tolist():
+            n_tok, trunc = completion_length(row, self.eos)
+            res.append((row[:n_tok], None, trunc))
+        return res
+
+    def sync(self, model):
+        return 0.0
+
+
+class VLLMWeightSync:
+    """vLLM worker extension (worker_extension_cls='rl.VLLMWeightSync'): load trainer weights in place."""
+
+    def lexlab_load_weights(self, named_tensors):
+        self.reload_weights(weights_iterator=iter(named_tensors))
+
+
+class VLLMRollout:
+    """Colocated vLLM engine; weights pushed after every optimizer step, then the prefix cache reset."""
+
+    def __init__(self, cfg: RLConfig, seed: int):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: tensors pass directly
+        from vllm import LLM
+        self.cfg = cfg
+        kw = dict(model=cfg.model, dtype=cfg.dtype, seed=seed, enforce_eager=True,
+                  max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+                  worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True)
+        if torch.cuda.is_available():
+            kw["gpu_memory_utilization"] = cfg.vllm_gpu_util
+        else:
+            kw["kv_cache_memory_bytes"] = cfg.vllm_kv_bytes
+        self.llm = LLM(**kw)
+        self.eos = {self.llm.get_tokenizer().eos_token_id}
+
+    def generate(self, prompt_ids, n: int, generator_seed: int):
+        from vllm import SamplingParams
+        cfg = self.cfg
+        sp = SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k if cfg.top_k > 0 else -1,
+                            max_tokens=cfg.max_new_tokens, logprobs=0, seed=generator_seed)
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], sp, use_tqdm=False)
+        res = []
+        for o in outs:
+            for c in o.outputs:
+                ids = list(c.token_ids)
+                lps = [d[t].logprob for d, t in zip(c.logprobs, ids)] if c.logprobs else None
+                res.append((ids, lps, c.finish_reason == "length"))
+        return res
+
+    def sync(self, model) -> float:
+        """Push the trainer's weights into the engine; returns seconds taken."""
+        t0 = time.time()
+        named = [(k, v.detach()) for k, v in model.state_dict().items()]
+        self.llm.collective_rpc("lexlab_load_weights", args=(named,))
+        self.llm.reset_prefix_cache()
+        return time.time() - t0
+
+    def greedy(self, prompt_ids, max_tokens: int):
+        from vllm import SamplingParams
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids],
+                                 SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4. Trainer (plain torch; data parallel by all-reducing gradients; switch to sft.py's FSDP2 pieces at merge)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist_info()[1] > 1:
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
+    return x
+
+
+def build_batch(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int):
+    """Right-padded [prompt + completion] rows. -> dict(input_ids [N, L], attention [N, L], tokens [N, Tc],
+    lengths [N], start [N]) where tokens[i, :lengths[i]] is completion i and `start` its position in input_ids."""
+    n = len(completions)
+    lengths = torch.tensor([len(c) for c in completions])
+    starts = torch.tensor([len(p) for p in prompt_ids])
+    total = starts + lengths
+    L, Tc = int(total.max()), max(1, int(lengths.max()))
+    input_ids = torch.full((n, L), pad_id, dtype=torch.long)
+    tokens = torch.full((n, Tc), pad_id, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completions)):
+        input_ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long) if c else tokens[i, :0]
+    return {"input_ids": input_ids, "attention": length_mask(total, L).long(), "tokens": tokens,
+            "lengths": lengths, "start": starts}
+
+
+def completion_logprobs(model, batch: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropy [n, Tc] of the completion tokens of batch rows `rows` under `model`."""
+    dev = next(model.parameters()).device
+    ids, attn = batch["input_ids"][rows].to(dev), batch["attention"][rows].to(dev)
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits  # [n, L, V]
+    Tc = batch["tokens"].shape[1]
+    pos = (batch["start"][rows][:, None] - 1 + torch.arange(Tc)[None, :]).clamp(max=ids.shape[1] - 1).to(dev)
+    logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # logits predicting token j
+    return token_logprobs(logits, batch["tokens"][rows].to(dev))
+
+
+@torch.no_grad()
+def batch_logprobs(model, batch: dict, micro_batch: int) -> torch.Tensor:
+    n = batch["tokens"].shape[0]
+    return torch.cat([completion_logprobs(model, batch, slice(i, i + micro_batch))[0].cpu()
+                      for i in range(0, n, micro_batch)])
+
+
+def train_on_batch(model, optimizer, batch: dict, advantages, old_logp, ref_logp, mask, cfg: RLConfig) -> dict:
+    """One optimizer step on this rank's share of the rollout batch; normalisers are global across ranks so the
+    all-reduced (summed) gradient equals the gradient of the loss of the whole global batch."""
+    n = batch["tokens"].shape[0]
+    n_tokens = all_reduce_sum(mask.sum().clone()).item()
+    n_seqs = all_reduce_sum(torch.tensor(float(n))).item()
+    stats = torch.zeros(5)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
+    optimizer.zero_grad(set_to_none=True)
+    dev = next(model.parameters()).device
+    for i in range(0, n, cfg.micro_batch):
+        rows = slice(i, i + cfg.micro_batch)
+        m = mask[rows].to(dev)
+        logp, ent = completion_logprobs(model, batch, rows)
+        loss_tok, clipped = clipped_policy_loss(logp, old_logp[rows].to(dev), advantages[rows].to(dev),
+                                                cfg.clip_low, cfg.clip_high)
+        kl = kl_k3(logp, ref_logp[rows].to(dev)) if ref_logp is not None else torch.zeros_like(logp)
+        if cfg.beta > 0:
+            loss_tok = loss_tok + cfg.beta * kl
+        loss = aggregate_loss(loss_tok, m, cfg.loss_agg, n_tokens_global=max(n_tokens, 1.0), n_seqs_global=n_seqs,
+                              constant=cfg.max_new_tokens)
+        loss.backward()
+        stats += torch.tensor([loss.item(), (kl * m).sum().item(), (clipped.float() * m).sum().item(),
+                               (ent.detach() * m).sum().item(), m.sum().item()])
+    for p in model.parameters():
+        if p.grad is not None:
+            all_reduce_sum(p.grad)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    optimizer.step()
+    stats = all_reduce_sum(stats)
+    tok = max(stats[4].item(), 1.0)
+    return {"loss": stats[0].item(), "kl": stats[1].item() / tok, "clip_frac": stats[2].item() / tok,
+            "entropy": stats[3].item() / tok, "grad_norm": float(gnorm)}
+
+
+def load_model(path, dtype: str):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 5. Loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+def train(cfg: RLConfig, reward_fn=None) -> Path:
+    """Run GRPO; returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default utils.legal_reward)."""
+    from transformers import AutoTokenizer
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist_info()
+    out = Path(cfg.output_dir)
+    if rank == 0:
+        utils.save_config(cfg, out)
+    weights = parse_weights(cfg.reward_weights)
+    charges = utils.load_charge_list(cfg.charge_list)
+    reward_fn = reward_fn or (lambda text, truth: utils.legal_reward(text, truth, weights, charges))
+
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(cfg.model, cfg.dtype).to(dev).train()
+    ref = load_model(cfg.model, cfg.dtype).to(dev).eval().requires_grad_(False) if cfg.beta > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prompts = load_prompts(cfg.prompts, tok, cfg.max_prompt_tokens, cfg.response_prefix)
+    sampler = random.Random(cfg.seed)  # the prompt order; saved with checkpoints
+    order: list[int] = []
+    step = 0
+
+    ckpt = out / "ckpt"
+    if cfg.resume and (ckpt / "state.pt").is_file():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.setstate(state["sampler"])
+        order, step = state["order"], state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {step}")
+
+    roll = VLLMRollout(cfg, cfg.seed + rank) if cfg.backend == "vllm" else HFRollout(model, tok, cfg)
+    sync_s = roll.sync(model) if (cfg.backend == "vllm" and step > 0) else 0.0
+    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    n_global = cfg.prompts_per_step * world
+    G = cfg.group_size
+
+    from tqdm import tqdm
+    for step in tqdm(range(step, cfg.max_steps), disable=rank != 0, desc="grpo", initial=step, total=cfg.max_steps):
+        t_step = time.time()
+        # -- pick this step's prompts (same global order on every rank; each rank takes its slice)
+        while len(order) < n_global:
+            perm = list(range(len(prompts)))
+            sampler.shuffle(perm)
+            order += perm
+        picked, order = order[:n_global], order[n_global:]
+        mine = [prompts[i] for i in picked[rank * cfg.prompts_per_step:(rank + 1) * cfg.prompts_per_step]]
+
+        # -- rollouts
+        t0 = time.time()
+        res = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
+        t_rollout = time.time() - t0
+        completions = [r[0] for r in res]
+        truncated = torch.tensor([r[2] for r in res])
+        texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
+        rewards_d = [reward_fn(cfg.response_prefix + t, mine[j // G]["truth"]) for j, t in enumerate(texts)]
+        rewards = torch.tensor([r["total"] for r in rewards_d], dtype=torch.float32)
+
+        # -- advantages (per group, so per rank) and dynamic sampling
+        adv = group_advantages(rewards, G, cfg.scale_std)
+        zero_var = zero_variance_groups(rewards, G)
+        keep = torch.ones(len(completions), dtype=torch.bool)
+        if cfg.dynamic_sampling:
+            keep = ~zero_var.repeat_interleave(G)
+        batch = build_batch([p["ids"] for p in mine for _ in range(G)], completions, tok.pad_token_id)
+        mask = length_mask(batch["lengths"], batch["tokens"].shape[1]) * keep[:, None].float()
+        if cfg.mask_truncated:
+            mask = mask * (~truncated)[:, None].float()
+
+        # -- old (and reference) log-probs recomputed by the trainer
+        t0 = time.time()
+        old_logp = batch_logprobs(model, batch, cfg.micro_batch)
+        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch) if ref is not None else None
+        t_logp = time.time() - t0
+        lp_diff = None  # only with a sampler that reports log-probs (vLLM)
+        if res and res[0][1] is not None:
+            vl = torch.zeros_like(old_logp)
+            for i, r in enumerate(res):
+                vl[i, :len(r[1])] = torch.tensor(r[1])
+            lm = length_mask(batch["lengths"], vl.shape[1])
+            lp_diff = ((vl - old_logp).abs() * lm).sum().item() / max(lm.sum().item(), 1)
+
+        # -- mu inner epochs of clipped updates
+        t0 = time.time()
+        for _ in range(cfg.mu):
+            st = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg)
+        t_train = time.time() - t0
+        sync_s = roll.sync(model)
+
+        # -- metrics (global over ranks)
+        comp = {k: torch.tensor([r[k] for r in rewards_d]).mean() for k in rewards_d[0]}
+        glob = all_reduce_sum(torch.tensor([comp[k].item() for k in comp] + [
+            zero_var.float().mean().item(), batch["lengths"].float().mean().item(), truncated.float().mean().item(),
+            float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
+            sum(len(c) for c in completions) / max(t_rollout, 1e-9)])) / world
+        keys = list(comp)
+        rec = {"step": step + 1, "reward": glob[keys.index("total")].item()}
+        rec.update({f"reward_{k}": glob[i].item() for i, k in enumerate(keys) if k != "total"})
+        j = len(keys)
+        rec.update({"zero_var_frac": glob[j].item(), "completion_len": glob[j + 1].item(),
+                    "truncated_frac": glob[j + 2].item(), "dropped_groups": glob[j + 3].item() * world,
+                    "rollout_tok_s": glob[j + 4].item() * world, "logprob_diff_vllm": lp_diff,
+                    **st, "t_rollout": t_rollout, "t_logprobs": t_logp, "t_train": t_train, "weight_sync_s": sync_s,
+                    "step_time": time.time() - t_step})
+        if rank == 0:
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
+            if cfg.log_every and (step + 1) % cfg.log_every == 0:
+                tqdm.write(f"step {step + 1} reward {rec['reward']:.3f} kl {rec['kl']:.4f} "
+                           f"clip {rec['clip_frac']:.3f} len {rec['completion_len']:.1f} {rec['step_time']:.2f}s")
+            if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+                for j2 in range(0, len(texts), G):
+                    samples_f.write(json.dumps({"step": step + 1, "prompt": mine[j2 // G]["prompt"][-200:],
+                                                "completion": texts[j2], "reward": rewards_d[j2]},
+                                               ensure_ascii=False) + "\n")
+                samples_f.flush()
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+            save_checkpoint(ckpt, model, optimizer, sampler, order, step + 1, rank)
+
+    if rank == 0:
+        save_checkpoint(ckpt, model, optimizer, sampler, order, cfg.max_steps, rank)
+        model.save_pretrained(out / "final", safe_serialization=True)
+        tok.save_pretrained(out / "final")
+        metrics_f.close()
+        samples_f.close()
+    return out
+
+
+def save_checkpoint(ckpt: Path, model, optimizer, sampler, order, step: int, rank: int):
+    """Model, optimizer, prompt-sampler state and torch RNG: enough to resume the exact run."""
+    if rank != 0:
+        return
+    ckpt.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.getstate(),
+                "order": order, "step": step, "torch_rng": torch.get_rng_state()}, ckpt / "state.pt.tmp")
+    os.replace(ckpt / "state.pt.tmp", ckpt / "state.pt")
+
+
+if __name__ == "__main__":
+    cfg = utils.parse_config(RLConfig)
+    try:
+        train(cfg)
+    except utils.DataError as e:
+        raise SystemExit(f"error: {e}")
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

