@@ -250,7 +250,8 @@ class JudgeClient:
                     raw = resp.read()
                 return json.loads(raw)["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as e:
-                detail = self.redact(e.read()[:300].decode("utf-8", "replace")) if e.fp else ""
+                # redact before cutting, so that no prefix of the key survives a cut through it
+                detail = self.redact(e.read(1 << 16).decode("utf-8", "replace"))[:300] if e.fp else ""
                 problem = f"HTTP {e.code}: {detail}".strip()
                 if e.code not in self.RETRY_STATUS:
                     raise JudgeError(problem) from None
@@ -371,7 +372,7 @@ def rates(outcomes: list[str]) -> tuple[float | None, float | None]:
 
 
 def bootstrap_ci(outcomes: list[str], n: int, seed: int) -> dict:
-    """95% percentile intervals of (win_rate, adjusted_win_rate), resampling pairs (errors excluded) with replacement."""
+    """95% percentile intervals of (win_rate, adjusted_win_rate); pairs resampled with replacement, errors left out."""
     import numpy as np
     pairs = np.array([c for c in outcomes if c != "E"])
     if len(pairs) == 0 or n <= 0:

@@ -482,11 +482,12 @@ def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str
 
 def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024,
              temperature: float = 0.0, batch_size: int = 8, chat: bool = True, seed: int = 0,
-             max_model_len: int = 4096, kv_cache_bytes: int = 1 << 30) -> list[str]:
+             max_model_len: int = 4096, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False) -> list[str]:
     """Generate one completion per prompt; greedy when temperature == 0. Returns the decoded new text, in order.
 
     backend="hf": batches of `batch_size`, left-padded, model.generate. backend="vllm": vllm.LLM with an explicit
-    KV cache of `kv_cache_bytes` and context `max_model_len` (prompt + completion).
+    KV cache of `kv_cache_bytes` and context `max_model_len` (prompt + completion); enforce_eager skips vLLM's
+    torch.compile warm-up (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
     """
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -494,7 +495,8 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
     if backend == "hf":
         ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed)
     elif backend == "vllm":
-        ids = _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes)
+        ids = _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
+                             enforce_eager)
     else:
         raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
     return [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
@@ -526,11 +528,12 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
     return out
 
 
-def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes):
+def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
+                   enforce_eager):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
     from vllm import LLM, SamplingParams
     llm = LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
-              trust_remote_code=False)
+              enforce_eager=enforce_eager, trust_remote_code=False)
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed if temperature > 0 else None)
     outs = llm.generate(texts, params)  # the engine batches internally; results come back in input order
     return [list(o.outputs[0].token_ids) for o in outs]

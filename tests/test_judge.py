@@ -84,6 +84,8 @@ class FakeJudge:
                 else:
                     _, code, echo, retry_after = action
                     text = json.dumps({"error": "boom", "headers": dict(self.headers)} if echo else {"error": "x"})
+                    if echo == "padded":  # the key straddles the client's 300-character cut of error bodies
+                        text = "x" * (300 - len("Bearer sk-LEXLAB")) + f"Bearer {SENTINEL} " + text
                     self._send(code, text.encode(), {"Retry-After": retry_after} if retry_after else {})
 
             def _send(self, code, data, headers=None):
@@ -175,7 +177,7 @@ OK = lambda v: ("text", f"比较理由：……\n[[{v}]]")  # noqa: E731
 FAULT_PLAN = {  # category X: q1 q2 q3 q4 q9; Y: q5 q6 q7 q8.   expected pair outcome, calls
     ("1", "ab"): [OK("A")], ("1", "ba"): [OK("B")],                                        # W   2
     ("2", "ab"): [("status", 429, False, "0"), OK("A")], ("2", "ba"): [("status", 500, False, None), OK("B")],  # W 4
-    ("3", "ab"): [OK("C")], ("3", "ba"): [("slow", 4.0, "[[A]]"), OK("C")],                 # T   3
+    ("3", "ab"): [OK("C")], ("3", "ba"): [("slow", 8.0, "[[A]]"), OK("C")],                 # T   3
     ("4", "ab"): [OK("B")], ("4", "ba"): [OK("A")],                                        # L   2
     ("5", "ab"): [OK("A")], ("5", "ba"): [OK("A")],                                        # I   2
     ("6", "ab"): [("raw", b"{not json"), OK("A")], ("6", "ba"): [("text", "无结论"), OK("B")],  # W 4
@@ -190,7 +192,7 @@ def test_faults_give_hand_computed_summary_and_never_leak_key(tmp_path):
     fake = FakeJudge(scripted(FAULT_PLAN))
     try:
         out = tmp_path / "out"
-        cmd = judge_cmd(tmp_path, fake.url, out, "--timeout", "1.5", "--max_retries", "2", "--max_reasks", "2",
+        cmd = judge_cmd(tmp_path, fake.url, out, "--timeout", "3", "--max_retries", "2", "--max_reasks", "2",
                         "--concurrency", "4", "--bootstrap", "200")
         p1 = run_judge(cmd)
         s = json.loads((out / "summary.json").read_text())
@@ -228,6 +230,20 @@ def test_faults_give_hand_computed_summary_and_never_leak_key(tmp_path):
     assert "[REDACTED]" in p1.stderr
     texts = [p1.stdout, p1.stderr, p2.stdout, p2.stderr] + [f.read_text() for f in out.iterdir()]
     assert not any(SENTINEL in t for t in texts)
+
+
+def test_error_bodies_are_redacted_before_cutting():
+    fake = FakeJudge(lambda fake, user, n: ("status", 400, "padded", None))
+    client = judge.JudgeClient(fake.url, "m", SENTINEL, timeout=10, max_retries=3, backoff=0.01, backoff_max=0.01,
+                               max_tokens=8)
+    try:
+        with pytest.raises(judge.JudgeError) as e:
+            client.chat([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+    finally:
+        fake.close()
+    msg = str(e.value)
+    assert client.calls == 1 and msg.startswith("HTTP 400")  # a 400 is not retried
+    assert "sk-LEXLAB" not in msg and SENTINEL[-6:] not in msg and msg.endswith("Bearer [REDACTED")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -297,7 +313,8 @@ def test_real_disc_law_eval_questions(tmp_path, shared_dir):
     utils.write_jsonl(tmp_path / "short.jsonl", [{"id": q["id"], "answer": q["reference"][:60]} for q in questions])
     fake = FakeJudge(longer_wins)
     try:
-        cfg = judge.JudgeConfig(questions=str(path), judge_base_url=fake.url, judge_model="fake", out=str(tmp_path / "o"),
+        cfg = judge.JudgeConfig(questions=str(path), judge_base_url=fake.url, judge_model="fake",
+                                out=str(tmp_path / "o"),
                                 answers_a=str(tmp_path / "short.jsonl"), answers_b="reference", concurrency=8,
                                 bootstrap=200)
         s = judge.run(cfg)
@@ -325,7 +342,7 @@ def vllm_server(tiny_model, tmp_path_factory):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
            "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
            "--kv-cache-memory-bytes", str(128 << 20), "--dtype", "float32", "--disable-log-stats",
-           "--uvicorn-log-level", "warning"]
+           "--uvicorn-log-level", "warning", "--enforce-eager"]  # no torch.compile warm-up: ~50 s less
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
@@ -370,7 +387,7 @@ def test_generate_backends_agree(tiny_model):
     prompts = ["你好", "盗窃罪如何量刑？请说明理由。", "请对以下案件做出分析并给出可能的判决：被告人张某深夜入户窃取现金。"]
     hf = utils.generate(tiny_model, prompts, backend="hf", max_new_tokens=16, batch_size=2)
     vl = utils.generate(tiny_model, prompts, backend="vllm", max_new_tokens=16, max_model_len=512,
-                        kv_cache_bytes=64 << 20)
+                        kv_cache_bytes=64 << 20, enforce_eager=True)
     assert hf == vl and all(hf)
     raw = utils.generate(tiny_model, prompts[:1], backend="hf", max_new_tokens=8, chat=False)
     assert len(raw) == 1
