@@ -326,6 +326,27 @@ def test_real_disc_law_eval_questions(tmp_path, shared_dir):
     assert sum(c["pairs"] for c in s["by_category"].values()) == 300
 
 
+def test_answers_generated_from_a_model_folder(tmp_path, tiny_model):
+    """--model_a: answers generated once with utils.generate (hf), saved in OUT and reused by a rerun."""
+    qs = [{"id": f"q{i}", "question": f"问题{i}：醉驾如何处罚？", "reference": "依照《刑法》第一百三十三条之一处拘役。"}
+          for i in range(3)]
+    utils.write_jsonl(tmp_path / "q.jsonl", qs)
+    fake = FakeJudge(longer_wins)
+    cfg = judge.JudgeConfig(questions=str(tmp_path / "q.jsonl"), judge_base_url=fake.url, judge_model="fake",
+                            out=str(tmp_path / "o"), model_a=str(tiny_model), answers_b="reference",
+                            max_new_tokens=8, bootstrap=50)
+    try:
+        s = judge.run(cfg)
+        saved = tmp_path / "o" / f"answers_a_{tiny_model.name}.jsonl"
+        answers = [r for _, r in utils.iter_records(saved)]
+        s2 = judge.run(cfg)
+    finally:
+        fake.close()
+    assert [r["id"] for r in answers] == ["q0", "q1", "q2"] and s["system_a"] == tiny_model.name
+    assert s["pairs"] == 3 and s["errors"] == 0 and fake.calls["all"] == 6
+    assert s2["cached"] == 6 and s2["judge_calls"] == 0 and saved.stat().st_size > 0
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # vLLM: its OpenAI-compatible server on the tiny model as the judge (started once for this module), and
 # utils.generate's two backends giving the same greedy text
