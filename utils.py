@@ -534,6 +534,8 @@ def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_mode
     from vllm import LLM, SamplingParams
     llm = LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
               enforce_eager=enforce_eager, trust_remote_code=False)
-    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed if temperature > 0 else None)
+    # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
+    # still get different samples
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     outs = llm.generate(texts, params)  # the engine batches internally; results come back in input order
     return [list(o.outputs[0].token_ids) for o in outs]
