@@ -460,7 +460,8 @@ def run(cfg: JudgeConfig) -> dict:
 
     failed: dict[str, dict] = {}
     from tqdm import tqdm
-    with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
+    try:
         futures = {pool.submit(judge_one, client, q, pair, order, cfg.max_reasks): key for key, q, pair, order in todo}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="judge", disable=not todo):
             key, rec = futures[fut], fut.result()
@@ -471,6 +472,11 @@ def run(cfg: JudgeConfig) -> dict:
                 print(f"judge error q={rec['qid']} order={rec['order']}: {rec['error']}", file=sys.stderr)
             else:
                 cache.add(rec)
+    except KeyboardInterrupt:  # stop sending new (paid) requests; what finished is already on disk
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise SystemExit(f"judge.py: interrupted; {len(cache.records)} judgments are cached in {cache.path}: "
+                         "rerun to resume")
+    pool.shutdown()
 
     results = {q["id"]: {} for q in questions}
     for key, q, _, order in tasks:

@@ -232,6 +232,24 @@ def test_faults_give_hand_computed_summary_and_never_leak_key(tmp_path):
     assert not any(SENTINEL in t for t in texts)
 
 
+def test_retry_wait_honours_retry_after_and_backs_off():
+    c = judge.JudgeClient("http://127.0.0.1:9/v1", "m", "", timeout=1, max_retries=3, backoff=0.5, backoff_max=10,
+                          max_tokens=8)
+    assert c._wait(1, "2.5") == 2.5 and c._wait(3, "0") == 0.0 and c._wait(1, "3600") == 10  # capped
+    assert 0.5 <= c._wait(1, None) <= 0.55 and 2.0 <= c._wait(3, None) <= 2.2 and c._wait(9, None) == 10
+    assert 0.5 <= c._wait(1, "Wed, 21 Oct 2015 07:28:00 GMT") <= 0.55  # an HTTP date: plain backoff
+
+
+def test_missing_answer_is_a_one_line_error(tmp_path):
+    write_inputs(tmp_path, 3, ["X"])
+    utils.write_jsonl(tmp_path / "sys_b.jsonl", [{"id": 1, "answer": "B-ans"}])
+    p = subprocess.run(judge_cmd(tmp_path, "http://127.0.0.1:9/v1", tmp_path / "out"), cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.endswith("sys_b.jsonl: field 'id': no answer for 2 question(s), first id '2'")
+
+
 def test_error_bodies_are_redacted_before_cutting():
     fake = FakeJudge(lambda fake, user, n: ("status", 400, "padded", None))
     client = judge.JudgeClient(fake.url, "m", SENTINEL, timeout=10, max_retries=3, backoff=0.01, backoff_max=0.01,
