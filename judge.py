@@ -143,10 +143,10 @@ def infer_category(question: str) -> str:
     return "consultation"
 
 
-def _first_field(rec: dict, names, path, line, what: str) -> str:
+def _first_field(rec: dict, names, path, line, what: str, allow_empty: bool = False) -> str:
     for name in names:
         if name in rec:
-            return utils.require(rec, name, path, line)
+            return utils.require(rec, name, path, line, allow_empty=allow_empty)
     raise DataError(path, line, "/".join(names), f"missing ({what})", reason="missing_field")
 
 
@@ -178,7 +178,8 @@ def load_answers(path, questions: list[dict]) -> dict[str, str]:
     """answers JSONL -> {id: answer}; every question must have one (a one-line DataError names the first missing)."""
     answers = {}
     for line, rec in utils.iter_records(path):
-        answers[_record_id(rec, path, line)] = _first_field(rec, ANSWER_FIELDS, path, line, "the answer")
+        # an empty answer is a (bad) answer, not a data error: the judge sees it as it is
+        answers[_record_id(rec, path, line)] = _first_field(rec, ANSWER_FIELDS, path, line, "the answer", True)
     missing = [q["id"] for q in questions if q["id"] not in answers]
     if missing:
         raise DataError(path, None, "id", f"no answer for {len(missing)} question(s), first id {missing[0]!r}",
