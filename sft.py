@@ -291,7 +291,7 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
         mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
         row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
                "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
-               "time_s": dt}
+               "time_s": dt, "n_tokens": r["n_tokens"], "sum_len_sq": r["sum_len_sq"]}
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -689,6 +689,47 @@ def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int
     return 6.0 * n_params * n_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
 
 
+def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str = "test") -> Path:
+    """Write (input_ids, labels) samples as a packed stage (the PACKED_FORMAT contract: input_ids / labels /
+    position_ids / cu_seqlens / cu_offsets .npy + meta.json), packing greedily in order. A simple reference writer
+    for tests and benchmarks; prepare_data.py does the real packing. Samples longer than seq_len are an error."""
+    import numpy as np
+    packs, cur = [], []
+    for s in samples:
+        if len(s[0]) > seq_len:
+            raise ValueError(f"sample of {len(s[0])} tokens > seq_len {seq_len}")
+        if sum(len(x[0]) for x in cur) + len(s[0]) > seq_len:
+            packs.append(cur)
+            cur = []
+        cur.append(s)
+    packs.append(cur)
+    n = len(packs)
+    ids = np.full((n, seq_len), pad_id, np.int32)
+    labels = np.full((n, seq_len), IGNORE_INDEX, np.int32)
+    pos = np.zeros((n, seq_len), np.int32)
+    cu_all, offsets = [], [0]
+    for i, pack in enumerate(packs):
+        cu = [0]
+        for sid, slab in pack:
+            a = cu[-1]
+            ids[i, a:a + len(sid)], labels[i, a:a + len(sid)] = sid, slab
+            pos[i, a:a + len(sid)] = np.arange(len(sid))
+            cu.append(a + len(sid))
+        cu_all += cu
+        offsets.append(len(cu_all))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in [("input_ids", ids), ("labels", labels), ("position_ids", pos),
+                      ("cu_seqlens", np.array(cu_all, np.int32)), ("cu_offsets", np.array(offsets, np.int64))]:
+        np.save(out / f"{name}.npy", arr)
+    n_tok = int(sum(len(s[0]) for s in samples))
+    meta = {"seq_len": seq_len, "n_packs": n, "n_samples": len(samples), "n_tokens": n_tok,
+            "n_supervised": int((labels != IGNORE_INDEX).sum()), "pad_token_id": pad_id,
+            "packing_efficiency": n_tok / (n * seq_len), "tokenizer": "", "stage": stage}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
 # ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----
 
 CKPT_PREFIX = "step_"

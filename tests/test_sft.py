@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -42,42 +41,6 @@ def encode_all(tokenizer, convs) -> list:
     return [utils.encode_chat(tokenizer, c) for c in convs]
 
 
-def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int) -> Path:
-    """Greedy first-fit-in-order packing of (ids, labels) samples into the PACKED_FORMAT files."""
-    packs, cur = [], []
-    for s in samples:
-        if sum(len(x[0]) for x in cur) + len(s[0]) > seq_len:
-            packs.append(cur)
-            cur = []
-        cur.append(s)
-    packs.append(cur)
-    n = len(packs)
-    ids = np.full((n, seq_len), pad_id, np.int32)
-    labels = np.full((n, seq_len), IGNORE_INDEX, np.int32)
-    pos = np.zeros((n, seq_len), np.int32)
-    cu_all, offsets = [], [0]
-    for i, pack in enumerate(packs):
-        cu = [0]
-        for sid, slab in pack:
-            a = cu[-1]
-            ids[i, a:a + len(sid)], labels[i, a:a + len(sid)] = sid, slab
-            pos[i, a:a + len(sid)] = np.arange(len(sid))
-            cu.append(a + len(sid))
-        cu_all += cu
-        offsets.append(len(cu_all))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in [("input_ids", ids), ("labels", labels), ("position_ids", pos),
-                      ("cu_seqlens", np.array(cu_all, np.int32)), ("cu_offsets", np.array(offsets, np.int64))]:
-        np.save(out / f"{name}.npy", arr)
-    n_tok = int(sum(len(s[0]) for s in samples))
-    meta = {"seq_len": seq_len, "n_packs": n, "n_samples": len(samples), "n_tokens": n_tok,
-            "n_supervised": int((labels != IGNORE_INDEX).sum()), "pad_token_id": pad_id,
-            "packing_efficiency": n_tok / (n * seq_len), "tokenizer": "", "stage": "test"}
-    (out / "meta.json").write_text(json.dumps(meta))
-    return out
-
-
 @pytest.fixture(scope="module")
 def tok(tiny_model):
     from transformers import AutoTokenizer
@@ -88,7 +51,7 @@ def tok(tiny_model):
 def stage(tmp_path_factory, tok):
     """~24 packs of 256 tokens."""
     samples = encode_all(tok, conversations(100))
-    return write_packed_stage(tmp_path_factory.mktemp("stage") / "stage1", samples, SEQ_LEN, tok.pad_token_id)
+    return utils.write_packed_stage(tmp_path_factory.mktemp("stage") / "stage1", samples, SEQ_LEN, tok.pad_token_id)
 
 
 def free_port() -> int:
@@ -171,7 +134,7 @@ def test_packed_loss_and_grads_equal_sum_over_samples(tiny_model, tok):
     import sft
     from transformers import AutoModelForCausalLM
     samples = encode_all(tok, conversations(12, seed=1))
-    stage = write_packed_stage(Path(os.environ.get("TMPDIR", "/tmp")) / f"leak_{os.getpid()}", samples, SEQ_LEN,
+    stage = utils.write_packed_stage(Path(os.environ.get("TMPDIR", "/tmp")) / f"leak_{os.getpid()}", samples, SEQ_LEN,
                                tok.pad_token_id)
     data = sft.PackedStage(stage)
     assert data.n >= 2
@@ -199,6 +162,9 @@ def test_packed_loss_and_grads_equal_sum_over_samples(tiny_model, tok):
     assert b["n_supervised"] == sum(sum(l != IGNORE_INDEX for l in lab[1:]) for _, lab in samples[:n_in])
     for (name, p), (_, q) in zip(packed.named_parameters(), ref_model.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():  # negative control: one causal segment over the whole micro-batch leaks and differs
+        leaky = wrapper(b["input_ids"], b["position_ids"], b["targets"], [0, b["input_ids"].shape[1]])
+    assert abs(leaky.item() - ref.item()) > 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash / torch varlen attention need CUDA")
