@@ -137,12 +137,16 @@ def run_trl(spec: dict):
 # ---- driver ----
 
 def summarise(name, steps, n_params, n_layers, attn_dim, peak_tflops, peak_mem) -> dict:
-    """Steady state: drop the first step (warm-up, allocator, lazy init)."""
+    """Steady state: drop the first step (warm-up, allocator, lazy init). tokens_per_s / mfu: the MEDIAN over steps
+    (robust to other jobs on a shared machine); *_mean: total tokens (FLOPs) over total time."""
+    import statistics
     s = steps[1:] or steps
-    tokens, secs = sum(x["n_tokens"] for x in s), sum(x["time_s"] for x in s)
-    flops = sum(utils.train_flops(n_params, x["n_tokens"], x["sum_len_sq"], n_layers, attn_dim) for x in s)
-    return {"trainer": name, "tokens_per_s": tokens / secs, "mfu": flops / secs / (peak_tflops * 1e12),
-            "peak_mem_gb": peak_mem, "steps_timed": len(s)}
+    flops = [utils.train_flops(n_params, x["n_tokens"], x["sum_len_sq"], n_layers, attn_dim) for x in s]
+    secs = sum(x["time_s"] for x in s)
+    return {"trainer": name, "tokens_per_s": statistics.median(x["n_tokens"] / x["time_s"] for x in s),
+            "mfu": statistics.median(f / x["time_s"] for f, x in zip(flops, s)) / (peak_tflops * 1e12),
+            "tokens_per_s_mean": sum(x["n_tokens"] for x in s) / secs,
+            "mfu_mean": sum(flops) / secs / (peak_tflops * 1e12), "peak_mem_gb": peak_mem, "steps_timed": len(s)}
 
 
 def main():
@@ -209,9 +213,10 @@ def main():
               "ratio_peak_mem": ours["peak_mem_gb"] / theirs["peak_mem_gb"],
               "ours_losses": [r["loss"] for r in rows], "trl_losses": trl_res["losses"]}
     (out / "bench_sft.json").write_text(json.dumps(result, indent=2))
-    print(f"\n{'trainer':45s} {'tokens/s':>10s} {'MFU':>8s} {'peak mem GB':>12s}")
+    print(f"\n{'trainer':45s} {'tokens/s (median)':>18s} {'(mean)':>8s} {'MFU':>8s} {'peak mem GB':>12s}")
     for r in (ours, theirs):
-        print(f"{r['trainer']:45s} {r['tokens_per_s']:10.1f} {r['mfu']:8.2%} {r['peak_mem_gb']:12.2f}")
+        print(f"{r['trainer']:45s} {r['tokens_per_s']:18.1f} {r['tokens_per_s_mean']:8.1f} {r['mfu']:8.2%} "
+              f"{r['peak_mem_gb']:12.2f}")
     print(f"ratio sft.py / TRL: tokens/s x{result['ratio_tokens_per_s']:.2f}, peak memory "
           f"x{result['ratio_peak_mem']:.2f}   ({result['device']}, torch {torch.__version__}, trl {trl.__version__})")
 
