@@ -218,6 +218,14 @@ def test_export_loads_and_generates(baseline, tok):
     assert y.shape[1] > x["input_ids"].shape[1]
 
 
+def test_stage2_init_from_stage1_export(baseline, tiny_model, stage, tmp_path):
+    """Stage 2 starts from stage 1's export: its first loss is the trained model's, well below stage 1's first."""
+    out = tmp_path / "stage2"
+    run_sft(tiny_model, stage, out, "--init_from", baseline / "final", "--max_steps", 2, "--grad_accum", 4)
+    first1, last1, first2 = metrics(baseline)[0]["loss"], metrics(baseline)[-1]["loss"], metrics(out)[0]["loss"]
+    assert first2 < first1 - 0.5 and abs(first2 - last1) < 0.5, (first1, last1, first2)
+
+
 def test_micro_batches_do_not_change_the_update(baseline, tiny_model, stage, tmp_path):
     """4 micro-batches x 1 pack == 1 micro-batch x 4 packs (loss normalised by the global supervised count)."""
     out = tmp_path / "mb4"
