@@ -228,6 +228,11 @@ def main(argv=None):
     for name in ("model", "data", "output_dir"):
         if getattr(cfg, name) is None:
             raise SystemExit(f"sft.py: --{name} is required")
+    if cfg.resume not in (None, "auto"):
+        raise SystemExit(f"sft.py: --resume takes 'auto' (newest checkpoint in OUTPUT_DIR/checkpoints), "
+                         f"got {cfg.resume!r}")
+    if cfg.attention not in ("auto", "flash", "torch_varlen", "exact"):
+        raise SystemExit(f"sft.py: --attention must be auto | flash | torch_varlen | exact, got {cfg.attention!r}")
     rank, _, world, device = utils.dist_init(cfg.seed)
     try:
         run(cfg, rank, world, device)
