@@ -801,3 +801,380 @@ def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_mode
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     outs = llm.generate(texts, params)  # the engine batches internally; results come back in input order
     return [list(o.outputs[0].token_ids) for o in outs]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 8. Training: distributed, FSDP2, packed attention, loss, checkpoints (used by sft.py and rl.py)
+# ----------------------------------------------------------------------------------------------------------------------
+# Everything here runs on CPU (gloo) as well as on GPUs (nccl), so the tests exercise the real code paths.
+
+def dist_init(seed: int = 0):
+    """Initialise torch.distributed for torchrun (env://) or, when run as a plain `python script.py`, as a world of
+    one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    if "RANK" not in os.environ:  # plain python: a world of one, same code path as torchrun
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    torch.manual_seed(seed)
+    return rank, local_rank, world, device
+
+
+def dist_close():
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs):
+    """print on global rank 0 only (flushes, so logs interleave sensibly with torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = False,
+                activation_checkpointing: bool = False):
+    """FSDP2: fully_shard each decoder block, then the root. On GPU: bf16 params for compute, fp32 gradient reduce,
+    fp32 master weights in the optimizer. hybrid_shard: shard inside a node, replicate across nodes (HSDP).
+
+    FSDP AVERAGES gradients over all ranks (replicas too, with hybrid_shard). A loss already divided by the global
+    number of supervised tokens must therefore be multiplied by the world size before backward (see sft.train_step);
+    set_gradient_divide_factor(1.0) would say the same but needs PREMUL_SUM, which gloo lacks."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if hybrid_shard:
+        mesh = init_device_mesh(device.type, (world // local, local), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("shard",))
+    kw = {"mesh": mesh}
+    if device.type == "cuda":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cpu_offload:
+        kw["offload_policy"] = CPUOffloadPolicy()
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for block in decoder_blocks(model):
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def decoder_blocks(model) -> list:
+    """The repeated transformer blocks of a Hugging Face causal LM (Qwen2 / Llama / InternLM2 layouts)."""
+    for path in ("model.layers", "hf.model.layers", "model.model.layers", "transformer.h"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return list(obj)
+        except AttributeError:
+            continue
+    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
+# ---- packed (varlen) attention: one sample never attends to another ----
+
+PACKED_ATTENTION = "lexlab_packed"
+
+
+def packed_boundaries(cu_seqlens_per_pack: list, seq_len: int) -> list[int]:
+    """Per-pack cumulative sample lengths -> one flat boundary list for the micro-batch laid end to end.
+
+    cu_seqlens_per_pack: B lists [0, l0, l0+l1, ..., n_real]; the padding tail of a pack (n_real..seq_len) becomes a
+    segment of its own (it has no labels; it only keeps total length = B*seq_len, as flash-attn wants).
+    Returns [0, ..., B*seq_len] (strictly increasing)."""
+    out = [0]
+    for b, cu in enumerate(cu_seqlens_per_pack):
+        base = b * seq_len
+        for c in list(cu)[1:]:
+            if c > 0 and base + int(c) > out[-1]:
+                out.append(base + int(c))
+        if out[-1] < base + seq_len:
+            out.append(base + seq_len)
+    return out
+
+
+def attention_exact(query, key, value, cu_seqlens: list[int], scaling: float):
+    """Exact per-sample causal attention (any device). query [1, Hq, T, D], key/value [1, Hkv, T, D] ->
+    [1, T, Hq, D]. cu_seqlens: python ints [0, ..., T]."""
+    import torch
+    import torch.nn.functional as F
+    outs = []
+    for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        outs.append(F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                                   is_causal=True, scale=scaling,
+                                                   enable_gqa=query.shape[1] != key.shape[1]))
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def attention_flash(query, key, value, cu_seqlens, max_seqlen: int, scaling: float):
+    """flash_attn_varlen_func (flash-attn package, CUDA). Shapes as attention_exact; cu_seqlens int32 tensor."""
+    from flash_attn import flash_attn_varlen_func
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+    out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scaling,
+                                 causal=True)
+    return out.unsqueeze(0)
+
+
+def attention_torch_varlen(query, key, value, cu_seqlens, max_seqlen: int, scaling: float):
+    """torch.nn.attention.varlen.varlen_attn (PyTorch's own flash kernel, CUDA). Shapes as attention_exact."""
+    from torch.nn.attention.varlen import varlen_attn
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+    out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scaling, window_size=(-1, 0),
+                      enable_gqa=q.shape[1] != k.shape[1])
+    return out.unsqueeze(0)
+
+
+def pick_attention_backend(device) -> str:
+    """'flash' (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU)."""
+    if device.type != "cuda":
+        return "exact"
+    try:
+        import flash_attn  # noqa: F401
+        return "flash"
+    except ImportError:
+        return "torch_varlen"
+
+
+def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function (registered as PACKED_ATTENTION). The trainer passes
+    lexlab_cu_seqlens (list of ints), lexlab_cu_seqlens_t (int32 tensor), lexlab_max_seqlen and lexlab_backend
+    through the model's forward kwargs. query [1, Hq, T, D] -> ([1, T, Hq, D], None)."""
+    cu, backend = kwargs["lexlab_cu_seqlens"], kwargs.get("lexlab_backend", "exact")
+    if backend == "flash":
+        out = attention_flash(query, key, value, kwargs["lexlab_cu_seqlens_t"], kwargs["lexlab_max_seqlen"], scaling)
+    elif backend == "torch_varlen":
+        out = attention_torch_varlen(query, key, value, kwargs["lexlab_cu_seqlens_t"], kwargs["lexlab_max_seqlen"],
+                                     scaling)
+    else:
+        out = attention_exact(query, key, value, cu, scaling)
+    return out, None
+
+
+def register_packed_attention():
+    """Make `attn_implementation=PACKED_ATTENTION` available to every transformers model (no mask is built for it)."""
+    from transformers import AttentionInterface
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+
+
+# ---- loss ----
+
+def shift_labels_packed(labels, position_ids):
+    """Next-token targets inside each sample. labels, position_ids [..., T] (unshifted, -100 = not supervised,
+    position 0 = a sample starts) -> targets [..., T] with targets[t] = labels[t+1] unless token t+1 starts a new
+    sample (or is padding), and -100 at the last position."""
+    import torch
+    nxt = torch.full_like(labels, IGNORE_INDEX)
+    nxt[..., :-1] = labels[..., 1:]
+    starts = torch.zeros_like(labels, dtype=torch.bool)
+    starts[..., :-1] = position_ids[..., 1:] == 0
+    return nxt.masked_fill(starts, IGNORE_INDEX)
+
+
+def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096):
+    """Sum of next-token cross-entropy without the full [tokens x vocab] logits ever existing.
+
+    hidden [N, H] (final hidden states), weight [V, H] (lm_head), targets [N] (-100 = skip) -> scalar (fp32 sum).
+    Only supervised rows are projected; each chunk's logits are recomputed in backward (checkpoint), so peak extra
+    memory is one chunk_size x V block."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+    keep = targets != IGNORE_INDEX
+    h, t = hidden[keep], targets[keep]
+
+    def chunk_loss(hc, tc, w):
+        return F.cross_entropy((hc @ w.t()).float(), tc, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk_size):
+        total = total + checkpoint(chunk_loss, h[s:s + chunk_size], t[s:s + chunk_size], weight, use_reentrant=False)
+    return total
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """LR multiplier for optimizer step `step` (0-based): linear warmup to 1 over warmup_steps, then cosine decay to
+    min_lr_ratio at total_steps."""
+    import math
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) of one step: 6 * params * tokens for the matmuls, plus
+    causal attention per sample: 2 matmuls (QK^T, AV) x 2 flops x L^2/2 x attn_dim x layers x 3 = 6 L^2 d layers.
+    sum_len_sq = sum over the step's samples of L^2: attention is counted per sample (packing does not pay for
+    cross-sample attention)."""
+    return 6.0 * n_params * n_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
+
+
+def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str = "test") -> Path:
+    """Write (input_ids, labels) samples as a packed stage (the PACKED_FORMAT contract: input_ids / labels /
+    position_ids / cu_seqlens / cu_offsets .npy + meta.json), packing greedily in order. A simple reference writer
+    for tests and benchmarks; prepare_data.py does the real packing. Samples longer than seq_len are an error."""
+    import numpy as np
+    packs, cur = [], []
+    for s in samples:
+        if len(s[0]) > seq_len:
+            raise ValueError(f"sample of {len(s[0])} tokens > seq_len {seq_len}")
+        if sum(len(x[0]) for x in cur) + len(s[0]) > seq_len:
+            packs.append(cur)
+            cur = []
+        cur.append(s)
+    packs.append(cur)
+    n = len(packs)
+    ids = np.full((n, seq_len), pad_id, np.int32)
+    labels = np.full((n, seq_len), IGNORE_INDEX, np.int32)
+    pos = np.zeros((n, seq_len), np.int32)
+    cu_all, offsets = [], [0]
+    for i, pack in enumerate(packs):
+        cu = [0]
+        for sid, slab in pack:
+            a = cu[-1]
+            ids[i, a:a + len(sid)], labels[i, a:a + len(sid)] = sid, slab
+            pos[i, a:a + len(sid)] = np.arange(len(sid))
+            cu.append(a + len(sid))
+        cu_all += cu
+        offsets.append(len(cu_all))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in [("input_ids", ids), ("labels", labels), ("position_ids", pos),
+                      ("cu_seqlens", np.array(cu_all, np.int32)), ("cu_offsets", np.array(offsets, np.int64))]:
+        np.save(out / f"{name}.npy", arr)
+    n_tok = int(sum(len(s[0]) for s in samples))
+    meta = {"seq_len": seq_len, "n_packs": n, "n_samples": len(samples), "n_tokens": n_tok,
+            "n_supervised": int((labels != IGNORE_INDEX).sum()), "pad_token_id": pad_id,
+            "packing_efficiency": n_tok / (n * seq_len), "tokenizer": "", "stage": stage}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+# ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----
+
+CKPT_PREFIX = "step_"
+
+
+def latest_checkpoint(ckpt_root) -> Path | None:
+    """The newest complete checkpoint folder (incomplete saves live under .tmp_* and are never picked)."""
+    root = Path(ckpt_root)
+    done = sorted((p for p in root.glob(CKPT_PREFIX + "*") if (p / "trainer_state.pt").is_file()),
+                  key=lambda p: int(p.name[len(CKPT_PREFIX):])) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_last: int = 2) -> Path:
+    """Write model + optimizer (sharded, DCP) and extra (scheduler, data position, ...) and each rank's RNG states
+    to ckpt_root/.tmp_step_N, then rename it to step_N (atomic: a crash midway leaves the previous checkpoint the
+    newest complete one). Older checkpoints beyond keep_last are removed. Needs a filesystem all ranks share."""
+    import shutil
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    root = Path(ckpt_root)
+    rank = dist.get_rank()
+    final, tmp = root / f"{CKPT_PREFIX}{step:08d}", root / f".tmp_{CKPT_PREFIX}{step:08d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    if os.environ.get("LEXLAB_TEST_KILL_DURING_SAVE") == str(step):  # test hook: die with the save half done
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+    if rank == 0:
+        torch.save(extra, tmp / "trainer_state.pt")  # written last: marks the folder complete
+        os.replace(tmp, final)
+        done = sorted(root.glob(CKPT_PREFIX + "*"), key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+        for old in done[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path, model, optimizer) -> dict:
+    """Load a save_checkpoint folder into (sharded) model and optimizer, restore this rank's RNG; return extra."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    path = Path(path)
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng_file = path / f"rng_rank{dist.get_rank()}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(s: dict):
+    import random
+
+    import numpy as np
+    import torch
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str = ""):
+    """Gather the full (unsharded) weights to rank 0 and save a Hugging Face folder: safetensors + config +
+    generation config + tokenizer. `model` is the FSDP-wrapped module; its state dict keys are `hf_model`'s with
+    `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoTokenizer
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        if dtype is not None:
+            sd = {k: v.to(dtype) for k, v in sd.items()}
+            hf_model.config.torch_dtype = dtype
+        hf_model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    dist.barrier()
