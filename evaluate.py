@@ -686,7 +686,7 @@ class ScoreConfig:
     skip_tasks: str = dataclasses.field(default="", metadata={"help": "comma-separated task ids not to score"})
     fill_from: str = dataclasses.field(default="", metadata={
         "help": "official results.csv: tasks without predictions (e.g. 2-9, 2-10) are taken from it for the table"})
-    workers: int = dataclasses.field(default=2, metadata={"help": "processes (one file per process at a time)"})
+    workers: int = dataclasses.field(default=0, metadata={"help": "processes, one file each at a time (0: all cores)"})
 
 
 def cmd_score(cfg: ScoreConfig) -> int:
@@ -700,7 +700,7 @@ def cmd_score(cfg: ScoreConfig) -> int:
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
     if not jobs:
         raise DataError(cfg.pred_dir, None, None, "no <model>/<task>.json prediction files found", "missing_file")
-    rows, errors, metrics = score_jobs(jobs, cfg.workers)
+    rows, errors, metrics = score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1))
     seconds = time.perf_counter() - t0
 
     out = Path(cfg.out)

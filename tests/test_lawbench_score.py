@@ -56,6 +56,17 @@ def test_gpt4_rows_of_internlm_law_table1(published, shot, expected):
     assert notes == ["GPT4: 2-1, 2-9, 2-10 taken from the official results file, not scored here"]
 
 
+def test_label_lists_match_scoring_md(lawbench_dir):
+    assert [len(x) for x in (E.DISPUTE_FOCUS_LABELS, E.MARRIAGE_LABELS, E.TOPIC_LABELS, E.EVENT_LABELS,
+                             E.IE_ENTITY_TYPES, E.CHARGE_LABELS)] == [16, 20, 20, 20, 10, 189]
+    assert len(set(E.CHARGE_LABELS)) == 189
+    nested = [(a, b) for a in E.CHARGE_LABELS for b in E.CHARGE_LABELS if a != b and a in b]
+    assert len(nested) == 29  # "29 such pairs" (合同诈骗 -> 诈骗, ...)
+    golds = [g for it in E.read_predictions(lawbench_dir / "predictions" / "zero_shot" / "GPT4" / "3-3.json")
+             for g in it["refr"].replace("罪名:", "").split(";")]
+    assert sum(g not in E.CHARGE_LABELS for g in golds) == 18  # gold labels that can never be predicted
+
+
 # ---- shared metrics ------------------------------------------------------------------------------------------------------
 
 def test_multi_choice_judge_quirks():
@@ -268,6 +279,12 @@ def test_unknown_task_and_missing_file(tmp_path):
     (tmp_path / "9-9.json").write_text("{}", encoding="utf-8")
     with pytest.raises(DataError, match="unknown LawBench task"):
         E.score_file(tmp_path / "9-9.json")
+
+
+def test_empty_rouge_reference_is_a_data_error(tmp_path):
+    path = E.write_predictions(tmp_path / "3-8.json", items(("回答", "答案"), ("回答", " \n")))
+    with pytest.raises(DataError, match=r"field '\[\"1\"\]\.refr': empty reference"):
+        E.score_file(path)
 
 
 def test_2_1_without_cherrant_is_a_clear_error():
