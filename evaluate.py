@@ -489,7 +489,13 @@ def score_3_8(items):  # legal consultation
     return _rouge_task(items)
 
 
-TASK_SCORERS = {task: globals()["score_" + task.replace("-", "_")] for task in LAWBENCH_TASKS}
+TASK_SCORERS = {  # task id -> score function (items -> {score, abstention_rate})
+    "1-1": score_1_1, "1-2": score_1_2,
+    "2-1": score_2_1, "2-2": score_2_2, "2-3": score_2_3, "2-4": score_2_4, "2-5": score_2_5, "2-6": score_2_6,
+    "2-7": score_2_7, "2-8": score_2_8, "2-9": score_2_9, "2-10": score_2_10,
+    "3-1": score_3_1, "3-2": score_3_2, "3-3": score_3_3, "3-4": score_3_4, "3-5": score_3_5, "3-6": score_3_6,
+    "3-7": score_3_7, "3-8": score_3_8}
+assert list(TASK_SCORERS) == LAWBENCH_TASKS
 
 
 # --- Prediction files in LawBench's layout: <dir>/<model>/<task>.json = {"0": item, "1": item, ...}
@@ -560,8 +566,10 @@ def _score_job(job: tuple[str, str, str]) -> tuple[str, str, dict | None, str | 
     t0 = time.perf_counter()
     try:
         return model, task, score_file(path, task), None, time.perf_counter() - t0
-    except (DataError, ScorerMissing) as e:
+    except DataError as e:
         return model, task, None, str(e), time.perf_counter() - t0
+    except ScorerMissing as e:
+        return model, task, None, f"{path}: {e}", time.perf_counter() - t0
 
 
 def find_prediction_files(pred_dir, models=None, skip_tasks=()) -> tuple[list[tuple[str, str, str]], list[str]]:
