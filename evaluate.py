@@ -1,0 +1,770 @@
+"""
+LexLab evaluation: one script, one subcommand per kind of evaluation.
+
+    python evaluate.py score PRED_DIR --out scores.csv     # LawBench scores identical to the official scorer
+
+Sections (banner comments below):
+  1. LawBench scoring  - the 20 tasks, LawBench-compatible parsers and metrics (quirks reproduced on purpose),
+                         prediction files in LawBench's layout, the paper-style table, the `score` subcommand
+  9. Command line      - argparse subcommands (other sections add theirs here)
+
+The scoring section reproduces the official LawBench scorer (open-compass/LawBench, evaluation/, commit e30981b) as
+described task by task in ../shared/lawbench/SCORING.md. Its parsers are deliberately *wrong* in the same ways as the
+official ones (e.g. "1年6个月" reads as 6 months): they exist only to give identical numbers. Never use them for RL
+rewards; the correct parsers live in utils.py.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import utils
+from utils import DataError
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. LawBench scoring
+# ----------------------------------------------------------------------------------------------------------------------
+
+LAWBENCH_TASKS = ["1-1", "1-2",
+                  "2-1", "2-2", "2-3", "2-4", "2-5", "2-6", "2-7", "2-8", "2-9", "2-10",
+                  "3-1", "3-2", "3-3", "3-4", "3-5", "3-6", "3-7", "3-8"]
+CATEGORIES = {"Memorization": "1-", "Understanding": "2-", "Application": "3-"}  # task-id prefix of each category
+
+# --- Label lists. These strings decide the scores, so they are taken verbatim from the official LawBench repository
+# (open-compass/LawBench, evaluation/evaluation_functions/{jdzy,wbfl,zxfl,sjjc,ljp_accusation,xxcq}.py;
+# LawBench is Apache-2.0, Copyright the LawBench authors). Order matters only for floating-point summation order.
+
+DISPUTE_FOCUS_LABELS = [  # 2-2 (jdzy.py), 16 labels
+    "诉讼主体", "租金情况", "利息", "本金争议", "责任认定", "责任划分", "损失认定及处理", "原审判决是否适当", "合同效力",
+    "财产分割", "责任承担", "鉴定结论采信问题", "诉讼时效", "违约", "合同解除", "肇事逃逸"]
+
+MARRIAGE_LABELS = [  # 2-3 (wbfl.py), 20 labels
+    "婚后有子女", "限制行为能力子女抚养", "有夫妻共同财产", "支付抚养费", "不动产分割", "婚后分局", "二次起诉离婚",
+    "按月给付抚养费", "准予离婚", "有夫妻共同债务", "婚前个人财产", "法定离婚", "不履行家庭义务", "存在非婚生子", "适当帮助",
+    "不履行离婚协议", "损害赔偿", "感情不和分居满二年", "子女随非抚养权人生活", "婚后个人财产"]
+
+TOPIC_LABELS = [  # 2-4 (zxfl.py), 20 labels
+    "婚姻家庭", "劳动纠纷", "交通事故", "债权债务", "刑事辩护", "合同纠纷", "房产纠纷", "侵权", "公司法", "医疗纠纷",
+    "拆迁安置", "行政诉讼", "建设工程", "知识产权", "综合咨询", "人身损害", "涉外法律", "海事海商", "消费权益", "抵押担保"]
+
+EVENT_LABELS = [  # 2-9 (sjjc.py), 20 event types
+    "支付/给付", "欺骗", "搜查/扣押", "要求/请求", "卖出", "买入", "获利", "拘捕", "鉴定", "同意/接受", "供述", "联络",
+    "帮助/救助", "租用/借用", "受伤", "伪造", "卖淫", "伤害人身", "赔偿", "归还/偿还"]
+
+IE_ENTITY_TYPES = [  # 2-6 (xxcq.py), 10 entity types (a set there; a fixed order here)
+    "犯罪嫌疑人", "受害人", "被盗货币", "物品价值", "盗窃获利", "被盗物品", "作案工具", "时间", "地点", "组织机构"]
+
+CHARGE_LABELS = [  # 3-3 (ljp_accusation.py), 189 charge names
+    "侮辱", "违法发放贷款", "失火", "票据诈骗", "帮助犯罪分子逃避处罚", "重大责任事故", "对非国家工作人员行贿",
+    "非法制造、销售非法制造的注册商标标识", "非法制造、买卖、运输、邮寄、储存枪支、弹药、爆炸物", "非法获取公民个人信息",
+    "扰乱无线电通讯管理秩序", "非法持有、私藏枪支、弹药", "拒不执行判决、裁定", "虚开发票", "巨额财产来源不明",
+    "组织、领导、参加黑社会性质组织", "非法获取国家秘密", "以危险方法危害公共安全", "非法持有毒品",
+    "聚众扰乱公共场所秩序、交通秩序", "包庇毒品犯罪分子", "滥伐林木", "伪造公司、企业、事业单位、人民团体印章",
+    "非法占用农用地", "走私废物", "串通投标", "非法采伐、毁坏国家重点保护植物", "冒充军人招摇撞骗", "玩忽职守",
+    "重婚", "招收公务员、学生徇私舞弊", "组织、领导传销活动", "非法猎捕、杀害珍贵、濒危野生动物", "侵犯著作权",
+    "非法种植毒品原植物", "伪造、变造、买卖武装部队公文、证件、印章", "倒卖文物", "伪造、变造居民身份证", "滥用职权",
+    "诽谤", "猥亵儿童", "非法转让、倒卖土地使用权", "挪用公款", "污染环境", "出售、购买、运输假币", "敲诈勒索",
+    "高利转贷", "故意伤害", "持有、使用假币", "单位受贿", "强奸", "引诱、容留、介绍卖淫", "虐待",
+    "生产、销售伪劣农药、兽药、化肥、种子", "妨害公务", "容留他人吸毒", "拐骗儿童", "强制猥亵、侮辱妇女",
+    "非法处置查封、扣押、冻结的财产", "骗取贷款、票据承兑、金融票证", "强迫他人吸毒", "非法拘禁",
+    "非法携带枪支、弹药、管制刀具、危险物品危及公共安全", "绑架", "聚众斗殴", "破坏计算机信息系统",
+    "制造、贩卖、传播淫秽物品", "虐待被监管人", "贷款诈骗", "赌博", "徇私舞弊不征、少征税款",
+    "盗窃、抢夺枪支、弹药、爆炸物、危险物质", "故意杀人", "介绍贿赂", "提供侵入、非法控制计算机信息系统程序、工具",
+    "编造、故意传播虚假恐怖信息", "妨害作证", "强迫卖淫", "走私、贩卖、运输、制造毒品", "伪证", "拐卖妇女、儿童",
+    "过失损坏武器装备、军事设施、军事通信", "破坏广播电视设施、公用电信设施", "洗钱", "职务侵占", "倒卖车票、船票",
+    "抢劫", "侵占", "掩饰、隐瞒犯罪所得、犯罪所得收益", "徇私舞弊不移交刑事案件", "引诱、教唆、欺骗他人吸毒", "遗弃",
+    "生产、销售伪劣产品", "放火", "非法采矿", "对单位行贿", "盗窃、抢夺枪支、弹药、爆炸物", "破坏易燃易爆设备",
+    "妨害信用卡管理", "制作、复制、出版、贩卖、传播淫秽物品牟利", "金融凭证诈骗", "私分国有资产",
+    "走私国家禁止进出口的货物、物品", "假冒注册商标", "危险物品肇事", "走私普通货物、物品", "经济犯", "虚报注册资本",
+    "盗掘古文化遗址、古墓葬", "传播淫秽物品", "窝藏、包庇", "拒不支付劳动报酬", "行贿", "开设赌场", "传授犯罪方法",
+    "协助组织卖淫", "保险诈骗", "破坏生产经营", "破坏交通设施", "打击报复证人", "非法侵入住宅", "非国家工作人员受贿",
+    "过失致人重伤", "伪造、变造金融票证", "窝藏、转移、隐瞒毒品、毒赃", "帮助毁灭、伪造证据", "走私珍贵动物、珍贵动物制品",
+    "生产、销售假药", "逃税", "挪用特定款物", "聚众扰乱社会秩序", "组织、强迫、引诱、容留、介绍卖淫", "合同诈骗",
+    "非法生产、销售间谍专用器材", "破坏交通工具", "传播性病", "强迫交易", "隐匿、故意销毁会计凭证、会计帐簿、财务会计报告",
+    "非法组织卖血", "强迫劳动", "破坏电力设备", "销售假冒注册商标的商品", "收买被拐卖的妇女、儿童", "诬告陷害", "脱逃",
+    "非法经营", "徇私枉法", "信用卡诈骗", "生产、销售不符合安全标准的食品", "非法行医", "伪造货币", "动植物检疫徇私舞弊",
+    "单位行贿", "破坏监管秩序", "盗窃", "盗伐林木", "重大劳动安全事故", "非法吸收公众存款",
+    "非法制造、出售非法制造的发票", "非法狩猎", "组织卖淫", "非法买卖、运输、携带、持有毒品原植物种子、幼苗", "挪用资金",
+    "诈骗", "伪造、变造、买卖国家机关公文、证件、印章", "持有伪造的发票", "贪污", "非法生产、买卖警用装备",
+    "投放危险物质", "伪造、倒卖伪造的有价票证", "集资诈骗", "抢夺", "生产、销售有毒、有害食品", "非法捕捞水产品",
+    "过失致人死亡", "非法买卖制毒物品", "虚开增值税专用发票、用于骗取出口退税、抵扣税款发票", "寻衅滋事", "危险驾驶",
+    "故意毁坏财物", "招摇撞骗", "盗窃、侮辱尸体", "走私武器、弹药",
+    "非法收购、运输、加工、出售国家重点保护植物、国家重点保护植物制品", "非法出售发票", "劫持船只、汽车",
+    "受贿", "聚众哄抢", "交通肇事"]
+
+LOG_216 = math.log(216)  # 3-4/3-5: the log-distance given to an abstention (216 months = 18 years)
+
+
+class BadItem(ValueError):
+    """Raised by a task function for an item the official scorer would reject; becomes a DataError naming the file."""
+
+    def __init__(self, index: int, field: str, message: str):
+        self.index, self.field = index, field
+        super().__init__(message)
+
+
+class ScorerMissing(RuntimeError):
+    """A task whose scorer lives in a module that is not in this checkout (2-1 -> cherrant.py)."""
+
+
+# --- Plain arithmetic in the official order
+
+def plain_sum(xs) -> float:
+    """Left-to-right float sum, like Python <= 3.11's sum(); Python 3.12+ sum() compensates and can differ by 1 ulp."""
+    total = 0
+    for x in xs:
+        total += x
+    return total
+
+
+def plain_mean(xs: list) -> float:
+    return plain_sum(xs) / len(xs)
+
+
+# --- LawBench-compatible parsers and metrics (quirks reproduced on purpose; never use for rewards)
+
+def lawbench_multi_choice(pred: str, options: list[str], gold: str) -> tuple[int, int]:
+    """-> (correct, abstained). An option is 'present' if it is a substring of pred (case-sensitive). Correct iff the
+    gold option is the only one present; abstained iff none is. So "Answer: B" is wrong (it contains "A")."""
+    present = [opt for opt in options if opt in pred]
+    if not present:
+        return 0, 1
+    return int(present == [gold]), 0
+
+
+def lawbench_labels_found(pred: str, labels: list[str]) -> list[str]:
+    """Every label that occurs as a substring anywhere in pred (so 合同诈骗 also yields 诈骗)."""
+    return [label for label in labels if label in pred]
+
+
+def set_f1(a: set, b: set) -> float:
+    """Set F1: P = |a&b|/|a|, R = |a&b|/|b| (0 when empty), F1 = 2PR/(P+R), 0 when P+R = 0. Symmetric in a, b."""
+    p = len(a & b) / len(a) if len(a) > 0 else 0
+    r = len(a & b) / len(b) if len(b) > 0 else 0
+    return 2 * p * r / (p + r) if p + r > 0 else 0
+
+
+def _cjrc_chars(s: str) -> list[str]:
+    return [c for c in s.lower() if c.isdigit() or c.isalpha()]
+
+
+def lawbench_char_f1(gold: str, pred: str) -> float:
+    """CJRC/CoQA-style bag-of-characters F1 after lower() and keeping only isdigit()/isalpha() characters.
+    If either side is empty after that: 1 if both are, else 0."""
+    g, p = _cjrc_chars(gold), _cjrc_chars(pred)
+    if len(g) == 0 or len(p) == 0:
+        return int(g == p)
+    same = sum((Counter(g) & Counter(p)).values())
+    if same == 0:
+        return 0
+    precision = 1.0 * same / len(p)
+    recall = 1.0 * same / len(g)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def lcs_length(a: list, b: list) -> int:
+    """Length of the longest common subsequence of token lists a (len m) and b (len n).
+
+    Bit-parallel (Hyyro 2004): bit i of `v` is 1 while a[i] is still unmatched; one big-int add/or per token of b,
+    so O(n * m / 64) machine words instead of rouge_chinese's O(n * m) dict-based DP. Same integer result.
+    """
+    if not a or not b:
+        return 0
+    match: dict = {}
+    for i, tok in enumerate(a):
+        match[tok] = match.get(tok, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for tok in b:
+        u = v & match.get(tok, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+_ROUGE = None
+
+
+def _rouge_tokens(spaced: str) -> list[str]:
+    """rouge_chinese 1.0.3's view of a space-joined text: cut into sentences (its own cut_sent), whitespace-normalise
+    each non-empty sentence, flatten with split(" "). A whitespace-only sentence survives as one '' token."""
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_chinese import Rouge
+        _ROUGE = Rouge(metrics=["rouge-l"])
+    sentences = [" ".join(s.split()) for s in _ROUGE.cut_sent(spaced) if len(s) > 0]
+    return [tok for s in sentences for tok in s.split(" ")]
+
+
+def lawbench_rouge_l(hyps: list[str], refs: list[str]) -> list[float]:
+    """Per-pair ROUGE-L F exactly as LawBench's compute_rouge + rouge_chinese 1.0.3 Rouge().get_scores:
+    jieba.cut (0.42.1, default dict, HMM) joined by spaces, an empty hyp becomes '无内容', plain LCS over the
+    flattened tokens, P = LCS/len(hyp), R = LCS/len(ref), F = 2PR/(P+R+1e-8). Raises ValueError for an empty ref."""
+    import jieba
+    out = []
+    for hyp, ref in zip(hyps, refs, strict=True):
+        h = " ".join(jieba.cut(hyp))
+        h = h if h.strip() != "" else "无内容"
+        h_toks, r_toks = _rouge_tokens(h), _rouge_tokens(" ".join(jieba.cut(ref)))
+        if not r_toks:
+            raise ValueError("reference is empty")
+        llcs = lcs_length(r_toks, h_toks)
+        r, p = llcs / len(r_toks), llcs / len(h_toks)
+        out.append(2.0 * ((p * r) / (p + r + 1e-8)))
+    return out
+
+
+def lawbench_article_numbers(pred: str) -> set[int]:
+    """3-1 parser: split on 、; per chunk 万元->元, drop 第…款, 第X条 -> X, cn2an.transform, keep the FIRST \\d+.
+    So '刑法第264条，第67条' -> {264} and '根据2017年修正的刑法，第264条' -> {2017}."""
+    import cn2an
+    found = []
+    for chunk in pred.split("、"):
+        chunk = chunk.replace("万元", "元")
+        chunk = re.sub(r"第(.*?)款", "", chunk)
+        chunk = re.sub(r"第(.*?)条", lambda m: m.group(1), chunk)
+        chunk = cn2an.transform(chunk, "cn2an")
+        numbers = re.findall(r"\d+", chunk)
+        if numbers:
+            found.append(int(numbers[0]))
+    return set(found)
+
+
+def lawbench_term_months(pred: str) -> int | None:
+    """3-4/3-5 parser: cn2an.transform the whole text; the first '\\d+个月', else the first '\\d+月', else the first
+    '\\d+年' x 12; None = abstention. So '1年6个月' -> 6 and '2016年3月28日 …' -> 3."""
+    import cn2an
+    text = cn2an.transform(pred, "cn2an")
+    months = [int(m[:-2]) for m in re.findall(r"\d+个月", text)] + [int(m[:-1]) for m in re.findall(r"\d+月", text)]
+    if months:
+        return months[0]
+    years = re.findall(r"\d+年", text)
+    return int(years[0][:-1]) * 12 if years else None
+
+
+def lawbench_ie_entities(pred: str) -> dict[str, str]:
+    """2-6 parser: for each entity type, every occurrence followed immediately by ':' or '：' (and not ending within
+    the last 2 characters) gives value = rest .strip()ed, cut at the first '\\n' or ' '; '无'/'未提及' ignored;
+    later occurrences overwrite earlier ones."""
+    out = {}
+    for etype in IE_ENTITY_TYPES:
+        for m in re.finditer(re.escape(etype), pred):
+            end = m.end()
+            if end >= len(pred) - 2:
+                continue
+            if pred[end] == ":" or pred[end] == "：":
+                value = re.split("\n| ", pred[end + 1:].strip())[0].strip()
+                if value != "无" and value != "未提及":
+                    out[etype] = value
+    return out
+
+
+def lawbench_ie_reference(refr: str, i: int) -> dict[str, str]:
+    """2-6 reference 'type:value;type:value' -> dict (value = text between the first and second ':')."""
+    out = {}
+    if refr.strip() == "":
+        return out
+    for seg in refr.split(";"):
+        parts = seg.split(":")
+        if len(parts) < 2:
+            raise BadItem(i, "refr", f"expected 'type:value;...', got segment {seg!r}")
+        out[parts[0]] = parts[1]
+    return out
+
+
+# --- Per-task score functions: items (origin_prompt, prediction, refr) in file order -> {score, abstention_rate}
+
+def _expect(ok: bool, i: int, refr: str, what: str):
+    if not ok:
+        raise BadItem(i, "refr", f"expected {what}, got {refr[:60]!r}")
+
+
+def _multi_choice_task(items, options, gold_of) -> dict:
+    """Accuracy with lawbench_multi_choice; gold_of(i, refr) -> gold option, or None to skip the item (2-2 赔偿)."""
+    scores, abstentions = [], 0
+    for i, it in enumerate(items):
+        gold = gold_of(i, it["refr"])
+        if gold is None:
+            continue
+        correct, abstained = lawbench_multi_choice(it["prediction"], options, gold)
+        scores.append(correct)
+        abstentions += abstained
+    if not scores:
+        raise BadItem(len(items) - 1, "refr", "no item left to score")
+    return {"score": plain_mean(scores), "abstention_rate": abstentions / len(items)}
+
+
+def _letter_at(pos: int, letters: str, what: str):
+    def gold_of(i, refr):
+        _expect(len(refr) > pos and refr[pos] in letters, i, refr, what)
+        return refr[pos]
+    return gold_of
+
+
+def _label_set_task(items, labels, gold_of) -> dict:
+    """Mean per-item set F1 between gold_of(i, refr) and every label found in the prediction; abstention = none found."""
+    scores, abstentions = [], 0
+    for i, it in enumerate(items):
+        found = lawbench_labels_found(it["prediction"], labels)
+        abstentions += len(found) == 0
+        scores.append(set_f1(set(gold_of(i, it["refr"])), set(found)))
+    return {"score": plain_mean(scores), "abstention_rate": abstentions / len(items)}
+
+
+def _rouge_task(items, ref_of=lambda refr: refr) -> dict:
+    try:
+        fs = lawbench_rouge_l([it["prediction"] for it in items], [ref_of(it["refr"]) for it in items])
+    except ValueError:
+        i = next(i for i, it in enumerate(items) if not _rouge_tokens(ref_of(it["refr"]).strip()))
+        raise BadItem(i, "refr", "empty reference (the official ROUGE raises 'Reference is empty')") from None
+    return {"score": plain_mean(fs), "abstention_rate": 0.0}
+
+
+def score_1_1(items):  # article recitation: ROUGE-L vs refr without "答案:"
+    return _rouge_task(items, lambda refr: refr.replace("答案:", ""))
+
+
+def score_1_2(items):  # JEC-KD: refr '正确答案：X。'
+    return _multi_choice_task(items, ["A", "B", "C", "D"], _letter_at(5, "ABCD", "'正确答案：X。' with X in A-D"))
+
+
+def score_2_1(items):  # proofreading: ChERRANT char-level F0.5, in its own module
+    try:
+        import cherrant
+    except ModuleNotFoundError as e:
+        if e.name != "cherrant":
+            raise
+        raise ScorerMissing("task 2-1 needs cherrant.py (LexLab's ChERRANT scorer), which is not in this checkout; "
+                            "pass --skip_tasks 2-1 (and --fill_from results.csv to complete the averages)") from None
+    return cherrant.score_2_1(items)
+
+
+def score_2_2(items):  # dispute focus: refr '争议焦点类别：X。'; gold '赔偿' (not a label) is skipped
+    def gold_of(i, refr):
+        if refr[7:-1] == "赔偿":
+            return None
+        _expect(refr.startswith("争议焦点类别：") and refr[7:-1] in DISPUTE_FOCUS_LABELS, i, refr,
+                "'争议焦点类别：X。' with X one of the 16 labels")
+        return refr[7:-1]
+    return _multi_choice_task(items, DISPUTE_FOCUS_LABELS, gold_of)
+
+
+def score_2_3(items):  # marriage classification: refr '类别:a、b。'
+    def gold_of(i, refr):
+        golds = refr[3:-1].split("、")
+        _expect(refr.startswith("类别:") and refr.endswith("。") and all(g in MARRIAGE_LABELS for g in golds),
+                i, refr, "'类别:a、b。' with labels from the 20 of 2-3")
+        return golds
+    return _label_set_task(items, MARRIAGE_LABELS, gold_of)
+
+
+def score_2_4(items):  # consultation topic: refr is the label itself
+    def gold_of(i, refr):
+        _expect(refr in TOPIC_LABELS, i, refr, "one of the 20 topic labels")
+        return refr
+    return _multi_choice_task(items, TOPIC_LABELS, gold_of)
+
+
+def score_2_5(items):  # reading comprehension: char F1 of the whole prediction vs refr without "回答:"
+    fs = [lawbench_char_f1(it["refr"].replace("回答:", ""), it["prediction"]) for it in items]
+    return {"score": plain_mean(fs), "abstention_rate": 0.0}
+
+
+def score_2_6(items):  # information extraction; the official abstention key is misspelled, so it reports 0
+    total = 0
+    for i, it in enumerate(items):
+        pred, ref = lawbench_ie_entities(it["prediction"]), lawbench_ie_reference(it["refr"], i)
+        if not ref:
+            total += 1 if not pred else 0
+            continue
+        matched = [lawbench_char_f1(ref[t], v) for t, v in pred.items() if t in ref]
+        p = plain_sum(matched) / len(pred) if len(pred) > 0 else 0
+        r = plain_sum(matched) / len(ref)
+        total += 2 * p * r / (p + r + 1e-10)
+    return {"score": total / len(items), "abstention_rate": 0.0}
+
+
+def score_2_7(items):  # opinion summarisation
+    return _rouge_task(items)
+
+
+def score_2_8(items):  # argument mining: refr '[正确答案]X<eoa>'
+    return _multi_choice_task(items, ["A", "B", "C", "D", "E"],
+                              _letter_at(6, "ABCDE", "'[正确答案]X<eoa>' with X in A-E"))
+
+
+def score_2_9(items):  # event detection: refr 'a;b'
+    return _label_set_task(items, EVENT_LABELS, lambda i, refr: refr.split(";"))
+
+
+def score_2_10(items):  # trigger words: position-aligned char F1 over ';'-split lists
+    total = 0
+    for it in items:
+        golds, preds = it["refr"].split(";"), it["prediction"].split(";")
+        matched = [lawbench_char_f1(g, p) for g, p in zip(golds, preds)]
+        p = plain_sum(matched) / len(preds)
+        r = plain_sum(matched) / len(golds)
+        total += 2 * p * r / (p + r + 1e-10)
+    return {"score": total / len(items), "abstention_rate": 0.0}
+
+
+def score_3_1(items):  # article prediction: refr '法条:刑法第234、275条'
+    scores, abstentions = [], 0
+    for i, it in enumerate(items):
+        refr = it["refr"]
+        _expect(refr.startswith("法条:刑法第") and refr.endswith("条"), i, refr, "'法条:刑法第N、M条'")
+        parts = refr.replace("法条:刑法第", "").replace("条", "").split("、")
+        _expect(all(p.isdigit() and int(p) <= 490 for p in parts), i, refr, "article numbers <= 490")
+        pred = lawbench_article_numbers(it["prediction"])
+        abstentions += len(pred) == 0
+        scores.append(set_f1(pred, {int(p) for p in parts}))
+    return {"score": plain_mean(scores), "abstention_rate": abstentions / len(items)}
+
+
+def score_3_2(items):  # scenario-based article
+    return _rouge_task(items)
+
+
+def score_3_3(items):  # charge prediction: refr '罪名:a;b'
+    def gold_of(i, refr):
+        _expect(refr.startswith("罪名:"), i, refr, "'罪名:a;b'")
+        return refr.replace("罪名:", "").split(";")
+    return _label_set_task(items, CHARGE_LABELS, gold_of)
+
+
+def score_3_4(items):  # prison term: normalised mean log distance; 死刑/无期 items skipped
+    distances, abstentions = [], 0
+    for i, it in enumerate(items):
+        refr = it["refr"]
+        if "死刑" in refr or "无期" in refr:
+            continue
+        gold = refr.replace("刑期:", "").replace("个月", "")
+        _expect(refr.startswith("刑期:") and refr.endswith("个月") and gold.isdigit(), i, refr, "'刑期:N个月'")
+        months = lawbench_term_months(it["prediction"])
+        if months is None:
+            abstentions += 1
+            distances.append(LOG_216)
+        else:
+            distances.append(abs(math.log(int(gold) + 1) - math.log(months + 1)))
+    if not distances:
+        raise BadItem(len(items) - 1, "refr", "every item is 死刑/无期: nothing to score")
+    return {"score": (LOG_216 - plain_mean(distances)) / LOG_216, "abstention_rate": abstentions / len(items)}
+
+
+score_3_5 = score_3_4  # same function with the statutes in the prompt
+
+
+def score_3_6(items):  # JEC-AC: refr '正确答案:X。'
+    return _multi_choice_task(items, ["A", "B", "C", "D"], _letter_at(5, "ABCD", "'正确答案:X。' with X in A-D"))
+
+
+def score_3_7(items):  # crime amount: gold equals ANY number in the prediction
+    scores, abstentions = [], 0
+    for i, it in enumerate(items):
+        refr = it["refr"]
+        amount = refr.replace("上文涉及到的犯罪金额:", "")
+        ok = refr.startswith("上文涉及到的犯罪金额:") and refr.endswith("元。") and "千元" not in amount and "万" not in amount
+        try:
+            gold = float(amount.replace("元。", "")) if ok else None
+        except ValueError:
+            gold = None
+        _expect(gold is not None, i, refr, "'上文涉及到的犯罪金额:N元。'")
+        numbers = [float(x) for x in re.findall(r"\d+\.?\d*", it["prediction"])]
+        abstentions += len(numbers) == 0
+        scores.append(int(gold in numbers))
+    return {"score": plain_mean(scores), "abstention_rate": abstentions / len(items)}
+
+
+def score_3_8(items):  # legal consultation
+    return _rouge_task(items)
+
+
+TASK_SCORERS = {  # task id -> score function (items -> {score, abstention_rate})
+    "1-1": score_1_1, "1-2": score_1_2,
+    "2-1": score_2_1, "2-2": score_2_2, "2-3": score_2_3, "2-4": score_2_4, "2-5": score_2_5, "2-6": score_2_6,
+    "2-7": score_2_7, "2-8": score_2_8, "2-9": score_2_9, "2-10": score_2_10,
+    "3-1": score_3_1, "3-2": score_3_2, "3-3": score_3_3, "3-4": score_3_4, "3-5": score_3_5, "3-6": score_3_6,
+    "3-7": score_3_7, "3-8": score_3_8}
+assert list(TASK_SCORERS) == LAWBENCH_TASKS
+
+
+# --- Prediction files in LawBench's layout: <dir>/<model>/<task>.json = {"0": item, "1": item, ...}
+
+PRED_FIELDS = ("origin_prompt", "prediction", "refr")
+
+
+def read_predictions(path) -> list[dict]:
+    """Read a LawBench prediction file in the official order "0".."N-1" (the dict's own key order does not matter).
+    Anything the official scorer would crash on is a one-line DataError naming the file, the item and the field."""
+    path = Path(path)
+    try:
+        data = json.loads(utils.read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", "bad_json") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(path, None, None, 'expected a non-empty JSON object {"0": {...}, "1": {...}, ...}',
+                        "bad_schema")
+    items = []
+    for i in range(len(data)):
+        key = str(i)
+        if key not in data:
+            extra = sorted(k for k in data if not (k.isdigit() and int(k) < len(data)))
+            raise DataError(path, None, None, f'missing item "{key}": keys must be "0".."{len(data) - 1}"'
+                            + (f" (unexpected keys: {extra[:3]})" if extra else ""), "bad_schema")
+        item = data[key]
+        if not isinstance(item, dict):
+            raise DataError(path, None, f'["{key}"]', f"expected an object, got {type(item).__name__}", "bad_schema")
+        for field in PRED_FIELDS:
+            if field not in item:
+                raise DataError(path, None, f'["{key}"].{field}', "missing", "missing_field")
+            if field != "origin_prompt" and not isinstance(item[field], str):
+                raise DataError(path, None, f'["{key}"].{field}', f"expected a string, got {type(item[field]).__name__}",
+                                "bad_field")
+        items.append(item)
+    return items
+
+
+def write_predictions(path, items: list[dict]) -> Path:
+    """Write items (origin_prompt, prediction, refr) as the official prediction file (indent 4, UTF-8, atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {str(i): {f: it[f] for f in PRED_FIELDS} for i, it in enumerate(items)}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def score_file(path, task: str | None = None) -> dict:
+    """Score one prediction file; the task id is the file name before the first '.'. -> {score, abstention_rate}"""
+    path = Path(path)
+    task = task or path.name.split(".")[0]
+    if task not in TASK_SCORERS:
+        raise DataError(path, None, None, f"unknown LawBench task '{task}' (expected one of {', '.join(LAWBENCH_TASKS)})",
+                        "unknown_task")
+    items = read_predictions(path)
+    try:
+        result = TASK_SCORERS[task](items)
+    except BadItem as e:
+        raise DataError(path, None, f'["{e.index}"].{e.field}', str(e), "bad_field") from None
+    return {"score": float(result["score"]), "abstention_rate": float(result.get("abstention_rate", 0.0))}
+
+
+def _score_job(job: tuple[str, str, str]) -> tuple[str, str, dict | None, str | None, float]:
+    """Pool worker: (model, task, path) -> (model, task, result, error line, seconds). User errors become lines."""
+    model, task, path = job
+    t0 = time.perf_counter()
+    try:
+        return model, task, score_file(path, task), None, time.perf_counter() - t0
+    except DataError as e:
+        return model, task, None, str(e), time.perf_counter() - t0
+    except ScorerMissing as e:
+        return model, task, None, f"{path}: {e}", time.perf_counter() - t0
+
+
+def find_prediction_files(pred_dir, models=None, skip_tasks=()) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """PRED_DIR/<model>/<task>.json (or PRED_DIR/<task>.json for one model) -> jobs (model, task, path), notes."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(pred_dir, None, None, "prediction directory not found", "missing_file")
+    model_dirs = [pred_dir] if any(pred_dir.glob("*.json")) else sorted(p for p in pred_dir.iterdir() if p.is_dir())
+    jobs, notes = [], []
+    for mdir in model_dirs:
+        if models and mdir.name not in models:
+            continue
+        for path in sorted(mdir.glob("*.json")):
+            task = path.name.split(".")[0]
+            if task in skip_tasks:
+                continue
+            if task not in TASK_SCORERS:
+                notes.append(f"{path}: not a LawBench task file, ignored")
+                continue
+            jobs.append((mdir.name, task, str(path)))
+    if models:
+        for m in sorted(set(models) - {j[0] for j in jobs}):
+            notes.append(f"model '{m}': no prediction files under {pred_dir}")
+    return jobs, notes
+
+
+def _init_worker():
+    import warnings
+    warnings.filterwarnings("ignore", module="cn2an")  # cn2an warns on every stray 万/千 it cannot convert
+    import jieba
+    jieba.setLogLevel(60)
+    jieba.initialize()
+
+
+def score_jobs(jobs, workers: int = 2, progress: bool = True) -> tuple[list[dict], list[str], list[dict]]:
+    """Score (model, task, path) jobs on `workers` processes. -> (rows, error lines, per-file metrics)."""
+    from tqdm import tqdm
+    # biggest files first so that the two cores finish together
+    jobs = sorted(jobs, key=lambda j: -os.path.getsize(j[2]))
+    if workers > 1 and len(jobs) > 1:
+        _init_worker()  # load jieba's dictionary once, before fork, so every worker inherits it
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+            results = list(tqdm(pool.imap_unordered(_score_job, jobs), total=len(jobs), disable=not progress,
+                                desc="scoring", unit="file"))
+    else:
+        _init_worker()
+        results = [_score_job(j) for j in tqdm(jobs, disable=not progress, desc="scoring", unit="file")]
+    order = {t: k for k, t in enumerate(LAWBENCH_TASKS)}
+    results.sort(key=lambda r: (r[0], order[r[1]]))
+    rows = [{"task": t, "model_name": m, "score": res["score"], "abstention_rate": res["abstention_rate"]}
+            for m, t, res, err, _ in results if res is not None]
+    errors = [err for *_, err, _ in results if err is not None]
+    metrics = [{"model": m, "task": t, "seconds": round(s, 4), "ok": err is None} for m, t, _, err, s in results]
+    return rows, errors, metrics
+
+
+def read_scores_csv(path) -> dict[tuple[str, str], dict]:
+    """An official results.csv (task,model_name,score,abstention_rate) -> {(task, model): {score, abstention_rate}}."""
+    out = {}
+    for line, rec in utils.iter_records(Path(path)):
+        try:
+            out[(rec["task"], rec["model_name"])] = {"score": float(rec["score"]),
+                                                     "abstention_rate": float(rec["abstention_rate"] or 0)}
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(path, line, None, f"expected columns task,model_name,score,abstention_rate ({e})",
+                            "bad_field") from None
+    return out
+
+
+def paper_table(rows: list[dict], fill: dict | None = None) -> tuple[list[dict], list[str]]:
+    """Per model: Memorization / Understanding / Application = mean of the 1-x / 2-x / 3-x task scores, Average =
+    mean of all 20, all x100. Tasks not scored are taken from `fill` ({(task, model): {score}}) when given;
+    a model still missing tasks gets blank averages and a note."""
+    by_model: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_model.setdefault(r["model_name"], {})[r["task"]] = r["score"]
+    table, notes = [], []
+    for model, scores in by_model.items():
+        filled = [t for t in LAWBENCH_TASKS if t not in scores and fill and (t, model) in fill]
+        for t in filled:
+            scores[t] = fill[(t, model)]["score"]
+        if filled:
+            notes.append(f"{model}: {', '.join(filled)} taken from the official results file, not scored here")
+        missing = [t for t in LAWBENCH_TASKS if t not in scores]
+        row = {"model_name": model}
+        if missing:
+            notes.append(f"{model}: no score for {', '.join(missing)}: averages left blank")
+            row.update({k: None for k in [*CATEGORIES, "Average"]})
+        else:
+            for name, prefix in CATEGORIES.items():
+                row[name] = 100 * plain_mean([scores[t] for t in LAWBENCH_TASKS if t.startswith(prefix)])
+            row["Average"] = 100 * plain_mean([scores[t] for t in LAWBENCH_TASKS])
+        table.append(row)
+    return table, notes
+
+
+def table_markdown(table: list[dict]) -> str:
+    cols = [*CATEGORIES, "Average"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for row in table:
+        lines.append(f"| {row['model_name']} | "
+                     + " | ".join("" if row[c] is None else f"{row[c]:.2f}" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path, rows: list[dict], fields: list[str]):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@dataclasses.dataclass
+class ScoreConfig:
+    """Score LawBench predictions (<pred_dir>/<model>/<task>.json) exactly like the official scorer."""
+    pred_dir: str = dataclasses.field(metadata={"help": "LawBench predictions/ layout: <model>/<task>.json"})
+    out: str = dataclasses.field(default="scores.csv", metadata={"help": "per-task CSV; the table goes beside it"})
+    models: str = dataclasses.field(default="", metadata={"help": "comma-separated model folders (default: all)"})
+    skip_tasks: str = dataclasses.field(default="", metadata={"help": "comma-separated task ids not to score"})
+    fill_from: str = dataclasses.field(default="", metadata={
+        "help": "official results.csv: tasks without predictions (e.g. 2-9, 2-10) are taken from it for the table"})
+    workers: int = dataclasses.field(default=0, metadata={"help": "processes, one file each at a time (0: all cores)"})
+
+
+def cmd_score(cfg: ScoreConfig) -> int:
+    t0 = time.perf_counter()
+    models = [m for m in cfg.models.split(",") if m]
+    skip = [t for t in cfg.skip_tasks.split(",") if t]
+    for t in skip:
+        if t not in TASK_SCORERS:
+            raise DataError("--skip_tasks", None, None, f"unknown task '{t}'", "bad_flag")
+    fill = read_scores_csv(cfg.fill_from) if cfg.fill_from else None
+    jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
+    if not jobs:
+        raise DataError(cfg.pred_dir, None, None, "no <model>/<task>.json prediction files found", "missing_file")
+    rows, errors, metrics = score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1))
+    seconds = time.perf_counter() - t0
+
+    out = Path(cfg.out)
+    write_csv(out, rows, ["task", "model_name", "score", "abstention_rate"])
+    table, table_notes = paper_table(rows, fill)
+    stem = out.with_suffix("")
+    write_csv(f"{stem}_table.csv", table, ["model_name", *CATEGORIES, "Average"])
+    markdown = table_markdown(table)
+    Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
+    Path(f"{stem}.config.json").write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2),
+                                           encoding="utf-8")
+    with open(f"{stem}_metrics.jsonl", "w", encoding="utf-8") as f:
+        for m in metrics:
+            f.write(json.dumps(m, ensure_ascii=False) + "\n")
+        f.write(json.dumps({"total_seconds": round(seconds, 3), "files": len(jobs), "errors": len(errors)}) + "\n")
+
+    print(markdown, end="")
+    for line in notes + table_notes:
+        print("note:", line)
+    for line in errors:
+        print("error:", line, file=sys.stderr)
+    print(f"scored {len(rows)}/{len(jobs)} files in {seconds:.1f} s -> {out}, {stem}_table.csv, {stem}_table.md")
+    return 1 if errors else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 9. Command line: one subcommand per section
+# ----------------------------------------------------------------------------------------------------------------------
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, positional: tuple[str, ...] = ()):
+    """Expose dataclass `cls` on a subcommand parser: `positional` fields as arguments, the others as --flags."""
+    for f in dataclasses.fields(cls):
+        helptext = f.metadata.get("help", "")
+        if f.name in positional:
+            parser.add_argument(f.name, help=helptext)
+        else:
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=helptext)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("score", help=ScoreConfig.__doc__, description=ScoreConfig.__doc__,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_flags(p, ScoreConfig, positional=("pred_dir",))
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "score":
+            return cmd_score(ScoreConfig(**args))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
