@@ -86,6 +86,63 @@ def test_whitespace_only_and_cr_predictions(res):
     assert ok["score"] == 1.0
 
 
+def brute_edit_lists(src, tgt, res):
+    """The official way: walk every cheapest alignment and merge each one."""
+    _, ops = C.align(src, tgt, *res)
+    return {C.merge(a, src, tgt) for a in C.cheapest_alignments(ops, len(src), len(tgt))}
+
+
+def fast_edit_lists(src, tgt, res):
+    _, ops = C.align(src, tgt, *res)
+    return {C.finish_edits(list(e), src, tgt) for e in C.run_edit_lists(ops, len(src), len(tgt))}
+
+
+def test_run_level_walk_equals_walking_every_alignment(res, lawbench_dir):
+    pairs = [("甲甲甲", "甲乙"), ("xy", "z"), ("我们学校去", "我们去学校"), ("他昨天去上海了", "他去上海昨天了"),
+             ("一二三四五六", "六五四三二一"), ("本院认为被告人的行为", "被告的行为本院认定为")]
+    data = json.loads((lawbench_dir / "predictions" / "one_shot" / "chatglm2-6b-hf" / "2-1.json").read_text("utf-8"))
+    for k in range(0, 500, 25):  # off-topic predictions: many tied alignments
+        source, prediction, _ = C.prepare_item(data[str(k)])
+        pairs.append((C.squeeze(source), C.t2s(C.squeeze(prediction))))
+    checked = 0
+    for s, t in pairs:
+        src, tgt = C.tokenize(s), C.tokenize(t)
+        _, ops = C.align(src, tgt, *res)
+        if C.count_alignments(ops, len(src), len(tgt)) > 3000:
+            continue
+        assert fast_edit_lists(src, tgt, res) == brute_edit_lists(src, tgt, res), (s, t)
+        checked += 1
+    assert checked >= 15
+
+
+def plain_align(src, tgt, res):
+    """Reference DP: the transposition window is re-sorted for every k, as the official does."""
+    n, m = len(src), len(tgt)
+    cost = [[float(i + j) if i == 0 or j == 0 else 0.0 for j in range(m + 1)] for i in range(n + 1)]
+    ops = [[None] * (m + 1) for _ in range(n + 1)]
+    for i in range(n):
+        for j in range(m):
+            if src[i] == tgt[j]:
+                cost[i + 1][j + 1], ops[i + 1][j + 1] = cost[i][j], ("M",)
+                continue
+            trans, k = C._trans_slow(src, tgt, cost, i, j)
+            cands = [(trans, "T" + str(k + 1)), (cost[i][j] + C.sub_cost(src[i], tgt[j], *res), "S"),
+                     (cost[i + 1][j] + 1, "I"), (cost[i][j + 1] + 1, "D")]
+            best = min(c for c, _ in cands)
+            cost[i + 1][j + 1], ops[i + 1][j + 1] = best, tuple(o for c, o in cands if c == best)
+    return cost, ops
+
+
+@pytest.mark.parametrize("s,t", [("甲乙丙丁戊己甲乙", "乙甲丁丙己戊乙甲"), ("我们学校去了吗", "我们去了学校吗"),
+                                 ("一二三四五六七", "七六五四三二一"), ("abcabc", "cbacba")])
+def test_transposition_hash_search_matches_plain_search(res, s, t):
+    src, tgt = C.tokenize(s), C.tokenize(t)
+    cost, ops = C.align(src, tgt, *res)
+    ref_cost, ref_ops = plain_align(src, tgt, res)
+    assert cost == ref_cost
+    assert [row[1:] for row in ops[1:]] == [row[1:] for row in ref_ops[1:]]
+
+
 # ---- compare_m2 and F0.5 ------------------------------------------------------------------------------------------
 
 def test_compare_counts_multiplicity():
@@ -119,8 +176,8 @@ def published(lawbench_dir, setting, model):
     ("one_shot", "GPT4", 5e-5),
     ("zero_shot", "qwen-7b-chat-hf", 5e-5),
     ("one_shot", "qwen-7b-chat-hf", 5e-5),
-    ("zero_shot", "chatglm2-6b-hf", 2e-3),
-    ("one_shot", "chatglm2-6b-hf", 2e-3),
+    ("zero_shot", "chatglm2-6b-hf", 5e-5),  # acceptance: 2e-3; reproduced exactly with the budget
+    ("one_shot", "chatglm2-6b-hf", 5e-5),
 ])
 def test_published_scores(lawbench_dir, setting, model, tol):
     data = json.loads((lawbench_dir / "predictions" / setting / model / "2-1.json").read_text(encoding="utf-8"))
