@@ -40,6 +40,8 @@ import Levenshtein
 from opencc import OpenCC
 from pypinyin import Style, pinyin
 
+from utils import DataError
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. Resources (Cilin thesaurus, confusion sets, punctuation tables)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def prepare_item(item: dict) -> tuple[str, str, str]:
     if isinstance(question, list):
         question = question[0]["prompt"]
     start = question.index("句子：\n") + 4
-    source = _LINE_WS.sub("", question[start:].replace("\r", "\n").split("\n")[0])
+    source = _LINE_WS.sub("", question[start:].split("\n")[0])
     answer = item["refr"]
     prediction = _LINE_WS.sub("", item["prediction"])
     if len(prediction) - len(answer) > 5:  # length of the raw reference, as official
@@ -718,11 +720,18 @@ def score_sentence(args) -> tuple[int, int, int, bool]:
 
 
 def score_2_1(items: list[dict], workers: int | None = None, data_dir=None,
-              budget: int | None = OFFICIAL_BUDGET, details: bool = False) -> dict:
+              budget: int | None = OFFICIAL_BUDGET, details: bool = False, source_name: str = "2-1.json") -> dict:
     """Official LawBench 2-1 score of a list of prediction-file items (in key order "0".."N-1").
-    Returns {"score": F0.5 rounded to 4 d.p., "abstention_rate": 0.0} (+ counts when details=True)."""
+    Returns {"score": F0.5 rounded to 4 d.p., "abstention_rate": 0.0} (+ counts when details=True).
+    A malformed item raises utils.DataError naming source_name and the item key."""
     load_resources(data_dir)  # fail early, in the parent, on missing files
-    jobs = [(*prepare_item(it), data_dir, budget) for it in items]
+    jobs = []
+    for k, it in enumerate(items):
+        try:
+            jobs.append((*prepare_item(it), data_dir, budget))
+        except (KeyError, IndexError, TypeError, ValueError) as e:  # the official dies with a traceback here
+            raise DataError(source_name, None, f"{k}",
+                            f"not a 2-1 item (needs origin_prompt with '句子：\\n', prediction, refr): {e!r}") from None
     workers = workers or min(2, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         with get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) as pool:

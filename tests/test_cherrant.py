@@ -39,6 +39,8 @@ def test_prepare_truncates_to_reference_plus_5_and_fills_empty():
 def test_prepare_removes_carriage_return_like_newline():
     _, pred, _ = C.prepare_item(item("我门去学校", "我们\r去\r\n学校", "我们去学校"))
     assert pred == "我们去学校"
+    src, _, _ = C.prepare_item(item("我门\r去学校", "x", "y"))
+    assert src == "我门去学校"
 
 
 # ---- alignment + merging -------------------------------------------------------------------------------------------
@@ -185,3 +187,10 @@ def test_published_scores(lawbench_dir, setting, model, tol):
     out = C.score_2_1(items, workers=2, data_dir=lawbench_dir / "evaluation" / "utils" / "data")
     assert out["abstention_rate"] == 0.0
     assert abs(out["score"] - published(lawbench_dir, setting, model)) <= tol
+
+
+def test_bad_item_is_a_data_error():
+    from utils import DataError
+    with pytest.raises(DataError, match=r"x/2-1.json: field '1'"):
+        C.score_2_1([item("甲", "甲", "甲"), {"origin_prompt": "no marker", "prediction": "", "refr": ""}],
+                    workers=1, source_name="x/2-1.json")
