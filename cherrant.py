@@ -31,7 +31,6 @@ import re
 import random
 import string
 import sys
-from collections import Counter
 from itertools import groupby
 from multiprocessing import get_context
 from pathlib import Path
@@ -210,6 +209,9 @@ class _Hasher:
 
 
 _SUB_CACHE: dict = {}
+_M = ("M",)
+_SID = {(s_, i_, d_): tuple(op for op, on in (("S", s_), ("I", i_), ("D", d_)) if on)
+        for s_ in (False, True) for i_ in (False, True) for d_ in (False, True)}
 
 
 def align(src: list[str], tgt: list[str], cilin: dict, confusion: dict):
@@ -240,31 +242,35 @@ def align(src: list[str], tgt: list[str], cilin: dict, confusion: dict):
     # per diagonal d = j - i (key d + n): last index t with a given ps[t]-pt[t+d], last zero step t (from cell (t,t+d))
     last_seen = [dict() for _ in range(n + m + 1)]
     last_zero = [-1] * (n + m + 1)
-    sub_cache = _SUB_CACHE.setdefault(id(cilin), {})  # (a, b) -> cost, shared by all sentences of a process
+    sub_cache = _SUB_CACHE.setdefault(id(cilin), {})  # a -> {b -> cost}, shared by all sentences of a process
     for i in range(n):
         a = src[i]
+        sub_a = sub_cache.get(a)
+        if sub_a is None:
+            sub_a = sub_cache[a] = {}
         row, prev = cost[i + 1], cost[i]
         orow = ops[i + 1]
+        ps_next, ps_back = ps[i + 1], ps[i - 1] if i >= 1 else None
         for j in range(m):
             dk = j - i + n
             seen = last_seen[dk]
             # register diagonal index t = i - 1 (cell (i-1, j-1)) before looking back from (i, j)
-            if i >= 1 and j >= 1:
-                seen[ps[i - 1] - pt[j - 1]] = i - 1
+            if ps_back is not None and j >= 1:
+                seen[ps_back - pt[j - 1]] = i - 1
             b = tgt[j]
             if a == b:
                 row[j + 1] = prev[j]
-                orow[j + 1] = ("M",)
+                orow[j + 1] = _M
             else:
                 del_c = prev[j + 1] + 1
                 ins_c = row[j] + 1
-                sc = sub_cache.get((a, b))
+                sc = sub_a.get(b)
                 if sc is None:
-                    sc = sub_cache[(a, b)] = sub_cost(a, b, cilin, confusion)
+                    sc = sub_a[b] = sub_cost(a, b, cilin, confusion)
                 sub_c = prev[j] + sc
                 # transposition: smallest k >= 1 with k < i - last_zero, i-k >= 0, j-k >= 0, anagram windows
                 trans_c, k = INF, 0
-                t = seen.get(ps[i + 1] - pt[j + 1])
+                t = seen.get(ps_next - pt[j + 1])
                 if t is not None and t > last_zero[dk]:
                     kk = i - t
                     if sorted(src[t:i + 1]) == sorted(tgt[j - kk:j + 1]):
@@ -277,16 +283,17 @@ def align(src: list[str], tgt: list[str], cilin: dict, confusion: dict):
                 if del_c < best:
                     best = del_c
                 row[j + 1] = best
-                cell = []
                 if trans_c == best:
-                    cell.append("T" + str(k + 1))
-                if sub_c == best:
-                    cell.append("S")
-                if ins_c == best:
-                    cell.append("I")
-                if del_c == best:
-                    cell.append("D")
-                orow[j + 1] = tuple(cell)
+                    cell = ["T" + str(k + 1)]
+                    if sub_c == best:
+                        cell.append("S")
+                    if ins_c == best:
+                        cell.append("I")
+                    if del_c == best:
+                        cell.append("D")
+                    orow[j + 1] = tuple(cell)
+                else:  # the common case: one of the 7 non-empty S/I/D combinations
+                    orow[j + 1] = _SID[(sub_c == best, ins_c == best, del_c == best)]
             if row[j + 1] == prev[j]:
                 last_zero[dk] = i
     return cost, ops
@@ -302,8 +309,21 @@ def _trans_slow(src, tgt, cost, i, j):
     return float("inf"), k
 
 
+def _edge(op: str, i: int, j: int) -> tuple:
+    """The alignment step (op, i1, i2, j1, j2) that reaches cell (i, j) by op."""
+    if op == "M" or op == "S":
+        return (op, i - 1, i, j - 1, j)
+    if op == "D":
+        return (op, i - 1, i, j, j)
+    if op == "I":
+        return (op, i, i, j - 1, j)
+    k = int(op[1:])
+    return (op, i - k, i, j - k, j)
+
+
 def cheapest_alignments(ops, n: int, m: int):
-    """Yield every cheapest alignment as a tuple of (op, i1, i2, j1, j2), left to right (official DFS order).
+    """Yield every cheapest alignment as a tuple of (op, i1, i2, j1, j2), left to right: the official walk, one
+    path at a time (only used as the reference in tests; scoring uses run_edit_lists, section 5).
     Like the official, only the first operation of each cell is followed when |n - m| > 10."""
     first_only = abs(n - m) > 10
     path: list = []
@@ -316,23 +336,14 @@ def cheapest_alignments(ops, n: int, m: int):
         if i + j == 0:
             yield tuple(reversed(path))
             continue
-        cell = ops[i][j][:1] if first_only else ops[i][j]
         depth = len(path)
-        for op in reversed(cell):  # pushed in reverse so the first operation is explored first
-            if op == "M" or op == "S":
-                e = (op, i - 1, i, j - 1, j)
-            elif op == "D":
-                e = (op, i - 1, i, j, j)
-            elif op == "I":
-                e = (op, i, i, j - 1, j)
-            else:
-                k = int(op[1:])
-                e = (op, i - k, i, j - k, j)
+        for op in reversed(ops[i][j][:1] if first_only else ops[i][j]):  # first operation explored first
+            e = _edge(op, i, j)
             stack.append((e[1], e[3], depth, e))
 
 
 def count_alignments(ops, n: int, m: int) -> int:
-    """Number of cheapest alignments cheapest_alignments() would yield (DP over cells)."""
+    """Number of cheapest alignments cheapest_alignments() would yield (DP over cells, exact big integers)."""
     first_only = abs(n - m) > 10
     cnt = [[0] * (m + 1) for _ in range(n + 1)]
     cnt[0][0] = 1
@@ -340,18 +351,10 @@ def count_alignments(ops, n: int, m: int) -> int:
         for j in range(m + 1):
             if i + j == 0:
                 continue
-            cell = ops[i][j][:1] if first_only else ops[i][j]
             c = 0
-            for op in cell:
-                if op == "M" or op == "S":
-                    c += cnt[i - 1][j - 1]
-                elif op == "D":
-                    c += cnt[i - 1][j]
-                elif op == "I":
-                    c += cnt[i][j - 1]
-                else:
-                    k = int(op[1:])
-                    c += cnt[i - k][j - k]
+            for op in (ops[i][j][:1] if first_only else ops[i][j]):
+                e = _edge(op, i, j)
+                c += cnt[e[1]][e[3]]
             cnt[i][j] = c
     return cnt[n][m]
 
@@ -509,18 +512,6 @@ def _trim_substitution(e, span2, src, tgt):
     if start2 == end2:
         return ("D", start1, end1, start2, end2)
     return ("S", start1, end1, start2, end2)
-
-
-def _edge(op: str, i: int, j: int) -> tuple:
-    """The alignment step (op, i1, i2, j1, j2) that reaches cell (i, j) by op."""
-    if op == "M" or op == "S":
-        return (op, i - 1, i, j - 1, j)
-    if op == "D":
-        return (op, i - 1, i, j, j)
-    if op == "I":
-        return (op, i, i, j - 1, j)
-    k = int(op[1:])
-    return (op, i - k, i, j - k, j)
 
 
 def run_edit_lists(ops, n: int, m: int) -> set:
