@@ -614,7 +614,7 @@ def edit_lines(edits, tgt: list[str]) -> list[tuple]:
 
 def annotate(src: list[str], tgt: list[str], cilin: dict, confusion: dict,
              max_alignments: int | None = None):
-    """Pooled edits of every distinct merged cheapest alignment, in order, duplicates kept (they count).
+    """Edits of every distinct merged cheapest alignment, pooled; an edit shared by several lists repeats (it counts).
     Returns None when the number of cheapest alignments exceeds max_alignments (see OFFICIAL_BUDGET)."""
     src_str, tgt_str = "".join(src), "".join(tgt)
     if tgt_str == "没有错误" or src_str == tgt_str:
@@ -702,7 +702,7 @@ def _pair_edits(src_text: str, tgt_text: str, cilin, confusion, budget):
 
 
 def score_sentence(args) -> tuple[int, int, int, bool]:
-    """(source, prediction, reference[, data_dir, budget]) -> (TP, FP, FN, re-scored as 无?)."""
+    """(source, prediction, reference, data_dir, budget) -> (TP, FP, FN, prediction re-scored as 无?)."""
     source, prediction, reference, data_dir, budget = args
     cilin, confusion = load_resources(data_dir)
     hyp, hyp_fallback = _pair_edits(source, prediction, cilin, confusion, budget)
