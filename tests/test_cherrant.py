@@ -194,3 +194,20 @@ def test_bad_item_is_a_data_error():
     with pytest.raises(DataError, match=r"x/2-1.json: field '1'"):
         C.score_2_1([item("甲", "甲", "甲"), {"origin_prompt": "no marker", "prediction": "", "refr": ""}],
                     workers=1, source_name="x/2-1.json")
+
+
+def test_alignment_budget_rescores_as_wu(res):
+    # 甲甲甲 -> 甲乙 has 2 cheapest alignments: over a budget of 1 it is re-scored as if the prediction were 无
+    src, tgt = C.tokenize("甲甲甲"), C.tokenize("甲乙")
+    assert C.count_alignments(C.align(src, tgt, *res)[1], 3, 2) == 2
+    over = C.score_sentence(("甲甲甲", "甲乙", "甲乙甲", None, 1))
+    wu = C.score_sentence(("甲甲甲", "无", "甲乙甲", None, 1))
+    assert over[3] and over[:3] == wu[:3]
+    assert not C.score_sentence(("甲甲甲", "甲乙", "甲乙甲", None, 2))[3]
+    assert not C.score_sentence(("甲甲甲", "甲乙", "甲乙甲", None, None))[3]
+
+
+def test_special_targets(res):
+    assert C._pair_edits("我门去学校", "没有错误", *res, None)[0] == list(C.NOOP)      # means "no edit"
+    tp_fp_fn = C.score_sentence(("我门去学校", "我们去学校", "无法标注", None, None))[:3]
+    assert tp_fp_fn == (0, 0, 0)                                                    # reference NA: sentence skipped
