@@ -32,7 +32,7 @@ import random
 import string
 import sys
 from itertools import groupby
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from pathlib import Path
 
 import Levenshtein
@@ -724,6 +724,8 @@ def score_2_1(items: list[dict], workers: int | None = None, data_dir=None,
             raise DataError(source_name, None, f"{k}",
                             f"not a 2-1 item (needs origin_prompt with '句子：\\n', prediction, refr): {e!r}") from None
     workers = workers or min(2, os.cpu_count() or 1)
+    if current_process().daemon:  # already inside a pool worker (daemons cannot have children): stay serial
+        workers = 1
     if workers > 1 and len(jobs) > 1:
         with get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) as pool:
             results = pool.map(score_sentence, jobs, chunksize=1)

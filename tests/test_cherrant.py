@@ -211,3 +211,14 @@ def test_special_targets(res):
     assert C._pair_edits("我门去学校", "没有错误", *res, None)[0] == list(C.NOOP)      # means "no edit"
     tp_fp_fn = C.score_sentence(("我门去学校", "我们去学校", "无法标注", None, None))[:3]
     assert tp_fp_fn == (0, 0, 0)                                                    # reference NA: sentence skipped
+
+
+def _score_in_worker(items):
+    return C.score_2_1(items, workers=2)["score"]
+
+
+def test_callable_from_inside_a_pool_worker():
+    from multiprocessing import get_context
+    items = [item("我门去学校", "我们去学校", "我们去学校"), item("他去了学校", "他去学校", "他去了学校")]
+    with get_context("fork").Pool(1) as pool:
+        assert pool.apply(_score_in_worker, (items,)) == C.score_2_1(items, workers=1)["score"]
