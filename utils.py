@@ -463,3 +463,94 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.cmd == "tiny-model":
         print(build_tiny_model(a.out, vocab_size=a.vocab_size, seed=a.seed))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Generation backends (temporary, replaced at merge)
+# ----------------------------------------------------------------------------------------------------------------------
+# Branch `evalx` only: a small batched Hugging Face greedy `generate` with the agreed signature, so evaluate.py can be
+# tested here. The real section 7 (HF + vLLM) comes from another branch and replaces this one at merge.
+
+_HF_CACHE: dict = {}
+
+
+def _load_hf(model_dir: str):
+    """(model, tokenizer) for model_dir, loaded once per process (evaluate.py calls generate once per chunk)."""
+    if model_dir not in _HF_CACHE:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        _HF_CACHE.clear()
+        _HF_CACHE[model_dir] = (model, tok)
+    return _HF_CACHE[model_dir]
+
+
+def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024, temperature: float = 0.0,
+             batch_size: int = 8, chat: bool = True, seed: int = 0) -> list[str]:
+    """Completions for `prompts` (one user turn each through the chat template, or raw text with chat=False).
+
+    Temporary HF-only version: left-padded batches, greedy when temperature == 0.
+    """
+    import torch
+    if backend != "hf":
+        raise NotImplementedError(f"backend {backend!r}: only 'hf' in this branch's temporary section 7")
+    model, tok = _load_hf(str(model_dir))
+    torch.manual_seed(seed)
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             if chat else p for p in prompts]
+    out: list[str] = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                 temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                                 pad_token_id=tok.pad_token_id)
+        out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 9. Judgment parsing (temporary, replaced at merge)
+# ----------------------------------------------------------------------------------------------------------------------
+# Branch `evalx` only: reads the section-4 answer block back (format_answer output round-trips). The richer parser
+# from another branch replaces this at merge; evaluate.py depends only on parse_judgment and the dict it returns.
+
+import re as _re
+
+_NUM = "0-9零〇一二两三四五六七八九十百千"
+
+
+def parse_judgment(text: str) -> dict:
+    """Completion -> {"charges": set[str], "articles": set[int], "term_months": int | None, "life": bool,
+    "death": bool}, read from the last <answer> block (the whole text when there is none)."""
+    blocks = _re.findall(_re.escape(ANSWER_OPEN) + r"(.*?)" + _re.escape(ANSWER_CLOSE), text, flags=_re.S)
+    body = blocks[-1] if blocks else text
+
+    def field(name):
+        m = _re.findall(name + r"\s*[：:]\s*(.*)", body)
+        return m[-1].strip() if m else ""
+
+    charges = {c.strip() for c in _re.split(r"[；;]", field("罪名")) if c.strip()}
+    articles = set()
+    for num in _re.findall(rf"第([{_NUM}]+)条", field("法条")):
+        try:
+            articles.add(cn_to_int(num))
+        except ValueError:
+            pass
+    term, months, life, death = field("刑期"), None, False, False
+    if "死刑" in term:
+        death = True
+    elif "无期" in term:
+        life = True
+    elif NO_PRISON in term:
+        months = 0
+    else:
+        m = _re.search(rf"(?:([{_NUM}]+)年)?(?:([{_NUM}]+)个?月)?", term)
+        if m and (m.group(1) or m.group(2)):
+            try:
+                months = cn_to_int(m.group(1) or "0") * 12 + cn_to_int(m.group(2) or "0")
+            except ValueError:
+                months = None
+    return {"charges": charges, "articles": articles, "term_months": months, "life": life, "death": death}
