@@ -273,8 +273,8 @@ def term_metrics(preds: list[dict], truths: list[dict]) -> dict:
              for p, t in zip(preds, truths) if not (t["life"] or t["death"])]
     if not pairs:
         return {"term_score": None, "exact_month_acc": None, "term_items": 0, "term_abstained": 0}
-    mean_d = sum(log_distance(p, g) for p, g in pairs) / len(pairs)
-    return {"term_score": (LOG_216 - mean_d) / LOG_216,
+    # (ln 216 - mean d) / ln 216 written as a mean of per-item (ln 216 - d) / ln 216: all-abstention gives exactly 0
+    return {"term_score": sum((LOG_216 - log_distance(p, g)) / LOG_216 for p, g in pairs) / len(pairs),
             "exact_month_acc": sum(p == g for p, g in pairs) / len(pairs),
             "term_items": len(pairs), "term_abstained": sum(p is None for p, _ in pairs)}
 
@@ -379,7 +379,32 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
                        for p, o, pr, d, r in zip(prompts, outs, preds, data, retrieved or [None] * len(data))])
     _write_json(Path(cfg.out) / f"metrics_{tag}.json", metrics)
     _append_metrics(cfg.out, metrics)
+    effect = rag_effect(cfg.out)
+    if effect:
+        _write_json(Path(cfg.out) / "rag_effect.json", effect)
+        metrics["rag_effect"] = effect
     return metrics
+
+
+RAG_EFFECT_KEYS = ("charge_micro_f1", "charge_macro_f1", "article_micro_f1", "article_macro_f1", "term_score",
+                   "exact_month_acc", "life_death_acc", "answered_rate")
+
+
+def rag_effect(out_dir) -> dict:
+    """When OUT holds both metrics_plain.json and metrics_rag_k*.json (same data, same n): {tag: {metric: [plain,
+    with rag, difference]}}, the effect of statute retrieval. Empty when one side is missing."""
+    out = Path(out_dir)
+    if not (out / "metrics_plain.json").is_file():
+        return {}
+    plain = json.loads((out / "metrics_plain.json").read_text(encoding="utf-8"))
+    effect = {}
+    for path in sorted(out.glob("metrics_rag_k*.json")):
+        rag = json.loads(path.read_text(encoding="utf-8"))
+        if (rag.get("data"), rag.get("n"), rag.get("model")) != (plain.get("data"), plain.get("n"), plain.get("model")):
+            continue
+        effect[rag["tag"]] = {k: [plain[k], rag[k], rag[k] - plain[k]] for k in RAG_EFFECT_KEYS
+                              if isinstance(plain.get(k), (int, float)) and isinstance(rag.get(k), (int, float))}
+    return effect
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -241,3 +241,28 @@ def test_longdoc_bad_record(tmp_path, capsys):
                     encoding="utf-8")
     rc, cap = _run(["longdoc", "--model", "unused", "--data", str(path), "--out", str(tmp_path)], capsys)
     assert rc == 1 and cap.err.strip() == f"error: {path}:1: field 'answer': missing"
+
+
+def test_generate_rag_only_on_3x(lawbench_dir, tmp_path, monkeypatch):
+    """--rag prepends the BM25 top-k articles to 3-x prompts only (the model is faked: prompts are what we test)."""
+    seen = {}
+    monkeypatch.setattr(utils, "generate", lambda model, prompts, **kw: [seen.setdefault(p, "") for p in prompts])
+    utils.write_jsonl(tmp_path / "a.jsonl", ARTICLES)
+    cfg = evaluate.GenerateConfig(model="fake", lawbench_dir=str(lawbench_dir), out=str(tmp_path / "o"),
+                                  tasks="1-2,3-3", max_items=2, rag=str(tmp_path / "a.jsonl"), rag_k=2)
+    evaluate.generate_lawbench(cfg)
+    for task, rag in (("1-2", False), ("3-3", True)):
+        got = json.loads((tmp_path / "o" / "zero_shot" / "fake" / f"{task}.json").read_text(encoding="utf-8"))
+        for item in got.values():
+            prompt = item["origin_prompt"][0]["prompt"]
+            assert prompt.startswith("以下是可能相关的法条：\n《刑法》") == rag and prompt.count("《刑法》第") >= 2 * rag
+            assert prompt in seen
+
+
+def test_rag_effect(tmp_path):
+    base = {"data": "d", "n": 2, "model": "m"}
+    assert evaluate.rag_effect(tmp_path) == {}
+    (tmp_path / "metrics_plain.json").write_text(json.dumps({**base, "tag": "plain", "charge_micro_f1": 0.25}))
+    (tmp_path / "metrics_rag_k3.json").write_text(json.dumps({**base, "tag": "rag_k3", "charge_micro_f1": 0.5}))
+    (tmp_path / "metrics_rag_k5.json").write_text(json.dumps({**base, "n": 9, "tag": "rag_k5", "charge_micro_f1": 1}))
+    assert evaluate.rag_effect(tmp_path) == {"rag_k3": {"charge_micro_f1": [0.25, 0.5, 0.25]}}
