@@ -198,6 +198,9 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
             if not todo and task_file.is_file() and not partial.is_file():
                 continue  # complete, with exactly these prompts
             partial.parent.mkdir(parents=True, exist_ok=True)
+            if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
+                with open(partial, "a", encoding="utf-8") as f:
+                    f.write("\n")  # close a line cut off by the interruption before appending
             bar = tqdm(total=len(todo), desc=f"{SHOTS[shot]} {task}", disable=not todo)
             for start in range(0, len(todo), cfg.save_every):
                 chunk = todo[start:start + cfg.save_every]

@@ -66,6 +66,11 @@ def test_generate_resumes(tiny_model, lawbench_dir, tmp_path, monkeypatch):
     f.unlink()
     f.with_suffix(".json.partial").write_text(json.dumps({"index": 0, "item": item0}, ensure_ascii=False)
                                               + "\n{\"index\": 1, \"it", encoding="utf-8")
+    monkeypatch.setattr(utils, "generate", lambda *a, **k: 1 / 0)  # interrupted again, inside the first chunk
+    with pytest.raises(ZeroDivisionError):
+        evaluate.generate_lawbench(cfg)
+    assert f.with_suffix(".json.partial").read_text(encoding="utf-8").endswith("\n")  # new lines start clean
+    monkeypatch.setattr(utils, "generate", counting)
     evaluate.generate_lawbench(cfg)
     assert calls == [2]
     assert f.read_text(encoding="utf-8") == full
