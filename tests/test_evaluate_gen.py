@@ -1,0 +1,273 @@
+"""evaluate.py generate / judgment / longdoc and statute retrieval (the non-scoring half)."""
+import json
+import math
+
+import pytest
+
+import evaluate
+import utils
+from evaluate import LAWBENCH_TASKS, SHOTS
+
+
+def _run(argv, capsys):
+    rc = evaluate.main(argv)
+    return rc, capsys.readouterr()
+
+
+# ---- generation: LawBench layout, resume ---------------------------------------------------------------------------
+
+def test_generate_all_tasks_official_layout(tiny_model, lawbench_dir, tmp_path, capsys):
+    """2 items per task, both shots, all 20 tasks, end to end on CPU; files in LawBench's own layout."""
+    rc, _ = _run(["generate", "--model", str(tiny_model), "--lawbench_dir", str(lawbench_dir), "--out",
+                  str(tmp_path), "--shots", "both", "--max_items", "2", "--max_new_tokens", "2",
+                  "--batch_size", "16", "--model_name", "tiny"], capsys)
+    assert rc == 0
+    for shot in ("zero", "one"):
+        for task in LAWBENCH_TASKS:
+            got = json.loads((tmp_path / SHOTS[shot] / "tiny" / f"{task}.json").read_text(encoding="utf-8"))
+            assert list(got) == ["0", "1"]
+            data = json.loads((lawbench_dir / "data" / SHOTS[shot] / f"{task}.json").read_text(encoding="utf-8"))
+            published = lawbench_dir / "predictions" / SHOTS[shot] / "GPT4" / f"{task}.json"
+            ref = json.loads(published.read_text(encoding="utf-8")) if published.is_file() else None
+            for k, item in got.items():
+                assert list(item) == ["origin_prompt", "prediction", "refr"]
+                assert isinstance(item["prediction"], str)
+                assert item["refr"] == data[int(k)]["answer"]
+                assert item["origin_prompt"] == [{"role": "HUMAN", "prompt": data[int(k)]["instruction"] + "\n"
+                                                  + data[int(k)]["question"]}]
+                if ref is not None:  # the exact prompt text LawBench's published predictions carry
+                    assert item["origin_prompt"] == ref[k]["origin_prompt"] and item["refr"] == ref[k]["refr"]
+            assert not (tmp_path / SHOTS[shot] / "tiny" / f"{task}.json.partial").exists()
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_generate_resumes(tiny_model, lawbench_dir, tmp_path, monkeypatch):
+    calls = []
+    real = utils.generate
+
+    def counting(model_dir, prompts, **kw):
+        calls.append(len(prompts))
+        return real(model_dir, prompts, **kw)
+
+    monkeypatch.setattr(utils, "generate", counting)
+    cfg = evaluate.GenerateConfig(model=str(tiny_model), lawbench_dir=str(lawbench_dir), out=str(tmp_path),
+                                  tasks="3-3,1-2", max_items=3, max_new_tokens=3, save_every=2, model_name="m")
+    evaluate.generate_lawbench(cfg)
+    assert calls == [2, 1, 2, 1]  # two tasks, chunks of save_every=2
+    full = (tmp_path / "zero_shot" / "m" / "3-3.json").read_text(encoding="utf-8")
+
+    # done: nothing generated again
+    calls.clear()
+    assert sum(evaluate.generate_lawbench(cfg).values()) == 0 and calls == []
+
+    # interrupted inside 3-3: only item 0 saved (plus a cut-off line); items 1 and 2 are generated, same result
+    f = tmp_path / "zero_shot" / "m" / "3-3.json"
+    item0 = json.loads(full)["0"]
+    f.unlink()
+    f.with_suffix(".json.partial").write_text(json.dumps({"index": 0, "item": item0}, ensure_ascii=False)
+                                              + "\n{\"index\": 1, \"it", encoding="utf-8")
+    monkeypatch.setattr(utils, "generate", lambda *a, **k: 1 / 0)  # interrupted again, inside the first chunk
+    with pytest.raises(ZeroDivisionError):
+        evaluate.generate_lawbench(cfg)
+    assert f.with_suffix(".json.partial").read_text(encoding="utf-8").endswith("\n")  # new lines start clean
+    monkeypatch.setattr(utils, "generate", counting)
+    evaluate.generate_lawbench(cfg)
+    assert calls == [2]
+    assert f.read_text(encoding="utf-8") == full
+    assert not f.with_suffix(".json.partial").exists()
+
+
+def test_generate_bad_inputs(tiny_model, lawbench_dir, tmp_path, capsys):
+    rc, cap = _run(["generate", "--model", str(tiny_model), "--lawbench_dir", str(tmp_path / "nope"), "--out",
+                    str(tmp_path / "o"), "--tasks", "3-3"], capsys)
+    assert rc == 2 and "file not found" in cap.err and "3-3.json" in cap.err and len(cap.err.strip().splitlines()) == 1
+    rc, cap = _run(["generate", "--model", str(tiny_model), "--lawbench_dir", str(lawbench_dir), "--out",
+                    str(tmp_path / "o"), "--tasks", "3-3,9-9"], capsys)
+    assert rc == 2 and "9-9" in cap.err and len(cap.err.strip().splitlines()) == 1
+    bad = tmp_path / "lb" / "data" / "zero_shot"
+    bad.mkdir(parents=True)
+    (bad / "1-1.json").write_text(json.dumps([{"instruction": "i", "question": "q"}]), encoding="utf-8")
+    rc, cap = _run(["generate", "--model", str(tiny_model), "--lawbench_dir", str(tmp_path / "lb"), "--out",
+                    str(tmp_path / "o"), "--tasks", "1-1"], capsys)
+    assert rc == 2 and "1-1.json:1: field 'answer': missing" in cap.err
+
+
+def test_bare_raw_flag():
+    assert evaluate._bare_bools(["--raw", "--out", "x"]) == ["--raw", "true", "--out", "x"]
+    assert evaluate._bare_bools(["--out", "x", "--raw"]) == ["--out", "x", "--raw", "true"]
+    assert evaluate._bare_bools(["--raw", "false"]) == ["--raw", "false"]
+
+
+# ---- judgment prediction metrics (golden numbers worked out by hand) ------------------------------------------------
+
+TRUTHS = [
+    {"charges": ["盗窃"], "articles": [264], "term_months": 18, "life": False, "death": False},
+    {"charges": ["诈骗", "盗窃"], "articles": [264, 266], "term_months": 6, "life": False, "death": False},
+    {"charges": ["故意杀人"], "articles": [232], "term_months": 0, "life": False, "death": True},
+    {"charges": ["抢劫"], "articles": [263], "term_months": 120, "life": False, "death": False},
+]
+PREDS = [
+    {"charges": {"盗窃罪"}, "articles": {264}, "term_months": 18, "life": False, "death": False},
+    {"charges": {"诈骗罪"}, "articles": {266, 67}, "term_months": 12, "life": False, "death": False},
+    {"charges": {"故意伤害罪"}, "articles": {232}, "term_months": None, "life": False, "death": True},
+    {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False},  # unparsable
+]
+
+
+def test_judgment_metrics_golden():
+    m = evaluate.judgment_metrics(PREDS, TRUTHS)
+    # charges: micro tp2 fp1 fn3 -> 4/8; macro over 5 labels: 盗窃 2/3, 诈骗 1, 故意杀人 0, 故意伤害 0, 抢劫 0
+    assert m["charge_micro_f1"] == pytest.approx(0.5)
+    assert m["charge_macro_f1"] == pytest.approx(1 / 3)
+    # articles: micro tp3 fp1 fn2 -> 6/9; macro: 264 2/3, 266 1, 67 0, 232 1, 263 0
+    assert m["article_micro_f1"] == pytest.approx(2 / 3)
+    assert m["article_macro_f1"] == pytest.approx(8 / 15)
+    # term over the 3 non-death items: d = 0, ln(13/7), ln 216 (abstention)
+    assert m["term_items"] == 3 and m["term_abstained"] == 1
+    assert m["term_score"] == pytest.approx(2 / 3 - math.log(13 / 7) / (3 * math.log(216)))
+    assert m["exact_month_acc"] == pytest.approx(1 / 3)
+    assert m["life_death_acc"] == pytest.approx(3 / 4) and m["life_death_recall"] == 1.0
+    assert m["answered_rate"] == pytest.approx(3 / 4)
+
+
+def test_judgment_metrics_perfect_and_parser_roundtrip():
+    preds = [utils.parse_judgment(utils.format_answer(t, think="分析")) for t in TRUTHS]
+    m = evaluate.judgment_metrics(preds, TRUTHS)
+    assert m["charge_micro_f1"] == m["charge_macro_f1"] == m["article_micro_f1"] == m["article_macro_f1"] == 1.0
+    assert m["term_score"] == 1.0 and m["exact_month_acc"] == 1.0 and m["life_death_acc"] == 1.0
+    assert utils.parse_judgment(utils.format_answer(TRUTHS[1]))["term_months"] == 6
+
+
+def test_log_distance_matches_lawbench():
+    assert evaluate.log_distance(None, 10) == pytest.approx(math.log(216))
+    assert evaluate.log_distance(11, 5) == pytest.approx(math.log(2))
+
+
+def test_judgment_end_to_end_and_bad_record(tiny_model, tmp_path, capsys):
+    data = tmp_path / "cail.jsonl"
+    meta = {"accusation": ["盗窃"], "relevant_articles": [264], "term_of_imprisonment":
+            {"imprisonment": 6, "life_imprisonment": False, "death_penalty": False}}
+    data.write_text(json.dumps({"fact": "被告人秘密窃取他人财物。", "meta": meta}, ensure_ascii=False) + "\n"
+                    + json.dumps({"fact": "x", "meta": {"relevant_articles": [264]}}) + "\n", encoding="utf-8")
+    rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and cap.err.strip() == f"error: {data}:2: field 'meta.accusation': missing"
+    rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o"),
+                    "--max_items", "1", "--max_new_tokens", "4"], capsys)
+    assert rc == 0
+    m = json.loads((tmp_path / "o" / "metrics_plain.json").read_text(encoding="utf-8"))
+    assert m["n"] == 1 and 0.0 <= m["charge_micro_f1"] <= 1.0
+    rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(tmp_path / "missing.jsonl")], capsys)
+    assert rc == 2 and "missing.jsonl: file not found" in cap.err
+
+
+# ---- statute retrieval ------------------------------------------------------------------------------------------
+
+ARTICLES = [
+    {"law": "刑法", "article_cn": "第二百三十二条", "article_num": 232, "article_sub": 0,
+     "text": "故意杀人的，处死刑、无期徒刑或者十年以上有期徒刑；情节较轻的，处三年以上十年以下有期徒刑。"},
+    {"law": "刑法", "article_cn": "第二百六十四条", "article_num": 264, "article_sub": 0,
+     "text": "盗窃公私财物，数额较大的，或者多次盗窃、入户盗窃、携带凶器盗窃、扒窃的，处三年以下有期徒刑、拘役或者管制。"},
+    {"law": "刑法", "article_cn": "第二百六十六条", "article_num": 266, "article_sub": 0,
+     "text": "诈骗公私财物，数额较大的，处三年以下有期徒刑、拘役或者管制，并处或者单处罚金。"},
+    {"law": "劳动法", "article_cn": "第五十条", "article_num": 50, "article_sub": 0,
+     "text": "工资应当以货币形式按月支付给劳动者本人。不得克扣或者无故拖欠劳动者的工资。盗窃"},
+]
+
+
+def test_bm25_retrieval(tmp_path):
+    path = tmp_path / "articles.jsonl"
+    utils.write_jsonl(path, ARTICLES)
+    index = evaluate.StatuteIndex(path, law="刑法")
+    assert len(index.articles) == 3
+    assert index.search("被告人多次入户盗窃他人财物，数额较大", 1)[0]["article_num"] == 264
+    assert index.search("被告人虚构事实骗取被害人钱款，诈骗数额较大", 1)[0]["article_num"] == 266
+    ctx = index.context("持刀故意杀人", 2)
+    assert ctx.startswith("以下是可能相关的法条：\n《刑法》第二百三十二条：故意杀人的") and ctx.endswith("\n\n")
+    assert len(evaluate.StatuteIndex(path, law="all").articles) == 4
+    assert evaluate.retrieval_recall([[264, 1], [5]], [{264, 266}, {5}]) == pytest.approx(2 / 3)
+
+
+def test_bm25_bad_inputs(tmp_path):
+    path = tmp_path / "articles.jsonl"
+    utils.write_jsonl(path, [ARTICLES[0], {"law": "刑法", "article_cn": "第一条", "text": "x"}])
+    with pytest.raises(utils.DataError, match=r"articles.jsonl:2: field 'article_num': missing"):
+        evaluate.StatuteIndex(path)
+    utils.write_jsonl(path, [ARTICLES[3]])
+    with pytest.raises(utils.DataError, match="no article of law '刑法'"):
+        evaluate.StatuteIndex(path)
+
+
+def test_bm25_on_shared_statutes(shared_dir):
+    index = evaluate.StatuteIndex(shared_dir / "data" / "laws" / "articles.jsonl", law="刑法")
+    assert len(index.articles) == 505
+    assert index.search("被告人醉酒后在道路上驾驶机动车", 1)[0]["article_cn"] == "第一百三十三条之一"
+    assert 264 in [a["article_num"] for a in index.search("被告人多次盗窃公私财物，数额较大", 3)]
+
+
+# ---- long documents ---------------------------------------------------------------------------------------------
+
+def test_char_f1_golden():
+    assert evaluate.char_f1("5300元", "共计5300元。") == pytest.approx(10 / 12)
+    assert evaluate.char_f1("有期徒刑十个月", "十个月") == pytest.approx(0.6)
+    assert evaluate.char_f1("ABC", "a b c！") == 1.0
+    assert evaluate.char_f1("", "，。") == 1.0 and evaluate.char_f1("x", "") == 0.0
+    assert evaluate.char_f1("驳回上诉", "维持原判") == 0.0
+
+
+def test_truncate_middle(tiny_model):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    doc = "".join(f"第{i}段：被告人某甲于某日实施了行为。" for i in range(200))
+    same, removed = evaluate.truncate_middle(tok, "短文。", 100)
+    assert same == "短文。" and removed == 0
+    text, removed = evaluate.truncate_middle(tok, doc, 100)
+    assert removed > 0 and f"中间省略{removed}字" in text
+    head, tail = text.split(evaluate.CUT_NOTE.format(n=removed))
+    assert doc.startswith(head) and doc.endswith(tail) and len(head) + len(tail) + removed == len(doc)
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 100 + 20
+
+
+def test_longdoc_sample_end_to_end(tiny_model, tmp_path, capsys):
+    sample = evaluate.load_longdoc(utils.REPO / "data" / "longdoc_sample.jsonl")
+    assert len(sample) == 2 and sum(len(d["questions"]) for d in sample) == 10
+    for d in sample:  # every answer is in its document (extractive questions)
+        assert all(evaluate.char_f1(q["answer"], d["document"]) > 0 for q in d["questions"])
+    rc, _ = _run(["longdoc", "--model", str(tiny_model), "--out", str(tmp_path), "--max_new_tokens", "2",
+                  "--max_context", "300"], capsys)
+    assert rc == 0
+    m = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert m["questions"] == 10 and m["truncated_documents"] == 2 and 0.0 <= m["char_f1"] <= 1.0
+    assert len(list(utils.iter_records(tmp_path / "predictions.jsonl"))) == 10
+
+
+def test_longdoc_bad_record(tmp_path, capsys):
+    path = tmp_path / "ld.jsonl"
+    path.write_text(json.dumps({"document": "文书", "questions": [{"question": "问"}]}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    rc, cap = _run(["longdoc", "--model", "unused", "--data", str(path), "--out", str(tmp_path)], capsys)
+    assert rc == 2 and cap.err.strip() == f"error: {path}:1: field 'answer': missing"
+
+
+def test_generate_rag_only_on_3x(lawbench_dir, tmp_path, monkeypatch):
+    """--rag prepends the BM25 top-k articles to 3-x prompts only (the model is faked: prompts are what we test)."""
+    seen = {}
+    monkeypatch.setattr(utils, "generate", lambda model, prompts, **kw: [seen.setdefault(p, "") for p in prompts])
+    utils.write_jsonl(tmp_path / "a.jsonl", ARTICLES)
+    cfg = evaluate.GenerateConfig(model="fake", lawbench_dir=str(lawbench_dir), out=str(tmp_path / "o"),
+                                  tasks="1-2,3-3", max_items=2, rag=str(tmp_path / "a.jsonl"), rag_k=2)
+    evaluate.generate_lawbench(cfg)
+    for task, rag in (("1-2", False), ("3-3", True)):
+        got = json.loads((tmp_path / "o" / "zero_shot" / "fake" / f"{task}.json").read_text(encoding="utf-8"))
+        for item in got.values():
+            prompt = item["origin_prompt"][0]["prompt"]
+            assert prompt.startswith("以下是可能相关的法条：\n《刑法》") == rag and prompt.count("《刑法》第") >= 2 * rag
+            assert prompt in seen
+
+
+def test_rag_effect(tmp_path):
+    base = {"data": "d", "n": 2, "model": "m"}
+    assert evaluate.rag_effect(tmp_path) == {}
+    (tmp_path / "metrics_plain.json").write_text(json.dumps({**base, "tag": "plain", "charge_micro_f1": 0.25}))
+    (tmp_path / "metrics_rag_k3.json").write_text(json.dumps({**base, "tag": "rag_k3", "charge_micro_f1": 0.5}))
+    (tmp_path / "metrics_rag_k5.json").write_text(json.dumps({**base, "n": 9, "tag": "rag_k5", "charge_micro_f1": 1}))
+    assert evaluate.rag_effect(tmp_path) == {"rag_k3": {"charge_micro_f1": [0.25, 0.5, 0.25]}}
