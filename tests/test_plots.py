@@ -243,3 +243,40 @@ def test_script_entry_point(run_dir):
                         "none"], capture_output=True, text=True, cwd=REPO.parent, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("wrote") == len(EXPECTED)
+
+
+# ---- recipes (the commands they would run; real runs need GPUs and downloaded weights) ----
+
+def dry_run(script: str, **env) -> str:
+    import os
+    r = subprocess.run(["bash", str(REPO / "recipes" / script)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "DRY_RUN": "1", **env})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_internlm_law_recipe_hyper_parameters():
+    out = dry_run("internlm_law.sh")
+    cmds = [line[2:] for line in out.splitlines() if line.startswith("+ ")]
+    assert "--seq_len 32768 --general_ratio 0.2" in cmds[0]
+    assert cmds[1].startswith("torchrun") and "--data runs/internlm_law/data/stage1" in cmds[1] and "--lr 1e-5" in cmds[1]
+    assert "--init_from runs/internlm_law/sft1/final --data runs/internlm_law/data/stage2" in cmds[2]
+    assert sum("evaluate.py generate" in c for c in cmds) == 2 and "--shot one_shot" in out
+    assert sum(c.startswith("python evaluate.py score") for c in cmds) == 2
+    assert any("evaluate.py longdoc" in c for c in cmds) and any("judge.py" in c for c in cmds)
+    assert cmds[-1] == "python plots/plots.py --run runs/internlm_law"
+
+
+def test_lexpro_recipe_commands():
+    cmds = [line[2:] for line in dry_run("lexpro.sh", RUN="r").splitlines() if line.startswith("+ ")]
+    assert any(c.startswith("torchrun") and " rl.py " in c and "--prompts r/data/rl_prompts.jsonl" in c for c in cmds)
+    judged = [c for c in cmds if "evaluate.py judgment" in c]
+    assert len(judged) == 4 and sum("--rag" in c for c in judged) == 2
+
+
+def test_recipes_refuse_without_weights():
+    import os
+    for script in ("internlm_law.sh", "lexpro.sh"):
+        r = subprocess.run(["bash", str(REPO / "recipes" / script)], capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k not in ("MODEL", "DRY_RUN")})
+        assert r.returncode == 2 and "set MODEL=" in r.stderr
