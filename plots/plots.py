@@ -246,7 +246,7 @@ def _save(fig, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
     return out
 
@@ -273,7 +273,7 @@ def plot_lawbench_tasks(ours: dict[str, dict[str, float]], baselines: dict[str, 
     ax.set_xticks(np.arange(len(tasks)), [_task_label(t) for t in tasks], fontsize=7)
     ax.set_ylabel("得分 score (x100)")
     ax.set_title(f"{title}: 各任务得分 per task")
-    ax.legend(fontsize=7, ncol=min(len(names), 4))
+    ax.legend(fontsize=7, ncol=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return _save(fig, out)
 
 
@@ -295,7 +295,7 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
     ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
     ax.set_ylabel("得分 score (x100)")
     ax.set_title(f"{title}: 分类得分 by category")
-    ax.legend(fontsize=7, ncol=min(len(names), 4))
+    ax.legend(fontsize=7, ncol=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return _save(fig, out)
 
 
@@ -556,7 +556,13 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
         skipped.append("GRPO curves: no rl*/metrics.jsonl")
 
     # LawBench
-    csvs = _found(run, "eval*/**/scores*.csv")
+    csvs = []
+    for p in _found(run, "eval*/**/scores*.csv"):  # evaluate.py also writes a category table next to scores.csv
+        header = utils.read_text(p).split("\n", 1)[0].strip().split(",")
+        if {"task", "model_name", "score"} <= set(header):
+            csvs.append(p)
+        else:
+            skipped.append(f"{p.relative_to(run)}: not a per-task scores file (no task,model_name,score header)")
     for p in csvs:
         shot = "one_shot" if "one_shot" in str(p.relative_to(run)) else "zero_shot"
         names = [b for b in cfg.baselines.split(",") if b]

@@ -103,6 +103,7 @@ def run_dir(tmp_path) -> Path:
     rows = ["task,model_name,score,abstention_rate"] + [f"{t},tiny,{0.01 * i:.3f},0.0"
                                                          for i, t in enumerate(P.LAWBENCH_TASKS)]
     (run / "eval" / "scores.csv").write_text("\n".join(rows) + "\n")
+    (run / "eval" / "scores_table.csv").write_text("model_name,Memorization,Understanding,Application,Average\n")
     (run / "judge").mkdir()
     (run / "judge" / "summary.json").write_text(json.dumps(SUMMARY, ensure_ascii=False), encoding="utf-8")
     return run
@@ -212,6 +213,7 @@ def test_cli_draws_everything(run_dir, tmp_path, caplog, capsys):
         check_file(p)
     text = capsys.readouterr()
     assert "skipped published baselines" in text.out  # said, not silently dropped
+    assert "eval/scores_table.csv: not a per-task scores file" in text.out
     assert "rl/metrics.jsonl: skipped unreadable lines {'bad_json': 1}" in text.err
 
 
