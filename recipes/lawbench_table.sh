@@ -1,21 +1,15 @@
 #!/usr/bin/env bash
-# InternLM-Law Table 1, GPT-4 rows, from LawBench's published predictions, scored by `evaluate.py score`.
+# InternLM-Law Table 1, GPT-4 rows, from LawBench's published predictions, scored by `evaluate.py score` (CPU only).
 #   bash recipes/lawbench_table.sh ../shared/lawbench
 # Expected (paper): zero-shot 35.29 / 54.41 / 54.05 / 52.35, one-shot 36.01 / 56.48 / 55.01 / 53.85
 # (one-shot Memorization computes to 36.00: the paper rounds 36.005 up; see ../shared/lawbench/SCORING.md).
 # 2-9 and 2-10 have no published predictions: their scores come from the official results.csv (--fill_from).
-# 2-1 is scored by cherrant.py; in a checkout without it, 2-1 is also taken from results.csv (and said so).
 set -euo pipefail
 LAWBENCH=$(realpath "${1:-../shared/lawbench}")
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/lawbench_table}
-SKIP=()
-if [ ! -f cherrant.py ]; then
-  echo "note: cherrant.py is not in this checkout: 2-1 is taken from results.csv, not scored"
-  SKIP=(--skip_tasks 2-1)
-fi
 for SHOT in zero_shot one_shot; do
   echo "== GPT-4, $SHOT"
-  python evaluate.py score "$LAWBENCH/predictions/$SHOT" --models GPT4 "${SKIP[@]}" \
+  python evaluate.py score "$LAWBENCH/predictions/$SHOT" --models GPT4 \
     --fill_from "$LAWBENCH/predictions/$SHOT/results.csv" --out "$OUT/$SHOT/scores.csv"
 done

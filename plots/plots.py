@@ -1,0 +1,611 @@
+"""
+LexLab figures: one script that reads what the other scripts write and draws everything it can.
+
+    python plots/plots.py --run RUN_DIR [--out DIR] [--format png|pdf] [--lawbench_dir ../shared/lawbench]
+
+It looks in RUN_DIR for (any that exist; the rest is skipped with a message):
+    data*/data_report.json          prepare_data.py  -> data mix, drops, decontamination
+    data*/<stage>/cu_seqlens.npy     prepare_data.py  -> sample-length histograms per packed stage
+    sft*/metrics.jsonl               sft.py           -> SFT curves (loss, lr, tokens/s, MFU, ...)
+    rl*/metrics.jsonl                rl.py            -> GRPO curves (reward + components, KL, clip fraction, length)
+    eval*/**/scores*.csv             evaluate.py      -> LawBench per task / per category, beside published baselines
+    judge*/summary.json              judge.py         -> win rates by category with bootstrap intervals
+
+Sections:
+  1. CJK font            - find a font that has Chinese glyphs and make matplotlib use it
+  2. Published baselines - LawBench numbers from the papers (InternLM-Law Table 1; LawBench's results.csv)
+  3. Reading inputs      - tolerant readers for metrics.jsonl / scores.csv / summary.json / packed stages
+  4. Figures             - one function per figure, each returns the path it wrote
+  5. CLI                 - discover what exists in a run folder and draw it
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import glob
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python plots/plots.py` puts plots/ on sys.path, not the repository root
+    sys.path.insert(0, str(REPO))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+
+import utils  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. CJK font: Chinese labels must render (a missing glyph is a bug, and tests/test_plots.py fails on it)
+# ----------------------------------------------------------------------------------------------------------------------
+# Order of preference: a CJK font matplotlib already knows (system-wide, e.g. `apt-get install fonts-noto-cjk`), then
+# the Noto Sans CJK SC file shipped inside the `mplfonts` pip package (in requirements.txt, so `pip install -r
+# requirements.txt` is enough), then well-known font files on disk. A font counts only if it really has the glyphs.
+
+CJK_FAMILIES = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei",
+                "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN"]
+CJK_FILE_GLOBS = ["/usr/share/fonts/**/NotoSansCJK*", "/usr/share/fonts/**/*wqy*", "/usr/share/fonts/**/*SourceHan*",
+                  "/System/Library/Fonts/PingFang.ttc", "C:/Windows/Fonts/msyh.ttc", "C:/Windows/Fonts/simhei.ttf"]
+PROBE = "法条罪名刑期咨询判决"  # characters every figure may need
+
+
+@functools.lru_cache(maxsize=None)
+def _covers(path: str, text: str = PROBE) -> bool:
+    """True if the font file at `path` has a glyph for every character of `text`."""
+    try:
+        charmap = matplotlib.ft2font.FT2Font(path).get_charmap()
+    except Exception:  # unreadable / unsupported font file: not usable
+        return False
+    return all(ord(c) in charmap for c in text)
+
+
+def _mplfonts_file() -> str | None:
+    """Path of Noto Sans CJK SC inside the `mplfonts` package (found without importing it), or None."""
+    import importlib.util
+    spec = importlib.util.find_spec("mplfonts")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(loc) / "fonts" / "NotoSansCJKsc-Regular.otf"
+        if p.is_file():
+            return str(p)
+    return None
+
+
+def find_cjk_font() -> str | None:
+    """Register and return the family name of a font with Chinese glyphs, or None if there is none on this machine."""
+    known = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    for fam in CJK_FAMILIES:
+        if fam in known and _covers(known[fam]):
+            return fam
+    candidates = [_mplfonts_file()] + [p for g in CJK_FILE_GLOBS for p in sorted(glob.glob(g, recursive=True))]
+    for path in candidates:
+        if path and _covers(path):
+            font_manager.fontManager.addfont(path)
+            return font_manager.FontProperties(fname=path).get_name()
+    return None
+
+
+_FONT_DONE = False
+
+
+def setup_fonts() -> str | None:
+    """Make matplotlib draw Chinese (CJK family first, DejaVu Sans as fallback). Prints how to fix it if impossible."""
+    global _FONT_DONE
+    family = find_cjk_font()
+    if family is None:
+        if not _FONT_DONE:
+            print("plots: no font with Chinese glyphs found; labels will show boxes. Fix: `pip install mplfonts` "
+                  "(in requirements.txt) or `apt-get install -y fonts-noto-cjk`.", file=sys.stderr)
+    else:
+        matplotlib.rcParams["font.family"] = "sans-serif"
+        matplotlib.rcParams["font.sans-serif"] = [family, "DejaVu Sans"]
+    matplotlib.rcParams["axes.unicode_minus"] = False  # CJK fonts often lack U+2212; use '-'
+    _FONT_DONE = True
+    return family
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. Published baselines
+# ----------------------------------------------------------------------------------------------------------------------
+# LawBench (Fei et al., 2023, arXiv 2309.16289) published scores of 51 models on its 20 tasks, zero- and one-shot:
+# `predictions/{zero_shot,one_shot}/results.csv` in the LawBench repository (`../shared/lawbench` here), columns
+# task,model_name,score,abstention_rate on a 0-1 scale. We read that file at run time rather than copying numbers.
+# InternLM-Law (Fei et al., 2024, arXiv 2406.14887, COLING 2025) Table 1 reports LawBench as Memorization (mean of
+# 1-x) / Understanding (mean of 2-x) / Application (mean of 3-x) / Average (mean of all 20), x100. Its GPT-4 rows are
+# computed from the same results.csv; the values below are what Table 1 prints, used to check that (test_plots.py).
+# Not verified here (no access to the paper's PDF): the exact list of other models in Table 1 and InternLM-Law's own
+# row; those must be filled from the paper before being drawn, so no number is invented.
+
+LAWBENCH_TASKS = {  # task id -> (Chinese name as LawBench writes it, English name)
+    "1-1": ("法条背诵", "Article Recitation"), "1-2": ("知识问答", "Knowledge QA"),
+    "2-1": ("文件校对", "Document Proofreading"), "2-2": ("纠纷焦点识别", "Dispute Focus Identification"),
+    "2-3": ("婚姻纠纷鉴定", "Marital Disputes Identification"), "2-4": ("问题主题识别", "Issue Topic Identification"),
+    "2-5": ("阅读理解", "Reading Comprehension"), "2-6": ("命名实体识别", "Named-Entity Recognition"),
+    "2-7": ("舆情摘要", "Opinion Summarization"), "2-8": ("论点挖掘", "Argument Mining"),
+    "2-9": ("事件检测", "Event Detection"), "2-10": ("触发词提取", "Trigger Word Extraction"),
+    "3-1": ("法条预测(基于事实)", "Fact-based Article Prediction"),
+    "3-2": ("法条预测(基于场景)", "Scene-based Article Prediction"), "3-3": ("罪名预测", "Charge Prediction"),
+    "3-4": ("刑期预测(无法条内容)", "Prison Term Prediction w/o Article"),
+    "3-5": ("刑期预测(给定法条内容)", "Prison Term Prediction w/ Article"), "3-6": ("案例分析", "Case Analysis"),
+    "3-7": ("犯罪金额计算", "Criminal Damages Calculation"), "3-8": ("咨询", "Consultation"),
+}
+CATEGORIES = {"Memorization": ("1-", "记忆"), "Understanding": ("2-", "理解"), "Application": ("3-", "运用")}
+
+# InternLM-Law Table 1, GPT-4 rows (Memorization, Understanding, Application, Average), x100.
+PAPER_TABLE1 = {
+    ("GPT4", "zero_shot"): (35.29, 54.41, 54.05, 52.35),
+    ("GPT4", "one_shot"): (36.01, 56.48, 55.01, 53.85),
+}
+# Models drawn beside ours by default (LawBench results.csv names): the strongest general models and the legal models.
+DEFAULT_BASELINES = ["GPT4", "GPT-3.5-turbo-0613", "qwen-7b-chat-hf", "internlm-chat-7b-8k-hf", "fuzi-mingcha-7b-hf",
+                     "chatlaw-13b-hf"]
+
+
+def category_means(task_scores: dict[str, float]) -> dict[str, float]:
+    """{task: score 0-1} -> {Memorization, Understanding, Application, Average} on the paper's x100 scale.
+
+    A category is the plain mean of its tasks; Average is the mean of all tasks given (20 for a full run).
+    Categories with no task present are left out.
+    """
+    out = {}
+    for cat, (prefix, _) in CATEGORIES.items():
+        vals = [v for t, v in task_scores.items() if t.startswith(prefix)]
+        if vals:
+            out[cat] = 100 * sum(vals) / len(vals)
+    if task_scores:
+        out["Average"] = 100 * sum(task_scores.values()) / len(task_scores)
+    return out
+
+
+def load_published(lawbench_dir, shot: str = "zero_shot", models=None) -> dict[str, dict[str, float]]:
+    """LawBench's published scores: {model_name: {task: score}} from predictions/<shot>/results.csv ({} if absent)."""
+    path = Path(lawbench_dir) / "predictions" / shot / "results.csv" if lawbench_dir else None
+    if path is None or not path.is_file():
+        return {}
+    scores = read_scores_csv(path)
+    return {m: scores[m] for m in (models or scores) if m in scores}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Reading inputs (tolerant: plot what exists, count what could not be read)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def read_metrics(path) -> list[dict]:
+    """Records of a metrics.jsonl. A half-written last line (a run still going) or a bad line is skipped and counted."""
+    errors: dict = {}
+    recs = [r for _, r in utils.iter_records(path, on_error="skip", errors=errors)]
+    if errors:
+        print(f"plots: {path}: skipped unreadable lines {errors}", file=sys.stderr)
+    return recs
+
+
+def series(records: list[dict], key: str, x_key: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the records holding a finite number under `key`; x = record[x_key] or its index."""
+    xs, ys = [], []
+    for i, r in enumerate(records):
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(r.get(x_key, i))
+            ys.append(float(v))
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average (same length; the first points average what exists so far)."""
+    if window <= 1 or len(y) == 0:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def read_scores_csv(path) -> dict[str, dict[str, float]]:
+    """evaluate.py / LawBench scores: task,model_name,score[,abstention_rate] -> {model: {task: score 0-1}}."""
+    out: dict[str, dict[str, float]] = {}
+    for line, row in utils.iter_records(path):
+        task = utils.require(row, "task", path, line)
+        model = utils.require(row, "model_name", path, line)
+        try:
+            score = float(utils.require(row, "score", path, line))
+        except ValueError:
+            raise utils.DataError(path, line, "score", f"not a number: {row['score']!r}", "bad_field") from None
+        out.setdefault(model, {})[task] = score
+    return out
+
+
+def read_json(path) -> dict:
+    try:
+        return json.loads(utils.read_text(path))
+    except json.JSONDecodeError as e:
+        raise utils.DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", "bad_json") from None
+
+
+def sample_lengths(stage_dir) -> np.ndarray:
+    """Token length of every sample in a packed stage (PACKED_FORMAT: diffs of cu_seqlens inside each pack)."""
+    cu = np.load(Path(stage_dir) / "cu_seqlens.npy", mmap_mode="r")
+    off = np.load(Path(stage_dir) / "cu_offsets.npy", mmap_mode="r")
+    lengths = np.diff(np.asarray(cu, dtype=np.int64))
+    # the diff across two packs (last boundary of pack i -> 0 of pack i+1) is not a sample: drop those positions
+    keep = np.ones(len(lengths), dtype=bool)
+    keep[np.asarray(off[1:-1], dtype=np.int64) - 1] = False
+    return lengths[keep]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4. Figures: each takes already-read data + an output path (suffix picks PNG or PDF) and returns the path
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _save(fig, out) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # keeps legends placed outside the axes
+    plt.close(fig)
+    return out
+
+
+def _task_label(t: str) -> str:
+    """'3-4\n刑期预测\n(无法条内容)': id, then the Chinese name cut before a bracket so neighbours do not overlap."""
+    return f"{t}\n" + LAWBENCH_TASKS[t][0].replace("(", "\n(") if t in LAWBENCH_TASKS else t
+
+
+def plot_lawbench_tasks(ours: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]], out,
+                        title: str = "LawBench") -> Path:
+    """Grouped bars: one group per task (x100), our run(s) first (solid), published baselines beside (hatched)."""
+    setup_fonts()
+    tasks = [t for t in LAWBENCH_TASKS if any(t in s for s in {**ours, **baselines}.values())]
+    tasks += sorted({t for s in ours.values() for t in s} - set(tasks))
+    names = list(ours) + [b for b in baselines if b not in ours]
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(tasks) + 2), 4.8))
+    for i, name in enumerate(names):
+        scores = ours.get(name) or baselines[name]
+        ys = [100 * scores.get(t, np.nan) for t in tasks]
+        ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width, ys, width, label=name,
+               hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
+    ax.set_xticks(np.arange(len(tasks)), [_task_label(t) for t in tasks], fontsize=7)
+    ax.set_ylabel("得分 score (x100)")
+    ax.set_title(f"{title}: 各任务得分 per task")
+    ax.legend(fontsize=7, ncol=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    return _save(fig, out)
+
+
+def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]], out,
+                             title: str = "LawBench") -> Path:
+    """Bars per category (记忆 / 理解 / 运用 / 平均, as InternLM-Law Table 1) for our run(s) and the baselines."""
+    setup_fonts()
+    cats = list(CATEGORIES) + ["Average"]
+    zh = {c: v[1] for c, v in CATEGORIES.items()} | {"Average": "平均"}
+    names = list(ours) + [b for b in baselines if b not in ours]
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, name in enumerate(names):
+        means = category_means(ours.get(name) or baselines[name])
+        xs = np.arange(len(cats)) + (i - (len(names) - 1) / 2) * width
+        bars = ax.bar(xs, [means.get(c, np.nan) for c in cats], width, label=name,
+                      hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
+    ax.set_ylabel("得分 score (x100)")
+    ax.set_title(f"{title}: 分类得分 by category")
+    ax.legend(fontsize=7, ncol=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    return _save(fig, out)
+
+
+SFT_PANELS = [("loss", "损失 loss"), ("lr", "学习率 lr"), ("tokens_per_s", "吞吐 tokens/s"), ("mfu", "MFU"),
+              ("grad_norm", "梯度范数 grad norm"), ("peak_mem", "峰值显存 peak memory")]
+
+
+def _panels(n: int):
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax in axes.flat[:n]:
+        ax.ticklabel_format(axis="y", useOffset=False)  # no '1e-14+2e-2' labels on flat curves
+    return fig, list(axes.flat[:n])
+
+
+def plot_sft_curves(runs: dict[str, list[dict]], out, window: int = 1) -> Path:
+    """SFT metrics vs global step; stages (e.g. sft1, sft2) follow each other on one axis, a dotted line between."""
+    setup_fonts()
+    panels = [(k, lab) for k, lab in SFT_PANELS if any(len(series(r, k)[1]) for r in runs.values())]
+    if not panels:
+        raise ValueError("no SFT metric found (expected keys: " + ", ".join(k for k, _ in SFT_PANELS) + ")")
+    fig, axes = _panels(len(panels))
+    offset = 0.0
+    for name, recs in runs.items():
+        last = offset
+        for ax, (key, label) in zip(axes, panels):
+            x, y = series(recs, key)
+            if len(y):
+                ax.plot(x + offset, smooth(y, window), label=name, lw=1.2)
+                last = max(last, float(x.max()) + offset)
+        if offset > 0:
+            for ax in axes:
+                ax.axvline(offset, color="gray", ls=":", lw=0.8)
+        offset = last
+    for ax, (_, label) in zip(axes, panels):
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SFT 训练曲线")
+    return _save(fig, out)
+
+
+RL_REWARDS = [("reward", "总奖励 total"), ("reward_charge", "罪名 charge"), ("reward_article", "法条 article"),
+              ("reward_term", "刑期 term"), ("reward_format", "格式 format")]
+RL_PANELS = [("kl", "KL"), ("clip_frac", "裁剪比例 clip fraction"), ("entropy", "熵 entropy"),
+             ("completion_len", "回答长度 completion length")]
+
+
+def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
+    """GRPO: reward and its components (raw thin, moving average thick), then KL / clip fraction / entropy / length."""
+    setup_fonts()
+    rewards = [(k, lab) for k, lab in RL_REWARDS if len(series(records, k)[1])]
+    others = [(k, lab) for k, lab in RL_PANELS if len(series(records, k)[1])]
+    if not rewards and not others:
+        raise ValueError("no GRPO metric found (expected keys: reward, reward_*, kl, clip_frac, entropy, "
+                         "completion_len)")
+    fig, axes = _panels((1 if rewards else 0) + len(others))
+    if rewards:
+        ax = axes[0]
+        for key, label in rewards:
+            x, y = series(records, key)
+            line, = ax.plot(x, smooth(y, window), lw=2 if key == "reward" else 1.2, label=label)
+            ax.plot(x, y, lw=0.5, alpha=0.3, color=line.get_color())
+        ax.set_title(f"奖励 reward (滑动平均 {window})")
+        ax.legend(fontsize=7)
+    for ax, (key, label) in zip(axes[1 if rewards else 0:], others):
+        x, y = series(records, key)
+        ax.plot(x, y, lw=0.6, alpha=0.4)
+        ax.plot(x, smooth(y, window), lw=1.5)
+        ax.set_title(label)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle("GRPO 训练曲线")
+    return _save(fig, out)
+
+
+def plot_judge(summary: dict, out) -> Path:
+    """Win rate per category (and overall) with the bootstrap 95% interval; adjusted win rate beside; counts on top."""
+    setup_fonts()
+    rows = dict(summary.get("by_category") or {})
+    rows["总体 overall"] = summary
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.5))
+    win = np.array([rows[n].get("win_rate", np.nan) for n in names], dtype=float)
+    adj = np.array([rows[n].get("adjusted_win_rate", np.nan) for n in names], dtype=float)
+    err = np.full((2, len(names)), np.nan)
+    for i, n in enumerate(names):
+        ci = rows[n].get("ci")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            err[:, i] = [max(win[i] - ci[0], 0), max(ci[1] - win[i], 0)]
+    has_ci = not np.all(np.isnan(err))
+    bars = ax.bar(x - 0.2, win, 0.4, yerr=np.nan_to_num(err) if has_ci else None, capsize=4,
+                  label="胜率 win rate" + (" (95% CI)" if has_ci else ""))
+    ax.bar(x + 0.2, adj, 0.4, alpha=0.6, label="调整胜率 adjusted (ties+inconsistent = ½)")
+    counts = [f"W{rows[n].get('wins', '?')} T{rows[n].get('ties', '?')} L{rows[n].get('losses', '?')}"
+              f" I{rows[n].get('inconsistent', '?')}" for n in names]
+    ax.bar_label(bars, labels=counts, fontsize=7, padding=2)
+    ax.axhline(0.5, color="gray", ls=":", lw=0.8)
+    ax.set_ylim(0, 1.1)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("rate")
+    ax.set_title("LLM 评审胜率 judge win rate by category")
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, out)
+
+
+def plot_data_mix(report: dict, out) -> Path:
+    """data_report.json: kept / dropped (by reason) per source; samples and tokens per stage; decontamination hits."""
+    setup_fonts()
+    sources = report.get("sources") or {}
+    stages = report.get("stages") or {}
+    decon = report.get("decontamination") or {}
+    n = sum(bool(p) for p in (sources, stages, decon))
+    if n == 0:
+        raise ValueError("data report has none of: sources, stages, decontamination")
+    fig, axes = _panels(n)
+    axes = iter(axes)
+    if sources:
+        ax = next(axes)
+        names = list(sources)
+        kept = np.array([sources[s].get("kept", 0) for s in names], dtype=float)
+        ax.barh(names, kept, label="保留 kept")
+        reasons = sorted({r for s in names for r in (sources[s].get("dropped") or {})})
+        left = kept.copy()
+        for r in reasons:
+            v = np.array([(sources[s].get("dropped") or {}).get(r, 0) for s in names], dtype=float)
+            ax.barh(names, v, left=left, label=f"丢弃 {r}")
+            left += v
+        ax.set_xlabel("records")
+        ax.set_title("数据来源 sources")
+        ax.legend(fontsize=6)
+        ax.tick_params(axis="y", labelsize=7)
+    if stages:
+        ax = next(axes)
+        names = list(stages)
+        tok = [stages[s].get("tokens", 0) for s in names]
+        bars = ax.bar(names, tok)
+        eff = [stages[s].get("packing_efficiency") for s in names]
+        ax.bar_label(bars, labels=[f"{stages[s].get('samples', '?')} samples" +
+                                   (f"\npack {e:.1%}" if isinstance(e, (int, float)) else "")
+                                   for s, e in zip(names, eff)], fontsize=7)
+        ax.set_ylabel("tokens")
+        ax.margins(y=0.2)
+        ax.set_title("训练阶段 stages")
+    if decon:
+        ax = next(axes)
+        tasks = sorted({t for v in decon.values() if isinstance(v, dict) for t in v},
+                       key=lambda t: list(LAWBENCH_TASKS).index(t) if t in LAWBENCH_TASKS else 99)
+        bottom = np.zeros(len(tasks))
+        for src, hits in decon.items():
+            if isinstance(hits, dict):
+                v = np.array([hits.get(t, 0) for t in tasks], dtype=float)
+                ax.bar([_task_label(t) for t in tasks], v, bottom=bottom, label=src)
+                bottom += v
+        ax.set_ylabel("items removed")
+        ax.set_title("去污染 decontamination vs LawBench")
+        ax.legend(fontsize=6)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("数据 data mix")
+    return _save(fig, out)
+
+
+def plot_length_hist(stage_lengths: dict[str, np.ndarray], out, seq_len: int | None = None) -> Path:
+    """Histogram of sample lengths (tokens) per packed stage, log-spaced bins; seq_len drawn as a line."""
+    setup_fonts()
+    stage_lengths = {k: np.asarray(v) for k, v in stage_lengths.items() if len(v)}
+    if not stage_lengths:
+        raise ValueError("no sample lengths")
+    hi = max(int(v.max()) for v in stage_lengths.values())
+    bins = np.unique(np.geomspace(1, max(hi, 2) + 1, 40).astype(int))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, v in stage_lengths.items():
+        ax.hist(v, bins=bins, alpha=0.5,
+                label=f"{name} (n={len(v)}, p50={int(np.median(v))}, p99={int(np.percentile(v, 99))})")
+    if seq_len:
+        ax.axvline(seq_len, color="k", ls=":", lw=1, label=f"seq_len {seq_len}")
+    ax.set_xscale("log")
+    ax.set_xlabel("样本长度 sample length (tokens)")
+    ax.set_ylabel("samples")
+    ax.set_title("样本长度分布 length histogram")
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 5. CLI: find whatever exists in a run folder and draw it, saying what was skipped
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class PlotConfig:
+    """Draw every figure the run folder has inputs for."""
+    run: str = dataclasses.field(metadata={"help": "run folder (e.g. runs/demo) holding data/, sft1/, rl/, eval/..."})
+    out: str | None = dataclasses.field(default=None, metadata={"help": "output folder (default RUN/plots)"})
+    format: str = dataclasses.field(default="png", metadata={"help": "png or pdf"})
+    lawbench_dir: str | None = dataclasses.field(
+        default=str(REPO.parent / "shared" / "lawbench"),
+        metadata={"help": "LawBench copy with predictions/<shot>/results.csv for published baselines (none: off)"})
+    baselines: str = dataclasses.field(default=",".join(DEFAULT_BASELINES),
+                                       metadata={"help": "comma-separated LawBench model names drawn beside ours"})
+    window: int = dataclasses.field(default=5, metadata={"help": "moving-average window for GRPO curves"})
+
+
+def _found(run: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in run.glob(pattern) if p.is_file())
+
+
+def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
+    """Draw everything drawable from cfg.run. Returns (written files, skipped messages)."""
+    run = Path(cfg.run)
+    if not run.is_dir():
+        raise utils.DataError(run, None, None, "run folder not found")
+    if cfg.format not in ("png", "pdf"):
+        raise utils.DataError(run, None, "format", f"expected png or pdf, got {cfg.format!r}")
+    out = Path(cfg.out) if cfg.out else run / "plots"
+    ext = "." + cfg.format
+    written, skipped = [], []
+
+    def attempt(what: str, fn, *args):
+        try:
+            written.append(fn(*args))
+        except (ValueError, utils.DataError) as e:  # a bad or empty input is reported, the other figures go on
+            skipped.append(f"{what}: {e}")
+
+    # data
+    reports = _found(run, "data*/data_report.json")
+    if reports:
+        attempt("data mix", lambda: plot_data_mix(read_json(reports[0]), out / f"data_mix{ext}"))
+    else:
+        skipped.append("data mix: no data*/data_report.json")
+    stages = sorted(p.parent for p in run.glob("data*/*/cu_seqlens.npy") if (p.parent / "cu_offsets.npy").is_file())
+    if stages:
+        def hist():
+            meta = [read_json(s / "meta.json") for s in stages if (s / "meta.json").is_file()]
+            return plot_length_hist({s.name: sample_lengths(s) for s in stages}, out / f"length_hist{ext}",
+                                    seq_len=meta[0].get("seq_len") if meta else None)
+        attempt("length histogram", hist)
+    else:
+        skipped.append("length histogram: no packed stage (data*/<stage>/cu_seqlens.npy)")
+
+    # training curves
+    sft = _found(run, "sft*/metrics.jsonl")
+    if sft:
+        attempt("SFT curves", lambda: plot_sft_curves({p.parent.name: read_metrics(p) for p in sft},
+                                                      out / f"sft_curves{ext}"))
+    else:
+        skipped.append("SFT curves: no sft*/metrics.jsonl")
+    rl = _found(run, "rl*/metrics.jsonl")
+    for p in rl:
+        attempt(f"GRPO curves ({p.parent.name})",
+                lambda p=p: plot_grpo_curves(read_metrics(p), out / f"grpo_curves_{p.parent.name}{ext}", cfg.window))
+    if not rl:
+        skipped.append("GRPO curves: no rl*/metrics.jsonl")
+
+    # LawBench
+    csvs = []
+    for p in _found(run, "eval*/**/scores*.csv"):  # evaluate.py also writes a category table next to scores.csv
+        header = utils.read_text(p).split("\n", 1)[0].strip().split(",")
+        if {"task", "model_name", "score"} <= set(header):
+            csvs.append(p)
+        else:
+            skipped.append(f"{p.relative_to(run)}: not a per-task scores file (no task,model_name,score header)")
+    for p in csvs:
+        shot = "one_shot" if "one_shot" in str(p.relative_to(run)) else "zero_shot"
+        names = [b for b in cfg.baselines.split(",") if b]
+        base = load_published(cfg.lawbench_dir, shot, names) if cfg.lawbench_dir else {}
+        if not base:
+            skipped.append(f"published baselines for {p.name}: no {cfg.lawbench_dir}/predictions/{shot}/results.csv")
+        tag = "_".join(p.relative_to(run).with_suffix("").parts[1:]) or "scores"
+
+        def lawbench(p=p, base=base, shot=shot, tag=tag):
+            ours = read_scores_csv(p)
+            ours = {(f"{m} (ours)" if m in base else m): s for m, s in ours.items()}
+            a = plot_lawbench_tasks(ours, base, out / f"lawbench_tasks_{tag}{ext}", f"LawBench {shot}")
+            written.append(a)
+            return plot_lawbench_categories(ours, base, out / f"lawbench_categories_{tag}{ext}", f"LawBench {shot}")
+        attempt(f"LawBench ({p.relative_to(run)})", lawbench)
+    if not csvs:
+        skipped.append("LawBench: no eval*/**/scores*.csv")
+
+    # judge
+    summaries = _found(run, "judge*/summary.json")
+    for p in summaries:
+        attempt(f"judge ({p.parent.name})", lambda p=p: plot_judge(read_json(p), out / f"judge_{p.parent.name}{ext}"))
+    if not summaries:
+        skipped.append("judge: no judge*/summary.json (judge.py runs only with an endpoint configured)")
+    return written, skipped
+
+
+def main(argv=None) -> int:
+    cfg = utils.parse_config(PlotConfig, argv)
+    try:
+        written, skipped = draw_run(cfg)
+    except utils.DataError as e:
+        print(f"plots: error: {e}", file=sys.stderr)
+        return 2
+    for p in written:
+        print(f"wrote   {p}")
+    for s in skipped:
+        print(f"skipped {s}")
+    if not written:
+        print(f"plots: nothing to draw in {cfg.run}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
