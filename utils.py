@@ -8,6 +8,10 @@ Sections (banner comments below):
   4. Judgment answer format      - the one fixed answer block used by prepare_data / rl / evaluate
   5. Chat tokenization           - input ids + labels on assistant tokens only
   6. Tiny offline model          - byte-level BPE tokenizer + random-init Qwen2, nothing downloaded
+  7. Packing                     - best-fit packing of whole samples, boundaries and restarting positions
+  8. Generation backends         - one `generate` call over Hugging Face or vLLM (evaluate / judge / demo)
+  9. Training                    - torch.distributed set-up, FSDP2, packed attention, chunked loss, DCP checkpoints
+ 10. Legal answer parsing        - the correct charge / article / sentence parsers and the GRPO legal reward
 
 Run `python utils.py tiny-model --out DIR` to build the tiny model used by the tests and the demo.
 """
@@ -454,22 +458,6 @@ def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# CLI: python utils.py tiny-model --out DIR
-# ----------------------------------------------------------------------------------------------------------------------
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="LexLab utilities")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tm = sub.add_parser("tiny-model", help="build the tiny offline model (tokenizer + random-init Qwen2)")
-    tm.add_argument("--out", required=True)
-    tm.add_argument("--vocab_size", type=int, default=4096)
-    tm.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    if a.cmd == "tiny-model":
-        print(build_tiny_model(a.out, vocab_size=a.vocab_size, seed=a.seed))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # 7. Packing: best fit, a sample is never split; boundaries and restarting positions (PACKED_FORMAT.md)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -524,225 +512,7 @@ def pack_position_ids(cu_seqlens, seq_len: int) -> "np.ndarray":
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 9. Legal answer parsing and rewards (the CORRECT parsers; LawBench-compatible ones live in evaluate.py)
-# ----------------------------------------------------------------------------------------------------------------------
-# parse_answer(completion) reads the section-4 answer block tolerantly (Arabic or Chinese numerals, 罪 suffix or not,
-# 、/；/，/; separators); legal_reward(completion, truth) scores it per component in [0, 1]:
-#   charge  - set F1 over canonical charge names (official list: strip 罪 and brackets; exact/alias/edit distance)
-#   article - set F1 over Criminal Law article numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it)
-#   term    - 1 - min(|log(p+1) - log(t+1)| / log(216), 1) on months (LawBench's shaping); 无期/死刑 are categories
-#   format  - 1 well-formed (optional <think>..</think>, then <answer> with 罪名/法条/刑期, nothing trailing),
-#             0.5 an answer block is there but something around it is off, 0 no closed answer block
-# A missing or empty answer block scores 0 on every component.
-
-import math
-import re
-from functools import lru_cache
-
-CHARGE_LIST_PATH = REPO.parent / "shared" / "data" / "cail2018" / "accu.txt"
-CRIMINAL_LAW_ARTICLES = range(1, 453)  # 中华人民共和国刑法: articles 1..452
-# Used when the official list is absent (tests without ../shared): the most frequent CAIL charges and the nested ones.
-FALLBACK_CHARGES = ("盗窃", "诈骗", "合同诈骗", "信用卡诈骗", "集资诈骗", "故意伤害", "故意杀人", "抢劫", "抢夺", "危险驾驶",
-                    "交通肇事", "寻衅滋事", "聚众斗殴", "开设赌场", "妨害公务", "非法拘禁", "强奸", "敲诈勒索", "职务侵占",
-                    "贪污", "受贿", "挪用公款", "挪用资金", "容留他人吸毒", "非法持有毒品", "走私、贩卖、运输、制造毒品",
-                    "非法持有、私藏枪支、弹药", "掩饰、隐瞒犯罪所得、犯罪所得收益", "盗窃、侮辱尸体",
-                    "组织、强迫、引诱、容留、介绍卖淫")
-# Common informal names -> official names (keys and values without 罪).
-CHARGE_ALIASES = {"醉驾": "危险驾驶", "醉酒驾驶": "危险驾驶", "酒驾": "危险驾驶", "飙车": "危险驾驶",
-                  "贩毒": "走私、贩卖、运输、制造毒品", "贩卖毒品": "走私、贩卖、运输、制造毒品",
-                  "运输毒品": "走私、贩卖、运输、制造毒品", "制造毒品": "走私、贩卖、运输、制造毒品",
-                  "走私毒品": "走私、贩卖、运输、制造毒品", "非法持有枪支": "非法持有、私藏枪支、弹药",
-                  "私藏枪支": "非法持有、私藏枪支、弹药", "掩饰、隐瞒犯罪所得": "掩饰、隐瞒犯罪所得、犯罪所得收益",
-                  "掩饰隐瞒犯罪所得": "掩饰、隐瞒犯罪所得、犯罪所得收益", "容留卖淫": "组织、强迫、引诱、容留、介绍卖淫",
-                  "介绍卖淫": "组织、强迫、引诱、容留、介绍卖淫", "偷窃": "盗窃",
-                  "故意伤人": "故意伤害", "杀人": "故意杀人"}
-CHARGE_MAX_EDIT_RATIO = 0.25  # edit-distance fallback: distance / len(longer name) must not exceed this
-DEFAULT_REWARD_WEIGHTS = {"charge": 0.35, "article": 0.25, "term": 0.25, "format": 0.15}
-
-_NUM = "零〇一二两三四五六七八九十百千0-9０-９"
-_ARTICLE_RE = re.compile(rf"第?((?:[{_NUM}]+\s*[、，,和及与]\s*第?)*[{_NUM}]+)\s*条(?:之[{_NUM}]+)?")
-_FIELD_RE = {k: re.compile(rf"{k}\s*[:：]\s*([^\n]*)") for k in ("罪名", "法条", "刑期")}
-_ANSWER_BLOCK_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
-_WELL_FORMED_RE = re.compile(r"\s*(?:" + re.escape(THINK_OPEN) + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)"
-                             + re.escape(THINK_CLOSE) + r"\s*)?" + re.escape(ANSWER_OPEN)
-                             + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)" + re.escape(ANSWER_CLOSE) + r"\s*",
-                             re.S)
-_DURATION_RE = re.compile(rf"(?:([{_NUM}]+)\s*年)?\s*(?:零?([{_NUM}]+)\s*个?月)?")
-
-
-def _num(s: str) -> int:
-    return cn_to_int(s.translate(str.maketrans("０１２３４５６７８９", "0123456789")).replace("〇", "零"))
-
-
-def charge_key(name: str) -> str:
-    """Canonical key of a charge name: brackets, spaces and a final 罪 removed ('[走私、贩卖]毒品罪' -> '走私、贩卖毒品')."""
-    name = re.sub(r"[\[\]【】()（）\s《》\"'“”]", "", name)
-    return name[:-1] if name.endswith("罪") else name
-
-
-@lru_cache(maxsize=8)
-def load_charge_list(path=None) -> tuple[str, ...]:
-    """Official charge names (keys, one per line, CAIL accu.txt format). Falls back to FALLBACK_CHARGES when the
-    default file is absent; an explicitly given path that does not exist is a DataError."""
-    if path is None:
-        if not CHARGE_LIST_PATH.is_file():
-            return FALLBACK_CHARGES
-        path = CHARGE_LIST_PATH
-    names = [charge_key(x) for x in read_text(path).splitlines() if x.strip()]
-    return tuple(dict.fromkeys(names))
-
-
-def canonical_charge(name: str, charges=None) -> str | None:
-    """Map one written charge to its official key: exact -> alias -> closest by edit distance (ratio <= 0.25).
-    None when nothing is close enough. Whole-name matching only: '合同诈骗' never matches '诈骗'."""
-    import Levenshtein
-    key = charge_key(name)
-    if not key:
-        return None
-    charges = charges if charges is not None else load_charge_list()
-    if key in charges:
-        return key
-    if key in CHARGE_ALIASES:
-        return CHARGE_ALIASES[key]
-    best, best_d = None, None
-    for c in charges:
-        d = Levenshtein.distance(key, c)
-        if d / max(len(key), len(c)) <= CHARGE_MAX_EDIT_RATIO and (best_d is None or d < best_d):
-            best, best_d = c, d
-    return best
-
-
-def parse_charges(text: str, charges=None) -> list[str]:
-    """'盗窃罪；诈骗罪' / '盗窃、诈骗' / '合同诈骗罪, 盗窃罪' -> canonical keys (unknown names kept as their own key, so they
-    count as wrong). Names that contain '、' themselves (走私、贩卖、运输、制造毒品罪) are kept whole when they match."""
-    charges = charges if charges is not None else load_charge_list()
-    out = []
-    for piece in re.split(r"[；;，,\s]+|罪[、和及与]", text):
-        key = charge_key(piece)
-        if not key or key in ("无", "None"):
-            continue
-        canon = canonical_charge(key, charges)
-        if canon is None and "、" in key:  # '盗窃、诈骗' written with 、 between two charges
-            parts = [canonical_charge(p, charges) for p in key.split("、")]
-            if all(parts):
-                out.extend(parts)
-                continue
-        out.append(canon or key)
-    return list(dict.fromkeys(out))
-
-
-def parse_articles(text: str) -> list[int]:
-    """'《刑法》第二百三十四条、第六十七条第三款' -> [67, 234]; 第264条, 第二百六十四、二百六十六条, 第一百三十三条之一 (-> 133)
-    all read; 款/项 ignored; numbers outside the Criminal Law's 1..452 rejected."""
-    out = set()
-    for m in _ARTICLE_RE.finditer(text):
-        for tok in re.split(r"\s*[、，,和及与]\s*第?", m.group(1)):
-            try:
-                n = _num(tok)
-            except ValueError:
-                continue
-            if n in CRIMINAL_LAW_ARTICLES:
-                out.add(n)
-    return sorted(out)
-
-
-def parse_term(text: str) -> dict | None:
-    """'有期徒刑一年六个月，缓刑二年' -> {'term_months': 18, 'life': False, 'death': False}; 拘役/管制 count as months,
-    缓刑 (probation) is ignored, 无期徒刑 / 死刑 (incl. 死刑缓期二年执行) are categories, 不判处监禁/免予刑事处罚 -> 0.
-    None when no sentence can be read."""
-    text = re.sub(rf"缓刑\s*(?:考验期)?\s*(?:[{_NUM}]+\s*年)?\s*(?:零?[{_NUM}]+\s*个?月)?", "", text)
-    if "死刑" in text:
-        return {"term_months": 0, "life": False, "death": True}
-    if "无期" in text:
-        return {"term_months": 0, "life": True, "death": False}
-    for m in _DURATION_RE.finditer(text):
-        if m.group(1) or m.group(2):
-            try:
-                months = 12 * (_num(m.group(1)) if m.group(1) else 0) + (_num(m.group(2)) if m.group(2) else 0)
-            except ValueError:
-                continue
-            return {"term_months": months, "life": False, "death": False}
-    if re.search(r"不判处监禁|免予刑事处罚|免于刑事处罚|单处罚金|^\s*0\s*$|^\s*无\s*$", text):
-        return {"term_months": 0, "life": False, "death": False}
-    return None
-
-
-def parse_answer(completion: str, charges=None) -> dict | None:
-    """Read the last closed <answer> block: {'charges', 'articles', 'term' (parse_term or None), 'fields' (which of
-    罪名/法条/刑期 were present), 'well_formed'}. None when there is no closed block or it is empty."""
-    blocks = _ANSWER_BLOCK_RE.findall(completion or "")
-    if not blocks or not blocks[-1].strip():
-        return None
-    block = blocks[-1]
-    fields = {k: (m.group(1).strip() if (m := r.search(block)) else None) for k, r in _FIELD_RE.items()}
-    if all(v is None for v in fields.values()):
-        return None
-    return {"charges": parse_charges(fields["罪名"], charges) if fields["罪名"] else [],
-            "articles": parse_articles(fields["法条"]) if fields["法条"] else [],
-            "term": parse_term(fields["刑期"]) if fields["刑期"] else None,
-            "fields": {k: v is not None for k, v in fields.items()},
-            "well_formed": bool(_WELL_FORMED_RE.fullmatch(completion)) and all(v is not None for v in fields.values())}
-
-
-def parse_judgment(completion: str, charges=None) -> dict:
-    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
-    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
-    ans = parse_answer(completion, charges)
-    if ans is None:
-        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
-    term = ans["term"] or {"term_months": None, "life": False, "death": False}
-    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
-
-
-def set_f1(pred, truth) -> float:
-    """F1 between two sets; both empty -> 1.0 (callers gate on a present answer first)."""
-    pred, truth = set(pred), set(truth)
-    if not pred and not truth:
-        return 1.0
-    tp = len(pred & truth)
-    if tp == 0:
-        return 0.0
-    p, r = tp / len(pred), tp / len(truth)
-    return 2 * p * r / (p + r)
-
-
-def term_score(pred: dict | None, truth: dict) -> float:
-    """LawBench-style shaping: 1 - min(|log(p+1) - log(t+1)| / log(216), 1); life/death must match exactly."""
-    if pred is None:
-        return 0.0
-    t_cat = "death" if truth.get("death") else "life" if truth.get("life") else "months"
-    p_cat = "death" if pred["death"] else "life" if pred["life"] else "months"
-    if t_cat != p_cat:
-        return 0.0
-    if t_cat != "months":
-        return 1.0
-    dist = abs(math.log(pred["term_months"] + 1) - math.log(int(truth.get("term_months", 0)) + 1))
-    return 1.0 - min(dist / math.log(216), 1.0)
-
-
-def legal_reward(completion: str, truth: dict, weights: dict | None = None, charges=None) -> dict:
-    """Score one completion against truth {charges, articles, term_months, life, death}.
-
-    Returns {'charge', 'article', 'term', 'format', 'total'} (all in [0, 1]; total = weighted mean with `weights`,
-    default DEFAULT_REWARD_WEIGHTS). legal_reward(format_answer(t), t)['total'] == 1."""
-    w = {**DEFAULT_REWARD_WEIGHTS, **(weights or {})}
-    ans = parse_answer(completion, charges)
-    if ans is None:
-        r = {"charge": 0.0, "article": 0.0, "term": 0.0, "format": 0.0}
-    else:
-        cl = charges if charges is not None else load_charge_list()
-        truth_charges = [canonical_charge(c, cl) or charge_key(c) for c in truth["charges"]]
-        r = {"charge": set_f1(ans["charges"], truth_charges) if ans["fields"]["罪名"] else 0.0,
-             "article": set_f1(ans["articles"], [int(a) for a in truth["articles"]]) if ans["fields"]["法条"] else 0.0,
-             "term": term_score(ans["term"], truth),
-             "format": 1.0 if ans["well_formed"] else 0.5}
-    total_w = sum(w[k] for k in r)
-    r["total"] = sum(w[k] * r[k] for k in r) / total_w if total_w > 0 else 0.0
-    return r
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 7. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py, rl.py and judge.py use it)
+# 8. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py, rl.py and judge.py use it)
 # ----------------------------------------------------------------------------------------------------------------------
 # Both backends decode the generated token ids with the same Hugging Face tokenizer (skip_special_tokens), so on
 # the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
@@ -837,7 +607,7 @@ def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_mode
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8. Training: distributed, FSDP2, packed attention, loss, checkpoints (used by sft.py and rl.py)
+# 9. Training: distributed, FSDP2, packed attention, loss, checkpoints (used by sft.py and rl.py)
 # ----------------------------------------------------------------------------------------------------------------------
 # Everything here runs on CPU (gloo) as well as on GPUs (nccl), so the tests exercise the real code paths.
 
@@ -1211,3 +981,237 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
             shutil.rmtree(out)
         os.replace(tmp, out)
     dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 10. Legal answer parsing and rewards (the CORRECT parsers; LawBench-compatible ones live in evaluate.py)
+# ----------------------------------------------------------------------------------------------------------------------
+# parse_answer(completion) reads the section-4 answer block tolerantly (Arabic or Chinese numerals, 罪 suffix or not,
+# 、/；/，/; separators); legal_reward(completion, truth) scores it per component in [0, 1]:
+#   charge  - set F1 over canonical charge names (official list: strip 罪 and brackets; exact/alias/edit distance)
+#   article - set F1 over Criminal Law article numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it)
+#   term    - 1 - min(|log(p+1) - log(t+1)| / log(216), 1) on months (LawBench's shaping); 无期/死刑 are categories
+#   format  - 1 well-formed (optional <think>..</think>, then <answer> with 罪名/法条/刑期, nothing trailing),
+#             0.5 an answer block is there but something around it is off, 0 no closed answer block
+# A missing or empty answer block scores 0 on every component.
+
+import math
+import re
+from functools import lru_cache
+
+CHARGE_LIST_PATH = REPO.parent / "shared" / "data" / "cail2018" / "accu.txt"
+CRIMINAL_LAW_ARTICLES = range(1, 453)  # 中华人民共和国刑法: articles 1..452
+# Used when the official list is absent (tests without ../shared): the most frequent CAIL charges and the nested ones.
+FALLBACK_CHARGES = ("盗窃", "诈骗", "合同诈骗", "信用卡诈骗", "集资诈骗", "故意伤害", "故意杀人", "抢劫", "抢夺", "危险驾驶",
+                    "交通肇事", "寻衅滋事", "聚众斗殴", "开设赌场", "妨害公务", "非法拘禁", "强奸", "敲诈勒索", "职务侵占",
+                    "贪污", "受贿", "挪用公款", "挪用资金", "容留他人吸毒", "非法持有毒品", "走私、贩卖、运输、制造毒品",
+                    "非法持有、私藏枪支、弹药", "掩饰、隐瞒犯罪所得、犯罪所得收益", "盗窃、侮辱尸体",
+                    "组织、强迫、引诱、容留、介绍卖淫")
+# Common informal names -> official names (keys and values without 罪).
+CHARGE_ALIASES = {"醉驾": "危险驾驶", "醉酒驾驶": "危险驾驶", "酒驾": "危险驾驶", "飙车": "危险驾驶",
+                  "贩毒": "走私、贩卖、运输、制造毒品", "贩卖毒品": "走私、贩卖、运输、制造毒品",
+                  "运输毒品": "走私、贩卖、运输、制造毒品", "制造毒品": "走私、贩卖、运输、制造毒品",
+                  "走私毒品": "走私、贩卖、运输、制造毒品", "非法持有枪支": "非法持有、私藏枪支、弹药",
+                  "私藏枪支": "非法持有、私藏枪支、弹药", "掩饰、隐瞒犯罪所得": "掩饰、隐瞒犯罪所得、犯罪所得收益",
+                  "掩饰隐瞒犯罪所得": "掩饰、隐瞒犯罪所得、犯罪所得收益", "容留卖淫": "组织、强迫、引诱、容留、介绍卖淫",
+                  "介绍卖淫": "组织、强迫、引诱、容留、介绍卖淫", "偷窃": "盗窃",
+                  "故意伤人": "故意伤害", "杀人": "故意杀人"}
+CHARGE_MAX_EDIT_RATIO = 0.25  # edit-distance fallback: distance / len(longer name) must not exceed this
+DEFAULT_REWARD_WEIGHTS = {"charge": 0.35, "article": 0.25, "term": 0.25, "format": 0.15}
+
+_NUM = "零〇一二两三四五六七八九十百千0-9０-９"
+_ARTICLE_RE = re.compile(rf"第?((?:[{_NUM}]+\s*[、，,和及与]\s*第?)*[{_NUM}]+)\s*条(?:之[{_NUM}]+)?")
+_FIELD_RE = {k: re.compile(rf"{k}\s*[:：]\s*([^\n]*)") for k in ("罪名", "法条", "刑期")}
+_ANSWER_BLOCK_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
+_WELL_FORMED_RE = re.compile(r"\s*(?:" + re.escape(THINK_OPEN) + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)"
+                             + re.escape(THINK_CLOSE) + r"\s*)?" + re.escape(ANSWER_OPEN)
+                             + r"((?:(?!<think>|</think>|<answer>|</answer>).)*)" + re.escape(ANSWER_CLOSE) + r"\s*",
+                             re.S)
+_DURATION_RE = re.compile(rf"(?:([{_NUM}]+)\s*年)?\s*(?:零?([{_NUM}]+)\s*个?月)?")
+
+
+def _num(s: str) -> int:
+    return cn_to_int(s.translate(str.maketrans("０１２３４５６７８９", "0123456789")).replace("〇", "零"))
+
+
+def charge_key(name: str) -> str:
+    """Canonical key of a charge name: brackets, spaces and a final 罪 removed ('[走私、贩卖]毒品罪' -> '走私、贩卖毒品')."""
+    name = re.sub(r"[\[\]【】()（）\s《》\"'“”]", "", name)
+    return name[:-1] if name.endswith("罪") else name
+
+
+@lru_cache(maxsize=8)
+def load_charge_list(path=None) -> tuple[str, ...]:
+    """Official charge names (keys, one per line, CAIL accu.txt format). Falls back to FALLBACK_CHARGES when the
+    default file is absent; an explicitly given path that does not exist is a DataError."""
+    if path is None:
+        if not CHARGE_LIST_PATH.is_file():
+            return FALLBACK_CHARGES
+        path = CHARGE_LIST_PATH
+    names = [charge_key(x) for x in read_text(path).splitlines() if x.strip()]
+    return tuple(dict.fromkeys(names))
+
+
+def canonical_charge(name: str, charges=None) -> str | None:
+    """Map one written charge to its official key: exact -> alias -> closest by edit distance (ratio <= 0.25).
+    None when nothing is close enough. Whole-name matching only: '合同诈骗' never matches '诈骗'."""
+    import Levenshtein
+    key = charge_key(name)
+    if not key:
+        return None
+    charges = charges if charges is not None else load_charge_list()
+    if key in charges:
+        return key
+    if key in CHARGE_ALIASES:
+        return CHARGE_ALIASES[key]
+    best, best_d = None, None
+    for c in charges:
+        d = Levenshtein.distance(key, c)
+        if d / max(len(key), len(c)) <= CHARGE_MAX_EDIT_RATIO and (best_d is None or d < best_d):
+            best, best_d = c, d
+    return best
+
+
+def parse_charges(text: str, charges=None) -> list[str]:
+    """'盗窃罪；诈骗罪' / '盗窃、诈骗' / '合同诈骗罪, 盗窃罪' -> canonical keys (unknown names kept as their own key, so they
+    count as wrong). Names that contain '、' themselves (走私、贩卖、运输、制造毒品罪) are kept whole when they match."""
+    charges = charges if charges is not None else load_charge_list()
+    out = []
+    for piece in re.split(r"[；;，,\s]+|罪[、和及与]", text):
+        key = charge_key(piece)
+        if not key or key in ("无", "None"):
+            continue
+        canon = canonical_charge(key, charges)
+        if canon is None and "、" in key:  # '盗窃、诈骗' written with 、 between two charges
+            parts = [canonical_charge(p, charges) for p in key.split("、")]
+            if all(parts):
+                out.extend(parts)
+                continue
+        out.append(canon or key)
+    return list(dict.fromkeys(out))
+
+
+def parse_articles(text: str) -> list[int]:
+    """'《刑法》第二百三十四条、第六十七条第三款' -> [67, 234]; 第264条, 第二百六十四、二百六十六条, 第一百三十三条之一 (-> 133)
+    all read; 款/项 ignored; numbers outside the Criminal Law's 1..452 rejected."""
+    out = set()
+    for m in _ARTICLE_RE.finditer(text):
+        for tok in re.split(r"\s*[、，,和及与]\s*第?", m.group(1)):
+            try:
+                n = _num(tok)
+            except ValueError:
+                continue
+            if n in CRIMINAL_LAW_ARTICLES:
+                out.add(n)
+    return sorted(out)
+
+
+def parse_term(text: str) -> dict | None:
+    """'有期徒刑一年六个月，缓刑二年' -> {'term_months': 18, 'life': False, 'death': False}; 拘役/管制 count as months,
+    缓刑 (probation) is ignored, 无期徒刑 / 死刑 (incl. 死刑缓期二年执行) are categories, 不判处监禁/免予刑事处罚 -> 0.
+    None when no sentence can be read."""
+    text = re.sub(rf"缓刑\s*(?:考验期)?\s*(?:[{_NUM}]+\s*年)?\s*(?:零?[{_NUM}]+\s*个?月)?", "", text)
+    if "死刑" in text:
+        return {"term_months": 0, "life": False, "death": True}
+    if "无期" in text:
+        return {"term_months": 0, "life": True, "death": False}
+    for m in _DURATION_RE.finditer(text):
+        if m.group(1) or m.group(2):
+            try:
+                months = 12 * (_num(m.group(1)) if m.group(1) else 0) + (_num(m.group(2)) if m.group(2) else 0)
+            except ValueError:
+                continue
+            return {"term_months": months, "life": False, "death": False}
+    if re.search(r"不判处监禁|免予刑事处罚|免于刑事处罚|单处罚金|^\s*0\s*$|^\s*无\s*$", text):
+        return {"term_months": 0, "life": False, "death": False}
+    return None
+
+
+def parse_answer(completion: str, charges=None) -> dict | None:
+    """Read the last closed <answer> block: {'charges', 'articles', 'term' (parse_term or None), 'fields' (which of
+    罪名/法条/刑期 were present), 'well_formed'}. None when there is no closed block or it is empty."""
+    blocks = _ANSWER_BLOCK_RE.findall(completion or "")
+    if not blocks or not blocks[-1].strip():
+        return None
+    block = blocks[-1]
+    fields = {k: (m.group(1).strip() if (m := r.search(block)) else None) for k, r in _FIELD_RE.items()}
+    if all(v is None for v in fields.values()):
+        return None
+    return {"charges": parse_charges(fields["罪名"], charges) if fields["罪名"] else [],
+            "articles": parse_articles(fields["法条"]) if fields["法条"] else [],
+            "term": parse_term(fields["刑期"]) if fields["刑期"] else None,
+            "fields": {k: v is not None for k, v in fields.items()},
+            "well_formed": bool(_WELL_FORMED_RE.fullmatch(completion)) and all(v is not None for v in fields.values())}
+
+
+def parse_judgment(completion: str, charges=None) -> dict:
+    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
+    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
+    ans = parse_answer(completion, charges)
+    if ans is None:
+        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
+    term = ans["term"] or {"term_months": None, "life": False, "death": False}
+    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
+
+
+def set_f1(pred, truth) -> float:
+    """F1 between two sets; both empty -> 1.0 (callers gate on a present answer first)."""
+    pred, truth = set(pred), set(truth)
+    if not pred and not truth:
+        return 1.0
+    tp = len(pred & truth)
+    if tp == 0:
+        return 0.0
+    p, r = tp / len(pred), tp / len(truth)
+    return 2 * p * r / (p + r)
+
+
+def term_score(pred: dict | None, truth: dict) -> float:
+    """LawBench-style shaping: 1 - min(|log(p+1) - log(t+1)| / log(216), 1); life/death must match exactly."""
+    if pred is None:
+        return 0.0
+    t_cat = "death" if truth.get("death") else "life" if truth.get("life") else "months"
+    p_cat = "death" if pred["death"] else "life" if pred["life"] else "months"
+    if t_cat != p_cat:
+        return 0.0
+    if t_cat != "months":
+        return 1.0
+    dist = abs(math.log(pred["term_months"] + 1) - math.log(int(truth.get("term_months", 0)) + 1))
+    return 1.0 - min(dist / math.log(216), 1.0)
+
+
+def legal_reward(completion: str, truth: dict, weights: dict | None = None, charges=None) -> dict:
+    """Score one completion against truth {charges, articles, term_months, life, death}.
+
+    Returns {'charge', 'article', 'term', 'format', 'total'} (all in [0, 1]; total = weighted mean with `weights`,
+    default DEFAULT_REWARD_WEIGHTS). legal_reward(format_answer(t), t)['total'] == 1."""
+    w = {**DEFAULT_REWARD_WEIGHTS, **(weights or {})}
+    ans = parse_answer(completion, charges)
+    if ans is None:
+        r = {"charge": 0.0, "article": 0.0, "term": 0.0, "format": 0.0}
+    else:
+        cl = charges if charges is not None else load_charge_list()
+        truth_charges = [canonical_charge(c, cl) or charge_key(c) for c in truth["charges"]]
+        r = {"charge": set_f1(ans["charges"], truth_charges) if ans["fields"]["罪名"] else 0.0,
+             "article": set_f1(ans["articles"], [int(a) for a in truth["articles"]]) if ans["fields"]["法条"] else 0.0,
+             "term": term_score(ans["term"], truth),
+             "format": 1.0 if ans["well_formed"] else 0.5}
+    total_w = sum(w[k] for k in r)
+    r["total"] = sum(w[k] * r[k] for k in r) / total_w if total_w > 0 else 0.0
+    return r
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI: python utils.py tiny-model --out DIR
+# ----------------------------------------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="LexLab utilities")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tm = sub.add_parser("tiny-model", help="build the tiny offline model (tokenizer + random-init Qwen2)")
+    tm.add_argument("--out", required=True)
+    tm.add_argument("--vocab_size", type=int, default=4096)
+    tm.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if a.cmd == "tiny-model":
+        print(build_tiny_model(a.out, vocab_size=a.vocab_size, seed=a.seed))

@@ -1,4 +1,4 @@
-"""Hand-written cases for the legal answer parsers and utils.legal_reward (section 9 of utils.py)."""
+"""Hand-written cases for the legal answer parsers and utils.legal_reward (section 10 of utils.py)."""
 import math
 
 import pytest

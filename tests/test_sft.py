@@ -1,4 +1,4 @@
-"""Tests for sft.py and utils section 8: leak-free packing, chunked loss, loss normalisation, 2 ranks == 1 process,
+"""Tests for sft.py and utils section 9: leak-free packing, chunked loss, loss normalisation, 2 ranks == 1 process,
 two "nodes" over loopback, exact resume after SIGKILL (mid-training and mid-save), export loads and generates.
 
 Packed stages are written here directly in the PACKED_FORMAT contract (tiny `write_packed_stage` helper), from
