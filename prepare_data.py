@@ -718,48 +718,25 @@ def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) ->
 
 def write_stage(cfg: Config, work: Path, out_dir: Path, stage: str, index: np.ndarray, lengths: np.ndarray,
                 offsets: np.ndarray, pad_id: int) -> dict:
-    """Pack samples `index` (into the token store) and write input_ids / labels / position_ids / cu_seqlens /
-    cu_offsets / meta.json to out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Pack samples `index` (into the token store) best fit and write them with utils.write_packed."""
     lens = lengths[index]
     packs = utils.best_fit_pack(lens, cfg.seq_len, seed=cfg.seed)
-    n = len(packs)
     tokens = np.memmap(work / "tokens.bin", dtype=np.int32, mode="r") if offsets[-1] else np.zeros(0, np.int32)
     sup = np.memmap(work / "sup.bin", dtype=np.uint8, mode="r") if offsets[-1] else np.zeros(0, np.uint8)
-    fmt = np.lib.format
-    ids_out = fmt.open_memmap(out_dir / "input_ids.npy", mode="w+", dtype=np.int32, shape=(n, cfg.seq_len))
-    lab_out = fmt.open_memmap(out_dir / "labels.npy", mode="w+", dtype=np.int32, shape=(n, cfg.seq_len))
-    pos_out = fmt.open_memmap(out_dir / "position_ids.npy", mode="w+", dtype=np.int32, shape=(n, cfg.seq_len))
-    cu_all, cu_offsets = [], [0]
-    n_sup = 0
-    for p, members in enumerate(tqdm(packs, desc=f"pack {stage}", unit="pack", mininterval=2)):
-        sample_ids = index[members]
-        row_ids = np.full(cfg.seq_len, pad_id, dtype=np.int32)
-        row_lab = np.full(cfg.seq_len, utils.IGNORE_INDEX, dtype=np.int32)
-        cu = utils.pack_boundaries(lengths[sample_ids])
-        for s, a, b in zip(sample_ids, cu[:-1], cu[1:]):
-            t = tokens[offsets[s]:offsets[s + 1]]
-            m = sup[offsets[s]:offsets[s + 1]].astype(bool)
-            row_ids[a:b] = t
-            row_lab[a:b] = np.where(m, t, utils.IGNORE_INDEX)
-        ids_out[p], lab_out[p] = row_ids, row_lab
-        pos_out[p] = utils.pack_position_ids(cu, cfg.seq_len)
-        n_sup += int((row_lab != utils.IGNORE_INDEX).sum())
-        cu_all.append(cu)
-        cu_offsets.append(cu_offsets[-1] + len(cu))
-    for a in (ids_out, lab_out, pos_out):
-        a.flush()
-    del ids_out, lab_out, pos_out
-    np.save(out_dir / "cu_seqlens.npy", np.concatenate(cu_all).astype(np.int32) if cu_all else np.zeros(0, np.int32))
-    np.save(out_dir / "cu_offsets.npy", np.asarray(cu_offsets, dtype=np.int64))
-    n_tokens = int(lens.sum())
-    meta = {"seq_len": cfg.seq_len, "n_packs": n, "n_samples": int(len(index)), "n_tokens": n_tokens,
-            "n_supervised": n_sup, "pad_token_id": int(pad_id),
-            "packing_efficiency": n_tokens / (n * cfg.seq_len) if n else 0.0, "tokenizer": str(cfg.model),
-            "stage": stage}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def pack_rows():
+        for members in packs:
+            rows = []
+            for s in index[members]:
+                t = tokens[offsets[s]:offsets[s + 1]]
+                rows.append((t, np.where(sup[offsets[s]:offsets[s + 1]].astype(bool), t, utils.IGNORE_INDEX)))
+            yield rows
+
+    meta = utils.write_packed(out_dir, pack_rows(), len(packs), cfg.seq_len, pad_id,
+                              {"tokenizer": str(cfg.model), "stage": stage}, desc=f"pack {stage}")
     pct = {f"p{q}": int(np.percentile(lens, q)) for q in (50, 90, 99)} if len(lens) else {}
-    return {"samples": meta["n_samples"], "tokens": n_tokens, "supervised_tokens": n_sup, "packs": n,
+    return {"samples": meta["n_samples"], "tokens": meta["n_tokens"], "supervised_tokens": meta["n_supervised"],
+            "packs": meta["n_packs"],
             "packing_efficiency": round(meta["packing_efficiency"], 6),
             "length_percentiles": {**pct, "max": int(lens.max()) if len(lens) else 0}}
 

@@ -511,6 +511,76 @@ def pack_position_ids(cu_seqlens, seq_len: int) -> "np.ndarray":
     return pos
 
 
+def write_packed(out_dir, packs, n_packs: int, seq_len: int, pad_id: int, meta: dict | None = None,
+                 desc: str = "pack") -> dict:
+    """Write a packed stage in the PACKED_FORMAT layout: input_ids / labels / position_ids [n_packs, seq_len] int32,
+    cu_seqlens (all packs' boundaries, concatenated) int32, cu_offsets [n_packs + 1] int64, meta.json.
+
+    packs: an iterable of n_packs lists of (input_ids, labels) int sequences, each list's total length <= seq_len.
+    Rows stream to memory-mapped .npy files, so a stage larger than RAM is fine. Returns the meta written
+    (`meta` adds fields such as tokenizer and stage).
+    """
+    import numpy as np
+    from tqdm import tqdm
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = np.lib.format
+    arrays = {name: fmt.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.int32, shape=(n_packs, seq_len))
+              for name in ("input_ids", "labels", "position_ids")}
+    cu_all, cu_offsets, n_samples, n_tokens, n_sup = [], [0], 0, 0, 0
+    for p, pack in enumerate(tqdm(packs, total=n_packs, desc=desc, unit="pack", mininterval=2,
+                                  disable=n_packs < 1000)):
+        cu = pack_boundaries([len(ids) for ids, _ in pack])
+        if cu[-1] > seq_len:
+            raise ValueError(f"pack {p} holds {cu[-1]} tokens > seq_len {seq_len}")
+        row_ids = np.full(seq_len, pad_id, dtype=np.int32)
+        row_lab = np.full(seq_len, IGNORE_INDEX, dtype=np.int32)
+        for (ids, labels), a, b in zip(pack, cu[:-1], cu[1:]):
+            row_ids[a:b], row_lab[a:b] = ids, labels
+        arrays["input_ids"][p], arrays["labels"][p] = row_ids, row_lab
+        arrays["position_ids"][p] = pack_position_ids(cu, seq_len)
+        n_samples, n_tokens = n_samples + len(pack), n_tokens + int(cu[-1])
+        n_sup += int((row_lab != IGNORE_INDEX).sum())
+        cu_all.append(cu)
+        cu_offsets.append(cu_offsets[-1] + len(cu))
+    if len(cu_offsets) != n_packs + 1:
+        raise ValueError(f"got {len(cu_offsets) - 1} packs, expected {n_packs}")
+    for a in arrays.values():
+        a.flush()
+    del arrays
+    np.save(out / "cu_seqlens.npy", np.concatenate(cu_all).astype(np.int32) if cu_all else np.zeros(0, np.int32))
+    np.save(out / "cu_offsets.npy", np.asarray(cu_offsets, dtype=np.int64))
+    meta = {"seq_len": seq_len, "n_packs": n_packs, "n_samples": n_samples, "n_tokens": n_tokens,
+            "n_supervised": n_sup, "pad_token_id": int(pad_id),
+            "packing_efficiency": n_tokens / (n_packs * seq_len) if n_packs else 0.0, "tokenizer": "", "stage": "",
+            **(meta or {})}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return meta
+
+
+def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str = "test", best_fit: bool = False,
+                       seed: int = 0) -> Path:
+    """Tests' and benchmarks' packer for in-memory (input_ids, labels) samples, written with write_packed: greedy *in
+    order* (so a test knows which samples share a pack), or best_fit_pack like prepare_data.py with best_fit=True.
+    A sample longer than seq_len is an error."""
+    if best_fit:
+        packs = [[samples[i] for i in p] for p in best_fit_pack([len(ids) for ids, _ in samples], seq_len, seed)]
+        write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
+        return Path(out_dir)
+    packs, cur, used = [], [], 0
+    for ids, labels in samples:
+        if len(ids) > seq_len:
+            raise ValueError(f"sample of {len(ids)} tokens > seq_len {seq_len}")
+        if used + len(ids) > seq_len:
+            packs.append(cur)
+            cur, used = [], 0
+        cur.append((ids, labels))
+        used += len(ids)
+    packs.append(cur)
+    write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
+    return Path(out_dir)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 8. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py, rl.py and judge.py use it)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -828,47 +898,6 @@ def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int
     sum_len_sq = sum over the step's samples of L^2: attention is counted per sample (packing does not pay for
     cross-sample attention)."""
     return 6.0 * n_params * n_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
-
-
-def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str = "test") -> Path:
-    """Write (input_ids, labels) samples as a packed stage (the PACKED_FORMAT contract: input_ids / labels /
-    position_ids / cu_seqlens / cu_offsets .npy + meta.json), packing greedily in order. A simple reference writer
-    for tests and benchmarks; prepare_data.py does the real packing. Samples longer than seq_len are an error."""
-    import numpy as np
-    packs, cur = [], []
-    for s in samples:
-        if len(s[0]) > seq_len:
-            raise ValueError(f"sample of {len(s[0])} tokens > seq_len {seq_len}")
-        if sum(len(x[0]) for x in cur) + len(s[0]) > seq_len:
-            packs.append(cur)
-            cur = []
-        cur.append(s)
-    packs.append(cur)
-    n = len(packs)
-    ids = np.full((n, seq_len), pad_id, np.int32)
-    labels = np.full((n, seq_len), IGNORE_INDEX, np.int32)
-    pos = np.zeros((n, seq_len), np.int32)
-    cu_all, offsets = [], [0]
-    for i, pack in enumerate(packs):
-        cu = [0]
-        for sid, slab in pack:
-            a = cu[-1]
-            ids[i, a:a + len(sid)], labels[i, a:a + len(sid)] = sid, slab
-            pos[i, a:a + len(sid)] = np.arange(len(sid))
-            cu.append(a + len(sid))
-        cu_all += cu
-        offsets.append(len(cu_all))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in [("input_ids", ids), ("labels", labels), ("position_ids", pos),
-                      ("cu_seqlens", np.array(cu_all, np.int32)), ("cu_offsets", np.array(offsets, np.int64))]:
-        np.save(out / f"{name}.npy", arr)
-    n_tok = int(sum(len(s[0]) for s in samples))
-    meta = {"seq_len": seq_len, "n_packs": n, "n_samples": len(samples), "n_tokens": n_tok,
-            "n_supervised": int((labels != IGNORE_INDEX).sum()), "pad_token_id": pad_id,
-            "packing_efficiency": n_tok / (n * seq_len), "tokenizer": "", "stage": stage}
-    (out / "meta.json").write_text(json.dumps(meta))
-    return out
 
 
 # ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----

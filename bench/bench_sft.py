@@ -170,7 +170,8 @@ def main():
     model_dir = utils.build_tiny_model(out / f"model_{a.shape}", **SHAPES[a.shape])
     tok = AutoTokenizer.from_pretrained(model_dir)
     samples = synthetic_samples(tok, a.n_samples, a.seq_len)
-    stage = utils.write_packed_stage(out / "stage", samples, a.seq_len, tok.pad_token_id, stage="bench")
+    stage = utils.write_packed_stage(out / "stage", samples, a.seq_len, tok.pad_token_id, stage="bench",
+                                     best_fit=True)  # best fit, as prepare_data.py packs (and TRL's BFD)
     (out / "samples.json").write_text(json.dumps(samples))
     cfg = AutoConfig.from_pretrained(model_dir)
     from transformers import AutoModelForCausalLM
