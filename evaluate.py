@@ -175,8 +175,9 @@ def lawbench_labels_found(pred: str, labels: list[str]) -> list[str]:
     return [label for label in labels if label in pred]
 
 
-def set_f1(a: set, b: set) -> float:
-    """Set F1: P = |a&b|/|a|, R = |a&b|/|b| (0 when empty), F1 = 2PR/(P+R), 0 when P+R = 0. Symmetric in a, b."""
+def lawbench_set_f1(a: set, b: set) -> float:
+    """LawBench set F1: P = |a&b|/|a|, R = |a&b|/|b| (0 when empty), F1 = 2PR/(P+R), 0 when P+R = 0 (so two empty
+    sets score 0, unlike utils.set_f1). Symmetric in a, b."""
     p = len(a & b) / len(a) if len(a) > 0 else 0
     r = len(a & b) / len(b) if len(b) > 0 else 0
     return 2 * p * r / (p + r) if p + r > 0 else 0
@@ -344,7 +345,7 @@ def _label_set_task(items, labels, gold_of) -> dict:
     for i, it in enumerate(items):
         found = lawbench_labels_found(it["prediction"], labels)
         abstentions += len(found) == 0
-        scores.append(set_f1(set(gold_of(i, it["refr"])), set(found)))
+        scores.append(lawbench_set_f1(set(gold_of(i, it["refr"])), set(found)))
     return {"score": plain_mean(scores), "abstention_rate": abstentions / len(items)}
 
 
@@ -454,7 +455,7 @@ def score_3_1(items):  # article prediction: refr '法条:刑法第234、275条'
         _expect(all(p.isdigit() and int(p) <= 490 for p in parts), i, refr, "article numbers <= 490")
         pred = lawbench_article_numbers(it["prediction"])
         abstentions += len(pred) == 0
-        scores.append(set_f1(pred, {int(p) for p in parts}))
+        scores.append(lawbench_set_f1(pred, {int(p) for p in parts}))
     return {"score": plain_mean(scores), "abstention_rate": abstentions / len(items)}
 
 
@@ -563,13 +564,8 @@ def read_predictions(path) -> list[dict]:
 
 def write_predictions(path, items: list[dict]) -> Path:
     """Write items (origin_prompt, prediction, refr) as the official prediction file (indent 4, UTF-8, atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {str(i): {f: it[f] for f in PRED_FIELDS} for i, it in enumerate(items)}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    _write_json(path, {str(i): {f: it[f] for f in PRED_FIELDS} for i, it in enumerate(items)})
+    return Path(path)
 
 
 def score_file(path, task: str | None = None) -> dict:
@@ -926,7 +922,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                         f.write(json.dumps({"index": i, "item": done[i]}, ensure_ascii=False) + "\n")
                 bar.update(len(chunk))
             bar.close()
-            _write_json(task_file, {str(i): done[i] for i in range(len(items))})
+            write_predictions(task_file, [done[i] for i in range(len(items))])
             partial.unlink(missing_ok=True)
     return report
 
@@ -1135,21 +1131,10 @@ LONGDOC_TEMPLATE = "请阅读下面的文书，然后回答问题。答案尽量
 CUT_NOTE = "\n……（中间省略{n}字）……\n"
 
 
-def normalize_chars(s: str) -> list[str]:
-    """CAIL/CoQA char-F1 normalisation: lower(), keep only isdigit()/isalpha() characters, one token per char."""
-    return [c for c in s.lower() if c.isdigit() or c.isalpha()]
-
-
 def char_f1(gold: str, pred: str) -> float:
-    """Bag-of-characters F1 after normalize_chars; if either side is empty: 1 if both are, else 0."""
-    g, p = normalize_chars(gold), normalize_chars(pred)
-    if not g or not p:
-        return float(g == p)
-    same = sum((Counter(g) & Counter(p)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
+    """The long-document metric: the same CAIL/CoQA bag-of-characters F1 as LawBench 2-5 (lawbench_char_f1:
+    lower(), keep isdigit()/isalpha() characters; if either side is then empty, 1 if both are, else 0)."""
+    return float(lawbench_char_f1(gold, pred))
 
 
 def truncate_middle(tokenizer, document: str, budget: int) -> tuple[str, int]:

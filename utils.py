@@ -416,7 +416,9 @@ def sample_corpus(sample_dir=REPO / "data" / "sample") -> Iterator[str]:
                 yield from strings(v)
 
     for path in sorted(Path(sample_dir).rglob("*")):
-        if path.suffix in (".jsonl", ".json", ".csv"):
+        if path.suffix == ".json":  # a list of records or any other JSON document (e.g. a SQuAD file)
+            yield from strings(json.loads(read_text(path)))
+        elif path.suffix in (".jsonl", ".csv"):
             for _, rec in iter_records(path):
                 yield from strings(rec)
         elif path.suffix == ".txt":

@@ -1,11 +1,61 @@
 #!/usr/bin/env bash
-# The LexLab demo on the built-in tiny default: everything on CPU, nothing downloaded.
+# The whole LexLab pipeline on the built-in tiny default: CPU only, nothing downloaded, ~5 minutes on 2 cores.
+#
+#   bash recipes/demo.sh                 # writes runs/demo/ (RUN=... to choose another folder)
+#
+# tiny model -> prepare_data (built-in sample) -> SFT stage 1 -> SFT stage 2 -> GRPO -> evaluate (LawBench sample
+# items, judgment prediction with and without statute retrieval, long documents) -> judge (only with an endpoint)
+# -> plots. The hyper-parameters are the tiny model's (lr 1e-3..3e-3, several epochs), not the papers': see
+# recipes/internlm_law.sh and recipes/lexpro.sh for those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/demo}
 mkdir -p "$RUN"
-echo "== tiny model"
+START=$SECONDS
+step() { echo; echo "== [$((SECONDS - START)) s] $*"; }
+
+step "1/8 tiny model (byte-level BPE trained on data/sample + random-init Qwen2) -> $RUN/model"
 python utils.py tiny-model --out "$RUN/model"
-echo "== prepare_data on the built-in sample (decontaminated against the sample LawBench items)"
+
+step "2/8 prepare_data: built-in sample -> instructions, filtered, decontaminated, packed -> $RUN/data"
 python prepare_data.py --manifest data/sample/manifest.json --lawbench_dir data/sample/lawbench \
-    --model "$RUN/model" --seq_len 4096 --workers 1 --out "$RUN/data"
+    --model "$RUN/model" --seq_len 1024 --workers 1 --out "$RUN/data"
+
+step "3/8 SFT stage 1 (legal + general mix) -> $RUN/sft_stage1"
+python sft.py --model "$RUN/model" --data "$RUN/data/stage1" --output_dir "$RUN/sft_stage1" \
+    --lr 3e-3 --num_epochs 8 --warmup_ratio 0.05
+
+step "4/8 SFT stage 2 (high-quality set), from stage 1's export -> $RUN/sft_stage2"
+python sft.py --model "$RUN/model" --init_from "$RUN/sft_stage1/final" --data "$RUN/data/stage2" \
+    --output_dir "$RUN/sft_stage2" --lr 1e-3 --num_epochs 8 --warmup_ratio 0.05
+
+step "5/8 GRPO with the legal rewards (charge / article / term / format) -> $RUN/rl"
+python rl.py --model "$RUN/sft_stage2/final" --prompts "$RUN/data/rl_prompts.jsonl" --output_dir "$RUN/rl" \
+    --backend hf --group_size 8 --prompts_per_step 8 --max_steps 80 --lr 5e-4 --max_new_tokens 64
+
+step "6/8 evaluate: LawBench sample items (generate + score), judgment prediction (+/- retrieval), long documents"
+python evaluate.py generate --model "$RUN/rl/final" --lawbench_dir data/sample/lawbench --out "$RUN/eval/lawbench" \
+    --tasks 1-1,2-8,3-1,3-3,3-8 --model_name lexlab-demo --max_new_tokens 128
+python evaluate.py score "$RUN/eval/lawbench/zero_shot" --out "$RUN/eval/lawbench/scores.csv"
+python evaluate.py judgment --model "$RUN/rl/final" --data data/judgments_test.jsonl --out "$RUN/eval/judgment" \
+    --max_new_tokens 64
+python evaluate.py judgment --model "$RUN/rl/final" --data data/judgments_test.jsonl --out "$RUN/eval/judgment" \
+    --max_new_tokens 64 --rag data/sample/statutes.jsonl --rag_k 2
+python evaluate.py longdoc --model "$RUN/rl/final" --data data/longdoc_sample.jsonl --out "$RUN/eval/longdoc" \
+    --max_new_tokens 32
+
+step "7/8 judge"
+if [ -n "${LEXLAB_JUDGE_URL:-}" ] && [ -n "${LEXLAB_JUDGE_MODEL:-}" ]; then
+  python judge.py --questions data/sample/consult_qa.jsonl --model_a "$RUN/rl/final" --answers_b reference \
+      --judge_base_url "$LEXLAB_JUDGE_URL" --judge_model "$LEXLAB_JUDGE_MODEL" --out "$RUN/judge"
+else
+  echo "skipped: no judge endpoint. To compare the demo model with the reference answers, point it at any"
+  echo "OpenAI-compatible server (key in OPENAI_API_KEY, never logged), e.g. a local 'vllm serve MODEL':"
+  echo "  LEXLAB_JUDGE_URL=http://127.0.0.1:8000/v1 LEXLAB_JUDGE_MODEL=MODEL bash recipes/demo.sh"
+fi
+
+step "8/8 plots -> $RUN/plots"
+python plots/plots.py --run "$RUN"
+
+step "done. Browse $RUN: data/data_report.json, sft_stage*/metrics.jsonl, rl/metrics.jsonl + samples.jsonl,"
+echo "eval/lawbench/scores_table.md, eval/judgment/rag_effect.json, eval/longdoc/, plots/*.png"

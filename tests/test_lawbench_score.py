@@ -80,8 +80,8 @@ def test_multi_choice_judge_quirks():
 
 
 def test_set_f1_and_char_f1():
-    assert E.set_f1(set(), set()) == 0 and E.set_f1({1}, set()) == 0
-    assert E.set_f1({1, 2}, {2}) == pytest.approx(2 / 3)
+    assert E.lawbench_set_f1(set(), set()) == 0 and E.lawbench_set_f1({1}, set()) == 0
+    assert E.lawbench_set_f1({1, 2}, {2}) == pytest.approx(2 / 3)
     assert E.lawbench_char_f1("张三", "张三") == 1.0
     assert E.lawbench_char_f1("，。", "") == 1  # both empty after dropping punctuation
     assert E.lawbench_char_f1("ABC", "abc") == 1.0  # lower()

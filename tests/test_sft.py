@@ -49,9 +49,13 @@ def tok(tiny_model):
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory, tok):
-    """~24 packs of 256 tokens."""
-    samples = encode_all(tok, conversations(100))
-    return utils.write_packed_stage(tmp_path_factory.mktemp("stage") / "stage1", samples, SEQ_LEN, tok.pad_token_id)
+    """~33 packs of 256 tokens: enough for STEPS optimizer steps of 4 packs in one epoch (the count depends on the
+    tiny tokenizer, which is trained on data/sample: checked here rather than assumed)."""
+    samples = encode_all(tok, conversations(200))
+    out = utils.write_packed_stage(tmp_path_factory.mktemp("stage") / "stage1", samples, SEQ_LEN, tok.pad_token_id)
+    n_packs = json.loads((out / "meta.json").read_text())["n_packs"]
+    assert n_packs >= 4 * STEPS, f"test stage has {n_packs} packs, the tests need {4 * STEPS}: add conversations"
+    return out
 
 
 def free_port() -> int:

@@ -372,25 +372,25 @@ def messages():
 def lawbench(js, arg):
     arts = statutes()
     t11 = [{"instruction": "请回答下面的问题，并把答案写在[答案]和<eoa>之间。",
-            "question": f"{a['law']}{a['article_cn']}的内容是什么？", "answer": f"[答案]{a['text']}<eoa>"}
+            "question": f"{a['law']}{a['article_cn']}的内容是什么？", "answer": f"答案:{a['text']}"}
            for a in (arts[10], arts[16], arts[24])]  # planted: 刑法264, 宪法33, 劳动法36 are recited in training
     t28 = [{"instruction": "请你根据给定的一个诉方观点，从A,B,C,D,E五个辩方候选观点中选出可以与之形成争议观点对的一个观点，"
                            "并将答案写在[正确答案]和<eoa>之间。",
             "question": "句子：" + r["sc"] + "".join(f"{k}:{v}" for k, v in r["candidates"].items()),
             "answer": f"[正确答案]{'ABCDE'[int(r['answer']) - 1]}<eoa>"} for r in arg[:2]]  # planted
     t31 = [{"instruction": ART_INS, "question": f"事实：{j['fact']}\n罪名：{j['meta']['accusation'][0]}",
-            "answer": "[法条]刑法第" + cn(j["meta"]["relevant_articles"][0]) + "条<eoa>"}
+            "answer": f"法条:刑法第{j['meta']['relevant_articles'][0]}条"}
            for j in js[100:103]]  # planted: three judgments of the training file
-    t32 = [{"instruction": CHARGE_INS, "question": "事实：" + f, "answer": f"[罪名]{c}<eoa>"} for f, c in [
+    t33 = [{"instruction": CHARGE_INS, "question": "事实：" + f, "answer": f"罪名:{c}"} for f, c in [
         ("2020年5月1日，被告人某某在某商场内趁店员不备，秘密窃取金项链一条，价值人民币八千元。", "盗窃"),
         ("2020年6月3日，被告人某某冒充银行客服，虚构事实骗取被害人转账人民币两万元。", "诈骗")]]
-    t38 = [{"instruction": "请你回答下面的法律咨询问题。", "question": q, "answer": a}
+    t38 = [{"instruction": "请你回答下面的法律咨询问题。", "question": q, "answer": "回答:" + a}
            for q, a in [("公司拖欠工资三个月，我可以直接辞职并要求补偿吗？",
                          "可以。依照《劳动合同法》第三十八条，用人单位未及时足额支付劳动报酬的，劳动者可以解除劳动合同，"
                          "并依照第四十六条要求支付经济补偿。"),
                         ("被狗咬伤了，狗主人要负什么责任？",
                          "依照《民法典》第一千二百四十五条，饲养的动物造成他人损害的，动物饲养人或者管理人应当承担侵权责任。")]]
-    return {"1-1": t11, "2-8": t28, "3-1": t31, "3-2": t32, "3-8": t38}
+    return {"1-1": t11, "2-8": t28, "3-1": t31, "3-3": t33, "3-8": t38}
 
 
 def dump_jsonl(path, rows):
@@ -440,6 +440,9 @@ def main():
          "paths": ["general_alpaca.json", "general_sharegpt.jsonl", "general_messages.jsonl"]},
     ]
     (HERE / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    # held-out judgments for the demo's judgment prediction: drawn last (the files above do not change), written
+    # outside data/sample so neither the manifest nor the tiny tokenizer's corpus sees them
+    dump_jsonl(HERE.parent / "judgments_test.jsonl", judgments(40))
 
 
 if __name__ == "__main__":
