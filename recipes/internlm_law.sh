@@ -10,8 +10,9 @@
 # stage, general ratio 0.2 (the paper compares 0 / 10 % / 20 %). Everything else (global batch, warmup, GPUs) is
 # sft.py's default: we could not verify the paper's values.
 # Needs: GPUs (7B at 32k: one 8x80GB node is the practical minimum for FSDP full fine-tuning) and the base weights
-# downloaded beforehand into $MODEL (LexLab never downloads). InternLM2 ships its modelling code with the weights:
-# pass TRUST_REMOTE_CODE=1 only if you trust that folder.
+# downloaded beforehand into $MODEL (LexLab never downloads). InternLM2 ships its own modelling code, which LexLab
+# does not run (trust_remote_code stays off, and packed attention plugs into transformers' own models): convert the
+# checkpoint to the Llama layout first with InternLM's tools/convert2llama.py, or use any natively supported model.
 # Judge: an OpenAI-compatible endpoint (JUDGE_BASE_URL, JUDGE_MODEL, key in the env variable judge.py documents) and
 # the two answer files; skipped with a message otherwise.
 set -euo pipefail
@@ -34,7 +35,6 @@ if [ -z "$MODEL" ]; then
   if [ "${DRY_RUN:-0}" = 1 ]; then MODEL='$MODEL'; else
     echo "set MODEL=/path/to/internlm2-chat-7b (a local Hugging Face folder; nothing is downloaded)" >&2; exit 2; fi
 fi
-REMOTE=(); if [ "${TRUST_REMOTE_CODE:-0}" = 1 ]; then REMOTE=(--trust_remote_code true); fi
 
 echo "== 1. data: legal sources -> instructions -> filter / dedup / decontaminate vs LawBench -> two packed 32k stages"
 run python prepare_data.py --manifest "$MANIFEST" --lawbench_dir "$LAWBENCH" --model "$MODEL" \
@@ -42,21 +42,25 @@ run python prepare_data.py --manifest "$MANIFEST" --lawbench_dir "$LAWBENCH" --m
 
 echo "== 2. SFT stage 1 (legal + 20 % general), one epoch, lr $LR"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --output_dir "$RUN/sft1" \
-    --lr $LR --resume auto "${REMOTE[@]}"
+    --lr $LR --activation_checkpointing true --resume auto
 
 echo "== 3. SFT stage 2 (high-quality legal set) from stage 1's export, one epoch, lr $LR"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --init_from "$RUN/sft1/final" \
-    --data "$RUN/data/stage2" --output_dir "$RUN/sft2" --lr $LR --resume auto "${REMOTE[@]}"
+    --data "$RUN/data/stage2" --output_dir "$RUN/sft2" --lr $LR --activation_checkpointing true --resume auto
 
 echo "== 4. LawBench zero- and one-shot (greedy, 1024 new tokens), scored like the official scorer (Table 1)"
+run python evaluate.py generate --model "$RUN/sft2/final" --model_name "$NAME" --lawbench_dir "$LAWBENCH" \
+    --shots both --backend vllm --max_new_tokens 1024 --out "$RUN/eval/predictions"
 for SHOT in zero_shot one_shot; do
-  run python evaluate.py generate --model "$RUN/sft2/final" --model_name "$NAME" --lawbench_dir "$LAWBENCH" \
-      --shot $SHOT --out "$RUN/eval/$SHOT/predictions"
-  run python evaluate.py score "$RUN/eval/$SHOT/predictions" --out "$RUN/eval/$SHOT/scores.csv"
+  run python evaluate.py score "$RUN/eval/predictions/$SHOT" --out "$RUN/eval/$SHOT/scores.csv"
 done
 
 echo "== 5. long documents: character-level F1"
-run python evaluate.py longdoc --model "$RUN/sft2/final" --data "$LONGDOC" --out "$RUN/eval/longdoc"
+run python evaluate.py longdoc --model "$RUN/sft2/final" --data data/longdoc_sample.jsonl --backend vllm \
+    --out "$RUN/eval/longdoc"
+# LeCaRDv2's long queries carry no questions: length and truncation statistics at the model's context only
+run python evaluate.py longdoc --model "$RUN/sft2/final" --data "$LONGDOC" --doc_field query \
+    --out "$RUN/eval/longdoc_lecardv2"
 
 echo "== 6. pairwise judge with position swap (win rate by category)"
 if [ -n "${JUDGE_BASE_URL:-}" ] && [ -n "${ANSWERS_A:-}" ] && [ -n "${ANSWERS_B:-}" ] || [ "${DRY_RUN:-0}" = 1 ]; then

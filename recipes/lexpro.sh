@@ -19,7 +19,7 @@ MODEL=${MODEL:-}
 NGPU=${NGPU:-8}
 RUN=${RUN:-runs/lexpro}
 SHARED=${SHARED:-../shared}
-LEXPRO_MANIFEST=${LEXPRO_MANIFEST:-recipes/lexpro_data.json}   # judgment sources only (written below if absent)
+LEXPRO_MANIFEST=${LEXPRO_MANIFEST:-recipes/lexpro_data.json}   # CAIL2018 judgments only (test held out)
 SEQ_LEN=${SEQ_LEN:-8192}        # ours: CAIL2018 facts + an R1-style answer fit in 8k
 SFT_LR=${SFT_LR:-1e-5}          # ours
 RL_LR=${RL_LR:-1e-6}            # ours
@@ -36,21 +36,6 @@ if [ -z "$MODEL" ]; then
 fi
 
 echo "== 1. data: judgment records -> SFT samples (facts -> charges / articles / term) + RL prompt file"
-if [ ! -f "$LEXPRO_MANIFEST" ] && [ "${DRY_RUN:-0}" != 1 ]; then
-  # keep only the judgment sources of the full manifest (LexPro trains on judgments, no general data)
-  python - "$LEXPRO_MANIFEST" <<'PY'
-import json, sys
-full = json.load(open("recipes/shared_data.json", encoding="utf-8"))
-srcs = full.get("sources", full) if isinstance(full, dict) else full
-items = srcs.items() if isinstance(srcs, dict) else enumerate(srcs)
-keep = {k: s for k, s in items if isinstance(s, dict) and "judgment" in str(s.get("kind", ""))}
-if not keep:
-    sys.exit("recipes/shared_data.json has no source of kind 'judgment*': write " + sys.argv[1] + " by hand")
-out = dict(full, sources=keep if isinstance(srcs, dict) else list(keep.values())) if isinstance(full, dict) \
-    else list(keep.values())
-json.dump(out, open(sys.argv[1], "w", encoding="utf-8"), ensure_ascii=False, indent=2)
-PY
-fi
 run python prepare_data.py --manifest "$LEXPRO_MANIFEST" --model "$MODEL" --seq_len "$SEQ_LEN" --general_ratio 0 \
     --lawbench_dir "$SHARED/lawbench" --out "$RUN/data"
 
@@ -64,9 +49,12 @@ run torchrun --nproc_per_node "$NGPU" rl.py --model "$RUN/sft/final" --prompts "
     --resume auto
 
 echo "== 4. judgment prediction on CAIL2018 test, without and with statute retrieval (BM25 top-k articles)"
+# both runs of a model share one folder, so evaluate.py also writes rag_effect.json (with - without, per metric)
 for M in sft rl; do
-  run python evaluate.py judgment --model "$RUN/$M/final" --data "$TEST" --out "$RUN/eval/${M}_norag"
-  run python evaluate.py judgment --model "$RUN/$M/final" --data "$TEST" --rag "$STATUTES" --out "$RUN/eval/${M}_rag"
+  run python evaluate.py judgment --model "$RUN/$M/final" --data "$TEST" --backend vllm --max_new_tokens 4096 \
+      --out "$RUN/eval/judgment_$M"
+  run python evaluate.py judgment --model "$RUN/$M/final" --data "$TEST" --backend vllm --max_new_tokens 4096 \
+      --rag "$STATUTES" --rag_k 3 --out "$RUN/eval/judgment_$M"
 done
 
 echo "== 5. figures"
