@@ -616,12 +616,15 @@ def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str
 
 def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024,
              temperature: float = 0.0, batch_size: int = 8, chat: bool = True, seed: int = 0,
-             max_model_len: int = 4096, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False) -> list[str]:
+             max_model_len: int = 4096, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False,
+             vllm_dtype: str = "auto") -> list[str]:
     """Generate one completion per prompt; greedy when temperature == 0. Returns the decoded new text, in order.
 
     backend="hf": batches of `batch_size`, left-padded, model.generate. backend="vllm": vllm.LLM with an explicit
     KV cache of `kv_cache_bytes` and context `max_model_len` (prompt + completion); enforce_eager skips vLLM's
     torch.compile warm-up (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
+    vllm_dtype="auto" lets vLLM pick (it runs a float32 checkpoint in bfloat16, also on CPU); "float32" gives the
+    same greedy text as the HF backend, which keeps the checkpoint's dtype.
     """
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -630,7 +633,7 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
         ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed)
     elif backend == "vllm":
         ids = _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
-                             enforce_eager)
+                             enforce_eager, vllm_dtype)
     else:
         raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
     return [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
@@ -664,12 +667,12 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
 
 
 def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
-                   enforce_eager):
+                   enforce_eager, dtype):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
     from vllm import LLM, SamplingParams
-    llm = _cached(("vllm", str(model_dir), seed, max_model_len, kv_cache_bytes, enforce_eager),
+    llm = _cached(("vllm", str(model_dir), seed, max_model_len, kv_cache_bytes, enforce_eager, dtype),
                   lambda: LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len,
-                              kv_cache_memory_bytes=kv_cache_bytes, enforce_eager=enforce_eager,
+                              kv_cache_memory_bytes=kv_cache_bytes, enforce_eager=enforce_eager, dtype=dtype,
                               trust_remote_code=False))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples

@@ -8,6 +8,7 @@
 # -> plots. The hyper-parameters are the tiny model's (lr 1e-3..3e-3, several epochs), not the papers': see
 # recipes/internlm_law.sh and recipes/lexpro.sh for those.
 set -euo pipefail
+command -v python >/dev/null || python() { python3 "$@"; }   # machines with only python3
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/demo}
 mkdir -p "$RUN"

@@ -426,7 +426,7 @@ def test_generate_backends_agree(tiny_model):
     prompts = ["你好", "盗窃罪如何量刑？请说明理由。", "请对以下案件做出分析并给出可能的判决：被告人张某深夜入户窃取现金。"]
     hf = utils.generate(tiny_model, prompts, backend="hf", max_new_tokens=16, batch_size=2)
     vl = utils.generate(tiny_model, prompts, backend="vllm", max_new_tokens=16, max_model_len=512,
-                        kv_cache_bytes=64 << 20, enforce_eager=True)
+                        kv_cache_bytes=64 << 20, enforce_eager=True, vllm_dtype="float32")
     assert hf == vl and all(hf)
     raw = utils.generate(tiny_model, prompts[:1], backend="hf", max_new_tokens=8, chat=False)
     assert len(raw) == 1
