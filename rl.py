@@ -208,7 +208,8 @@ def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
 class HFRollout:
     """Rollouts with transformers generate on the trainer's own (FSDP2-sharded) policy: no weight sync needed.
     Generation runs inside the root module's forward (PolicyLM), so the root's own parameters are gathered for it;
-    with several ranks `synced_gpus` keeps every rank stepping (each decode step is a collective) until all finish."""
+    the decoder blocks stay gathered for the whole call (full weights on every rank while generating, as a colocated
+    vLLM engine holds them too); with several ranks `synced_gpus` keeps every rank stepping until all finish."""
 
     def __init__(self, model, tokenizer, cfg: RLConfig):
         self.model, self.tok, self.cfg = model, tokenizer, cfg
@@ -226,10 +227,18 @@ class HFRollout:
         torch.manual_seed(generator_seed)
         was_training = self.model.training
         self.model.eval()
-        out = self.model(ids, attn, generate=dict(
-            do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
-            synced_gpus=dist_info()[1] > 1))
+        blocks = utils.decoder_blocks(self.model)
+        for b in blocks:  # gather each block once for the whole decode, not once per generated token
+            b.set_reshard_after_forward(False)
+        try:
+            out = self.model(ids, attn, generate=dict(
+                do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
+                synced_gpus=dist_info()[1] > 1))
+        finally:
+            for b in blocks:
+                b.set_reshard_after_forward(True)
+                b.reshard()
         self.model.train(was_training)
         res = []
         for row in out[:, width:].tolist():
