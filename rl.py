@@ -249,6 +249,9 @@ class HFRollout:
     def sync(self, model):
         return 0.0
 
+    def close(self):
+        pass
+
 
 class VLLMWeightSync:
     """vLLM worker extension (worker_extension_cls='rl.VLLMWeightSync'): load trainer weights in place."""
@@ -301,6 +304,12 @@ class VLLMRollout:
         self.llm.collective_rpc("lexlab_load_weights", args=(named,))
         self.llm.reset_prefix_cache()
         return time.time() - t0
+
+    def close(self):
+        """Shut the engine down now, while torch.distributed is up: an in-process engine's shutdown destroys its
+        process groups and the default one (vLLM's cleanup_dist_env_and_memory); left to the garbage collector it
+        runs at exit, after the trainer's groups are gone, and fails."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def greedy(self, prompt_ids, max_tokens: int):
         from vllm import SamplingParams
@@ -595,6 +604,7 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     if rank == 0:
         metrics_f.close()
         samples_f.close()
+    roll.close()
     return out
 
 
