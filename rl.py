@@ -7,21 +7,21 @@ GRPO on judgment facts with legal rewards (LexPro-1.0's RL stage), in one file.
 Per step: sample `prompts_per_step` prompts (per rank), G completions each (vLLM colocated, or HF generate), score
 them with utils.legal_reward, compute group-normalised advantages, recompute the old log-probs with the trainer,
 take `mu` inner epochs of clipped-ratio updates, push the new weights into the vLLM engine. Writes OUT/metrics.jsonl
-(a `reward` field per step), OUT/samples.jsonl, OUT/ckpt/ (resume) and OUT/final/ (Hugging Face folder).
+(a `reward` field per step), OUT/samples.jsonl, OUT/checkpoints/step_N (DCP, atomic, last K kept; `--resume auto`)
+and OUT/final/ (Hugging Face folder). Plain `python rl.py ...` runs as a world of one; on CPU everything runs over gloo.
 
 Sections:
   1. Config
   2. GRPO math            - pure functions with shapes in the docstrings (tests/test_rl.py checks them by hand)
   3. Rollouts             - vLLM colocated with per-step weight push, or HF generate
-  4. Trainer              - plain torch (+ optional torch.distributed gloo/nccl data parallel with all-reduced grads).
-                            Kept minimal and separate so it can be switched to the FSDP2 pieces of sft.py at merge.
-  5. Loop                 - metrics, samples, checkpoint / resume, export
+  4. Trainer              - FSDP2 via utils section 9 (as sft.py): policy and frozen reference sharded per decoder
+                            block + root, loss x world_size because FSDP2 averages gradients
+  5. Loop                 - metrics, samples, DCP checkpoint / resume, export
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import time
@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
@@ -77,7 +79,10 @@ class RLConfig:
     log_every: int = field(default=1, metadata={"help": "print every N steps"})
     sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
-    resume: bool = field(default=False, metadata={"help": "continue from OUT/ckpt if present"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
+    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
+    hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -200,7 +205,10 @@ def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
 
 
 class HFRollout:
-    """Rollouts with transformers generate on the trainer's own model (no weight sync needed)."""
+    """Rollouts with transformers generate on the trainer's own (FSDP2-sharded) policy: no weight sync needed.
+    Generation runs inside the root module's forward (PolicyLM), so the root's own parameters are gathered for it;
+    the decoder blocks stay gathered for the whole call (full weights on every rank while generating, as a colocated
+    vLLM engine holds them too); with several ranks `synced_gpus` keeps every rank stepping until all finish."""
 
     def __init__(self, model, tokenizer, cfg: RLConfig):
         self.model, self.tok, self.cfg = model, tokenizer, cfg
@@ -209,7 +217,7 @@ class HFRollout:
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int, generator_seed: int):
         """-> list over prompts*n of (completion ids, sampler log-probs or None, truncated)."""
-        cfg, dev = self.cfg, next(self.model.parameters()).device
+        cfg, dev = self.cfg, self.model.device
         flat = [p for p in prompt_ids for _ in range(n)]
         width = max(map(len, flat))
         pad = self.tok.pad_token_id
@@ -218,9 +226,18 @@ class HFRollout:
         torch.manual_seed(generator_seed)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                  pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
+        blocks = utils.decoder_blocks(self.model)
+        for b in blocks:  # gather each block once for the whole decode, not once per generated token
+            b.set_reshard_after_forward(False)
+        try:
+            out = self.model(ids, attn, generate=dict(
+                do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
+                synced_gpus=dist_info()[1] > 1))
+        finally:
+            for b in blocks:
+                b.set_reshard_after_forward(True)
+                b.reshard()
         self.model.train(was_training)
         res = []
         for row in out[:, width:].tolist():
@@ -230,6 +247,9 @@ class HFRollout:
 
     def sync(self, model):
         return 0.0
+
+    def close(self):
+        pass
 
 
 class VLLMWeightSync:
@@ -271,12 +291,24 @@ class VLLMRollout:
         return res
 
     def sync(self, model) -> float:
-        """Push the trainer's weights into the engine; returns seconds taken."""
+        """Push the trainer's full (unsharded) weights into this rank's engine; returns seconds taken.
+
+        Every rank gathers the full state dict (all-gathers of the FSDP2 shards, a collective all ranks join; no
+        cpu_offload, which would leave the weights on rank 0 only) because every rank has its own engine. The
+        PolicyLM prefix `hf.` is stripped; a plain HF model (tests) passes through unchanged."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         t0 = time.time()
-        named = [(k, v.detach()) for k, v in model.state_dict().items()]
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        named = [(k.removeprefix("hf."), v.detach()) for k, v in sd.items()]
         self.llm.collective_rpc("lexlab_load_weights", args=(named,))
         self.llm.reset_prefix_cache()
         return time.time() - t0
+
+    def close(self):
+        """Shut the engine down now, while torch.distributed is up: an in-process engine's shutdown destroys its
+        process groups and the default one (vLLM's cleanup_dist_env_and_memory); left to the garbage collector it
+        runs at exit, after the trainer's groups are gone, and fails."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def greedy(self, prompt_ids, max_tokens: int):
         from vllm import SamplingParams
@@ -286,19 +318,65 @@ class VLLMRollout:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 4. Trainer (plain torch; data parallel by all-reducing gradients; switch to sft.py's FSDP2 pieces at merge)
+# 4. Trainer: FSDP2 with the shared pieces of utils section 9 (as sft.py)
 # ----------------------------------------------------------------------------------------------------------------------
+# FSDP2 AVERAGES gradients over ranks when it reduce-scatters them. The losses here are already divided by GLOBAL
+# counts (tokens / sequences all-reduced), so the global loss is the SUM of the ranks' losses: each rank
+# backpropagates its loss times world_size (gloo lacks PREMUL_SUM, so set_gradient_divide_factor(1.0) is no option
+# on CPU; same correction as sft.train_step).
 
 def dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if dist_info()[1] > 1:
-        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+class PolicyLM(nn.Module):
+    """The Hugging Face causal LM under one root module, so that FSDP2's root owns the embeddings, final norm and
+    lm_head (like sft.PackedCausalLM; checkpoint keys get the `hf.` prefix).
+
+    forward(input_ids, attention_mask, start, tokens) -> (log-probs, entropy) [n, Tc] of the completion tokens
+    (tokens[i, j] sits at position start[i] + j; lm_head runs on the completion positions only).
+    forward(input_ids, attention_mask, generate=kwargs) -> HF generate's output ids, run inside the root's forward
+    where the root's parameters are gathered (calling hf.generate directly would meet sharded embeddings and make
+    a decoder block the FSDP root)."""
+
+    def __init__(self, hf_model, device=torch.device("cpu")):
+        super().__init__()
+        self.hf, self.device = hf_model, device
+
+    def forward(self, input_ids, attention_mask, start=None, tokens=None, generate: dict | None = None):
+        if generate is not None:
+            return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
+        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        pos = (start[:, None] - 1 + torch.arange(tokens.shape[1], device=start.device)[None, :])
+        pos = pos.clamp(max=input_ids.shape[1] - 1)  # hidden state predicting completion token j
+        hidden = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
+        logp, entropy = token_logprobs(self.hf.lm_head(hidden), tokens)
+        return logp.clone(), entropy  # not a view: FSDP2 hooks the root's outputs for backward
+
+
+def load_model(path, dtype: str):
+    """The plain Hugging Face model (what PolicyLM wraps)."""
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+
+
+def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
+                 trainable: bool = True) -> PolicyLM:
+    """PolicyLM on `device`, FSDP2-sharded by utils.shard_model (every decoder block, then the root; bf16 compute on
+    GPU). trainable=False gives the frozen reference: sharded the same way (no full copy per rank), eval mode."""
+    model = PolicyLM(load_model(path, dtype), device)
+    if device.type == "cuda" and not cpu_offload:
+        model.to(device)
+    utils.shard_model(model, device, hybrid_shard, cpu_offload)
+    return model.train() if trainable else model.eval().requires_grad_(False)
 
 
 def build_batch(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -318,35 +396,36 @@ def build_batch(prompt_ids: list[list[int]], completions: list[list[int]], pad_i
             "lengths": lengths, "start": starts}
 
 
-def completion_logprobs(model, batch: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logprobs(model: PolicyLM, batch: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropy [n, Tc] of the completion tokens of batch rows `rows` under `model`."""
-    dev = next(model.parameters()).device
-    ids, attn = batch["input_ids"][rows].to(dev), batch["attention"][rows].to(dev)
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits  # [n, L, V]
-    Tc = batch["tokens"].shape[1]
-    pos = (batch["start"][rows][:, None] - 1 + torch.arange(Tc)[None, :]).clamp(max=ids.shape[1] - 1).to(dev)
-    logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # logits predicting token j
-    return token_logprobs(logits, batch["tokens"][rows].to(dev))
+    return model(*(batch[k][rows].to(model.device) for k in ("input_ids", "attention", "start", "tokens")))
 
 
 @torch.no_grad()
-def batch_logprobs(model, batch: dict, micro_batch: int) -> torch.Tensor:
+def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int) -> torch.Tensor:
+    """Old / reference log-probs [N, Tc]. Every rank has the same number of rows, so the FSDP2 forwards (collectives)
+    line up across ranks."""
     n = batch["tokens"].shape[0]
     return torch.cat([completion_logprobs(model, batch, slice(i, i + micro_batch))[0].cpu()
                       for i in range(0, n, micro_batch)])
 
 
-def train_on_batch(model, optimizer, batch: dict, advantages, old_logp, ref_logp, mask, cfg: RLConfig) -> dict:
-    """One optimizer step on this rank's share of the rollout batch; normalisers are global across ranks so the
-    all-reduced (summed) gradient equals the gradient of the loss of the whole global batch."""
+def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp, ref_logp, mask,
+                   cfg: RLConfig) -> dict:
+    """One optimizer step on this rank's share of the rollout batch. Normalisers are global across ranks, so the
+    sum over ranks of the per-rank losses is the loss of the whole global batch; each rank backpropagates its loss
+    times world_size because FSDP2 averages the gradients (see the section comment)."""
+    world = dist_info()[1]
     n = batch["tokens"].shape[0]
     n_tokens = all_reduce_sum(mask.sum().clone()).item()
     n_seqs = all_reduce_sum(torch.tensor(float(n))).item()
     stats = torch.zeros(5)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
     optimizer.zero_grad(set_to_none=True)
-    dev = next(model.parameters()).device
-    for i in range(0, n, cfg.micro_batch):
+    dev = model.device
+    starts = range(0, n, cfg.micro_batch)
+    for i in starts:
         rows = slice(i, i + cfg.micro_batch)
+        model.set_requires_gradient_sync(i == starts[-1])  # reduce-scatter once, after the last micro-batch
         m = mask[rows].to(dev)
         logp, ent = completion_logprobs(model, batch, rows)
         loss_tok, clipped = clipped_policy_loss(logp, old_logp[rows].to(dev), advantages[rows].to(dev),
@@ -356,23 +435,16 @@ def train_on_batch(model, optimizer, batch: dict, advantages, old_logp, ref_logp
             loss_tok = loss_tok + cfg.beta * kl
         loss = aggregate_loss(loss_tok, m, cfg.loss_agg, n_tokens_global=max(n_tokens, 1.0), n_seqs_global=n_seqs,
                               constant=cfg.max_new_tokens)
-        loss.backward()
+        (loss * world).backward()
         stats += torch.tensor([loss.item(), (kl * m).sum().item(), (clipped.float() * m).sum().item(),
                                (ent.detach() * m).sum().item(), m.sum().item()])
-    for p in model.parameters():
-        if p.grad is not None:
-            all_reduce_sum(p.grad)
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
     optimizer.step()
     stats = all_reduce_sum(stats)
     tok = max(stats[4].item(), 1.0)
     return {"loss": stats[0].item(), "kl": stats[1].item() / tok, "clip_frac": stats[2].item() / tok,
-            "entropy": stats[3].item() / tok, "grad_norm": float(gnorm)}
-
-
-def load_model(path, dtype: str):
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+            "entropy": stats[3].item() / tok, "grad_norm": gnorm}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -380,12 +452,33 @@ def load_model(path, dtype: str):
 # ----------------------------------------------------------------------------------------------------------------------
 
 def train(cfg: RLConfig, reward_fn=None) -> Path:
-    """Run GRPO; returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default utils.legal_reward)."""
+    """Run GRPO; returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default utils.legal_reward).
+
+    Under torchrun: one rank per process. Called in-process (tests, bench) without a process group: a world of one
+    is set up here and torn down at the end (an existing group, e.g. an in-process vLLM engine's, is reused)."""
+    if cfg.resume not in (None, "auto"):
+        raise SystemExit(f"rl.py: --resume takes 'auto' (newest checkpoint in OUTPUT_DIR/checkpoints), "
+                         f"got {cfg.resume!r}")
+    if dist.is_initialized():
+        rank, world = dist_info()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
+            torch.device("cpu")
+        return run(cfg, reward_fn, rank, world, device)
+    env = set(os.environ)
+    rank, _, world, device = utils.dist_init(cfg.seed)
+    try:
+        return run(cfg, reward_fn, rank, world, device)
+    finally:
+        utils.dist_close()
+        for k in set(os.environ) - env:  # dist_init's RANK / MASTER_PORT / ... must not leak into the caller
+            del os.environ[k]
+
+
+def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
+    from tqdm import tqdm
     from transformers import AutoTokenizer
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist_info()
     out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
     if rank == 0:
         utils.save_config(cfg, out)
     weights = parse_weights(cfg.reward_weights)
@@ -394,35 +487,36 @@ def train(cfg: RLConfig, reward_fn=None) -> Path:
 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.model)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(cfg.model, cfg.dtype).to(dev).train()
-    ref = load_model(cfg.model, cfg.dtype).to(dev).eval().requires_grad_(False) if cfg.beta > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     prompts = load_prompts(cfg.prompts, tok, cfg.max_prompt_tokens, cfg.response_prefix)
-    sampler = random.Random(cfg.seed)  # the prompt order; saved with checkpoints
+    model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload)
+    ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False) \
+        if cfg.beta > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = random.Random(cfg.seed)  # the prompt order (same on every rank); saved with checkpoints
     order: list[int] = []
-    step = 0
-
-    ckpt = out / "ckpt"
-    if cfg.resume and (ckpt / "state.pt").is_file():
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.setstate(state["sampler"])
-        order, step = state["order"], state["step"]
-        torch.set_rng_state(state["torch_rng"])
-        if rank == 0:
-            print(f"resumed from {ckpt} at step {step}")
+    start = 0
+    if cfg.resume == "auto" and (last := utils.latest_checkpoint(ckpt_root)) is not None:
+        extra = utils.load_checkpoint(last, model, optimizer)  # + this rank's RNG states
+        sampler.setstate(extra["sampler"])
+        order, start = extra["order"], extra["step"]
+        utils.print0(f"resumed from {last} (step {start})")
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:  # keep the history up to the resume point only
+        old = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
+        metrics_path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= start))
 
     roll = VLLMRollout(cfg, cfg.seed + rank) if cfg.backend == "vllm" else HFRollout(model, tok, cfg)
-    sync_s = roll.sync(model) if (cfg.backend == "vllm" and step > 0) else 0.0
-    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    sync_s = roll.sync(model) if (cfg.backend == "vllm" and start > 0) else 0.0
+    metrics_f = open(metrics_path, "a", encoding="utf-8") if rank == 0 else None
     samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
     n_global = cfg.prompts_per_step * world
     G = cfg.group_size
 
-    from tqdm import tqdm
-    for step in tqdm(range(step, cfg.max_steps), disable=rank != 0, desc="grpo", initial=step, total=cfg.max_steps):
+    def save(step: int):
+        utils.save_checkpoint(ckpt_root, step, model, optimizer, {"step": step, "sampler": sampler.getstate(),
+                              "order": order, "config": dataclasses.asdict(cfg)}, cfg.keep_last)
+
+    for step in tqdm(range(start, cfg.max_steps), disable=rank != 0, desc="grpo", initial=start, total=cfg.max_steps):
         t_step = time.time()
         # -- pick this step's prompts (same global order on every rank; each rank takes its slice)
         while len(order) < n_global:
@@ -501,33 +595,20 @@ def train(cfg: RLConfig, reward_fn=None) -> Path:
                                                ensure_ascii=False) + "\n")
                 samples_f.flush()
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
-            save_checkpoint(ckpt, model, optimizer, sampler, order, step + 1, rank)
+            save(step + 1)
 
+    if cfg.max_steps > start:
+        save(cfg.max_steps)
+    utils.export_hf(model, model.hf, cfg.model, out / "final", prefix="hf.")
     if rank == 0:
-        save_checkpoint(ckpt, model, optimizer, sampler, order, cfg.max_steps, rank)
-        model.save_pretrained(out / "final", safe_serialization=True)
-        tok.save_pretrained(out / "final")
         metrics_f.close()
         samples_f.close()
+    roll.close()
     return out
 
 
-def save_checkpoint(ckpt: Path, model, optimizer, sampler, order, step: int, rank: int):
-    """Model, optimizer, prompt-sampler state and torch RNG: enough to resume the exact run."""
-    if rank != 0:
-        return
-    ckpt.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.getstate(),
-                "order": order, "step": step, "torch_rng": torch.get_rng_state()}, ckpt / "state.pt.tmp")
-    os.replace(ckpt / "state.pt.tmp", ckpt / "state.pt")
-
-
 if __name__ == "__main__":
-    cfg = utils.parse_config(RLConfig)
     try:
-        train(cfg)
+        train(utils.parse_config(RLConfig))
     except utils.DataError as e:
         raise SystemExit(f"error: {e}")
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()

@@ -6,6 +6,8 @@ Both use transformers generate for rollouts (rl.py --backend hf by default; TRL 
 --backend vllm times rl.py with colocated vllm rollouts and weight push), the same tiny model, prompts,
 G, prompts per step, completion length, temperature 1, lr, and utils.legal_reward. Prints rl.py's breakdown
 (rollout / log-probs / train / sync) and the ratio of mean step times (first step excluded as warm-up).
+rl.py's trainer is FSDP2 (a world of one over gloo here). The tiny model's tokenizer is trained on REPO/data/sample,
+so numbers only compare within one checkout.
 """
 import argparse
 import json

@@ -101,13 +101,13 @@ def test_token_logprobs_and_entropy():
 
 def test_build_batch_positions(tiny_model):
     """completion_logprobs reads the logits that predict each completion token (start - 1 + j)."""
-    model = rl.load_model(tiny_model, "float32")
+    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
     p, c = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
     b = rl.build_batch(p, c, pad_id=0)
     logp, _ = rl.completion_logprobs(model, b, slice(0, 2))
     for i in range(2):
         ids = torch.tensor([p[i] + c[i]])
-        ref = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        ref = torch.log_softmax(model.hf(input_ids=ids).logits[0], -1)
         for j, t in enumerate(c[i]):
             assert logp[i, j].item() == pytest.approx(ref[len(p[i]) - 1 + j, t].item(), abs=1e-5)
 
@@ -122,20 +122,18 @@ def test_parse_weights():
 # ---- 2 ranks (gloo) == 1 process on the same rollouts ----------------------------------------------------------------
 
 DP_SCRIPT = r'''
-import sys, torch, torch.distributed as dist
+import sys, torch
 sys.path.insert(0, {repo!r})
-import rl
+import rl, utils
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 model_dir, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-if dist.is_available() and "RANK" in __import__("os").environ:
-    dist.init_process_group("gloo")
-rank, world = rl.dist_info()
-torch.manual_seed(0)
+rank, _, world, device = utils.dist_init(0)  # plain python: a world of one; torchrun: FSDP2 over 2 gloo ranks
 N = 8
 prompts = [[5 + i, 6, 7 + i % 3][: 2 + i % 2] for i in range(N)]
 comps = [[10 + (i * 7 + j) % 50 for j in range(1 + (i * 3) % 6)] for i in range(N)]
-model = rl.load_model(model_dir, "float32")
+model = rl.build_policy(model_dir, "float32", device)
 opt = torch.optim.SGD(model.parameters(), lr=1.0)  # update == gradient: compared exactly, no Adam noise
-cfg = rl.RLConfig(model=model_dir, prompts="-", output_dir="-", micro_batch=3, loss_agg=mode, beta=0.1,
+cfg = rl.RLConfig(model=model_dir, prompts="-", output_dir="-", micro_batch=3, loss_agg=mode, beta=0.1, grad_clip=0,
                   max_new_tokens=6)
 full = rl.build_batch(prompts, comps, pad_id=0)
 adv = rl.group_advantages(torch.arange(N, dtype=torch.float32) % 3, 4)
@@ -147,8 +145,10 @@ batch = rl.build_batch(prompts[rows], comps[rows], pad_id=0)
 Tc = batch["tokens"].shape[1]
 mask = rl.length_mask(batch["lengths"], Tc)
 st = rl.train_on_batch(model, opt, batch, adv[rows], old[rows, :Tc], ref[rows, :Tc], mask, cfg)
+params = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if rank == 0:
-    torch.save({{"params": model.state_dict(), "stats": st}}, out)
+    torch.save({{"params": {{k.removeprefix("hf."): v for k, v in params.items()}}, "stats": st}}, out)
+utils.dist_close()
 '''
 
 
@@ -252,13 +252,18 @@ def test_resume_continues_the_run(warm_model, tmp_path):
     model, prompts = warm_model
     out = tmp_path / "run"
     rl.train(_cfg(model, prompts, out, max_steps=2, beta=0.05, loss_agg="seq_mean", mu=2), reward_fn=_charge_reward)
-    state = torch.load(out / "ckpt" / "state.pt", weights_only=False)
-    assert state["step"] == 2
-    rl.train(_cfg(model, prompts, out, max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2, resume=True),
+    last = utils.latest_checkpoint(out / "checkpoints")  # DCP folder (model, optimizer) + trainer state
+    assert last.name == "step_00000002" and torch.load(last / "trainer_state.pt", weights_only=False)["step"] == 2
+    rl.train(_cfg(model, prompts, out, max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2, resume="auto"),
              reward_fn=_charge_reward)
     m = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [x["step"] for x in m] == [1, 2, 3]
     assert m[-1]["kl"] >= 0 and m[-1]["clip_frac"] >= 0
+    straight = rl.train(_cfg(model, prompts, tmp_path / "straight", max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2),
+                        reward_fn=_charge_reward)  # the resumed run continues exactly: same prompts, samples, update
+    s = [json.loads(line) for line in open(straight / "metrics.jsonl")]
+    for k in ("reward", "kl", "loss", "grad_norm", "completion_len"):
+        assert m[-1][k] == pytest.approx(s[-1][k], rel=1e-5, abs=1e-7), k
 
 
 def test_bad_prompt_file_is_a_one_line_error(tmp_path, tiny_model):
@@ -278,9 +283,10 @@ sys.path.insert(0, {repo!r})
 import rl, utils
 if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
+    rank, _, world, device = utils.dist_init(0)  # the in-process engine and rl.train reuse it
     kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
     roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0)
-    model = rl.load_model(mdir, "float32")
+    model = rl.build_policy(mdir, "float32", device)  # FSDP2-sharded, as in training
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -288,7 +294,7 @@ if __name__ == "__main__":
     before = roll.greedy(prompts, 16)
     roll.sync(model)
     after = roll.greedy(prompts, 16)
-    model.save_pretrained(work + "/export")
+    utils.export_hf(model, model.hf, mdir, work + "/export", prefix="hf.")
     del roll
     fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0).greedy(prompts, 16)
     json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
