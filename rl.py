@@ -83,6 +83,7 @@ class RLConfig:
     resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -369,13 +370,13 @@ def load_model(path, dtype: str):
 
 
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
-                 trainable: bool = True) -> PolicyLM:
+                 trainable: bool = True, activation_checkpointing: bool = False) -> PolicyLM:
     """PolicyLM on `device`, FSDP2-sharded by utils.shard_model (every decoder block, then the root; bf16 compute on
     GPU). trainable=False gives the frozen reference: sharded the same way (no full copy per rank), eval mode."""
     model = PolicyLM(load_model(path, dtype), device)
     if device.type == "cuda" and not cpu_offload:
         model.to(device)
-    utils.shard_model(model, device, hybrid_shard, cpu_offload)
+    utils.shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing and trainable)
     return model.train() if trainable else model.eval().requires_grad_(False)
 
 
@@ -488,7 +489,8 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.model)
     prompts = load_prompts(cfg.prompts, tok, cfg.max_prompt_tokens, cfg.response_prefix)
-    model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload)
+    model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload,
+                         activation_checkpointing=cfg.activation_checkpointing)
     ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False) \
         if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -746,8 +746,8 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
         kw["offload_policy"] = CPUOffloadPolicy()
-    if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if activation_checkpointing:  # on the Hugging Face model inside a LexLab wrapper (`.hf`), or the model itself
+        getattr(model, "hf", model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for block in decoder_blocks(model):
         fully_shard(block, **kw)
     fully_shard(model, **kw)

@@ -242,6 +242,15 @@ def test_micro_batches_do_not_change_the_update(baseline, tiny_model, stage, tmp
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_activation_checkpointing_gives_the_same_steps(baseline, tiny_model, stage, tmp_path):
+    """--activation_checkpointing true recomputes each block in backward: same losses and gradient norms."""
+    out = tmp_path / "ac"
+    run_sft(tiny_model, stage, out, "--max_steps", 2, "--micro_batch_size", 1, "--grad_accum", 4,
+            "--activation_checkpointing", "true")
+    for x, y in zip(metrics(baseline)[:2], metrics(out)):
+        assert abs(x["loss"] - y["loss"]) < 1e-5 and abs(x["grad_norm"] - y["grad_norm"]) < 1e-4
+
+
 def test_two_ranks_match_one_process(baseline, tiny_model, stage, tmp_path):
     """torchrun with 2 gloo ranks x grad_accum 2 == 1 process x grad_accum 4 on the same global batches."""
     out = tmp_path / "ddp2"
