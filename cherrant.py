@@ -405,54 +405,47 @@ def merge_runs(alignment) -> list:
     return edits
 
 
+def _word_order_swap(edits: list, i: int, src: list[str], tgt: list[str]) -> bool | None:
+    """Do edits i, i+1, i+2 form a word-order pattern (S M S, or D (M|T) I / I (M|T) D)? None: no pattern;
+    True: the words match, so the three become one T; False: a pattern whose words do not match."""
+    e1, e2, e3 = edits[i][0][0], edits[i + 1][0][0], edits[i + 2][0][0]
+    if e1 == "S" and e2 == "M" and e3 == "S":
+        w1 = "".join(src[edits[i][1]:edits[i][2]])
+        w2 = "".join(tgt[edits[i][3]:edits[i][4]])
+        w3 = "".join(src[edits[i + 2][1]:edits[i + 2][2]])
+        w4 = "".join(tgt[edits[i + 2][3]:edits[i + 2][4]])
+        if min(len(w1), len(w2), len(w3), len(w4)) == 1:
+            return w1 == w4 and w2 == w3
+        return Levenshtein.distance(w1, w4) <= 1 and Levenshtein.distance(w2, w3) <= 1
+    if (e1 == "D" and (e2 == "M" or e2 == "T") and e3 == "I") or \
+            (e1 == "I" and (e2 == "M" or e2 == "T") and e3 == "D"):
+        if e1 == "D":
+            a = "".join(src[edits[i][1]:edits[i][2]])
+            b = "".join(tgt[edits[i + 2][3]:edits[i + 2][4]])
+        else:
+            a = "".join(src[edits[i + 2][1]:edits[i + 2][2]])
+            b = "".join(tgt[edits[i][3]:edits[i][4]])
+        if len(a) < len(b):
+            a, b = b, a
+        if a in MERGE_PUNCT or b in MERGE_PUNCT or len(a) - len(b) > 1:  # substring tests
+            return False
+        if len(b) == 1:
+            return a == b
+        return Levenshtein.distance(a, b) <= 1 or (len(a) == len(b) and b in a + a)
+    return None
+
+
 def finish_edits(edits: list, src: list[str], tgt: list[str]) -> tuple:
     """Second merger stage: word-order patterns -> T, M dropped, S edits trimmed."""
     kept = []
     i = 0
     while i < len(edits):
-        e1 = edits[i][0][0]
-        if i < len(edits) - 2:
-            e2, e3 = edits[i + 1][0][0], edits[i + 2][0][0]
-            if e1 == "S" and e2 == "M" and e3 == "S":
-                w1 = "".join(src[edits[i][1]:edits[i][2]])
-                w2 = "".join(tgt[edits[i][3]:edits[i][4]])
-                w3 = "".join(src[edits[i + 2][1]:edits[i + 2][2]])
-                w4 = "".join(tgt[edits[i + 2][3]:edits[i + 2][4]])
-                if min(len(w1), len(w2), len(w3), len(w4)) == 1:
-                    swap = w1 == w4 and w2 == w3
-                else:
-                    swap = Levenshtein.distance(w1, w4) <= 1 and Levenshtein.distance(w2, w3) <= 1
-                if swap:
-                    kept.append(_as_transposition(edits[i:i + 3]))
-                    i += 3
-                else:
-                    kept.append(edits[i])
-                    i += 1
-                continue
-            if (e1 == "D" and (e2 == "M" or e2 == "T") and e3 == "I") or \
-                    (e1 == "I" and (e2 == "M" or e2 == "T") and e3 == "D"):
-                if e1 == "D":
-                    a = "".join(src[edits[i][1]:edits[i][2]])
-                    b = "".join(tgt[edits[i + 2][3]:edits[i + 2][4]])
-                else:
-                    a = "".join(src[edits[i + 2][1]:edits[i + 2][2]])
-                    b = "".join(tgt[edits[i][3]:edits[i][4]])
-                if len(a) < len(b):
-                    a, b = b, a
-                swap = False
-                if a not in MERGE_PUNCT and b not in MERGE_PUNCT and len(a) - len(b) <= 1:  # substring tests
-                    if len(b) == 1:
-                        swap = a == b
-                    else:
-                        swap = Levenshtein.distance(a, b) <= 1 or (len(a) == len(b) and b in a + a)
-                if swap:
-                    kept.append(_as_transposition(edits[i:i + 3]))
-                    i += 3
-                else:
-                    kept.append(edits[i])
-                    i += 1
-                continue
-        if e1 != "M":
+        swap = _word_order_swap(edits, i, src, tgt) if i < len(edits) - 2 else None
+        if swap:
+            kept.append(_as_transposition(edits[i:i + 3]))
+            i += 3
+            continue
+        if swap is False or edits[i][0][0] != "M":
             kept.append(edits[i])
         i += 1
 
