@@ -141,10 +141,6 @@ class BadItem(ValueError):
         super().__init__(message)
 
 
-class ScorerMissing(RuntimeError):
-    """A task whose scorer lives in a module that is not in this checkout (2-1 -> cherrant.py)."""
-
-
 # --- Plain arithmetic in the official order
 
 def plain_sum(xs) -> float:
@@ -366,14 +362,8 @@ def score_1_2(items):  # JEC-KD: refr '正确答案：X。'
     return _multi_choice_task(items, ["A", "B", "C", "D"], _letter_at(5, "ABCD", "'正确答案：X。' with X in A-D"))
 
 
-def score_2_1(items):  # proofreading: ChERRANT char-level F0.5, in its own module
-    try:
-        import cherrant
-    except ModuleNotFoundError as e:
-        if e.name != "cherrant":
-            raise
-        raise ScorerMissing("task 2-1 needs cherrant.py (LexLab's ChERRANT scorer), which is not in this checkout; "
-                            "pass --skip_tasks 2-1 (and --fill_from results.csv to complete the averages)") from None
+def score_2_1(items):  # proofreading: ChERRANT char-level F0.5, in its own module (imported only when needed)
+    import cherrant
     return cherrant.score_2_1(items)
 
 
@@ -591,7 +581,7 @@ def _score_job(job: tuple[str, str, str]) -> tuple[str, str, dict | None, str | 
         return model, task, score_file(path, task), None, time.perf_counter() - t0
     except DataError as e:
         return model, task, None, str(e), time.perf_counter() - t0
-    except ScorerMissing as e:
+    except FileNotFoundError as e:  # 2-1's resource files (cilin.txt, confusion_dict.txt) not where --lawbench_dir says
         return model, task, None, f"{path}: {e}", time.perf_counter() - t0
 
 
@@ -718,6 +708,9 @@ class ScoreConfig:
     fill_from: str = dataclasses.field(default="", metadata={
         "help": "official results.csv: tasks without predictions (e.g. 2-9, 2-10) are taken from it for the table"})
     workers: int = dataclasses.field(default=0, metadata={"help": "processes, one file each at a time (0: all cores)"})
+    lawbench_dir: str = dataclasses.field(default="", metadata={
+        "help": "LawBench copy whose evaluation/utils/data holds 2-1's resources (default: $LAWBENCH_DATA_DIR, "
+                "else ../shared/lawbench)"})
 
 
 def cmd_score(cfg: ScoreConfig) -> int:
@@ -728,6 +721,8 @@ def cmd_score(cfg: ScoreConfig) -> int:
         if t not in TASK_SCORERS:
             raise DataError("--skip_tasks", None, None, f"unknown task '{t}'", "bad_flag")
     fill = read_scores_csv(cfg.fill_from) if cfg.fill_from else None
+    if cfg.lawbench_dir:  # read by cherrant in every worker process
+        os.environ["LAWBENCH_DATA_DIR"] = str(Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data")
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
     if not jobs:
         raise DataError(cfg.pred_dir, None, None, "no <model>/<task>.json prediction files found", "missing_file")

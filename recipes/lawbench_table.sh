@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/lawbench_table}
 for SHOT in zero_shot one_shot; do
   echo "== GPT-4, $SHOT"
-  python evaluate.py score "$LAWBENCH/predictions/$SHOT" --models GPT4 \
+  python evaluate.py score "$LAWBENCH/predictions/$SHOT" --models GPT4 --lawbench_dir "$LAWBENCH" \
     --fill_from "$LAWBENCH/predictions/$SHOT/results.csv" --out "$OUT/$SHOT/scores.csv"
 done

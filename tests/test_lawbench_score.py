@@ -287,14 +287,15 @@ def test_empty_rouge_reference_is_a_data_error(tmp_path):
         E.score_file(path)
 
 
-def test_2_1_without_cherrant_is_a_clear_error():
-    try:
-        import cherrant  # noqa: F401
-        pytest.skip("cherrant.py is present: 2-1 is tested with it")
-    except ModuleNotFoundError:
-        pass
-    with pytest.raises(E.ScorerMissing, match="cherrant.py"):
-        E.score_2_1(items(("句子", "句子")))
+def test_2_1_resources_missing_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """2-1 needs LawBench's resource files; a --lawbench_dir without them gives one line naming the file."""
+    monkeypatch.setenv("LAWBENCH_DATA_DIR", "")  # restored after the test (cmd_score sets it for its workers)
+    pred = tmp_path / "preds"
+    E.write_predictions(pred / "m1" / "2-1.json", items(("句子", "句子")))
+    rc = E.main(["score", str(pred), "--out", str(tmp_path / "s.csv"), "--workers", "1",
+                 "--lawbench_dir", str(tmp_path / "nowhere")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert rc == 1 and len(err) == 1 and "2-1.json" in err[0] and "cilin.txt" in err[0]
 
 
 def test_cli_writes_csv_table_and_reports_bad_files(tmp_path, capsys):
