@@ -2,7 +2,8 @@
 LexLab evaluation: one script, one subcommand per kind of evaluation.
 
     python evaluate.py generate --model DIR --lawbench_dir ../shared/lawbench --out preds [--shots zero|one|both]
-                                [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw true] [--rag ARTICLES.jsonl]
+                                [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw true]
+                                [--rag ARTICLES.jsonl]
     python evaluate.py score    preds/zero_shot --out scores.csv      # LawBench scores identical to the official scorer
     python evaluate.py judgment --model DIR --data ../shared/data/cail2018/test.jsonl --out runs/jp [--max_items N]
                                 [--rag ../shared/data/laws/articles.jsonl --rag_k 3]

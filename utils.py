@@ -747,7 +747,8 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
     if cpu_offload:
         kw["offload_policy"] = CPUOffloadPolicy()
     if activation_checkpointing:  # on the Hugging Face model inside a LexLab wrapper (`.hf`), or the model itself
-        getattr(model, "hf", model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf = getattr(model, "hf", model)
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for block in decoder_blocks(model):
         fully_shard(block, **kw)
     fully_shard(model, **kw)

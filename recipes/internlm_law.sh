@@ -52,7 +52,8 @@ echo "== 4. LawBench zero- and one-shot (greedy, 1024 new tokens), scored like t
 run python evaluate.py generate --model "$RUN/sft2/final" --model_name "$NAME" --lawbench_dir "$LAWBENCH" \
     --shots both --backend vllm --max_new_tokens 1024 --out "$RUN/eval/predictions"
 for SHOT in zero_shot one_shot; do
-  run python evaluate.py score "$RUN/eval/predictions/$SHOT" --lawbench_dir "$LAWBENCH" --out "$RUN/eval/$SHOT/scores.csv"
+  run python evaluate.py score "$RUN/eval/predictions/$SHOT" --lawbench_dir "$LAWBENCH" \
+      --out "$RUN/eval/$SHOT/scores.csv"
 done
 
 echo "== 5. long documents: character-level F1"
