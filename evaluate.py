@@ -2,7 +2,7 @@
 LexLab evaluation: one script, one subcommand per kind of evaluation.
 
     python evaluate.py generate --model DIR --lawbench_dir ../shared/lawbench --out preds [--shots zero|one|both]
-                                [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw true]
+                                [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw]
                                 [--rag ARTICLES.jsonl]
     python evaluate.py score    preds/zero_shot --out scores.csv      # LawBench scores identical to the official scorer
     python evaluate.py judgment --model DIR --data ../shared/data/cail2018/test.jsonl --out runs/jp [--max_items N]
@@ -1244,23 +1244,13 @@ def _cmd_score(argv):
 COMMANDS = {"generate": _cmd_generate, "score": _cmd_score, "judgment": _cmd_judgment, "longdoc": _cmd_longdoc}
 
 
-def _bare_bools(argv: list[str], flags=("--raw",)) -> list[str]:
-    """Let `--raw` stand alone (parse_config's bools take a value): a bare flag means `--raw true`."""
-    out = []
-    for i, a in enumerate(argv):
-        out.append(a)
-        if a in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            out.append("true")
-    return out
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python evaluate.py {{{','.join(COMMANDS)}}} --help", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[argv[0]](_bare_bools(argv[1:])) or 0
+        return COMMANDS[argv[0]](argv[1:]) or 0
     except DataError as e:  # bad input: one line naming file, line and field
         print(f"error: {e}", file=sys.stderr)
         return 2

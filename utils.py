@@ -147,7 +147,8 @@ def write_jsonl(path, records) -> int:
 def parse_config(cls, argv=None, description: str | None = None, positional: tuple[str, ...] = (), prog=None):
     """Build an argparse parser from dataclass `cls` (field help from metadata['help']) and return an instance.
 
-    bool fields take `--flag true|false`; Optional fields accept `none`; fields named in `positional` are plain
+    bool fields take `--flag true|false` (a bare `--flag` is true); Optional fields accept `none`; fields named in
+    `positional` are plain
     arguments (`evaluate.py score PRED_DIR`).
     """
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
@@ -167,8 +168,9 @@ def parse_config(cls, argv=None, description: str | None = None, positional: tup
         if f.name in positional:
             parser.add_argument(f.name, type=conv, help=f.metadata.get("help", ""))
         else:
+            bare = {"nargs": "?", "const": True} if base is bool else {}  # a bool flag alone (`--raw`) means true
             parser.add_argument(f"--{f.name}", type=conv, default=default, required=required,
-                                help=f.metadata.get("help", ""))
+                                help=f.metadata.get("help", ""), **bare)
     return cls(**vars(parser.parse_args(argv)))
 
 

@@ -93,9 +93,9 @@ def test_generate_bad_inputs(tiny_model, lawbench_dir, tmp_path, capsys):
 
 
 def test_bare_raw_flag():
-    assert evaluate._bare_bools(["--raw", "--out", "x"]) == ["--raw", "true", "--out", "x"]
-    assert evaluate._bare_bools(["--out", "x", "--raw"]) == ["--out", "x", "--raw", "true"]
-    assert evaluate._bare_bools(["--raw", "false"]) == ["--raw", "false"]
+    for argv, raw in ((["--raw", "--out", "x"], True), (["--out", "x", "--raw"], True),
+                      (["--out", "x", "--raw", "false"], False), (["--out", "x"], False)):
+        assert utils.parse_config(evaluate.GenerateConfig, ["--model", "m", "--lawbench_dir", "d", *argv]).raw is raw
 
 
 # ---- judgment prediction metrics (golden numbers worked out by hand) ------------------------------------------------
