@@ -61,12 +61,25 @@ class SFTConfig:
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
     resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
+    reduce_every_micro_batch: bool = field(default=True, metadata={
+        "help": "reduce-scatter gradients after every micro-batch (sharded accumulation, as torchtitan); false: "
+                "reduce once per step, FSDP2 then holds full-size fp32 gradients between micro-batches (4 bytes x "
+                "params per GPU: 30 GB for 7B) - only for small models on slow interconnects"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
-    attention: str = field(default="auto", metadata={"help": "auto | flash | torch_varlen | exact"})
+    attention: str = field(default="auto", metadata={"help": "auto | flash | torch_varlen | exact",
+                                                      "choices": ("auto", "flash", "torch_varlen", "exact")})
     loss_chunk: int = field(default=4096, metadata={"help": "tokens per cross-entropy chunk"})
     export_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32"})
-    peak_tflops: float | None = field(default=None, metadata={"help": "per-device peak for MFU (auto on H100/A100)"})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "per-device dense bf16 peak for MFU (default: the datasheet's, utils.PEAK_TFLOPS)", "min": 0})
+    dry_run: bool = field(default=False, metadata={
+        "help": "print the memory plan per GPU (needs only --model's config.json; no weights, no data) and exit"})
+    world_size: int | None = field(default=None, metadata={"help": "dry_run: GPUs (default: $WORLD_SIZE or 1)",
+                                                           "min": 1})
+    seq_len: int | None = field(default=None, metadata={"help": "dry_run: tokens per pack (default: --data's, else "
+                                                                "32768)", "min": 1})
+    gpu_memory_gb: float = field(default=80.0, metadata={"help": "dry_run: memory of one GPU, GiB", "min": 0})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -104,7 +117,7 @@ class PackedStage:
 
     def batch(self, indices) -> dict:
         """-> input_ids / position_ids / targets [1, B*seq_len] (int64), cu_seqlens (python ints, pads included),
-        sample_lengths (real samples only), n_tokens (real), n_supervised."""
+        sample_lengths (real samples only), n_tokens (real), n_supervised, rows [n_supervised] (their positions)."""
         idx = [int(i) for i in indices]
         ids = torch.from_numpy(np.stack([self.input_ids[i] for i in idx]).astype(np.int64))
         labels = torch.from_numpy(np.stack([self.labels[i] for i in idx]).astype(np.int64))
@@ -112,9 +125,10 @@ class PackedStage:
         cus = [self.cu(i) for i in idx]
         targets = utils.shift_labels_packed(labels, pos)
         lengths = [b - a for cu in cus for a, b in zip(cu[:-1], cu[1:])]
+        rows = (targets.reshape(-1) != IGNORE_INDEX).nonzero()[:, 0]  # supervised rows, found here on the host
         return {"input_ids": ids.reshape(1, -1), "position_ids": pos.reshape(1, -1), "targets": targets.reshape(1, -1),
                 "cu_seqlens": utils.packed_boundaries(cus, self.seq_len), "sample_lengths": lengths,
-                "n_tokens": sum(cu[-1] for cu in cus), "n_supervised": int((targets != IGNORE_INDEX).sum())}
+                "n_tokens": sum(cu[-1] for cu in cus), "n_supervised": len(rows), "rows": rows}
 
 
 def pack_order(n_packs: int, packs_per_step: int, num_epochs: int, seed: int) -> np.ndarray:
@@ -141,28 +155,32 @@ class PackedCausalLM(nn.Module):
         super().__init__()
         self.hf, self.backend, self.loss_chunk = hf_model, backend, loss_chunk
 
-    def forward(self, input_ids, position_ids, targets, cu_seqlens: list[int]):
-        cu_t = torch.tensor(cu_seqlens, dtype=torch.int32, device=input_ids.device)
+    def forward(self, input_ids, position_ids, targets, cu_seqlens: list[int], rows=None):
+        """input_ids / position_ids / targets [1, T] on the device, cu_seqlens python ints, rows [n] the supervised
+        positions (on the device; None: found here, a host sync). No step here waits for the GPU."""
+        cu_t = to_device(torch.tensor(cu_seqlens, dtype=torch.int32), input_ids.device)
         max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
         hidden = self.hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                lexlab_cu_seqlens=cu_seqlens, lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len,
                                lexlab_backend=self.backend).last_hidden_state
-        return utils.chunked_cross_entropy_sum(hidden[0], self.hf.lm_head.weight, targets[0], self.loss_chunk)
+        return utils.chunked_cross_entropy_sum(hidden[0], self.hf.lm_head.weight, targets[0], self.loss_chunk, rows)
+
+
+def to_device(t, device):
+    """Host tensor -> device without a host-device sync (pinned memory, non-blocking copy) on GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def load_model(cfg: SFTConfig, device):
-    from transformers import AutoModelForCausalLM
+    """-> (sharded PackedCausalLM in train mode, its HF model, attention backend). Built on the meta device; rank 0
+    reads the weights once and broadcasts them shard by shard (utils.load_sharded_model)."""
     utils.register_packed_attention()
-    src = cfg.init_from or cfg.model
-    if not (Path(src) / "config.json").is_file():
-        raise DataError(Path(src) / "config.json", None, None, "file not found (not a Hugging Face model folder)",
-                        "missing_file")
-    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation=utils.PACKED_ATTENTION)
     backend = utils.pick_attention_backend(device) if cfg.attention == "auto" else cfg.attention
-    model = PackedCausalLM(hf, backend, cfg.loss_chunk)
-    if device.type == "cuda":
-        model.to(device)
-    utils.shard_model(model, device, cfg.hybrid_shard, cfg.cpu_offload, cfg.activation_checkpointing)
+    model, hf = utils.load_sharded_model(cfg.init_from or cfg.model, device,
+                                         wrap=lambda hf: PackedCausalLM(hf, backend, cfg.loss_chunk),
+                                         hybrid_shard=cfg.hybrid_shard, cpu_offload=cfg.cpu_offload,
+                                         activation_checkpointing=cfg.activation_checkpointing,
+                                         attn_implementation=utils.PACKED_ATTENTION)
     return model, hf, backend
 
 
@@ -183,7 +201,11 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
 
     step_packs: the global pack indices of this step [world * grad_accum * micro_batch_size]; rank r takes the r-th
     contiguous slice. Loss = sum of CE over the step's supervised tokens (all ranks) / their global count; each
-    rank backpropagates its part times `world`, because FSDP averages (divides by world) when it reduces gradients."""
+    rank backpropagates its part times `world`, because FSDP averages (divides by world) when it reduces gradients.
+    Gradients are reduce-scattered after every micro-batch unless --reduce_every_micro_batch false. The only host
+    syncs are the step's three all-reduced counts / the loss / the gradient norm: none per micro-batch.
+    Gradients are left in place after the step (read by utils.state_bytes) and cleared at the start of the next."""
+    optimizer.zero_grad(set_to_none=True)
     per_rank = cfg.grad_accum * cfg.micro_batch_size
     mine = step_packs[rank * per_rank:(rank + 1) * per_rank]
     batches = [data.batch(mine[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size]) for m in range(cfg.grad_accum)]
@@ -193,8 +215,10 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     n_sup = max(1.0, counts[0].item())
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for m, b in enumerate(batches):
-        model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, after the last micro-batch
-        ce = model(b["input_ids"].to(device), b["position_ids"].to(device), b["targets"].to(device), b["cu_seqlens"])
+        if not cfg.reduce_every_micro_batch:
+            model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, after the last one
+        ce = model(*(to_device(b[k], device) for k in ("input_ids", "position_ids", "targets")), b["cu_seqlens"],
+                   to_device(b["rows"], device))
         (ce * (world / n_sup)).backward()
         loss_sum += ce.detach().double()
     dist.all_reduce(loss_sum)
@@ -206,15 +230,22 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
                                  f"before the optimizer step. The last good checkpoint is kept; lower --lr or check "
                                  f"the data/weights.")
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss, "grad_norm": grad_norm, "n_tokens": counts[1].item(), "sum_len_sq": counts[2].item()}
+    return {"loss": loss, "grad_norm": grad_norm, "n_tokens": counts[1].item(), "sum_len_sq": counts[2].item(),
+            "n_supervised": counts[0].item()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 5. Main loop
 # ----------------------------------------------------------------------------------------------------------------------
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}  # dense bf16
+def write_memory_report(path, cfg: SFTConfig, world: int, seq_len: int, hf_config, measured: dict,
+                        peak_gb: float, device):
+    """memory_rankR.json: utils.memory_plan for this run next to the bytes this rank holds after its first step."""
+    plan = utils.memory_plan(hf_config, world, seq_len, cfg.micro_batch_size, cfg.activation_checkpointing,
+                             cfg.loss_chunk, mixed_precision=device.type == "cuda", grad_accum=cfg.grad_accum,
+                             reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+    Path(path).write_text(json.dumps({"plan": plan, "measured": measured, "measured_peak_gb": peak_gb,
+                                      "plan_total_gb": plan["total"] / 2 ** 30, "device": device.type}, indent=1))
 
 
 def peak_memory_gb(device) -> float:
@@ -223,8 +254,31 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # peak RSS (KiB on Linux)
 
 
+def dry_run(cfg: SFTConfig) -> dict:
+    """Print the memory plan per GPU for cfg (config.json only, meta device) and return it."""
+    from transformers import AutoConfig
+    cfg_path = Path(cfg.model) / "config.json"
+    if not cfg_path.is_file():
+        raise SystemExit(f"sft.py: {cfg_path}: file not found (--dry_run needs the model's config.json)")
+    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
+    plan = utils.memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
+                             cfg.activation_checkpointing, cfg.loss_chunk, mixed_precision=True,
+                             grad_accum=cfg.grad_accum, reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+    print(utils.format_memory_plan(
+        plan, cfg.gpu_memory_gb, f"memory plan: {cfg.model} ({plan['n_params'] / 1e9:.2f}B params), {world} GPUs, "
+        f"seq_len {seq_len} x micro_batch {cfg.micro_batch_size}, activation_checkpointing "
+        f"{str(cfg.activation_checkpointing).lower()}, bf16 compute, fp32 master weights + AdamW"), flush=True)
+    return plan
+
+
 def main(argv=None):
     cfg = utils.parse_config(SFTConfig, argv)
+    if cfg.dry_run:
+        if cfg.model is None:
+            raise SystemExit("sft.py: --model is required")
+        dry_run(cfg)
+        return
     for name in ("model", "data", "output_dir"):
         if getattr(cfg, name) is None:
             raise SystemExit(f"sft.py: --{name} is required")
@@ -263,11 +317,10 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
         optimizer, lambda s: utils.lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
     if rank == 0:
         utils.save_config(cfg, out)
-    n_params = sum(p.numel() for p in hf.parameters())  # DTensor numel = global size
+    n_body, n_head = utils.flop_params(hf)  # DTensor numel = global size
     hc = hf.config
-    attn_dim = hc.num_attention_heads * (getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
+    attn_dim = utils.attention_dim(hc)
+    peak = cfg.peak_tflops or utils.datasheet_tflops(device)
 
     start = 0
     if cfg.resume == "auto" and (last := utils.latest_checkpoint(ckpt_root)) is not None:
@@ -292,11 +345,15 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        flops = utils.train_flops(n_params, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim)
+        flops = utils.train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
+                                  r["n_supervised"])  # lm_head runs on the supervised rows only
         mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
         row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
                "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
                "time_s": dt, "n_tokens": r["n_tokens"], "sum_len_sq": r["sum_len_sq"]}
+        if step == start:  # the memory plan beside what this rank holds (and its peak) after the first step
+            write_memory_report(out / f"memory_rank{rank}.json", cfg, world, data.seq_len, hf.config,
+                                utils.state_bytes(model, optimizer), row["peak_mem_gb"], device)
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")

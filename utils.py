@@ -690,10 +690,16 @@ def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_mode
 # ----------------------------------------------------------------------------------------------------------------------
 # Everything here runs on CPU (gloo) as well as on GPUs (nccl), so the tests exercise the real code paths.
 
-def dist_init(seed: int = 0):
+DIST_TIMEOUT_MIN = 120  # process-group timeout: checkpoint saves / rank-0 exports on slow shared disks exceed 10 min
+
+
+def dist_init(seed: int = 0, timeout_min: float | None = None):
     """Initialise torch.distributed for torchrun (env://) or, when run as a plain `python script.py`, as a world of
-    one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU."""
+    one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU (hide the GPUs with
+    CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min, else $LEXLAB_DIST_TIMEOUT_MIN, else
+    DIST_TIMEOUT_MIN (NCCL's own default, 10 minutes, is shorter than a 7B save on a shared filesystem)."""
     import socket
+    from datetime import timedelta
 
     import torch
     import torch.distributed as dist
@@ -704,13 +710,14 @@ def dist_init(seed: int = 0):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = timedelta(minutes=float(timeout_min or os.environ.get("LEXLAB_DIST_TIMEOUT_MIN", DIST_TIMEOUT_MIN)))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     torch.manual_seed(seed)
     return rank, local_rank, world, device
 
@@ -757,6 +764,62 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
         fully_shard(block, **kw)
     fully_shard(model, **kw)
     return model
+
+
+def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = False, cpu_offload: bool = False,
+                       activation_checkpointing: bool = False, trainable: bool = True, attn_implementation=None):
+    """Build a Hugging Face causal LM from src/config.json on the META device (no memory), optionally wrap it
+    (`wrap(hf) -> nn.Module`, e.g. sft.PackedCausalLM: its state-dict keys get the wrapper's prefix), FSDP2-shard it
+    (shard_model), allocate only this rank's shards on `device`, then load the weights ONCE: rank 0 reads src with
+    from_pretrained (host RAM: one full copy on one rank) and broadcasts tensor by tensor, each rank keeping its
+    shard (set_model_state_dict(broadcast_from_rank0=True), as torchtitan). Other ranks never hold the full model.
+    Returns (model, hf): the sharded module, in train() mode when trainable (Hugging Face only recomputes
+    checkpointed layers in training mode), else eval() with requires_grad off (a frozen reference)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+    dtype = dtype or torch.float32
+    if not (Path(src) / "config.json").is_file():
+        raise DataError(Path(src) / "config.json", None, None, "file not found (not a Hugging Face model folder)",
+                        "missing_file")
+    config = AutoConfig.from_pretrained(src)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, **kw)
+    model = wrap(hf) if wrap is not None else hf
+    prefix = next((n + "." for n, m in model.named_modules() if m is hf and n), "")
+    shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing)
+    model.to_empty(device="cpu" if cpu_offload else device)
+    init_nonpersistent_buffers(hf, device)
+    full = {}
+    if dist.get_rank() == 0:
+        kw["attn_implementation"] = "eager"  # any: only the tensors are used
+        full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
+                .state_dict().items()}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                               cpu_offload=cpu_offload))
+    del full
+    return (model.train() if trainable else model.eval().requires_grad_(False)), hf
+
+
+def init_nonpersistent_buffers(hf_model, device):
+    """Buffers that are not in the state dict (rotary inv_freq) hold garbage after meta init + to_empty: rebuild each
+    such module from its config on `device` and copy its buffers (torchtitan calls init_weights for the same)."""
+    import torch
+    for name, module in hf_model.named_modules():
+        names = [b for b in getattr(module, "_non_persistent_buffers_set", ()) if getattr(module, b) is not None]
+        if not names:
+            continue
+        try:
+            with torch.device(device):
+                fresh = type(module)(getattr(module, "config", hf_model.config))
+        except TypeError as e:
+            raise ValueError(f"cannot rebuild the non-persistent buffers of {name} ({type(module).__name__}) after "
+                             f"meta-device init: {e}") from e
+        with torch.no_grad():
+            for b in names:
+                getattr(module, b).copy_(getattr(fresh, b))
 
 
 def decoder_blocks(model) -> list:
@@ -817,12 +880,38 @@ def attention_flash(query, key, value, cu_seqlens, max_seqlen: int, scaling: flo
 
 
 def attention_torch_varlen(query, key, value, cu_seqlens, max_seqlen: int, scaling: float):
-    """torch.nn.attention.varlen.varlen_attn (PyTorch's own flash kernel, CUDA). Shapes as attention_exact."""
+    """torch.nn.attention.varlen.varlen_attn (PyTorch's own flash kernel, CUDA). Shapes as attention_exact.
+    Its signature changed across torch versions; varlen_call adapts (see there)."""
     from torch.nn.attention.varlen import varlen_attn
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
-    out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scaling, window_size=(-1, 0),
-                      enable_gqa=q.shape[1] != k.shape[1])
-    return out.unsqueeze(0)
+    return varlen_call(varlen_attn, q, k, v, cu_seqlens, max_seqlen, scaling).unsqueeze(0)
+
+
+def varlen_call(fn, q, k, v, cu_seqlens, max_seqlen: int, scaling: float):
+    """Causal varlen attention through `fn` whatever its torch version: q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
+    torch >= 2.12: keyword-only scale / window_size / enable_gqa. Older: `is_causal`, no scale (the default
+    1/sqrt(D) is used; another scaling is folded into q) and no GQA (k/v heads are repeated, exact but more memory)."""
+    import inspect
+    params = inspect.signature(fn).parameters
+    kw = {}
+    if "window_size" in params:
+        kw["window_size"] = (-1, 0)
+    elif "is_causal" in params:
+        kw["is_causal"] = True
+    else:
+        raise RuntimeError(f"varlen_attn{inspect.signature(fn)}: neither window_size nor is_causal; use "
+                           f"--attention exact or flash")
+    if "scale" in params:
+        kw["scale"] = scaling
+    elif abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
+        q = q * (scaling * q.shape[-1] ** 0.5)
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kw)
 
 
 def pick_attention_backend(device) -> str:
@@ -846,9 +935,44 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     elif backend == "torch_varlen":
         out = attention_torch_varlen(query, key, value, kwargs["lexlab_cu_seqlens_t"], kwargs["lexlab_max_seqlen"],
                                      scaling)
+    elif backend == "meta":
+        out = _MetaFlashAttention.apply(query, key, value)
     else:
         out = attention_exact(query, key, value, cu, scaling)
     return out, None
+
+
+def _meta_flash_attention():
+    import torch
+
+    class MetaFlashAttention(torch.autograd.Function):
+        """Shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
+        kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
+
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
+            lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, _, _ = ctx.saved_tensors
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return MetaFlashAttention
+
+
+class _LazyMeta:
+    fn = None
+
+    @classmethod
+    def apply(cls, *args):
+        cls.fn = cls.fn or _meta_flash_attention()
+        return cls.fn.apply(*args)
+
+
+_MetaFlashAttention = _LazyMeta
 
 
 def register_packed_attention():
@@ -871,17 +995,21 @@ def shift_labels_packed(labels, position_ids):
     return nxt.masked_fill(starts, IGNORE_INDEX)
 
 
-def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096):
+def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096, rows=None):
     """Sum of next-token cross-entropy without the full [tokens x vocab] logits ever existing.
 
     hidden [N, H] (final hidden states), weight [V, H] (lm_head), targets [N] (-100 = skip) -> scalar (fp32 sum).
     Only supervised rows are projected; each chunk's logits are recomputed in backward (checkpoint), so peak extra
-    memory is one chunk_size x V block."""
+    memory is one chunk_size x V block. rows: the supervised row indices [n] (int64, on hidden's device), computed
+    on the host by the caller; without it they are found here with a boolean mask (a host-device sync on GPU)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
-    keep = targets != IGNORE_INDEX
-    h, t = hidden[keep], targets[keep]
+    if rows is None:
+        keep = targets != IGNORE_INDEX
+        h, t = hidden[keep], targets[keep]
+    else:
+        h, t = hidden.index_select(0, rows), targets.index_select(0, rows)
 
     def chunk_loss(hc, tc, w):
         return F.cross_entropy((hc @ w.t()).float(), tc, reduction="sum")
@@ -902,12 +1030,211 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int) -> float:
-    """Training FLOPs (forward + backward = 3x forward) of one step: 6 * params * tokens for the matmuls, plus
-    causal attention per sample: 2 matmuls (QK^T, AV) x 2 flops x L^2/2 x attn_dim x layers x 3 = 6 L^2 d layers.
+def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int,
+                lm_head_params: int = 0, n_lm_head_tokens: float = 0) -> float:
+    """Training FLOPs (forward + backward = 3x forward) of one step, torchtitan's convention:
+    6 * n_params * tokens for the matmuls of the decoder blocks (n_params WITHOUT the embedding and lm_head: an
+    embedding lookup is not a matmul), 6 * lm_head_params * n_lm_head_tokens for the output projection on the rows
+    where it is computed (sft.py: supervised tokens only), plus causal attention per sample:
+    2 matmuls (QK^T, AV) x 2 flops x L^2/2 x attn_dim x layers x 3 = 6 L^2 d layers.
     sum_len_sq = sum over the step's samples of L^2: attention is counted per sample (packing does not pay for
     cross-sample attention)."""
-    return 6.0 * n_params * n_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
+    return 6.0 * n_params * n_tokens + 6.0 * lm_head_params * n_lm_head_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
+
+
+def flop_params(model) -> tuple[int, int]:
+    """-> (decoder parameters without embedding and lm_head, lm_head parameters) of a Hugging Face causal LM (real,
+    meta or sharded: DTensor numel is the global size). Tied embeddings: the lm_head matmul still runs, so
+    lm_head counts once although the weight is the embedding's."""
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    body = sum(p.numel() for p in model.parameters() if p is not emb and p is not head)
+    return body, head.numel()
+
+
+def attention_dim(config) -> int:
+    """Query heads x head_dim (the attention FLOPs' width)."""
+    return config.num_attention_heads * (getattr(config, "head_dim", None) or
+                                         config.hidden_size // config.num_attention_heads)
+
+
+# Dense bf16 datasheet peak per GPU, TFLOP/s (no sparsity): the MFU denominator.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0}
+
+
+def datasheet_tflops(device) -> float | None:
+    """Dense bf16 peak of this GPU from PEAK_TFLOPS (None on CPU / an unknown GPU)."""
+    import torch
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> float:
+    """Measured dense matmul rate of this device, TFLOP/s (bf16 on GPU, fp32 on CPU): MFU's second denominator."""
+    import time
+
+    import torch
+    gpu = device.type == "cuda"
+    n, reps = n or (8192 if gpu else 1024), reps or (30 if gpu else 5)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
+
+
+class SavedTensorBytes:
+    """Context manager counting the bytes autograd saves for backward (activations) inside it, each storage once;
+    parameters (and views of them) are not counted. Works on the meta device (the memory plan).
+        with SavedTensorBytes() as c: loss = model(x)
+        c.bytes"""
+
+    def __init__(self):
+        import torch
+        self.bytes, self._seen, self._hooks = 0, {}, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        import torch
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter) and id(base) not in self._seen:
+            self._seen[id(base)] = base  # keep it alive so the id stays unique
+            self.bytes += base.untyped_storage().nbytes() if base.device.type != "meta" else \
+                base.numel() * base.element_size()
+        return t
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self._seen = {}
+
+
+# ---- memory plan: expected peak memory per GPU of a training run, from config.json alone (meta device) ----
+
+def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_size: int = 1,
+                activation_checkpointing: bool = True, loss_chunk: int = 4096, mixed_precision: bool = True,
+                grad_accum: int = 1, reduce_every_micro_batch: bool = True) -> dict:
+    """Bytes per rank of an FSDP2 run as shard_model + sft.py set it up (fp32 master weights sharded over
+    world_size, bf16 compute when mixed_precision, AdamW), the way torchtitan's memory estimator splits them:
+      params / grads / optimizer: this rank's padded shards (FSDP2 cuts dim 0 in world_size chunks of
+        ceil(d0 / world)); optimizer = exp_avg + exp_avg_sq + one fp32 step scalar per tensor. Equal to what a run
+        allocates (tests/test_sft.py checks it on CPU). With reduce_every_micro_batch=False and grad_accum > 1, the
+        unsharded fp32 gradients FSDP2 accumulates between reductions are added to grads.
+      unsharded_params: gathered compute-dtype copies (the root's embeddings / lm_head / norm for the whole step,
+        plus two decoder blocks: the running one and the prefetched one).
+      activations / activations_no_ac / activations_ac: bytes autograd saves for backward, MEASURED by running the
+        real Hugging Face forward on the meta device (SavedTensorBytes; a flash-style attention that saves q, k, v,
+        out, logsumexp) with 1 and 2 layers -> per layer + the rest. With checkpointing each layer keeps its input
+        and one layer is recomputed at a time.
+      backward_transient: one block's unsharded gradients (compute dtype + fp32 for the reduce-scatter) and the
+        lm_head's unsharded gradient, held until the root's reduce-scatter at the end of backward.
+      loss_chunk: one chunk x vocab of logits (compute dtype, fp32 upcast, fp32 and compute-dtype gradients) plus
+        the supervised hidden rows (all tokens, an upper bound).
+    Returns a dict of bytes plus 'total' (peak estimate = the sum; the allocator's fragmentation is not included)."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    cb = 2 if mixed_precision else 4  # compute dtype bytes
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    params = list({id(p): p for p in model.parameters()}.values())
+    shard = lambda p: math.ceil(p.shape[0] / world_size) * (p.numel() // p.shape[0])  # noqa: E731
+    n_shard = sum(shard(p) for p in params)
+    blocks = decoder_blocks(model)
+    block_numel = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    root_numel = sum(p.numel() for p in params if id(p) not in in_blocks)
+    head = model.get_output_embeddings().weight.numel()
+    n_all = sum(p.numel() for p in params)
+    T, H, L = micro_batch_size * seq_len, config.hidden_size, config.num_hidden_layers
+
+    per = [_meta_forward_saved_bytes(config, n, T, torch.bfloat16 if mixed_precision else torch.float32)
+           for n in (1, 2)]
+    per_layer, rest = per[1] - per[0], 2 * per[0] - per[1]
+    act_no_ac = rest + L * per_layer
+    act_ac = rest + L * T * H * cb + per_layer
+    plan = {"params": 4 * n_shard, "grads": 4 * n_shard, "optimizer": 8 * n_shard + 4 * len(params),
+            "unsharded_params": cb * (root_numel + 2 * block_numel) if world_size > 1 or mixed_precision else 0,
+            "activations": act_ac if activation_checkpointing else act_no_ac,
+            "backward_transient": (cb + 4 if mixed_precision else 4) * block_numel + cb * head,
+            "loss_chunk": min(loss_chunk, T) * config.vocab_size * (2 * cb + 8) + T * H * cb,
+            "activations_no_ac": act_no_ac, "activations_ac": act_ac}
+    if not reduce_every_micro_batch and grad_accum > 1:
+        plan["grads"] += 4 * n_all
+    plan["total"] = sum(plan[k] for k in MEMORY_PLAN_PARTS)
+    plan["n_params"] = n_all
+    return plan
+
+
+MEMORY_PLAN_PARTS = ("params", "grads", "optimizer", "unsharded_params", "activations", "backward_transient",
+                     "loss_chunk")
+
+
+def _meta_forward_saved_bytes(config, n_layers: int, n_tokens: int, dtype) -> int:
+    """Bytes saved for backward by the decoder (embeddings .. final norm) of a copy of `config` with n_layers
+    layers, on the meta device, one packed sequence of n_tokens."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    register_packed_attention()
+    cfg = copy.deepcopy(config)
+    cfg.num_hidden_layers = n_layers
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:n_layers]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=PACKED_ATTENTION).train()
+        ids = torch.zeros((1, n_tokens), dtype=torch.long)
+        pos = torch.arange(n_tokens)[None]
+        cu = torch.tensor([0, n_tokens], dtype=torch.int32)
+    with SavedTensorBytes() as c:
+        model.model(input_ids=ids, position_ids=pos, use_cache=False, lexlab_cu_seqlens=[0, n_tokens],
+                    lexlab_cu_seqlens_t=cu, lexlab_max_seqlen=n_tokens, lexlab_backend="meta")
+    return c.bytes
+
+
+def state_bytes(model, optimizer) -> dict:
+    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
+    the local shard). The measured side of memory_plan's params / grads / optimizer."""
+    import torch
+
+    def local(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    params = list({id(p): p for p in model.parameters()}.values())
+    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
+            "optimizer": opt}
+
+
+def format_memory_plan(plan: dict, gpu_gb: float, header: str = "") -> str:
+    """The plan as a table (GiB), ending with the line `total per GPU: X GiB (fits in Y GiB)` or
+    `(does not fit in Y GiB)`. gpu_gb: the GPU's memory in GiB as its datasheet says (80 for an H100)."""
+    gib = 2 ** 30
+    notes = {"params": "fp32 master weights, this rank's shard", "grads": "fp32, sharded",
+             "optimizer": "AdamW exp_avg + exp_avg_sq (+ step)", "unsharded_params": "gathered bf16: root + 2 blocks",
+             "activations": "saved for backward (measured on meta)",
+             "backward_transient": "one block's grads + lm_head grad", "loss_chunk": "chunked cross-entropy"}
+    lines = [header] if header else []
+    lines += [f"{'part':20s} {'GiB':>9s}  what", "-" * 72]
+    lines += [f"{k:20s} {plan[k] / gib:9.2f}  {notes[k]}" for k in MEMORY_PLAN_PARTS]
+    lines += [f"{'  (activations, AC off)':20s} {plan['activations_no_ac'] / gib:9.2f}",
+              f"{'  (activations, AC on)':20s} {plan['activations_ac'] / gib:9.2f}", "-" * 72]
+    fits = plan["total"] / gib <= gpu_gb
+    lines.append(f"total per GPU: {plan['total'] / gib:.1f} GiB ({'fits' if fits else 'does not fit'} in "
+                 f"{gpu_gb:g} GiB)")
+    return "\n".join(lines)
 
 
 # ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----
