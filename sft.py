@@ -350,7 +350,7 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
         mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
         row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
                "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
-               "time_s": dt, "n_tokens": r["n_tokens"], "sum_len_sq": r["sum_len_sq"]}
+               "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"], "sum_len_sq": r["sum_len_sq"]}
         if step == start:  # the memory plan beside what this rank holds (and its peak) after the first step
             write_memory_report(out / f"memory_rank{rank}.json", cfg, world, data.seq_len, hf.config,
                                 utils.state_bytes(model, optimizer), row["peak_mem_gb"], device)

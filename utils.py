@@ -1339,7 +1339,7 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
         tmp = out.with_name(out.name + ".tmp")
         if dtype is not None:
             sd = {k: v.to(dtype) for k, v in sd.items()}
-            hf_model.config.torch_dtype = dtype
+            hf_model.config.dtype = dtype  # what config.json records (transformers 5: `dtype`, not `torch_dtype`)
         hf_model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
         if out.exists():

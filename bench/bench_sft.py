@@ -1,7 +1,9 @@
 """
 bench_sft.py - SFT throughput of sft.py vs TRL's SFTTrainer (packing, padding-free), same model / data / hardware,
-one run, side by side: tokens/s (real tokens), MFU (same FLOP formula for both: 6 * params * tokens + per-sample
-causal attention), peak memory (GPU: max allocated; CPU: peak RSS of the training process).
+one run, side by side: tokens/s (real tokens), MFU (same FLOP formula for both, utils.train_flops: 6 * decoder
+params (no embeddings) * tokens + 6 * lm_head params * the tokens it is computed on (sft.py: supervised ones; TRL:
+all) + per-sample causal attention) against BOTH the datasheet dense bf16 peak (GPU) and the measured matmul rate,
+labelled; peak memory (GPU: max allocated; CPU: peak RSS of the training process).
 
     python bench/bench_sft.py                       # CPU: tiny model, seq_len 512
     python bench/bench_sft.py --shape qwen2.5-1.5b --seq_len 32768 --n_samples 4000 --steps 12   # one GPU
@@ -58,24 +60,6 @@ def peak_mem_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def matmul_peak_tflops(device) -> float:
-    """Measured dense matmul peak of this device (fp32 on CPU, bf16 on GPU): the MFU denominator on a CPU."""
-    n = 4096 if device.type == "cuda" else 1024
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    reps = 50 if device.type == "cuda" else 10
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
-
-
 # ---- TRL side (runs in a subprocess: `bench_sft.py --_trl ARGS.json`) ----
 
 def run_trl(spec: dict):
@@ -129,6 +113,7 @@ def run_trl(spec: dict):
     trainer.train()
     g = spec["grad_accum"]
     steps = [{"n_tokens": sum(b[0] for b in batches[i * g:(i + 1) * g]),
+              "n_lm_head": sum(b[0] for b in batches[i * g:(i + 1) * g]),  # TRL projects every position
               "sum_len_sq": sum(b[1] for b in batches[i * g:(i + 1) * g]), "time_s": t} for i, t in enumerate(times)]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     Path(spec["result"]).write_text(json.dumps({"steps": steps, "losses": losses, "peak_mem_gb": peak_mem_gb()}))
@@ -136,15 +121,18 @@ def run_trl(spec: dict):
 
 # ---- driver ----
 
-def summarise(name, steps, n_params, n_layers, attn_dim, peak_tflops, peak_mem) -> dict:
+def summarise(name, steps, n_params, n_head, n_layers, attn_dim, peak_tflops, datasheet, peak_mem) -> dict:
     """Steady state: drop the first step (warm-up, allocator, lazy init). tokens_per_s / mfu: the MEDIAN over steps
-    (robust to other jobs on a shared machine); *_mean: total tokens (FLOPs) over total time."""
+    (robust to other jobs on a shared machine); *_mean: total tokens (FLOPs) over total time. mfu: vs the measured
+    matmul rate; mfu_datasheet: vs the GPU's datasheet dense bf16 peak (None on CPU)."""
     import statistics
     s = steps[1:] or steps
-    flops = [utils.train_flops(n_params, x["n_tokens"], x["sum_len_sq"], n_layers, attn_dim) for x in s]
+    flops = [utils.train_flops(n_params, x["n_tokens"], x["sum_len_sq"], n_layers, attn_dim, n_head, x["n_lm_head"])
+             for x in s]
     secs = sum(x["time_s"] for x in s)
+    rate = statistics.median(f / x["time_s"] for f, x in zip(flops, s))
     return {"trainer": name, "tokens_per_s": statistics.median(x["n_tokens"] / x["time_s"] for x in s),
-            "mfu": statistics.median(f / x["time_s"] for f, x in zip(flops, s)) / (peak_tflops * 1e12),
+            "mfu": rate / (peak_tflops * 1e12), "mfu_datasheet": rate / (datasheet * 1e12) if datasheet else None,
             "tokens_per_s_mean": sum(x["n_tokens"] for x in s) / secs,
             "mfu_mean": sum(flops) / secs / (peak_tflops * 1e12), "peak_mem_gb": peak_mem, "steps_timed": len(s)}
 
@@ -176,11 +164,11 @@ def main():
     cfg = AutoConfig.from_pretrained(model_dir)
     from transformers import AutoModelForCausalLM
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
-    attn_dim = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    peak = matmul_peak_tflops(device)
+        n_params, n_head = utils.flop_params(AutoModelForCausalLM.from_config(cfg))  # decoder only, lm_head
+    attn_dim = utils.attention_dim(cfg)
+    peak, datasheet = utils.matmul_tflops(device), utils.datasheet_tflops(device)
     meta = json.loads((stage / "meta.json").read_text())
-    print(f"device {device}, torch threads {torch.get_num_threads()}, params {n_params / 1e6:.1f}M, "
+    print(f"device {device}, torch threads {torch.get_num_threads()}, decoder params {n_params / 1e6:.1f}M, "
           f"{len(samples)} samples -> {meta['n_packs']} packs of {a.seq_len} (efficiency "
           f"{meta['packing_efficiency']:.3f}), measured matmul peak {peak:.3f} TFLOP/s", flush=True)
 
@@ -192,8 +180,9 @@ def main():
                     "--activation_checkpointing", str(a.activation_checkpointing).lower(),
                     "--peak_tflops", str(peak)], check=True, env=env)
     rows = [json.loads(l) for l in (ours_dir / "metrics.jsonl").read_text().splitlines()]
-    ours = summarise("sft.py (FSDP2, packed)", rows, n_params, cfg.num_hidden_layers, attn_dim, peak,
-                     max(r["peak_mem_gb"] for r in rows))
+    rows = [{**r, "n_lm_head": r["n_supervised"]} for r in rows]  # sft.py projects supervised rows only
+    ours = summarise("sft.py (FSDP2, packed)", rows, n_params, n_head, cfg.num_hidden_layers, attn_dim, peak,
+                     datasheet, max(r["peak_mem_gb"] for r in rows))
 
     spec = {"model": str(model_dir), "samples": str(out / "samples.json"), "seq_len": a.seq_len, "steps": a.steps,
             "grad_accum": a.grad_accum, "out": str(out / "trl_run"), "result": str(out / "trl_result.json"),
@@ -201,23 +190,28 @@ def main():
     (out / "trl_spec.json").write_text(json.dumps(spec))
     subprocess.run([sys.executable, __file__, "--_trl", str(out / "trl_spec.json")], check=True, env=env)
     trl_res = json.loads((out / "trl_result.json").read_text())
-    theirs = summarise("TRL SFTTrainer (packing bfd, padding-free)", trl_res["steps"], n_params,
-                       cfg.num_hidden_layers, attn_dim, peak, trl_res["peak_mem_gb"])
+    theirs = summarise("TRL SFTTrainer (packing bfd, padding-free)", trl_res["steps"], n_params, n_head,
+                       cfg.num_hidden_layers, attn_dim, peak, datasheet, trl_res["peak_mem_gb"])
 
     import transformers
     import trl
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
               "torch": torch.__version__, "transformers": transformers.__version__, "trl_version": trl.__version__,
               "shape": a.shape, "n_params": n_params, "seq_len": a.seq_len, "steps": a.steps,
-              "grad_accum": a.grad_accum, "matmul_peak_tflops": peak, "ours": ours, "trl": theirs,
+              "grad_accum": a.grad_accum, "matmul_peak_tflops": peak, "datasheet_tflops": datasheet,
+              "ours": ours, "trl": theirs,
               "ratio_tokens_per_s": ours["tokens_per_s"] / theirs["tokens_per_s"],
               "ratio_peak_mem": ours["peak_mem_gb"] / theirs["peak_mem_gb"],
               "ours_losses": [r["loss"] for r in rows], "trl_losses": trl_res["losses"]}
     (out / "bench_sft.json").write_text(json.dumps(result, indent=2))
-    print(f"\n{'trainer':45s} {'tokens/s (median)':>18s} {'(mean)':>8s} {'MFU':>8s} {'peak mem GB':>12s}")
+    print(f"\n{'trainer':45s} {'tokens/s (median)':>18s} {'(mean)':>8s} {'MFU vs matmul':>14s} "
+          f"{'MFU vs datasheet':>17s} {'peak mem GB':>12s}")
     for r in (ours, theirs):
-        print(f"{r['trainer']:45s} {r['tokens_per_s']:18.1f} {r['tokens_per_s_mean']:8.1f} {r['mfu']:8.2%} "
-              f"{r['peak_mem_gb']:12.2f}")
+        ds = f"{r['mfu_datasheet']:.2%}" if r["mfu_datasheet"] is not None else "n/a (no GPU)"
+        print(f"{r['trainer']:45s} {r['tokens_per_s']:18.1f} {r['tokens_per_s_mean']:8.1f} {r['mfu']:14.2%} "
+              f"{ds:>17s} {r['peak_mem_gb']:12.2f}")
+    print(f"MFU vs matmul: against this device's measured dense matmul rate ({peak:.3f} TFLOP/s); MFU vs datasheet: "
+          f"against {datasheet or 'n/a'} TFLOP/s dense bf16 (utils.PEAK_TFLOPS)")
     print(f"ratio sft.py / TRL: tokens/s x{result['ratio_tokens_per_s']:.2f}, peak memory "
           f"x{result['ratio_peak_mem']:.2f}   ({result['device']}, torch {torch.__version__}, trl {trl.__version__})")
 

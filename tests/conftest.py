@@ -26,3 +26,55 @@ def lawbench_dir() -> Path:
     if not (SHARED / "lawbench" / "data").is_dir():
         pytest.skip("../shared/lawbench is not present")
     return SHARED / "lawbench"
+
+
+# ---------------------------------------------------------------- CPU semantics on any machine (also a CUDA one)
+# The CPU tests check exact equalities (1e-5, bitwise) that only hold in fp32 over gloo. On a CUDA machine the code
+# would pick NCCL + bf16, so: subprocesses get cpu_env() (no GPU visible), in-process tests pick the CPU explicitly
+# (world_of_one), and GPU checks live in their own tests marked @requires_cuda, with bf16 tolerances.
+requires_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cpu_env(extra: dict | None = None) -> dict:
+    """os.environ for a subprocess that must run the CPU (gloo, fp32) path even on a GPU machine: no GPU visible,
+    no torchrun variables inherited, one thread per process (the tests run several ranks on few cores)."""
+    import os
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(extra or {})}
+    return {k: v for k, v in env.items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
+
+
+@pytest.fixture
+def world_of_one():
+    """An in-process gloo world of one on the CPU (utils.dist_init with CUDA hidden); torn down after the test,
+    environment restored. Yields the device (cpu)."""
+    yield from _world_of_one(cuda=False)
+
+
+@pytest.fixture
+def world_of_one_cuda():
+    """An in-process NCCL world of one on GPU 0 (use with @requires_cuda). Yields the device."""
+    yield from _world_of_one(cuda=True)
+
+
+def _world_of_one(cuda: bool):
+    import os
+    from unittest import mock
+
+    import torch
+    import torch.distributed as dist
+
+    import utils
+    saved = dict(os.environ)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR"):
+        os.environ.pop(k, None)
+    with mock.patch.object(torch.cuda, "is_available", return_value=cuda):
+        device = utils.dist_init(0)[3]
+    try:
+        yield device
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import utils
+from conftest import cpu_env, requires_cuda
 from utils import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,9 +74,7 @@ def run_sft(tiny_model, stage, out, *extra, nproc: int = 1, env=None, check=True
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), str(REPO / "sft.py"), *base]
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    e = {k: v for k, v in e.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=600)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=cpu_env(env), timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"sft.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     return p
@@ -129,6 +128,106 @@ def test_train_flops_counts_attention_per_sample():
     two = utils.train_flops(1000, 200, 100 ** 2 * 2, 2, 64)
     one = utils.train_flops(1000, 200, 200 ** 2, 2, 64)
     assert two < one and two == 6 * 1000 * 200 + 6 * 20000 * 64 * 2
+    # lm_head only on the rows where it runs (sft.py: supervised tokens)
+    assert utils.train_flops(1000, 200, 0, 2, 64, lm_head_params=50, n_lm_head_tokens=30) == 6 * 1000 * 200 + 6 * 50 * 30
+
+
+def test_flop_params_exclude_embeddings_known_configs(tiny_model, shared_dir):
+    """6*N counts the decoder blocks only (torchtitan's convention). Tiny model by hand; Qwen2.5-7B against its model
+    card's published non-embedding count (6.53B of 7.61B). Before: N = all 7.61B parameters."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    c = AutoConfig.from_pretrained(tiny_model)
+    with torch.device("meta"):
+        body, head = utils.flop_params(AutoModelForCausalLM.from_config(c))
+    H, I, L, kv = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_key_value_heads * 32
+    per_layer = H * H + H + 2 * (H * kv + kv) + H * H + 3 * H * I + 2 * H
+    assert (body, head) == (L * per_layer + H, c.vocab_size * H)
+    c7 = AutoConfig.from_pretrained(shared_dir / "model_shapes" / "qwen2.5-7b")
+    with torch.device("meta"):
+        m7 = AutoModelForCausalLM.from_config(c7)
+    body7, head7 = utils.flop_params(m7)
+    assert round(body7 / 1e9, 2) == 6.53 and round(sum(p.numel() for p in m7.parameters()) / 1e9, 2) == 7.62
+    assert head7 == 152064 * 3584 and utils.attention_dim(c7) == 3584
+    # MFU of a known step: 8 x 32k tokens of 7B (samples of 4k) in 10 s on 8 H100s
+    flops = utils.train_flops(body7, 8 * 32768, 64 * 4096 ** 2, 28, 3584, head7, 8 * 32768)
+    assert 0.20 < flops / 10 / (8 * utils.PEAK_TFLOPS["H100"] * 1e12) < 0.23
+
+
+@pytest.mark.parametrize("signature", ["torch_2_12", "torch_2_10"])
+def test_varlen_call_adapts_to_the_installed_signature(signature):
+    """PyTorch's varlen_attn gained scale / window_size / enable_gqa (keyword-only) in 2.12; older versions take
+    is_causal and no scale or GQA. A CPU stand-in with each signature (exact per-segment attention that REFUSES
+    unequal head counts unless enable_gqa) must give attention_exact's result, forward and backward, for a GQA
+    shape and a non-default scale. Before: enable_gqa= and scale= were always passed (TypeError on torch < 2.12)."""
+    import torch.nn.functional as F
+
+    def segments(q, k, v, cu, causal, scale, gqa):
+        assert q.shape[1] == k.shape[1] or gqa, "GQA shapes without enable_gqa"
+        outs = [F.scaled_dot_product_attention(*(x[a:b].transpose(0, 1) for x in (q, k, v)), is_causal=causal,
+                                               scale=scale, enable_gqa=gqa).transpose(0, 1)
+                for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:])]
+        return torch.cat(outs)
+
+    if signature == "torch_2_12":
+        def fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                 window_size=(-1, -1), enable_gqa=False):
+            return segments(query, key, value, cu_seq_q, window_size == (-1, 0), scale, enable_gqa)
+    else:
+        def fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+            return segments(query, key, value, cu_seq_q, is_causal, None, False)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 40, 16, generator=g, requires_grad=True)
+    k = torch.randn(1, 2, 40, 16, generator=g, requires_grad=True)
+    v = torch.randn(1, 2, 40, 16, generator=g, requires_grad=True)
+    cu = [0, 7, 30, 40]
+    scaling = 0.1  # not 1/sqrt(16): the old signature has no scale argument
+    got = utils.varlen_call(fake, *(x[0].transpose(0, 1) for x in (q, k, v)), torch.tensor(cu), 23, scaling)
+    ref = utils.attention_exact(q, k, v, cu, scaling)[0]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    dy = torch.randn(ref.shape, generator=g)
+    g_got = torch.autograd.grad(got, (q, k, v), dy)
+    g_ref = torch.autograd.grad(ref, (q, k, v), dy)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dist_init_sets_a_long_timeout(monkeypatch):
+    """Checkpoint saves and rank-0 exports of a 7B model on a shared filesystem outlast NCCL's 10-minute default;
+    dist_init passes DIST_TIMEOUT_MIN (or $LEXLAB_DIST_TIMEOUT_MIN). Before: no timeout was passed."""
+    import torch.distributed as dist
+    seen = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    utils.dist_init(0)
+    assert seen["backend"] == "gloo" and seen["timeout"].total_seconds() == 60 * utils.DIST_TIMEOUT_MIN >= 3600
+    monkeypatch.setenv("LEXLAB_DIST_TIMEOUT_MIN", "240")
+    utils.dist_init(0)
+    assert seen["timeout"].total_seconds() == 240 * 60
+
+
+def test_micro_batch_forward_backward_has_no_host_sync(tiny_model):
+    """The whole micro-batch (packed forward, chunked loss, backward) runs on the META device: any .item(),
+    boolean-mask indexing or other data-dependent step (a host-device sync on a GPU, per micro-batch) would raise
+    there. Negative control: without the host-computed supervised rows, the loss's boolean mask cannot run on meta
+    (that was sft.py before: one sync per micro-batch)."""
+    import sft
+    from transformers import AutoConfig, AutoModelForCausalLM
+    utils.register_packed_attention()
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model),
+                                              attn_implementation=utils.PACKED_ATTENTION).train()
+    model = sft.PackedCausalLM(hf, "meta", loss_chunk=64)
+    T = 300
+    ids, pos = torch.zeros(1, T, dtype=torch.long, device="meta"), torch.zeros(1, T, dtype=torch.long, device="meta")
+    targets, rows = torch.zeros(1, T, dtype=torch.long, device="meta"), torch.zeros(200, dtype=torch.long,
+                                                                                      device="meta")
+    loss = model(ids, pos, targets, [0, 100, 300], rows)
+    loss.backward()
+    assert loss.device.type == "meta" and hf.lm_head.weight.grad is not None
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        model(ids, pos, targets, [0, 100, 300])
 
 
 # ---------------------------------------------------------------- leak-free packing (in process, world of one)
@@ -171,20 +270,115 @@ def test_packed_loss_and_grads_equal_sum_over_samples(tiny_model, tok):
     assert abs(leaky.item() - ref.item()) > 1e-2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash / torch varlen attention need CUDA")
+@requires_cuda
 @pytest.mark.parametrize("backend", ["torch_varlen", "flash"])
 def test_cuda_attention_paths_match_exact(backend):
+    """Forward and backward (dq, dk, dv) of the CUDA kernels vs exact per-sample attention, in bf16, with a 7B GQA
+    shape (28 query / 4 KV heads, head_dim 128) and uneven sample boundaries. Tolerances: bf16 (~3 significant
+    digits), relative to the reference's scale."""
     if backend == "flash":
         pytest.importorskip("flash_attn")
     g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(1, 4, 40, 32, device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(1, 2, 40, 32, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(1, 2, 40, 32, device="cuda", dtype=torch.bfloat16, generator=g)
-    cu = [0, 7, 30, 40]
+    T, D = 1000, 128
+    q = torch.randn(1, 28, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(1, 4, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(1, 4, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    cu = [0, 7, 300, 301, 777, T]
     cu_t = torch.tensor(cu, dtype=torch.int32, device="cuda")
-    ref = utils.attention_exact(q, k, v, cu, 32 ** -0.5)
+    ref = utils.attention_exact(q, k, v, cu, D ** -0.5)
     fn = utils.attention_flash if backend == "flash" else utils.attention_torch_varlen
-    torch.testing.assert_close(fn(q, k, v, cu_t, 23, 32 ** -0.5), ref, rtol=2e-2, atol=2e-2)
+    got = fn(q, k, v, cu_t, 476, D ** -0.5)
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
+    dy = torch.randn(ref.shape, device="cuda", dtype=torch.bfloat16, generator=g)
+    for a, b, name in zip(torch.autograd.grad(got, (q, k, v), dy), torch.autograd.grad(ref, (q, k, v), dy), "qkv"):
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max() + 2e-2, f"d{name}"
+
+
+@requires_cuda
+def test_cuda_micro_batch_has_no_host_sync(tiny_model, world_of_one_cuda):
+    """On a GPU, one micro-batch forward + backward under torch.cuda.set_sync_debug_mode('error'): no sync."""
+    import sft
+    cfg = sft.SFTConfig(model=str(tiny_model))
+    model, hf, backend = sft.load_model(cfg, world_of_one_cuda)
+    T = 512
+    b = {"input_ids": torch.randint(0, 100, (1, T)), "position_ids": torch.arange(T)[None] % 256,
+         "targets": torch.randint(0, 100, (1, T)), "rows": torch.arange(T)}
+    dev = [sft.to_device(b[k], world_of_one_cuda) for k in ("input_ids", "position_ids", "targets", "rows")]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(*dev[:3], [0, 256, T], dev[3]).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+# ---------------------------------------------------------------- the trainer at scale (in process, world of one)
+def test_activation_checkpointing_cuts_saved_activations(tiny_model, stage, world_of_one):
+    """sft.load_model's model is in train mode, so Hugging Face really recomputes each block: the bytes autograd
+    saves for backward in one micro-batch drop by a large factor with --activation_checkpointing true.
+    Before: from_pretrained left the model in eval mode, the layers skipped checkpointing, the bytes were equal."""
+    import sft
+    data = sft.PackedStage(stage)
+    b = data.batch([0, 1])
+    saved = {}
+    for ac in (False, True):
+        model, hf, _ = sft.load_model(sft.SFTConfig(model=str(tiny_model), activation_checkpointing=ac), world_of_one)
+        assert hf.training and model.training
+        with utils.SavedTensorBytes() as c:
+            loss = model(b["input_ids"], b["position_ids"], b["targets"], b["cu_seqlens"], b["rows"])
+        loss.backward()
+        saved[ac] = c.bytes
+    assert saved[True] < 0.25 * saved[False], saved
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_step_collectives_run_on_the_compute_device(tiny_model, stage, device, request, monkeypatch):
+    """Every collective of a training step gets tensors on the compute device (NCCL has no CPU tensors)."""
+    import sft
+    import torch.distributed as dist
+    dev = request.getfixturevalue("world_of_one" if device == "cpu" else "world_of_one_cuda")
+    cfg = sft.SFTConfig(model=str(tiny_model), grad_accum=2)
+    model, _, _ = sft.load_model(cfg, dev)
+    seen, real = [], dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: seen.append(t.device.type) or real(t, *a, **k))
+    sft.train_step(model, sft.build_optimizer(model, cfg, dev), sft.PackedStage(stage), [0, 1], cfg, 0, 1, dev, 0)
+    assert seen and set(seen) == {dev.type}
+
+
+def run_probe(*args, nproc: int = 2) -> list:
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                        str(REPO / "tests" / "sft_probe.py"), *map(str, args)],
+                       capture_output=True, text=True, env=cpu_env(), timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return sorted((json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")), key=lambda r: r["rank"])
+
+
+def test_nonzero_rank_never_holds_the_full_model(tmp_path_factory):
+    """2 ranks load a ~100M-parameter model (400 MB in fp32): rank 1's peak RSS grows by well under the model's
+    fp32 size (it only ever holds its shard and one broadcast tensor at a time); rank 0 reads the file once.
+    Before: every rank ran from_pretrained (the full model) and then sharded it (growth > 1x the fp32 size)."""
+    model_dir = utils.build_tiny_model(tmp_path_factory.mktemp("m100") / "model", hidden_size=1024,
+                                       intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                                       num_key_value_heads=4)
+    rows = run_probe("load", model_dir)
+    fp32 = rows[0]["fp32_bytes"]
+    assert 3.5e8 < fp32 < 5e8
+    assert rows[1]["rss_growth"] < 0.75 * fp32, rows
+
+
+def test_grad_accumulation_keeps_gradients_sharded(tiny_model, stage):
+    """2 ranks, grad_accum 3: between micro-batches each rank holds only its gradient shard (about half the fp32
+    gradients) by default; with --reduce_every_micro_batch false FSDP2 keeps the full unsharded gradients (the
+    7B case: 30 GB per GPU). Same loss either way. Before: the full-size accumulation was the only behaviour."""
+    sharded = run_probe("grads", tiny_model, stage, "true")
+    full = run_probe("grads", tiny_model, stage, "false")
+    fp32 = sharded[0]["fp32_bytes"]
+    for r in sharded:
+        assert len(r["held"]) == 3 and max(r["held"]) <= 0.6 * fp32, r
+    for r in full:
+        assert max(r["held"]) >= fp32, r
+    assert abs(sharded[0]["loss"] - full[0]["loss"]) < 1e-6
 
 
 # ---------------------------------------------------------------- end to end (subprocesses)
@@ -209,6 +403,14 @@ def test_run_writes_metrics_config_checkpoints_and_loss_falls(baseline):
     assert json.loads((baseline / "config.json").read_text())["grad_accum"] == 4
     kept = sorted(p.name for p in (baseline / "checkpoints").iterdir())
     assert kept == ["step_00000002", "step_00000004"]  # keep_last 2; no save at the final step
+    assert_plan_equals_measured(baseline / "memory_rank0.json")
+
+
+def assert_plan_equals_measured(path):
+    """The memory plan's parameter / gradient / optimizer bytes equal what the rank holds after its first step."""
+    mem = json.loads(Path(path).read_text())
+    for part in ("params", "grads", "optimizer"):
+        assert mem["plan"][part] == mem["measured"][part], (part, mem)
 
 
 def test_export_loads_and_generates(baseline, tok):
@@ -225,9 +427,13 @@ def test_export_loads_and_generates(baseline, tok):
 def test_stage2_init_from_stage1_export(baseline, tiny_model, stage, tmp_path):
     """Stage 2 starts from stage 1's export: its first loss is the trained model's, well below stage 1's first."""
     out = tmp_path / "stage2"
-    run_sft(tiny_model, stage, out, "--init_from", baseline / "final", "--max_steps", 2, "--grad_accum", 4)
+    run_sft(tiny_model, stage, out, "--init_from", baseline / "final", "--max_steps", 2, "--grad_accum", 4,
+            "--export_dtype", "bfloat16")
     first1, last1, first2 = metrics(baseline)[0]["loss"], metrics(baseline)[-1]["loss"], metrics(out)[0]["loss"]
     assert first2 < first1 - 0.5 and abs(first2 - last1) < 0.5, (first1, last1, first2)
+    # a bf16 export says so in config.json (before: the weights were bf16 but config.json said float32)
+    assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert all(v.dtype == torch.bfloat16 for v in final_weights(out).values())
 
 
 def test_micro_batches_do_not_change_the_update(baseline, tiny_model, stage, tmp_path):
@@ -262,6 +468,8 @@ def test_two_ranks_match_one_process(baseline, tiny_model, stage, tmp_path):
     wa, wb = final_weights(baseline), final_weights(out)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+    for rank in (0, 1):  # each rank holds half (dim 0 padded to a multiple of 2): the plan says so exactly
+        assert_plan_equals_measured(out / f"memory_rank{rank}.json")
 
 
 def test_two_nodes_over_loopback_hybrid_shard(baseline, tiny_model, stage, tmp_path):

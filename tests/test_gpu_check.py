@@ -1,0 +1,40 @@
+"""bench/gpu_check.py --tiny: the prepared GPU check runs end to end on the CPU with tiny shapes (so it never rots
+between the rare sessions that have a GPU), writes one JSON report with every stage ok, exits 0; and a failing
+stage makes it exit non-zero."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import cpu_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_tiny_passes_on_cpu(tmp_path):
+    out = tmp_path / "gc"
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny", "--out", str(out)],
+                       capture_output=True, text=True, env=cpu_env(), timeout=1200)
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert p.returncode == 0 and report["ok"], p.stdout[-3000:] + p.stderr[-3000:]
+    st = report["stages"]
+    assert set(st) == {"probe", "build", "attention", "loss", "sft_memory", "sft_speed", "resume_export", "rl"}
+    assert report["versions"]["torch"] and st["probe"]["device"] == "cpu"
+    assert st["attention"]["kernels"]["dense_masked"]["rel_err_out_dq_dk_dv"][0] < 1e-4
+    assert st["sft_memory"]["ac_true"]["plan_parts_equal_measured"]
+    assert st["resume_export"]["metrics_steps"] == [1, 2, 3, 4] and st["resume_export"]["export_dtype"] == \
+        "torch.bfloat16"
+    assert st["rl"]["steps"] == 2 and st["rl"]["t_rollout"] > 0
+
+
+def test_gpu_check_fails_loudly(tmp_path):
+    """An unknown stage is refused before anything runs; a stage that crashes gives exit 1 and its error in the
+    report, and the other stages still run."""
+    gc = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny", "--out", str(tmp_path)]
+    p = subprocess.run(gc + ["--stages", "nope"], capture_output=True, text=True, env=cpu_env(), timeout=120)
+    assert p.returncode != 0 and "unknown stage" in p.stderr
+    p = subprocess.run(gc + ["--stages", "probe,attention"], capture_output=True, text=True, timeout=600,
+                       env=cpu_env({"LEXLAB_TEST_FAIL_STAGE": "probe"}))
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert p.returncode == 1 and not report["ok"] and "SOME CHECKS FAILED" in p.stdout
+    assert "made to fail" in report["stages"]["probe"]["error"] and report["stages"]["attention"]["ok"]
