@@ -3,7 +3,7 @@ LexLab evaluation: one script, one subcommand per kind of evaluation.
 
     python evaluate.py generate --model DIR --lawbench_dir ../shared/lawbench --out preds [--shots zero|one|both]
                                 [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw]
-                                [--rag ARTICLES.jsonl]
+                                [--rag ARTICLES.jsonl] [--code]     # --code: 3-7 also by a sandboxed program
     python evaluate.py score    preds/zero_shot --out scores.csv      # LawBench scores identical to the official scorer
     python evaluate.py judgment --model DIR --data ../shared/data/cail2018/test.jsonl --out runs/jp [--max_items N]
                                 [--rag ../shared/data/laws/articles.jsonl --rag_k 3]
@@ -14,6 +14,7 @@ Sections (banner comments below):
                               prediction files in LawBench's layout, the paper-style table, the `score` subcommand
   2. Statute retrieval      - BM25 over jieba tokens of an articles.jsonl, the top-k prepended to a prompt
   3. Generation             - LawBench prompts -> predictions in LawBench's own layout, resumable
+  3b. Tool use              - 3-7 code mode: the model writes Python, run_python runs it in a sandbox
   4. Judgment prediction    - CAIL2018 facts -> answer block -> charge / article / term / life-death metrics
   5. Long documents         - document + questions, middle truncation to the context, char-level F1
   6. Command line           - one subcommand per section; each has a config dataclass (utils.parse_config)
