@@ -996,7 +996,10 @@ def _boot(fd, limits, modules, root):
     else:
         report("net 0 not root")
     for name, value in limits:
-        resource.setrlimit(getattr(resource, name), (value, value))
+        try:
+            resource.setrlimit(getattr(resource, name), (value, value))
+        except (AttributeError, ValueError, OSError) as e:  # e.g. RLIMIT_AS on macOS: go on without it, say so
+            report("rlimit_missing %s %s" % (name, e))
     if os.geteuid() == 0:
         try:
             os.setgroups([]); os.setgid(65534); os.setuid(65534)
@@ -1068,7 +1071,7 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
                max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16, audit: bool = True) -> dict:
     """Run one untrusted program in a sandboxed child process (see the section comment for what that means).
 
-    Returns {status, reason, stdout, stderr, returncode, seconds, isolation: {net, uid}} with status one of
+    Returns {status, reason, stdout, stderr, returncode, seconds, isolation: {net, uid, rlimits}} with status one of
     EXEC_STATUSES: ok (exit 0), error (an exception / non-zero exit / crash), timeout (wall_s passed), blocked (the
     audit hook ended it; reason names the event), limit (CPU seconds, memory, output or file size). stdout is the
     first max_output bytes, decoded as UTF-8. Never raises for anything the program does. audit=False leaves out the
@@ -1089,7 +1092,7 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
         os.chown(work, 65534, 65534)
     read_fd, write_fd = os.pipe()
     result = {"status": "error", "reason": "", "stdout": "", "stderr": "", "returncode": None, "seconds": 0.0,
-              "isolation": {"net": False, "uid": False}}
+              "isolation": {"net": False, "uid": False, "rlimits": False}}
     proc = None
     try:
         proc = subprocess.Popen(
@@ -1141,7 +1144,8 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
             key, _, value = line.partition(" ")
             report.setdefault(key, value)  # the first line of a kind wins (the boot writes before the program)
         result["isolation"] = {"net": report.get("net", "0").startswith("1"),
-                               "uid": report.get("uid", "0").startswith("1")}
+                               "uid": report.get("uid", "0").startswith("1"),
+                               "rlimits": "rlimit_missing" not in report}
         if killed == "timeout":
             status, reason = "timeout", f"wall {wall_s:g} s"
         elif killed == "output":
