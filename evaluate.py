@@ -952,7 +952,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
 #     - when root: the program runs as `nobody` (uid 65534), so it cannot signal the evaluating process, read
 #       root-only files or raise its own limits; `isolation.uid` says whether it held
 #   Python layer: an audit hook installed before the program runs ends the process (status "blocked") on: any
-#     import of a module not preloaded (ctypes, socket, subprocess, ...), any ctypes or socket event, fork / exec /
+#     import not preloaded (preloaded: the SANDBOX_MODULES the program's import statements name; so no ctypes,
+#     socket, subprocess, ..., nor __import__ of anything new), any ctypes or socket event, fork / exec /
 #     spawn / os.system / threads, kill / signalling, setrlimit, opening or changing files outside the working
 #     directory, frame and gc introspection (the way to reach the hook) and adding audit hooks.
 #   Not guaranteed: this is a benchmark harness, not a security boundary. A CPython bug (e.g. crafted bytecode) can
@@ -970,20 +971,20 @@ CODE_ONE_SHOT = {  # the one-shot example of LawBench 3-7 (its instruction holds
            "不备之际，盗窃其价值人民币2250元的苹果6Splus手机1部。\n```python\nphone = 2250\nprint(phone)\n```\n请你回答：",
 }
 SANDBOX_MODULES = ("math", "cmath", "decimal", "fractions", "numbers", "statistics", "random", "re", "json",
-                   "datetime", "_strptime", "time", "itertools", "functools", "collections", "heapq", "bisect", "copy",
+                   "datetime", "time", "itertools", "functools", "collections", "heapq", "bisect", "copy",
                    "string", "operator", "unicodedata")  # importable in the sandbox (preloaded; any other import ends it)
 EXEC_STATUSES = ("ok", "error", "timeout", "blocked", "limit")
 _BLOCKED_EXIT, _LIMIT_EXIT, _ERROR_EXIT = 120, 121, 122
 
 # The child's program (run as `python -I -S -X utf8 -c _SANDBOX_BOOT <report fd>`; the model's code comes on stdin).
-# Before the model's code: read it, preload SANDBOX_MODULES, leave the network namespace, set limits, drop to nobody,
-# install the audit hook. Every line it writes to the report fd is "key value"; the parent reads them.
+# Before the model's code: read it, preload its modules (sandbox_preloads), leave the network namespace, set limits,
+# drop to nobody, install the audit hook. Every line it writes to the report fd is "key value"; the parent reads them.
 _SANDBOX_BOOT = r'''
 import os, sys, resource
 def _boot(fd, limits, modules, root):
     code = sys.stdin.buffer.read().decode("utf-8", "replace")
     os.close(0); os.open(os.devnull, os.O_RDONLY)
-    for m in modules:
+    for m in filter(None, modules):
         __import__(m)
     report = lambda line: os.write(fd, (line + "\n").encode())
     if os.geteuid() == 0:
@@ -1009,8 +1010,13 @@ def _boot(fd, limits, modules, root):
     else:
         report("uid 0 not root")
     root = os.path.realpath(root)
-    inside = lambda p: isinstance(p, int) or os.path.realpath(os.fsdecode(p) if not isinstance(p, str) else p) \
-        .startswith(root + os.sep) or os.path.realpath(os.fsdecode(p)) == root
+    def inside(p):  # only exact str / bytes / int: a PathLike or a str subclass could answer differently later
+        if type(p) is int:  # an open descriptor: it was checked when opened
+            return True
+        if type(p) not in (str, bytes):
+            return False
+        p = os.path.realpath(os.fsdecode(p))
+        return p == root or p.startswith(root + os.sep)
     deny = frozenset(("os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
                       "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "resource.setrlimit",
                       "resource.prlimit", "sys.addaudithook", "_thread.start_new_thread", "sys._getframe",
@@ -1067,6 +1073,21 @@ _boot(int(sys.argv[1]), [(k, int(v)) for k, v in (x.split("=") for x in sys.argv
 '''.replace("@BLOCKED@", str(_BLOCKED_EXIT)).replace("@LIMIT@", str(_LIMIT_EXIT)).replace("@ERROR@", str(_ERROR_EXIT))
 
 
+def sandbox_preloads(code: str) -> list[str]:
+    """The SANDBOX_MODULES that `code` imports by name (import / from-import statements), preloaded before the audit
+    hook (an import after it ends the program). Only these: each costs start-up time. datetime and time bring
+    _strptime, which their strptime imports lazily."""
+    import ast
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return []
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    mods = [m for m in SANDBOX_MODULES if m in names]
+    return mods + ["_strptime"] * bool({"datetime", "time"} & names)
+
+
 def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, memory_mb: int = 512,
                max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16, audit: bool = True) -> dict:
     """Run one untrusted program in a sandboxed child process (see the section comment for what that means).
@@ -1097,7 +1118,7 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     try:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-X", "utf8", "-c", boot, str(write_fd),
-             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(SANDBOX_MODULES)],
+             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,), cwd=work,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(work)}, start_new_session=True)
         os.close(write_fd)

@@ -103,6 +103,9 @@ HOSTILE = [
     ("read_planted_open_code", "hook", "import io\nprint(io.open_code(P).read())", {"blocked"}, "open"),
     ("read_via_chdir", "hook", "import os\nos.chdir(os.path.dirname(P))\nprint(open(os.path.basename(P)).read())",
      {"blocked"}, "os.chdir"),
+    ("read_planted_fspath_swap", "hook",  # a path object that names a file inside when checked, P when opened
+     "class Swap:\n    n = 0\n    def __fspath__(self):\n        Swap.n += 1\n        return 'ok.txt' if Swap.n == 1 "
+     "else P\nopen('ok.txt', 'w').close()\nprint(open(Swap()).read())", {"ok", "blocked"}, ""),  # 3.11: converted once
     ("read_via_symlink", "hook", "import os\nos.symlink(P, 'link')\nprint(open('link').read())", {"blocked"},
      "os.symlink"),
     ("list_outside", "hook", "import os\nprint(os.listdir(os.path.dirname(P)))", {"blocked"}, "os.listdir"),
