@@ -1089,14 +1089,16 @@ def sandbox_preloads(code: str) -> list[str]:
 
 
 def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, memory_mb: int = 512,
-               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16, audit: bool = True) -> dict:
+               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16, preload: tuple[str, ...] = (),
+               audit: bool = True) -> dict:
     """Run one untrusted program in a sandboxed child process (see the section comment for what that means).
 
     Returns {status, reason, stdout, stderr, returncode, seconds, isolation: {net, uid, rlimits}} with status one of
     EXEC_STATUSES: ok (exit 0), error (an exception / non-zero exit / crash), timeout (wall_s passed), blocked (the
     audit hook ended it; reason names the event), limit (CPU seconds, memory, output or file size). stdout is the
-    first max_output bytes, decoded as UTF-8. Never raises for anything the program does. audit=False leaves out the
-    audit hook: only the tests use it, to check the OS layer on its own.
+    first max_output bytes, decoded as UTF-8. Never raises for anything the program does. For the tests, which check
+    each layer on its own: preload = further modules loaded before the hook (and the uid change), audit=False leaves
+    the audit hook out.
     """
     import selectors
     import shutil
@@ -1118,7 +1120,7 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     try:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-X", "utf8", "-c", boot, str(write_fd),
-             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code))],
+             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code) + list(preload))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,), cwd=work,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(work)}, start_new_session=True)
         os.close(write_fd)

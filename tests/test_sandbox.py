@@ -213,12 +213,23 @@ def _os(code, **kw):
     return E.run_python(code, wall_s=WALL, audit=False, **kw)
 
 
+def test_socket_preloaded_still_blocked(listener):
+    """Even with the socket module already loaded, the hook ends the program at its first socket call."""
+    port, accepted = listener
+    r = E.run_python(f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))\nprint('sent')",
+                     wall_s=WALL, preload=("socket",))
+    assert r["status"] == "blocked" and r["reason"].startswith("socket.") and "sent" not in r["stdout"]
+    time.sleep(0.05)
+    assert accepted == []
+
+
 def test_os_layer_network_namespace(listener):
     port, accepted = listener
-    r = _os(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).send(b'hi')\nprint('sent')")
+    r = _os(f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))\nprint('sent')",
+            preload=("socket",))  # loaded before the uid change (the stdlib may be unreadable to nobody)
     if not r["isolation"]["net"]:
         pytest.skip("no network namespace here (not root, or unshare refused): only the audit hook stops sockets")
-    assert r["status"] == "error" and "sent" not in r["stdout"]
+    assert r["status"] == "error" and r["reason"] in ("OSError", "ConnectionRefusedError") and "sent" not in r["stdout"]
     time.sleep(0.05)
     assert accepted == []
 
@@ -263,7 +274,8 @@ def test_os_layer_limits_without_hook():
     assert env["stdout"].strip() == "['HOME', 'LC_ALL', 'PATH']"
 
 
-if __name__ == "__main__":  # LOG.md's table: each program with the audit hook, and with it left out (OS layer only)
+if __name__ == "__main__":  # LOG.md's table (python tests/test_sandbox.py): each program with the audit hook, and
+    # with it left out (the OS layer alone)
     path = REPO.parent / f".lexlab-planted-{uuid.uuid4().hex[:8]}.txt"
     path.write_text(SECRET, encoding="utf-8")
     os.chmod(path, 0o644)
