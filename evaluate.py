@@ -1152,6 +1152,11 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
                         killed = "output"
                 if killed:
                     break
+        if not killed:  # every pipe closed: the program may still run (it can close them itself)
+            try:
+                proc.wait(timeout=max(0.0, wall_s - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                killed = "timeout"
         if killed:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -1179,8 +1184,10 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
             status, reason = "ok", ""
         elif rc == _LIMIT_EXIT:
             status, reason = "limit", report.get("limit", "")
-        elif rc in (-signal.SIGXCPU, -signal.SIGKILL) and time.monotonic() - t0 < wall_s:
+        elif rc == -signal.SIGXCPU:
             status, reason = "limit", f"cpu {cpu} s"
+        elif rc == -signal.SIGKILL:  # not by us: the CPU hard limit (cpu + 1 s) or the kernel's OOM killer
+            status, reason = "limit", f"killed (cpu {cpu} s hard limit or out of memory)"
         elif rc == -signal.SIGXFSZ:
             status, reason = "limit", f"file size > {max_file_mb} MiB"
         elif rc < 0:

@@ -84,6 +84,8 @@ def _posixsubprocess_so():
 HOSTILE = [
     ("infinite_loop", "parent", "while True:\n    pass", {"timeout"}, "wall"),
     ("sleep_forever", "parent", "import time\ntime.sleep(3600)", {"timeout"}, "wall"),
+    ("close_pipes_and_sleep", "parent", "import os, time\nos.closerange(0, 64)\ntime.sleep(3600)", {"timeout"},
+     "wall"),
     ("cpu_burn", "os", "x = 0\nwhile True:\n    x += 1", {"limit"}, "cpu"),  # cpu_s=1, wall 10 (see below)
     ("memory_bomb", "os", "a = []\nwhile True:\n    a.append(bytearray(10 ** 7))", {"limit"}, "memory"),
     ("memory_one_block", "os", "x = bytearray(1 << 40)", {"limit"}, "memory"),
@@ -159,7 +161,7 @@ def _limits(name: str) -> dict:
         return {"cpu_s": 1, "wall_s": 10.0}
     if name.startswith("memory"):  # filling the address space takes time on a loaded machine: a smaller one
         return {"wall_s": 5.0, "memory_mb": 128}
-    if name in ("infinite_loop", "sleep_forever", "deep_recursion_unlimited"):  # they end by the wall limit
+    if name in ("infinite_loop", "sleep_forever", "close_pipes_and_sleep", "deep_recursion_unlimited"):  # wall ends them
         return {"wall_s": 1.0, "memory_mb": 256}
     return {"wall_s": WALL, "memory_mb": 256}
 
