@@ -998,7 +998,7 @@ def _boot(fd, limits, modules, root):
         report("net 0 not root")
     for name, value in limits:
         try:
-            resource.setrlimit(getattr(resource, name), (value, value))
+            resource.setrlimit(getattr(resource, name), (value, value + (name == "RLIMIT_CPU")))  # SIGXCPU, then KILL
         except (AttributeError, ValueError, OSError) as e:  # e.g. RLIMIT_AS on macOS: go on without it, say so
             report("rlimit_missing %s %s" % (name, e))
     if os.geteuid() == 0:

@@ -87,6 +87,8 @@ HOSTILE = [
     ("close_pipes_and_sleep", "parent", "import os, time\nos.closerange(0, 64)\ntime.sleep(3600)", {"timeout"},
      "wall"),
     ("cpu_burn", "os", "x = 0\nwhile True:\n    x += 1", {"limit"}, "cpu"),  # cpu_s=1, wall 10 (see below)
+    ("cpu_burn_ignoring_sigxcpu", "os",  # _signal is built in, already loaded: SIGXCPU ignored, the hard limit kills
+     "import _signal\n_signal.signal(24, _signal.SIG_IGN)\nx = 0\nwhile True:\n    x += 1", {"limit"}, "cpu"),
     ("memory_bomb", "os", "a = []\nwhile True:\n    a.append(bytearray(10 ** 7))", {"limit"}, "memory"),
     ("memory_one_block", "os", "x = bytearray(1 << 40)", {"limit"}, "memory"),
     ("fork_bomb", "hook", "import os\nwhile True:\n    os.fork()", {"blocked"}, "os.fork"),
@@ -157,7 +159,7 @@ def _program(program: str, path: Path, port: int) -> str:
 
 
 def _limits(name: str) -> dict:
-    if name == "cpu_burn":  # the CPU rlimit must come before the wall limit, even on a loaded machine
+    if name.startswith("cpu_burn"):  # the CPU rlimit must come before the wall limit, even on a loaded machine
         return {"cpu_s": 1, "wall_s": 10.0}
     if name.startswith("memory"):  # filling the address space takes time on a loaded machine: a smaller one
         return {"wall_s": 5.0, "memory_mb": 128}
