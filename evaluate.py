@@ -946,7 +946,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
 #     - an isolated interpreter: `python -I -S -X utf8` (no site-packages, no user paths, PYTHON* variables ignored)
 #     - a scrubbed environment (PATH, LC_ALL and HOME only: no API key or token of the evaluating process)
 #     - a fresh temporary working directory, removed afterwards
-#     - rlimits: CPU seconds, address space, open files, processes (no fork), written file size, no core dump
+#     - rlimits: CPU seconds, address space, open files, processes (no fork), written file size, no core dump (and
+#       the hook below allows 32 opens for writing: disk use stays under 32 x the file-size limit)
 #     - wall time and output size enforced by the parent (the whole process group is killed)
 #     - no network: a new network namespace (unshare(CLONE_NEWNET)) when root; `isolation.net` says whether it held
 #     - when root: the program runs as `nobody` (uid 65534), so it cannot signal the evaluating process, read
@@ -1028,7 +1029,13 @@ def _boot(fd, limits, modules, root):
                        "os.listdir", "os.scandir", "os.chdir", "shutil.rmtree", "shutil.copyfile", "shutil.move",
                        "os.mkfifo", "os.mknod", "os.listxattr", "os.getxattr"))
     out, exit_, functions = sys.stdout, os._exit, (type(_boot), type(len))
+    writing, opened_for_writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND, [0]
     def hook(event, args):
+        if event == "open" and type(args[2]) is int and args[2] & writing:  # disk use <= files x RLIMIT_FSIZE
+            opened_for_writing[0] += 1
+            if opened_for_writing[0] > @MAX_WRITTEN@:
+                report("limit files written > @MAX_WRITTEN@")
+                exit_(@LIMIT@)
         if event in deny or event.startswith(("ctypes.", "socket.", "_ctypes")) or (
                 event in ("object.__setattr__", "object.__delattr__") and isinstance(args[0], functions)) or (
                 event in paths and not all(inside(a) for a in args[:2 if event in ("os.rename", "os.link",
@@ -1070,7 +1077,7 @@ def _boot(fd, limits, modules, root):
     exit_(0)
 _boot(int(sys.argv[1]), [(k, int(v)) for k, v in (x.split("=") for x in sys.argv[2].split(","))],
       sys.argv[3].split(","), os.getcwd())
-'''.replace("@BLOCKED@", str(_BLOCKED_EXIT)).replace("@LIMIT@", str(_LIMIT_EXIT)).replace("@ERROR@", str(_ERROR_EXIT))
+'''.replace("@BLOCKED@", str(_BLOCKED_EXIT)).replace("@LIMIT@", str(_LIMIT_EXIT)).replace("@ERROR@", str(_ERROR_EXIT)).replace("@MAX_WRITTEN@", "32")
 
 
 def sandbox_preloads(code: str) -> list[str]:
@@ -1162,6 +1169,7 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 pass
+            proc.kill()
         rc = proc.wait()
         try:  # anything the program left behind in its process group (it cannot fork, but if it did)
             os.killpg(proc.pid, signal.SIGKILL)

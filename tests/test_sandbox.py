@@ -149,6 +149,8 @@ HOSTILE = [
     ("hook_via_gc", "hook", "import gc\nprint(gc.get_objects())", {"blocked"}, ""),
     ("replace_function_code", "hook", "def f():\n    pass\nf.__code__ = (lambda: 1).__code__", {"blocked"}, "__code__"),
     ("fill_disk", "os", "open('big', 'wb').write(b'x' * (64 << 20))", {"limit"}, "file size"),
+    ("fill_disk_many_files", "hook", "for i in range(10 ** 6):\n    open('f%d' % i, 'wb').write(b'x' * 1024)",
+     {"limit"}, "files written"),
     ("open_files", "os", "fs = [open('f%d' % i, 'w') for i in range(10000)]", {"limit"}, "open files"),
 ]
 
