@@ -34,9 +34,11 @@ step "5/8 GRPO with the legal rewards (charge / article / term / format) -> $RUN
 python rl.py --model "$RUN/sft_stage2/final" --prompts "$RUN/data/rl_prompts.jsonl" --output_dir "$RUN/rl" \
     --backend hf --group_size 8 --prompts_per_step 8 --max_steps 80 --lr 5e-4 --max_new_tokens 64
 
-step "6/8 evaluate: LawBench sample items (generate + score), judgment prediction (+/- retrieval), long documents"
+step "6/8 evaluate: LawBench sample items (generate + score; 3-7 also in code mode), judgment prediction (+/- retrieval), long documents"
+# --code: on 3-7 the model also writes a Python program (run in the sandbox, evaluate.run_python); the table printed
+# gives accuracy without and with code side by side, plus how many programs ran / raised / timed out / were blocked
 python evaluate.py generate --model "$RUN/rl/final" --lawbench_dir data/sample/lawbench --out "$RUN/eval/lawbench" \
-    --tasks 1-1,2-8,3-1,3-3,3-8 --model_name lexlab-demo --max_new_tokens 128
+    --tasks 1-1,2-8,3-1,3-3,3-7,3-8 --model_name lexlab-demo --max_new_tokens 128 --code --code_wall_s 5
 python evaluate.py score "$RUN/eval/lawbench/zero_shot" --out "$RUN/eval/lawbench/scores.csv"
 python evaluate.py judgment --model "$RUN/rl/final" --data data/judgments_test.jsonl --out "$RUN/eval/judgment" \
     --max_new_tokens 64
@@ -59,4 +61,5 @@ step "8/8 plots -> $RUN/plots"
 python plots/plots.py --run "$RUN"
 
 step "done. Browse $RUN: data/data_report.json, sft_stage*/metrics.jsonl, rl/metrics.jsonl + samples.jsonl,"
-echo "eval/lawbench/scores_table.md, eval/judgment/rag_effect.json, eval/longdoc/, plots/*.png"
+echo "eval/lawbench/scores_table.md, eval/lawbench/code_mode.json (3-7 direct vs code, execution counts; programs in"
+echo "eval/lawbench/zero_shot/lexlab-demo-code/3-7.json), eval/judgment/rag_effect.json, eval/longdoc/, plots/*.png"

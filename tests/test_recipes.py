@@ -51,7 +51,9 @@ def test_demo_grpo_reward_rises(demo_run):
 def test_demo_evaluates_judges_and_plots(demo_run):
     run, out = demo_run
     scores = (run / "eval" / "lawbench" / "scores.csv").read_text().splitlines()
-    assert scores[0] == "task,model_name,score,abstention_rate" and len(scores) == 1 + 5
+    assert scores[0] == "task,model_name,score,abstention_rate" and len(scores) == 1 + 6 + 1  # 3-7 twice: direct, code
+    code = json.loads((run / "eval" / "lawbench" / "code_mode.json").read_text())["zero_shot/3-7"]
+    assert code["n"] == 3 and code["ran"] + code["no_code"] == 3 and "| shot/task | direct | code |" in out
     effect = json.loads((run / "eval" / "judgment" / "rag_effect.json").read_text())
     assert "charge_micro_f1" in effect["rag_k2"]
     assert json.loads((run / "eval" / "longdoc" / "metrics.json").read_text())["questions"] == 10
