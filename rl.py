@@ -13,9 +13,11 @@ and OUT/final/ (Hugging Face folder). Plain `python rl.py ...` runs as a world o
 Sections:
   1. Config
   2. GRPO math            - pure functions with shapes in the docstrings (tests/test_rl.py checks them by hand)
-  3. Rollouts             - vLLM colocated with per-step weight push, or HF generate
+  3. Rollouts             - vLLM colocated (one engine per rank: external_launcher, bf16, sleep mode) with a
+                            streamed per-step weight push, or HF generate; prompts fitted to the budget
   4. Trainer              - FSDP2 via utils section 9 (as sft.py): policy and frozen reference sharded per decoder
-                            block + root, loss x world_size because FSDP2 averages gradients
+                            block + root, loss x world_size because FSDP2 averages gradients; padding-free packed
+                            forward, chunked log-probs at the sampling temperature, collectives on the device
   5. Loop                 - metrics, samples, DCP checkpoint / resume, export
 """
 from __future__ import annotations
