@@ -828,8 +828,17 @@ class GenerateConfig:
     backend: str = field(default="hf", metadata={"help": "hf | vllm"})
     raw: bool = field(default=False, metadata={"help": "raw completion instead of the chat template"})
     max_new_tokens: int = field(default=1024, metadata={"help": "papers' setting: 1024, greedy"})
-    batch_size: int = field(default=8, metadata={"help": "generation batch size"})
-    save_every: int = field(default=64, metadata={"help": "items per generate call / progress save within a task"})
+    batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)"})
+    save_every: int | None = field(default=None, metadata={
+        "help": "items per generate call / progress save within a task (default: 64 hf, 4096 vllm: the engine "
+                "schedules a whole task at once)", "min": 1})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "prompt budget in tokens (default: model context - max_new_tokens); longer items are refused "
+                "(empty prediction, listed in refused.jsonl), never cut", "min": 1})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM on GPU: share of GPU memory for "
+                                                                         "weights + KV cache", "min": 0.01, "max": 1})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on GPU: GPUs per engine", "min": 1})
+    vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM on CPU: KV cache bytes", "min": 1})
     rag: str | None = field(default=None, metadata={"help": "articles.jsonl: BM25 top-k prepended to 3-x prompts"})
     rag_k: int = field(default=3, metadata={"help": "articles retrieved per prompt"})
     rag_law: str = field(default="刑法", metadata={"help": "law to retrieve from ('all': every law in the file)"})
@@ -893,6 +902,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
     index = StatuteIndex(cfg.rag, cfg.rag_law) if cfg.rag else None
     name = cfg.model_name or Path(cfg.model).resolve().name
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
+    save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
     report = {}
     from tqdm import tqdm
     for shot in shots:
@@ -914,11 +925,24 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                 with open(partial, "a", encoding="utf-8") as f:
                     f.write("\n")  # close a line cut off by the interruption before appending
             bar = tqdm(total=len(todo), desc=f"{SHOTS[shot]} {task}", disable=not todo)
-            for start in range(0, len(todo), cfg.save_every):
-                chunk = todo[start:start + cfg.save_every]
-                outs = utils.generate(cfg.model, [prompts[i] for i in chunk], backend=cfg.backend,
-                                      max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size,
-                                      chat=not cfg.raw, seed=0)
+            for start in range(0, len(todo), save_every):
+                chunk = todo[start:start + save_every]
+                # a prompt over the budget is refused (LawBench items are not cut): empty prediction, reason recorded
+                n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in chunk], chat=not cfg.raw)
+                fits = [i for i, n in zip(chunk, n_tok) if n <= budget]
+                refused = [{"shot": SHOTS[shot], "task": task, "index": i, "prompt_tokens": n, "budget": budget,
+                            "reason": "prompt longer than the budget (context - max_new_tokens)"}
+                           for i, n in zip(chunk, n_tok) if n > budget]
+                gen = dict(zip(fits, utils.generate(
+                    cfg.model, [prompts[i] for i in fits], backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
+                    temperature=0.0, batch_size=cfg.batch_size, chat=not cfg.raw, seed=0,
+                    max_prompt_tokens=budget, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                    tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes))) if fits else {}
+                if refused:
+                    report["refused"] = report.get("refused", 0) + len(refused)
+                    with open(Path(cfg.out) / "refused.jsonl", "a", encoding="utf-8") as f:
+                        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in refused)
+                outs = [gen.get(i, "") for i in chunk]
                 with open(partial, "a", encoding="utf-8") as f:
                     for i, pred in zip(chunk, outs):
                         done[i] = {"origin_prompt": [{"role": "HUMAN", "prompt": prompts[i]}],
@@ -1258,11 +1282,12 @@ def code_mode_tasks(cfg: "GenerateConfig") -> list[str]:
 
 
 def exec_counts(items: list[dict]) -> dict:
-    """Execution counts of code-mode items: ran (= executed), ok, raised, timed_out, blocked, limit, no_code."""
-    st = Counter(it["exec"]["status"] for it in items if it["exec"]["status"] != "no_code")
+    """Execution counts of code-mode items: ran (= executed), ok, raised, timed_out, blocked, limit, no_code, refused (prompt over the budget)."""
+    st = Counter(it["exec"]["status"] for it in items if it["exec"]["status"] not in ("no_code", "refused"))
     return {"n": len(items), "ran": sum(st.values()), "ok": st["ok"], "raised": st["error"],
             "timed_out": st["timeout"], "blocked": st["blocked"], "limit": st["limit"],
-            "no_code": sum(it["exec"]["status"] == "no_code" for it in items)}
+            "no_code": sum(it["exec"]["status"] == "no_code" for it in items),
+            "refused": sum(it["exec"]["status"] == "refused" for it in items)}
 
 
 def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str) -> dict:
@@ -1271,6 +1296,7 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str) -> di
     row holds both scores and the execution counts (also in <out>/code_mode.json and a line of metrics.jsonl)."""
     from tqdm import tqdm
     rows = {}
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     for shot in shots:
         for task in code_mode_tasks(cfg):
             items = load_lawbench_task(cfg.lawbench_dir, shot, task, cfg.max_items)
@@ -1281,12 +1307,20 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str) -> di
                 done = [it for it in read_predictions(task_file)]
                 if [it["origin_prompt"][0]["prompt"] for it in done] != prompts:
                     done = []
-            if not done:
-                outs = utils.generate(cfg.model, prompts, backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
-                                      temperature=0.0, batch_size=cfg.batch_size, chat=not cfg.raw, seed=0)
+            if not done:  # a prompt over the budget is refused, as in the direct mode (never cut, never an OOM)
+                n_tok = utils.prompt_lengths(cfg.model, prompts, chat=not cfg.raw)
+                fits = [i for i, n in enumerate(n_tok) if n <= budget]
+                gen = dict(zip(fits, utils.generate(
+                    cfg.model, [prompts[i] for i in fits], backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
+                    temperature=0.0, batch_size=cfg.batch_size, chat=not cfg.raw, seed=0, max_prompt_tokens=budget,
+                    gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size,
+                    kv_cache_bytes=cfg.vllm_kv_bytes))) if fits else {}
+                outs = [gen.get(i) for i in range(len(prompts))]
                 for prompt, out, it in tqdm(list(zip(prompts, outs, items)), desc=f"{SHOTS[shot]} {task} code"):
-                    code, found = extract_program(out)
-                    run = run_python(code, wall_s=cfg.code_wall_s) if found else {"status": "no_code", "stdout": ""}
+                    code, found = extract_program(out or "")
+                    run = {"status": "refused", "stdout": ""} if out is None else \
+                        run_python(code, wall_s=cfg.code_wall_s) if found else {"status": "no_code", "stdout": ""}
+                    out = out or ""
                     done.append({"origin_prompt": [{"role": "HUMAN", "prompt": prompt}], "prediction": run["stdout"],
                                  "refr": it["answer"], "completion": out, "code": code if found else "",
                                  "exec": {k: v for k, v in run.items() if k != "stdout"}})
@@ -1303,7 +1337,7 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str) -> di
 
 def code_mode_table(rows: dict) -> str:
     """Markdown: accuracy without and with code, side by side, and the execution counts."""
-    keys = ("n", "ran", "ok", "raised", "timed_out", "blocked", "limit", "no_code")
+    keys = ("n", "ran", "ok", "raised", "timed_out", "blocked", "limit", "no_code", "refused")
     lines = ["| shot/task | direct | code | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
     for k, r in rows.items():
         lines.append(f"| {k} | {100 * r['direct']:.2f} | {100 * r['code']:.2f} | "
@@ -1422,7 +1456,13 @@ class JudgmentConfig:
     max_items: int | None = field(default=None, metadata={"help": "first N records (None: all)"})
     backend: str = field(default="hf", metadata={"help": "hf | vllm"})
     max_new_tokens: int = field(default=1024, metadata={"help": "new tokens per answer"})
-    batch_size: int = field(default=8, metadata={"help": "generation batch size"})
+    batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)"})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "prompt budget in tokens (default: model context - max_new_tokens); a longer fact is cut in the "
+                "middle (counted, recorded per item)", "min": 1})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM on GPU: share of GPU memory",
+                                                                 "min": 0.01, "max": 1})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on GPU: GPUs per engine", "min": 1})
     rag: str | None = field(default=None, metadata={"help": "articles.jsonl: BM25 top-k articles prepended"})
     rag_k: int = field(default=3, metadata={"help": "articles retrieved per fact"})
     rag_law: str = field(default="刑法", metadata={"help": "law to retrieve from ('all': every law)"})
@@ -1457,22 +1497,43 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
         retrieved = [[a["article_num"] for a in h] for h in hits]
         prompts = [index.context(d["fact"], cfg.rag_k) + p for d, p in zip(data, prompts)]
     t_rag = time.time() - t0
+    # prompt budget: a fact too long for the model's context is cut in the middle (the instruction, the retrieved
+    # articles and the chat template stay whole); one that cannot fit even so is refused (empty prediction)
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
+    tok = utils.load_tokenizer(cfg.model)
+    contexts = [p[:len(p) - len(utils.judgment_prompt(d["fact"]))] for d, p in zip(data, prompts)]
+    cut_chars, fits = [], []
+    for i, (d, ctx) in enumerate(zip(data, contexts)):
+        fit = utils.fit_prompt(tok, lambda f: utils.render_prompts(tok, [ctx + utils.judgment_prompt(f)])[0],
+                               d["fact"], budget)
+        cut_chars.append(None if fit is None else fit[1])
+        if fit is not None:
+            prompts[i] = ctx + utils.judgment_prompt(fit[0])
+            fits.append(i)
     t0 = time.time()
-    outs = utils.generate(cfg.model, prompts, backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
-                          temperature=0.0, batch_size=cfg.batch_size, chat=True, seed=0)
+    gen = utils.generate(cfg.model, [prompts[i] for i in fits], backend=cfg.backend,
+                         max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size, chat=True,
+                         seed=0, max_prompt_tokens=budget, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                         tensor_parallel_size=cfg.tensor_parallel_size) if fits else []
+    outs = [""] * len(prompts)
+    for i, o in zip(fits, gen):
+        outs[i] = o
     t_gen = time.time() - t0
     preds = [utils.parse_judgment(o) for o in outs]
     metrics = judgment_metrics(preds, [d["truth"] for d in data])
     if retrieved is not None:
         metrics["rag_recall"] = retrieval_recall(retrieved, [set(d["truth"]["articles"]) for d in data])
     metrics.update(tag=cfg.tag or (f"rag_k{cfg.rag_k}" if cfg.rag else "plain"), model=cfg.model, data=cfg.data,
-                   retrieval_s=round(t_rag, 2), generation_s=round(t_gen, 2))
+                   retrieval_s=round(t_rag, 2), generation_s=round(t_gen, 2), prompt_budget=budget,
+                   cut_items=sum(bool(c) for c in cut_chars), refused_items=sum(c is None for c in cut_chars))
     tag = metrics["tag"]
     utils.write_jsonl(Path(cfg.out) / f"predictions_{tag}.jsonl",
                       [{"prompt": p, "completion": o, "parsed": {k: sorted(v) if isinstance(v, set) else v
                                                                  for k, v in pr.items()}, "truth": d["truth"],
+                        "cut_chars": c, **({"refused": "prompt does not fit the budget"} if c is None else {}),
                         **({"retrieved": r} if retrieved else {})}
-                       for p, o, pr, d, r in zip(prompts, outs, preds, data, retrieved or [None] * len(data))])
+                       for p, o, pr, d, r, c in zip(prompts, outs, preds, data, retrieved or [None] * len(data),
+                                                    cut_chars)])
     _write_json(Path(cfg.out) / f"metrics_{tag}.json", metrics)
     _append_metrics(cfg.out, metrics)
     effect = rag_effect(cfg.out)
@@ -1512,7 +1573,7 @@ def rag_effect(out_dir) -> dict:
 # and truncation statistics only.
 
 LONGDOC_TEMPLATE = "请阅读下面的文书，然后回答问题。答案尽量简短，直接给出答案。\n\n文书：\n{document}\n\n问题：{question}"
-CUT_NOTE = "\n……（中间省略{n}字）……\n"
+CUT_NOTE = utils.CUT_NOTE
 
 
 def char_f1(gold: str, pred: str) -> float:
@@ -1521,17 +1582,7 @@ def char_f1(gold: str, pred: str) -> float:
     return float(lawbench_char_f1(gold, pred))
 
 
-def truncate_middle(tokenizer, document: str, budget: int) -> tuple[str, int]:
-    """Fit `document` into `budget` tokens by dropping its middle. Returns (text, characters removed)."""
-    offsets = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    if len(offsets) <= budget:
-        return document, 0
-    keep = max(budget - 16, 2)  # room for the note
-    # cut at character positions (token start offsets): a byte-level token may hold half a character
-    head = document[: offsets[keep // 2][0]]
-    tail = document[offsets[len(offsets) - (keep - keep // 2)][0]:]
-    removed = len(document) - len(head) - len(tail)
-    return head + CUT_NOTE.format(n=removed) + tail, removed
+truncate_middle = utils.truncate_middle  # shared with judgment and rl.py prompts (utils section 8)
 
 
 @dataclass
@@ -1541,7 +1592,8 @@ class LongDocConfig:
     data: str = field(default="data/longdoc_sample.jsonl", metadata={"help": "JSONL {document, questions}"})
     out: str = field(default="runs/longdoc", metadata={"help": "output folder"})
     doc_field: str = field(default="document", metadata={"help": "field holding the document text"})
-    max_context: int | None = field(default=None, metadata={"help": "tokens; default: max_position_embeddings"})
+    max_context: int | None = field(default=None, metadata={"help": "tokens; default: max_position_embeddings",
+                                                             "min": 1})
     backend: str = field(default="hf", metadata={"help": "hf | vllm"})
     max_new_tokens: int = field(default=128, metadata={"help": "answers are short"})
     batch_size: int = field(default=4, metadata={"help": "generation batch size"})
@@ -1565,28 +1617,39 @@ def load_longdoc(path, doc_field: str = "document") -> list[dict]:
 
 
 def run_longdoc(cfg: LongDocConfig) -> dict:
-    from transformers import AutoConfig, AutoTokenizer
     docs = load_longdoc(cfg.data, cfg.doc_field)
-    tok = AutoTokenizer.from_pretrained(cfg.model)
-    context = cfg.max_context or getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", 32768)
-    overhead = len(tok(LONGDOC_TEMPLATE, add_special_tokens=False)["input_ids"]) + 64  # template + chat + question
-    prompts, golds, rows, truncated, doc_tokens = [], [], [], 0, []
+    tok = utils.load_tokenizer(cfg.model)
+    context = cfg.max_context or utils.model_context(cfg.model)
+    # the budget counts the whole rendered prompt (chat template, instructions, question): the document is cut in
+    # the middle until it fits, per question; a question that cannot fit even so is refused (no prediction)
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, context - cfg.max_new_tokens)
+    prompts, golds, rows, truncated, doc_tokens, refused = [], [], [], 0, [], 0
     for d_i, d in enumerate(docs):
-        q_tokens = max((len(tok(q["question"], add_special_tokens=False)["input_ids"]) for q in d["questions"]),
-                       default=0)
-        budget = context - cfg.max_new_tokens - overhead - q_tokens
-        doc_tokens.append(len(tok(d["document"], add_special_tokens=False)["input_ids"]))
-        text, removed = truncate_middle(tok, d["document"], budget)
-        truncated += removed > 0
+        doc_tokens.append(utils.count_tokens(tok, d["document"]))
+        cut_doc = False
         for q in d["questions"]:
-            prompts.append(LONGDOC_TEMPLATE.format(document=text, question=q["question"]))
+            def render(doc, q=q):
+                return utils.render_prompts(tok, [LONGDOC_TEMPLATE.format(document=doc, question=q["question"])])[0]
+            fit = utils.fit_prompt(tok, render, d["document"], budget)
+            if fit is None:
+                refused += 1
+                continue
+            cut_doc |= fit[1] > 0
+            prompts.append(LONGDOC_TEMPLATE.format(document=fit[0], question=q["question"]))
             golds.append(q["answer"])
-            rows.append({"doc": d_i, "question": q["question"], "answer": q["answer"], "removed_chars": removed})
+            rows.append({"doc": d_i, "question": q["question"], "answer": q["answer"], "removed_chars": fit[1]})
+        if not d["questions"]:  # documents only: would the document have to be cut (length statistics)?
+            fit = utils.fit_prompt(tok, lambda doc: utils.render_prompts(
+                tok, [LONGDOC_TEMPLATE.format(document=doc, question="")])[0], d["document"], budget)
+            cut_doc = fit is None or fit[1] > 0
+        truncated += cut_doc
     t0 = time.time()
     outs = utils.generate(cfg.model, prompts, backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
-                          temperature=0.0, batch_size=cfg.batch_size, chat=True, seed=0) if prompts else []
+                          temperature=0.0, batch_size=cfg.batch_size, chat=True, seed=0,
+                          max_prompt_tokens=budget) if prompts else []
     scores = [char_f1(g, o) for g, o in zip(golds, outs)]
-    metrics = {"documents": len(docs), "questions": len(prompts), "documents_without_questions":
+    metrics = {"documents": len(docs), "questions": len(prompts), "refused_questions": refused,
+               "prompt_budget": budget, "documents_without_questions":
                sum(not d["questions"] for d in docs), "truncated_documents": truncated, "context_tokens": context,
                "max_document_tokens": max(doc_tokens, default=0),
                "char_f1": sum(scores) / len(scores) if scores else None, "generation_s": round(time.time() - t0, 2),
@@ -1610,7 +1673,8 @@ def _cmd_generate(argv):
     code_rows = report.pop("code_mode", None)
     if code_rows:
         print(code_mode_table(code_rows), end="")
-    rec = {"command": "generate", "generated": sum(report.values()), "files": len(report),
+    refused = report.pop("refused", 0)  # prompts over the budget (refused.jsonl)
+    rec = {"command": "generate", "generated": sum(report.values()), "files": len(report), "refused": refused,
            "seconds": round(time.time() - t0, 2), "model": cfg.model}
     _append_metrics(cfg.out, rec)
     print(json.dumps(rec, ensure_ascii=False))

@@ -202,8 +202,16 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
     name = name or Path(model).name
     saved = out / f"answers_{side}_{name}.jsonl"  # generated once; delete it to regenerate
     if not saved.exists():
-        texts = utils.generate(model, [q["question"] for q in questions], backend=cfg.backend,
-                               max_new_tokens=cfg.max_new_tokens)
+        # prompt budget: a question too long for the model's context is refused (empty answer, counted), not sent
+        qs = [q["question"] for q in questions]
+        budget = utils.prompt_budget(model, cfg.max_new_tokens)
+        fits = [i for i, n in enumerate(utils.prompt_lengths(model, qs)) if n <= budget]
+        if len(fits) < len(qs):
+            print(f"judge.py: {len(qs) - len(fits)} question(s) longer than the {budget}-token prompt budget of "
+                  f"{model}: empty answers", file=sys.stderr)
+        gen = dict(zip(fits, utils.generate(model, [qs[i] for i in fits], backend=cfg.backend,
+                                            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=budget)))
+        texts = [gen.get(i, "") for i in range(len(qs))]
         utils.write_jsonl(saved, [{"id": q["id"], "answer": t} for q, t in zip(questions, texts)])
     return name, load_answers(saved, questions)
 

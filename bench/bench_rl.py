@@ -6,8 +6,10 @@ Both use transformers generate for rollouts (rl.py --backend hf by default; TRL 
 --backend vllm times rl.py with colocated vllm rollouts and weight push), the same tiny model, prompts,
 G, prompts per step, completion length, temperature 1, lr, and utils.legal_reward. Prints rl.py's breakdown
 (rollout / log-probs / train / sync) and the ratio of mean step times (first step excluded as warm-up).
-rl.py's trainer is FSDP2 (a world of one over gloo here). The tiny model's tokenizer is trained on REPO/data/sample,
-so numbers only compare within one checkout.
+rl.py's trainer is FSDP2 (a world of one: gloo on CPU, nccl on a GPU). Same device both sides: on a GPU TRL runs there
+too (use_cpu=False, bf16 autocast; rl.py: fp32 master weights, bf16 compute), on CPU both run on CPU in fp32.
+Prints the peak GPU memory of each side on a GPU. The tiny model's tokenizer is trained on REPO/data/sample, so numbers
+only compare within one checkout (pass --model for a real one).
 """
 import argparse
 import json
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+
 import utils  # noqa: E402
 import rl  # noqa: E402
 
@@ -41,7 +45,9 @@ def main():
                       group_size=a.group_size, prompts_per_step=a.prompts_per_step, max_steps=a.steps + 1,
                       max_new_tokens=a.max_new_tokens, lr=1e-5, micro_batch=a.group_size * a.prompts_per_step,
                       log_every=0, sample_every=0, backend=a.backend, vllm_kv_bytes=1 << 27)
+    cuda = torch.cuda.is_available()
     rl.train(cfg)
+    peak_ours = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     m = [json.loads(x) for x in open(work / "ours" / "metrics.jsonl")][1:]
     ours = {k: sum(x[k] for x in m) / len(m) for k in ("step_time", "t_rollout", "t_logprobs", "t_train",
                                                        "weight_sync_s", "completion_len")}
@@ -71,8 +77,10 @@ def main():
     targs = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=n, num_generations=a.group_size,
                        max_completion_length=a.max_new_tokens, learning_rate=1e-5, max_steps=a.steps + 1,
                        temperature=1.0, top_p=1.0, beta=0.0, report_to="none", logging_steps=1, save_strategy="no",
-                       use_cpu=True, bf16=False, gradient_accumulation_steps=1)
+                       use_cpu=not cuda, bf16=cuda, gradient_accumulation_steps=1)
     timer = Timer()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(mdir), reward_funcs=reward, args=targs,
                           train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(mdir), callbacks=[timer])
     trainer.train()
@@ -83,7 +91,9 @@ def main():
     print(f"rl.py   step {ours['step_time']:.3f}s = rollout {ours['t_rollout']:.3f} "
           f"+ logprobs {ours['t_logprobs']:.3f} + train {ours['t_train']:.3f} + sync {ours['weight_sync_s']:.3f} "
           f"(mean completion {ours['completion_len']:.1f})")
-    print(f"TRL     step {trl_step:.3f}s")
+    print(f"TRL     step {trl_step:.3f}s  (device: {'cuda' if cuda else 'cpu'} both sides)")
+    if cuda:
+        print(f"peak GPU memory: rl.py {peak_ours:.2f} GiB, TRL {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB")
     print(f"ratio rl.py / TRL = {ours['step_time'] / trl_step:.2f}")
 
 

