@@ -502,13 +502,16 @@ def load_model(path, dtype: str, packed: bool = True):
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
                  trainable: bool = True, activation_checkpointing: bool = False, temperature: float = 1.0,
                  chunk: int = 4096) -> PolicyLM:
-    """PolicyLM on `device`, FSDP2-sharded by utils.shard_model (every decoder block, then the root; bf16 compute on
-    GPU). trainable=False gives the frozen reference: sharded the same way (no full copy per rank), eval mode."""
-    model = PolicyLM(load_model(path, dtype), device, temperature, chunk)
-    if device.type == "cuda" and not cpu_offload:
-        model.to(device)
-    utils.shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing and trainable)
-    return model.train() if trainable else model.eval().requires_grad_(False)
+    """PolicyLM on `device`, FSDP2-sharded (every decoder block, then the root; bf16 compute on GPU), built on the
+    meta device and loaded once by rank 0, which broadcasts the weights shard by shard (utils.load_sharded_model,
+    as sft.py): no rank but 0 ever holds the full model in host RAM. trainable=False gives the frozen reference:
+    sharded the same way (no full copy per rank), eval mode."""
+    utils.register_packed_attention()
+    model, _ = utils.load_sharded_model(
+        path, device, wrap=lambda hf: PolicyLM(hf, device, temperature, chunk), dtype=getattr(torch, dtype),
+        hybrid_shard=hybrid_shard, cpu_offload=cpu_offload, trainable=trainable,
+        activation_checkpointing=activation_checkpointing and trainable, attn_implementation=utils.PACKED_ATTENTION)
+    return model
 
 
 def build_batch(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int):
