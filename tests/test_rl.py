@@ -573,5 +573,6 @@ def test_two_rank_colocated_vllm_external_launcher(tiny_model, tmp_path):
     assert r.stderr.count("Using external launcher") + r.stdout.count("Using external launcher") == 2
     m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert len(m) == 2 and all(math.isfinite(x["reward"]) and x["weight_sync_s"] > 0 for x in m)
-    assert all(x["logprob_diff_vllm"] is not None and x["logprob_diff_vllm"] < 0.05 for x in m)
+    print("2-rank vllm logprob diff at T=0.8", [x["logprob_diff_vllm"] for x in m])
+    assert all(x["logprob_diff_vllm"] is not None and x["logprob_diff_vllm"] < 0.01 for x in m)  # raw: ~0.05
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
