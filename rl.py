@@ -612,8 +612,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     stats = torch.zeros(5, device=dev)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
     optimizer.zero_grad(set_to_none=True)
     mbs = aligned_micro_batches(batch, cfg.micro_batch, cfg.micro_batch_tokens, dev)
-    for i, rows in enumerate(mbs):
-        model.set_requires_gradient_sync(i == len(mbs) - 1)  # reduce-scatter once, after the last micro-batch
+    for rows in mbs:  # gradients are reduce-scattered after every micro-batch: only sharded gradients are kept
         weight = 1.0 if rows else 0.0  # an empty micro-batch (rank alignment): row 0, no contribution
         rows = rows or [0]
         m = mask[rows].to(dev) * weight

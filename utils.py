@@ -1479,8 +1479,13 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
         tmp = out.with_name(out.name + ".tmp")
         if dtype is not None:
             sd = {k: v.to(dtype) for k, v in sd.items()}
-            hf_model.config.dtype = dtype  # what config.json records (transformers 5: `dtype`, not `torch_dtype`)
         hf_model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+        if dtype is not None:  # save_pretrained records the (fp32) module's dtype, not the weights' it was given
+            conf = json.loads((tmp / "config.json").read_text())
+            for key in ("dtype", "torch_dtype"):
+                if key in conf or key == "dtype":
+                    conf[key] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False))
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
         if out.exists():
             import shutil
