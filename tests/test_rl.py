@@ -9,6 +9,16 @@ import torch
 
 import rl
 import utils
+from conftest import cpu_env, requires_cuda
+
+
+@pytest.fixture(autouse=True)
+def cpu_semantics(request, monkeypatch):
+    """These tests check CPU semantics (gloo, fp32, exact equalities) and must take the CPU path on a GPU machine
+    too; the GPU checks (@pytest.mark.cuda + @requires_cuda) keep the GPU."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
 
 # ---- advantages ------------------------------------------------------------------------------------------------------
 
@@ -260,7 +270,8 @@ def test_stream_weights_holds_one_tensor_at_a_time(tiny_model):
     assert peak < full / 4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
+@requires_cuda
 def test_stream_weights_peak_gpu_memory(tiny_model):
     model = rl.PolicyLM(rl.load_model(tiny_model, "float32")).cuda()
     full = sum(v.numel() * 2 for v in model.state_dict().values())
@@ -368,10 +379,9 @@ def test_two_ranks_same_update_as_one_process(tiny_model, tmp_path, mode):
     script = tmp_path / "dp.py"
     script.write_text(DP_SCRIPT.format(repo=str(Path(rl.__file__).parent)))
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    subprocess.run([sys.executable, str(script), str(tiny_model), str(one), mode], check=True)
+    subprocess.run([sys.executable, str(script), str(tiny_model), str(one), mode], check=True, env=cpu_env())
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                    str(script), str(tiny_model), str(two), mode], check=True, env={**__import__("os").environ,
-                                                                                  "OMP_NUM_THREADS": "1"})
+                    str(script), str(tiny_model), str(two), mode], check=True, env=cpu_env())
     a, b = torch.load(one), torch.load(two)
     init = rl.load_model(tiny_model, "float32").state_dict()
     moved = max((a["params"][k] - init[k]).abs().max().item() for k in init)
@@ -528,7 +538,8 @@ def test_vllm_weight_push_and_grpo_step(tiny_model, tmp_path):
     for f in Path(tiny_model).iterdir():  # tokenizer files for the fresh engine (the model weights come from the push)
         if "token" in f.name or f.name == "chat_template.jinja":
             shutil.copy(f, export / f.name)
-    subprocess.run([sys.executable, str(script), str(tiny_model), str(tmp_path)], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, str(script), str(tiny_model), str(tmp_path)], check=True, cwd=tmp_path,
+                   env=cpu_env())
     push = json.loads((tmp_path / "push.json").read_text())
     assert push["before"] != push["after"]          # the push changed the engine
     assert push["after"] == push["fresh"]           # ... to exactly the exported weights
@@ -568,7 +579,7 @@ def test_two_rank_colocated_vllm_external_launcher(tiny_model, tmp_path):
                                              for i in range(4)])
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         "29541", str(script), str(tiny_model), str(tmp_path)], cwd=tmp_path, capture_output=True,
-                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       text=True, env=cpu_env())
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("Using external launcher") + r.stdout.count("Using external launcher") == 2
     m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
