@@ -286,7 +286,9 @@ def plot_lawbench_tasks(ours: dict[str, dict[str, float]], baselines: dict[str, 
         bars = ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width, ys, width, label=name,
                       hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
         if name in ours:  # a 0 is a result: label it, so an empty-looking chart reads as zeros, not as missing data
-            ax.bar_label(bars, labels=["" if np.isnan(y) else f"{y:.1f}" for y in ys], fontsize=6)
+            for bar, y in zip(bars, ys):
+                if not np.isnan(y):
+                    ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y:.1f}", ha="center", va="bottom", fontsize=6)
     _zero_axis(ax, [100 * v for n in names for v in (ours.get(n) or baselines[n]).values()])
     zero = [n for n in ours if ours[n] and not any(ours[n].values())]
     if zero:
@@ -315,12 +317,12 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
         xs = np.arange(len(cats)) + (i - (len(names) - 1) / 2) * width
         ys = [means.get(c, np.nan) for c in cats]
         values += [y for y in ys if not np.isnan(y)]
-        bars = ax.bar(xs, ys, width, label=name, hatch=None if name in ours else "//",
-                      alpha=1.0 if name in ours else 0.6)
+        ax.bar(xs, ys, width, label=name, hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
         # a category with tasks missing gets no bar but says why (the mean of a subset is not the category's score)
-        ax.bar_label(bars, labels=[f"{y:.1f}" if not np.isnan(y) else
-                                   f"{sum(t in scores for t in category_tasks(c))}/{len(category_tasks(c))}\ntasks"
-                                   for c, y in zip(cats, ys)], fontsize=6)
+        for x, c, y in zip(xs, cats, ys):
+            label = f"{y:.1f}" if not np.isnan(y) else \
+                f"{sum(t in scores for t in category_tasks(c))}/{len(category_tasks(c))}\ntasks"
+            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=6)
     _zero_axis(ax, values)
     ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
     ax.set_ylabel("得分 score (x100)")

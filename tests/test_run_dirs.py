@@ -229,6 +229,7 @@ def test_generate_detects_another_model(tiny_model, tmp_path, capsys):
 
     other = utils.build_tiny_model(tmp_path / "other", seed=1)  # other weights: refused, old predictions kept
     before = snapshot(out)
+    capsys.readouterr()
     assert evaluate.main([*args, "--model", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(task) in err and "model_fingerprint" in err and "--overwrite" in err
