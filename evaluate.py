@@ -48,7 +48,7 @@ def _append_metrics(out_dir, record: dict, replaces=None) -> None:
     """One line per run in OUT/metrics.jsonl, so with/without runs sit side by side. replaces(old_record) -> True
     drops an earlier line that this run redoes (judgment: same tag; longdoc: every line), instead of appending."""
     path = Path(out_dir) / "metrics.jsonl"
-    old = [r for _, r in utils.iter_records(path)] if replaces and path.is_file() else []
+    old = [r for _, r in utils.iter_records(path, on_error="skip")] if replaces and path.is_file() else []
     if replaces:
         utils.write_jsonl(path, [r for r in old if not replaces(r)] + [record])
         return

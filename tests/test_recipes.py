@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "recipes"))  # recipes/demo_summary.py
 def demo_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEXLAB_JUDGE")}
-    r = subprocess.run(["bash", str(REPO / "recipes" / "demo.sh")], capture_output=True, text=True, timeout=1200,
+    r = subprocess.run(["bash", str(REPO / "recipes" / "demo.sh")], capture_output=True, text=True, timeout=3600,
                        env={**env, "RUN": str(run)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run, r.stdout
