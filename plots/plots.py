@@ -322,7 +322,12 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
         for x, c, y in zip(xs, cats, ys):
             label = f"{y:.1f}" if not np.isnan(y) else \
                 f"{sum(t in scores for t in category_tasks(c))}/{len(category_tasks(c))}\ntasks"
-            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=6)
+            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=7)
+    partial = [f"{n}: {sum(t in ours[n] for t in LAWBENCH_TASKS)} of {len(LAWBENCH_TASKS)} tasks" for n in ours
+               if not all(t in ours[n] for t in LAWBENCH_TASKS)]
+    if partial:
+        ax.text(0.5, 0.95, "; ".join(partial) + " scored: a category (and the Average) is drawn only when all its "
+                "tasks are", transform=ax.transAxes, ha="center", va="top", fontsize=8, color="firebrick")
     _zero_axis(ax, values)
     ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
     ax.set_ylabel("得分 score (x100)")
@@ -505,11 +510,11 @@ def plot_data_mix(report: dict, out) -> Path:
             note = f"training records removed: {removed} (sources panel: 丢弃 contaminated)"
         ax.text(0.5, 0.97, note, transform=ax.transAxes, ha="center", va="top", fontsize=7, wrap=True,
                 color="firebrick" if check is not None and not check.get("run") else "black")
-        ax.set_ylabel("LawBench items overlapped (distinct)")
+        ax.set_ylabel("LawBench items overlapped (distinct)", fontsize=8)
         ax.set_title("去污染 decontamination: LawBench items each source overlaps", fontsize=9)
+        ax.set_ylim(0, 1.4 * max(bottom.max(initial=0), 1))  # room for the note above the bars
         if decon:
             ax.legend(fontsize=6, loc="center right")
-            ax.margins(y=0.25)
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle("数据 data mix")
     return _save(fig, out)
