@@ -1172,8 +1172,9 @@ def rag_effect(out_dir) -> dict:
     runs = {}
     for path in sorted(out.glob("metrics_*.json")):
         rag = json.loads(path.read_text(encoding="utf-8"))
-        if path.name == "metrics_plain.json" or "rag_recall" not in rag or any(rag.get(k) != plain.get(k) for k in same):  # a retrieval run of the same
-            continue                                                                 # model on the same items only
+        # a retrieval run of the same model on the same items only
+        if path.name == "metrics_plain.json" or "rag_recall" not in rag or any(rag.get(k) != plain.get(k) for k in same):
+            continue
         runs[rag["tag"]] = {k: {"without_rag": plain[k], "with_rag": rag[k], "change": rag[k] - plain[k]}
                             for k in RAG_EFFECT_KEYS
                             if isinstance(plain.get(k), (int, float)) and isinstance(rag.get(k), (int, float))}

@@ -49,8 +49,8 @@ class Config:
     """Build packed SFT stages from a manifest of raw legal sources."""
     manifest: str = field(default="data/sample/manifest.json", metadata={"help": "JSON manifest of sources"})
     model: str = field(default="runs/demo/model", metadata={"help": "tokenizer / chat template folder"})
-    out: str | None = field(default=None, metadata={"help": "output directory (required; built beside it in .OUT.tmp and "
-                                                              "renamed when complete)"})
+    out: str | None = field(default=None, metadata={"help": "output directory (required; built beside it in .OUT.tmp "
+                                                              "and renamed when complete)"})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds data: rebuild it (replaced when complete)"})
     lawbench_dir: str | None = field(default=None, metadata={"help": "LawBench root (data/zero_shot/*.json); required "
                                                                      "unless --decontaminate false"})
@@ -767,9 +767,9 @@ def run(cfg: Config, scorer=None) -> dict:
                         reason="bad_flag")
     final = Path(cfg.out)
     if final.is_dir() and any(final.iterdir()) and not cfg.overwrite:
-        raise DataError(final, None, None, f"already holds a build ({', '.join(sorted(p.name for p in final.iterdir())[:5])}"
-                        f"): pass --overwrite to rebuild it (replaced only once the new build is complete), or "
-                        f"choose another --out", reason="run_dir")
+        held = ", ".join(sorted(p.name for p in final.iterdir())[:5])
+        raise DataError(final, None, None, f"already holds a build ({held}): pass --overwrite to rebuild it "
+                        f"(replaced only once the new build is complete), or choose another --out", reason="run_dir")
     sources = load_manifest(cfg.manifest)
     decon = None
     if cfg.decontaminate:

@@ -93,8 +93,8 @@ class RLConfig:
 # constant, so a run can be extended). Every other field (model, prompts, seed, group_size x prompts_per_step, lr,
 # clipping, loss, sampling, rewards, ...) and the
 # fingerprints of the model and the prompt file define the run (utils.prepare_run_dir).
-RUN_SETTINGS = ("output_dir", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every", "keep_last",
-                "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch", "backend", "vllm_kv_bytes",
+RUN_SETTINGS = ("output_dir", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
+                "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch", "backend", "vllm_kv_bytes",
                 "vllm_gpu_util")
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
 

@@ -88,8 +88,9 @@ def headline(run) -> list[tuple[str, str]]:
     if scores.is_file():
         for model, tasks in read_scores_csv(scores).items():
             zeros = sum(v == 0 for v in tasks.values())
-            rows.append(("LawBench", f"{model}: mean of {len(tasks)} sample tasks {100 * _mean(list(tasks.values())):.1f}"
-                                     f" (x100); {zeros} of {len(tasks)} tasks score 0"))
+            mean = 100 * _mean(list(tasks.values()))
+            rows.append(("LawBench", f"{model}: mean of {len(tasks)} sample tasks {mean:.1f} (x100); {zeros} of "
+                                     f"{len(tasks)} tasks score 0"))
     else:
         rows.append(("LawBench", "not run (no eval/lawbench/scores.csv)"))
 
