@@ -45,10 +45,16 @@ import utils
 from utils import DataError
 
 
-def _append_metrics(out_dir, record: dict) -> None:
-    """One line per run in OUT/metrics.jsonl (never overwritten, so with/without runs sit side by side)."""
+def _append_metrics(out_dir, record: dict, replaces=None) -> None:
+    """One line per run in OUT/metrics.jsonl, so with/without runs sit side by side. replaces(old_record) -> True
+    drops an earlier line that this run redoes (judgment: same tag; longdoc: every line), instead of appending."""
+    path = Path(out_dir) / "metrics.jsonl"
+    old = [r for _, r in utils.iter_records(path, on_error="skip")] if replaces and path.is_file() else []
+    if replaces:
+        utils.write_jsonl(path, [r for r in old if not replaces(r)] + [record])
+        return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
@@ -847,6 +853,8 @@ class GenerateConfig:
                 "predictions under <model_name>-code, both modes side by side in <out>/code_mode.json"})
     code_wall_s: float = field(default=10.0, metadata={"help": "wall-time limit per program (code mode)",
                                                        "min": 0.5, "max": 600})
+    overwrite: bool = field(default=False, metadata={
+        "help": "regenerate the prediction files of --model_name (needed when another model made them)"})
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -893,6 +901,39 @@ def load_done(task_file: Path) -> dict[int, dict]:
     return done
 
 
+# Which model made a prediction file: <task>.json.model beside it (not *.json, so scorers never read it) holds the
+# model's path, a fingerprint of its weights / config / tokenizer (utils.fingerprint) and the generation settings.
+# Predictions (finished or .partial) made by another model or with other settings are never kept under this name.
+
+MADE_BY_SETTINGS = ("model_fingerprint", "backend", "raw", "max_new_tokens")  # what must match; the path may move
+
+
+def made_by(cfg: GenerateConfig) -> dict:
+    return {"model": str(Path(cfg.model).resolve()), "model_fingerprint": utils.fingerprint(cfg.model),
+            "backend": cfg.backend, "raw": cfg.raw, "max_new_tokens": cfg.max_new_tokens}
+
+
+def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
+    """Refuse (DataError naming the file and what differs) when an existing prediction file or its .partial was made
+    by another model or with other settings (or nothing says which); with overwrite, remove them instead."""
+    for task_file in task_files:
+        partial, record = task_file.with_suffix(".json.partial"), task_file.with_suffix(".json.model")
+        if not (task_file.is_file() or partial.is_file()):
+            continue
+        had = json.loads(utils.read_text(record)) if record.is_file() else None
+        diff = [f"{k} {had.get(k)!r} -> {want[k]!r}" for k in MADE_BY_SETTINGS if had and had.get(k) != want[k]]
+        if had is not None and not diff:
+            continue
+        if overwrite:
+            for p in (task_file, partial, record):
+                p.unlink(missing_ok=True)
+            continue
+        why = (f"made by {had.get('model')} with other settings ({'; '.join(diff)})" if had else
+               f"no {record.name} says which model made it")
+        raise DataError(task_file, None, None, f"{why}: not regenerated for {want['model']}; pass --overwrite to "
+                        f"regenerate it, or another --model_name", reason="other_model")
+
+
 def generate_lawbench(cfg: GenerateConfig) -> dict:
     """Generate every (shot, task) file not already complete. Returns {shot/task: items generated now}."""
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
@@ -900,8 +941,12 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
         raise DataError("--shots", None, None, f"expected zero | one | both, got {cfg.shots!r}", reason="bad_flag")
     tasks = parse_tasks(cfg.tasks)
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
-    index = StatuteIndex(cfg.rag, cfg.rag_law) if cfg.rag else None
     name = cfg.model_name or Path(cfg.model).resolve().name
+    want = made_by(cfg)
+    check_made_by([Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
+                   ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want, cfg.overwrite)
+    utils.save_config(cfg, cfg.out)
+    index = StatuteIndex(cfg.rag, cfg.rag_law) if cfg.rag else None
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
     report = {}
@@ -921,6 +966,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
             if not todo and task_file.is_file() and not partial.is_file():
                 continue  # complete, with exactly these prompts
             partial.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(task_file.with_suffix(".json.model"), want)
             if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
                 with open(partial, "a", encoding="utf-8") as f:
                     f.write("\n")  # close a line cut off by the interruption before appending
@@ -953,7 +999,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
             write_predictions(task_file, [done[i] for i in range(len(items))])
             partial.unlink(missing_ok=True)
     if cfg.code:  # section 3b: the same items again, the model writing a program
-        report["code_mode"] = generate_code_mode(cfg, shots, name)
+        report["code_mode"] = generate_code_mode(cfg, shots, name, want)
     return report
 
 
@@ -1290,10 +1336,11 @@ def exec_counts(items: list[dict]) -> dict:
             "refused": sum(it["exec"]["status"] == "refused" for it in items)}
 
 
-def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str) -> dict:
+def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str, want: dict) -> dict:
     """Code mode on the same items as the direct answers: generate, run each program in the sandbox, write
     <out>/<shot>/<name>-code/<task>.json, score both files with the official scorer. -> {shot/task: row}, where a
-    row holds both scores and the execution counts (also in <out>/code_mode.json and a line of metrics.jsonl)."""
+    row holds both scores and the execution counts (also in <out>/code_mode.json and a line of metrics.jsonl).
+    want: made_by(cfg), recorded beside each file as for the direct answers."""
     from tqdm import tqdm
     rows = {}
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
@@ -1325,6 +1372,7 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str) -> di
                                  "refr": it["answer"], "completion": out, "code": code if found else "",
                                  "exec": {k: v for k, v in run.items() if k != "stdout"}})
                 write_predictions(task_file, done, keep=("completion", "code", "exec"))
+                _write_json(task_file.with_suffix(".json.model"), want)  # which model wrote it (check_made_by)
             direct = score_file(Path(cfg.out) / SHOTS[shot] / name / f"{task}.json", task)
             coded = score_file(task_file, task)
             rows[f"{SHOTS[shot]}/{task}"] = {"direct": direct["score"], "code": coded["score"],
@@ -1467,6 +1515,14 @@ class JudgmentConfig:
     rag_k: int = field(default=3, metadata={"help": "articles retrieved per fact"})
     rag_law: str = field(default="刑法", metadata={"help": "law to retrieve from ('all': every law)"})
     tag: str | None = field(default=None, metadata={"help": "run name in metrics.jsonl; default rag_k<K> or plain"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds judgment runs of another model / item set / "
+                                                              "generation settings: delete them and start clean"})
+
+
+# A judgment folder holds runs of ONE model on ONE item set with the same generation settings (so its plain and
+# retrieval runs compare); only retrieval and the tag may differ. A run with the same tag replaces the earlier one.
+JUDGMENT_SETTINGS = ("out", "batch_size", "rag", "rag_k", "rag_law", "tag", "overwrite")
+JUDGMENT_OUTPUTS = ("metrics.jsonl", "metrics_*.json", "predictions_*.jsonl", "rag_effect.json", "*.tmp")
 
 
 def load_judgment_data(path, max_items: int | None = None) -> list[dict]:
@@ -1484,11 +1540,17 @@ def load_judgment_data(path, max_items: int | None = None) -> list[dict]:
         out.append({"fact": fact, "truth": truth})
         if max_items is not None and len(out) >= max_items:
             break
+    if not out:  # metrics over no items would read as F1 0.0
+        raise DataError(path, None, None, "no records (nothing to evaluate)", reason="empty_file")
     return out
 
 
 def run_judgment(cfg: JudgmentConfig) -> dict:
     data = load_judgment_data(cfg.data, cfg.max_items)
+    identity = utils.run_identity(cfg, JUDGMENT_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                           "data_fingerprint": utils.fingerprint(cfg.data)})
+    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, JUDGMENT_OUTPUTS)
+    utils.save_config(cfg, cfg.out)
     prompts, retrieved = [utils.judgment_prompt(d["fact"]) for d in data], None
     t0 = time.time()
     if cfg.rag:
@@ -1524,8 +1586,9 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
     if retrieved is not None:
         metrics["rag_recall"] = retrieval_recall(retrieved, [set(d["truth"]["articles"]) for d in data])
     metrics.update(tag=cfg.tag or (f"rag_k{cfg.rag_k}" if cfg.rag else "plain"), model=cfg.model, data=cfg.data,
-                   retrieval_s=round(t_rag, 2), generation_s=round(t_gen, 2), prompt_budget=budget,
-                   cut_items=sum(bool(c) for c in cut_chars), refused_items=sum(c is None for c in cut_chars))
+                   model_fingerprint=identity["model_fingerprint"], retrieval_s=round(t_rag, 2),
+                   generation_s=round(t_gen, 2), prompt_budget=budget, cut_items=sum(bool(c) for c in cut_chars),
+                   refused_items=sum(c is None for c in cut_chars))
     tag = metrics["tag"]
     utils.write_jsonl(Path(cfg.out) / f"predictions_{tag}.jsonl",
                       [{"prompt": p, "completion": o, "parsed": {k: sorted(v) if isinstance(v, set) else v
@@ -1535,11 +1598,13 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
                        for p, o, pr, d, r, c in zip(prompts, outs, preds, data, retrieved or [None] * len(data),
                                                     cut_chars)])
     _write_json(Path(cfg.out) / f"metrics_{tag}.json", metrics)
-    _append_metrics(cfg.out, metrics)
+    _append_metrics(cfg.out, metrics, replaces=lambda old: old.get("tag") == tag)
     effect = rag_effect(cfg.out)
     if effect:
         _write_json(Path(cfg.out) / "rag_effect.json", effect)
         metrics["rag_effect"] = effect
+    else:  # never leave an effect computed from other runs beside these
+        (Path(cfg.out) / "rag_effect.json").unlink(missing_ok=True)
     return metrics
 
 
@@ -1548,20 +1613,29 @@ RAG_EFFECT_KEYS = ("charge_micro_f1", "charge_macro_f1", "article_micro_f1", "ar
 
 
 def rag_effect(out_dir) -> dict:
-    """When OUT holds both metrics_plain.json and metrics_rag_k*.json (same data, same n): {tag: {metric: [plain,
-    with rag, difference]}}, the effect of statute retrieval. Empty when one side is missing."""
+    """The effect of statute retrieval, when OUT holds metrics_plain.json and metrics_rag_k*.json (or other tags)
+    of the same model on the same items: {"items", "data", "model", "model_fingerprint", "runs": {tag: {metric:
+    {"without_rag", "with_rag", "change" (= with - without)}}}}. Empty when there is nothing to compare."""
     out = Path(out_dir)
     if not (out / "metrics_plain.json").is_file():
         return {}
     plain = json.loads((out / "metrics_plain.json").read_text(encoding="utf-8"))
-    effect = {}
-    for path in sorted(out.glob("metrics_rag_k*.json")):
+    same = ("data", "n", "model", "model_fingerprint")
+    runs = {}
+    for path in sorted(out.glob("metrics_*.json")):
         rag = json.loads(path.read_text(encoding="utf-8"))
-        if (rag.get("data"), rag.get("n"), rag.get("model")) != (plain.get("data"), plain.get("n"), plain.get("model")):
+        # a retrieval run of the same model on the same items only
+        if path.name == "metrics_plain.json" or "rag_recall" not in rag or any(rag.get(k) != plain.get(k) for k in same):
             continue
-        effect[rag["tag"]] = {k: [plain[k], rag[k], rag[k] - plain[k]] for k in RAG_EFFECT_KEYS
-                              if isinstance(plain.get(k), (int, float)) and isinstance(rag.get(k), (int, float))}
-    return effect
+        runs[rag["tag"]] = {k: {"without_rag": plain[k], "with_rag": rag[k], "change": rag[k] - plain[k]}
+                            for k in RAG_EFFECT_KEYS
+                            if isinstance(plain.get(k), (int, float)) and isinstance(rag.get(k), (int, float))}
+        if isinstance(rag.get("rag_recall"), (int, float)):
+            runs[rag["tag"]]["rag_recall"] = rag["rag_recall"]  # share of gold articles among the retrieved ones
+    if not runs:
+        return {}
+    return {"items": plain.get("n"), "data": plain.get("data"), "model": plain.get("model"),
+            "model_fingerprint": plain.get("model_fingerprint"), "runs": runs}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1597,6 +1671,12 @@ class LongDocConfig:
     backend: str = field(default="hf", metadata={"help": "hf | vllm"})
     max_new_tokens: int = field(default=128, metadata={"help": "answers are short"})
     batch_size: int = field(default=4, metadata={"help": "generation batch size"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds a long-document run of another model / data /"
+                                                              " settings: delete it and start clean"})
+
+
+LONGDOC_SETTINGS = ("out", "batch_size", "overwrite")  # a rerun with the same identity replaces the earlier result
+LONGDOC_OUTPUTS = ("metrics.jsonl", "metrics.json", "predictions.jsonl", "*.tmp")
 
 
 def load_longdoc(path, doc_field: str = "document") -> list[dict]:
@@ -1613,11 +1693,17 @@ def load_longdoc(path, doc_field: str = "document") -> list[dict]:
             utils.require(q, "question", path, line)
             utils.require(q, "answer", path, line)
         out.append({"document": doc, "questions": qs})
+    if not out:  # a score over no documents would read as F1 0.0
+        raise DataError(path, None, None, "no records (nothing to evaluate)", reason="empty_file")
     return out
 
 
 def run_longdoc(cfg: LongDocConfig) -> dict:
     docs = load_longdoc(cfg.data, cfg.doc_field)
+    identity = utils.run_identity(cfg, LONGDOC_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                          "data_fingerprint": utils.fingerprint(cfg.data)})
+    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, LONGDOC_OUTPUTS)
+    utils.save_config(cfg, cfg.out)
     tok = utils.load_tokenizer(cfg.model)
     context = cfg.max_context or utils.model_context(cfg.model)
     # the budget counts the whole rendered prompt (chat template, instructions, question): the document is cut in
@@ -1657,7 +1743,7 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
     utils.write_jsonl(Path(cfg.out) / "predictions.jsonl",
                       [{**r, "prediction": o, "char_f1": s} for r, o, s in zip(rows, outs, scores)])
     _write_json(Path(cfg.out) / "metrics.json", metrics)
-    _append_metrics(cfg.out, metrics)
+    _append_metrics(cfg.out, metrics, replaces=lambda old: True)  # one run per folder: a rerun replaces it
     return metrics
 
 
@@ -1667,7 +1753,6 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
 
 def _cmd_generate(argv):
     cfg = utils.parse_config(GenerateConfig, argv)
-    utils.save_config(cfg, cfg.out)
     t0 = time.time()
     report = generate_lawbench(cfg)
     code_rows = report.pop("code_mode", None)
@@ -1682,13 +1767,11 @@ def _cmd_generate(argv):
 
 def _cmd_judgment(argv):
     cfg = utils.parse_config(JudgmentConfig, argv)
-    utils.save_config(cfg, cfg.out)
     print(json.dumps(run_judgment(cfg), ensure_ascii=False, indent=1))
 
 
 def _cmd_longdoc(argv):
     cfg = utils.parse_config(LongDocConfig, argv)
-    utils.save_config(cfg, cfg.out)
     print(json.dumps(run_longdoc(cfg), ensure_ascii=False, indent=1))
 
 

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shutil
 import sys
 import time
 import urllib.request
@@ -48,9 +49,13 @@ class Config:
     """Build packed SFT stages from a manifest of raw legal sources."""
     manifest: str = field(default="data/sample/manifest.json", metadata={"help": "JSON manifest of sources"})
     model: str = field(default="runs/demo/model", metadata={"help": "tokenizer / chat template folder"})
-    out: str = field(default="runs/demo/data", metadata={"help": "output directory"})
-    lawbench_dir: str | None = field(default=None, metadata={"help": "LawBench root (data/zero_shot/*.json)"})
-    decontaminate: bool = field(default=True, metadata={"help": "drop records overlapping LawBench (needs lawbench_dir)"})
+    out: str | None = field(default=None, metadata={"help": "output directory (required; built beside it in .OUT.tmp "
+                                                              "and renamed when complete)"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds data: rebuild it (replaced when complete)"})
+    lawbench_dir: str | None = field(default=None, metadata={"help": "LawBench root (data/zero_shot/*.json); required "
+                                                                     "unless --decontaminate false"})
+    decontaminate: bool = field(default=True, metadata={"help": "drop records overlapping LawBench (false: not run, "
+                                                                "and the report says so)"})
     window: int = field(default=24, metadata={"help": "decontamination window (normalised chars)"})
     short_window: int = field(default=12, metadata={"help": "window for short LawBench questions"})
     short_below: int = field(default=48, metadata={"help": "LawBench questions shorter than this use short_window"})
@@ -746,30 +751,80 @@ def write_stage(cfg: Config, work: Path, out_dir: Path, stage: str, index: np.nd
 # ----------------------------------------------------------------------------------------------------------------------
 
 def run(cfg: Config, scorer=None) -> dict:
+    """Build OUT from scratch in the hidden folder .OUT.tmp beside it, then swap it in: OUT is never a mix of two
+    builds, and a build that fails halfway leaves the previous OUT as it was (and .OUT.tmp, until the next run)."""
     t0 = time.time()
     if cfg.overlong not in ("truncate", "drop"):
         raise DataError("--overlong", None, None, f"expected truncate|drop, got {cfg.overlong!r}", reason="bad_flag")
     if cfg.on_error not in ("raise", "skip"):
         raise DataError("--on_error", None, None, f"expected raise|skip, got {cfg.on_error!r}", reason="bad_flag")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    utils.save_config(cfg, out)
+    if not cfg.out:
+        raise DataError("--out", None, None, "required: the folder to build (no default, so no earlier build is "
+                        "replaced by accident)", reason="bad_flag")
+    if cfg.decontaminate and not cfg.lawbench_dir:
+        raise DataError("--lawbench_dir", None, None, "required to decontaminate against LawBench; pass "
+                        "--decontaminate false to build without it (the report then says it was not run)",
+                        reason="bad_flag")
+    final = Path(cfg.out)
+    if final.is_dir() and any(final.iterdir()) and not cfg.overwrite:
+        held = ", ".join(sorted(p.name for p in final.iterdir())[:5])
+        raise DataError(final, None, None, f"already holds a build ({held}): pass --overwrite to rebuild it "
+                        f"(replaced only once the new build is complete), or choose another --out", reason="run_dir")
     sources = load_manifest(cfg.manifest)
-    if scorer is None and cfg.llm_url:
-        if not cfg.llm_model:
-            raise DataError("--llm_model", None, None, "needed with --llm_url", reason="bad_flag")
-        scorer = LLMScorer(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, cfg.llm_cache or out / "llm_scores.jsonl")
-    timings = {}
     decon = None
-    if cfg.lawbench_dir and cfg.decontaminate:
+    if cfg.decontaminate:
         decon = Decontaminator(cfg.lawbench_dir, cfg.window, cfg.short_window, cfg.short_below, cfg.min_window_hits,
                                cfg.min_window_frac, cfg.boilerplate_items,
                                tuple(t.strip() for t in cfg.answer_tasks.split(",") if t.strip()))
         print(f"decontamination index: {len(decon.items)} LawBench items", flush=True)
 
+    out = final.parent / f".{final.name}.tmp"
+    cache = [p / "llm_scores.jsonl" for p in (final, out) if (p / "llm_scores.jsonl").is_file()]
+    cached = "".join(p.read_text(encoding="utf-8") for p in cache) if not cfg.llm_cache else ""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if cached:  # LLM scores already paid for (the old build's, or a failed build's) are kept
+        (out / "llm_scores.jsonl").write_text(cached, encoding="utf-8")
+    utils.save_config(cfg, out)
+    try:
+        report = build(cfg, out, sources, decon, scorer, t0)
+    except BaseException:  # nothing half-built stays; only LLM scores paid for (read again by the next run)
+        for p in out.iterdir():
+            if p.name != "llm_scores.jsonl":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise
+    if final.exists():  # swap: the old build is removed only after the new one is complete
+        old = final.parent / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(out, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(out, final)
+    print_report(report)
+    return report
+
+
+def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | None, scorer, t0: float) -> dict:
+    """Stages 1-9 into `out` (the temporary folder)."""
+    if scorer is None and cfg.llm_url:
+        if not cfg.llm_model:
+            raise DataError("--llm_model", None, None, "needed with --llm_url", reason="bad_flag")
+        scorer = LLMScorer(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, cfg.llm_cache or out / "llm_scores.jsonl")
+    timings = {}
+    # what the decontamination numbers mean, or that there are none: an empty "decontamination" must not read as clean
+    check = ({"run": True, "lawbench_dir": str(cfg.lawbench_dir), "lawbench_items": len(decon.items),
+              "counts": "decontamination[source][task] = distinct LawBench items of that task that the source's "
+                        "records overlap; the training records removed are sources[source].dropped.contaminated"}
+             if decon is not None else {"run": False, "reason": "--decontaminate false: LawBench items may be in "
+                                                                "the training data"})
+
     # 1-6: load, convert, filter, dedup, decontaminate
     timings["index"] = time.time() - t0
     report = collect(cfg, sources, out, scorer, decon)
+    report["decontamination_check"] = check
     timings["load_filter_dedup_decontaminate"] = time.time() - t0 - sum(timings.values())
     if scorer is not None:
         report["llm_filter"] = {"calls": scorer.calls, "cache_hits": scorer.hits}
@@ -808,7 +863,6 @@ def run(cfg: Config, scorer=None) -> dict:
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"seconds": report["seconds"], **{k: v["tokens"] for k, v in report["stages"].items()}})
                 + "\n")
-    print_report(report)
     return report
 
 
@@ -818,8 +872,15 @@ def print_report(report: dict):
         drops = ", ".join(f"{k}={v}" for k, v in sorted(r["dropped"].items())) or "-"
         fe = "  file_errors: " + ", ".join(f"{k}={v}" for k, v in r["file_errors"].items()) if r["file_errors"] else ""
         print(f"{name:<34}{r['kind']:<14}{r['read']:>8}{r['kept']:>8}  {drops}{fe}")
+    check = report.get("decontamination_check") or {}
+    if not check.get("run"):
+        print(f"decontamination: NOT RUN ({check.get('reason', 'no record of it')})")
+    else:
+        removed = sum(r["dropped"].get("contaminated", 0) for r in report["sources"].values())
+        print(f"decontamination vs {check['lawbench_items']} LawBench items: {removed} records removed"
+              + ("" if report["decontamination"] else " (no overlap found)"))
     for name, d in report["decontamination"].items():
-        print(f"decontamination {name}: " + ", ".join(f"{t}={n} items" for t, n in d.items()))
+        print(f"  {name}: overlaps " + ", ".join(f"{t}: {n} LawBench items" for t, n in d.items()))
     print(f"duplicates: {report['duplicates']}   overlong: {report['overlong']}   mix: {report['mix']}")
     print(f"seconds: {report['seconds']}  {report.get('timings', {})}")
     print(f"\n{'stage':<10}{'samples':>10}{'tokens':>14}{'packs':>8}{'efficiency':>12}  lengths")

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +102,22 @@ class RLConfig:
     sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
+                                                                 "checkpoint (same config only, see RUN_SETTINGS)"})
+    overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
+
+
+# How a run runs, not what it computes: the only fields that may change on --resume auto (max_steps too: the LR is
+# constant, so a run can be extended). Every other field (model, prompts, seed, group_size x prompts_per_step, lr,
+# clipping, loss, sampling, rewards, ...) and the
+# fingerprints of the model and the prompt file define the run (utils.prepare_run_dir).
+RUN_SETTINGS = ("output_dir", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
+                "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch",
+                "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "vllm_gpu_util", "vllm_sleep")
+RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -670,6 +683,9 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     from transformers import AutoTokenizer
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
+    identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                      "prompts_fingerprint": utils.fingerprint(cfg.prompts)})
+    utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
     if rank == 0:
         utils.save_config(cfg, out)
     weights = parse_weights(cfg.reward_weights)
@@ -697,9 +713,10 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         order, start = extra["order"], extra["step"]
         utils.print0(f"resumed from {last} (step {start})")
     metrics_path = out / "metrics.jsonl"
-    if rank == 0:  # keep the history up to the resume point only
-        old = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
-        metrics_path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= start))
+    if rank == 0:  # keep the history (metrics and samples) up to the resume point only
+        for path in (metrics_path, out / "samples.jsonl"):
+            old = path.read_text(encoding="utf-8").splitlines() if start and path.is_file() else []
+            path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= start), encoding="utf-8")
 
     max_model_len = max(len(p["ids"]) for p in prompts) + cfg.max_new_tokens
     roll = VLLMRollout(cfg, rank, world, max_model_len, device) if cfg.backend == "vllm" else \
@@ -795,9 +812,11 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
                            f"clip {rec['clip_frac']:.3f} len {rec['completion_len']:.1f} {rec['step_time']:.2f}s")
             if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
                 for j2 in range(0, len(texts), G):
-                    samples_f.write(json.dumps({"step": step + 1, "prompt": mine[j2 // G]["prompt"][-200:],
-                                                "completion": texts[j2], "reward": rewards_d[j2]},
-                                               ensure_ascii=False) + "\n")
+                    # the whole prompt and the gold truth: a sample can be judged on its own
+                    samples_f.write(json.dumps({"step": step + 1, "prompt": mine[j2 // G]["prompt"],
+                                                "truth": mine[j2 // G]["truth"],
+                                                "completion": cfg.response_prefix + texts[j2],
+                                                "reward": rewards_d[j2]}, ensure_ascii=False) + "\n")
                 samples_f.flush()
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
             save(step + 1)
@@ -815,5 +834,6 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
 if __name__ == "__main__":
     try:
         train(utils.parse_config(RLConfig))
-    except utils.DataError as e:
-        raise SystemExit(f"error: {e}")
+    except utils.DataError as e:  # bad input (flags, data, output folder): one line, exit status 2
+        print(f"rl.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2)

@@ -59,7 +59,9 @@ class SFTConfig:
     seed: int = 0
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)"})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
+                                                                 "checkpoint (same config only, see RUN_SETTINGS)"})
+    overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
     reduce_every_micro_batch: bool = field(default=True, metadata={
         "help": "reduce-scatter gradients after every micro-batch (sharded accumulation, as torchtitan); false: "
@@ -80,6 +82,15 @@ class SFTConfig:
     seq_len: int | None = field(default=None, metadata={"help": "dry_run: tokens per pack (default: --data's, else "
                                                                 "32768)", "min": 1})
     gpu_memory_gb: float = field(default=80.0, metadata={"help": "dry_run: memory of one GPU, GiB", "min": 0})
+
+
+# How a run runs, not what it computes: the only fields that may change on --resume auto. Every other field (model,
+# init_from, data, seed, lr and schedule, epochs / max_steps, micro_batch_size x grad_accum, ...) and the
+# fingerprints of the weights and packed data define the run (utils.prepare_run_dir).
+RUN_SETTINGS = ("output_dir", "resume", "overwrite", "save_every", "keep_last", "activation_checkpointing",
+                "cpu_offload", "hybrid_shard", "attention", "loss_chunk", "export_dtype", "peak_tflops",
+                "reduce_every_micro_batch", "dry_run", "world_size", "seq_len", "gpu_memory_gb")
+RUN_OUTPUTS = ("metrics.jsonl", "memory_rank*.json", "checkpoints", "final", "final.tmp")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -292,7 +303,7 @@ def main(argv=None):
         run(cfg, rank, world, device)
     except (DataError, FloatingPointError) as e:
         print(f"sft.py: error: {e}", flush=True)
-        raise SystemExit(1)
+        raise SystemExit(2 if isinstance(e, DataError) else 1)  # 2: bad input (flags, data, output folder)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -307,6 +318,10 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
     if data.n < packs_per_step:
         raise DataError(cfg.data, None, None, f"{data.n} packs < {packs_per_step} needed for one step "
                         f"(world {world} x grad_accum {cfg.grad_accum} x micro_batch_size {cfg.micro_batch_size})")
+    identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                      "init_fingerprint": utils.fingerprint(cfg.init_from or cfg.model),
+                                                      "data_fingerprint": utils.fingerprint(cfg.data)})
+    utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
     order = pack_order(data.n, packs_per_step, cfg.num_epochs, cfg.seed)
     total_steps = len(order) if cfg.max_steps is None else min(cfg.max_steps, len(order))
     warmup = max(1, int(cfg.warmup_ratio * total_steps))

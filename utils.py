@@ -191,6 +191,138 @@ def save_config(cfg, out_dir) -> Path:
     return path
 
 
+# ---- run folders: one run per folder, never two mixed ----
+# A run folder (sft.py / rl.py OUTPUT_DIR, evaluate.py judgment / longdoc OUT) holds one run. Its identity (the config
+# fields that define the run, plus fingerprints of the model / data it read) is written to OUT/run_identity.json
+# before any work. A later invocation into the same folder is refused unless it says what to do with the old run:
+# --overwrite (remove the old run's files, start clean) or --resume auto (continue it: allowed only when the
+# identity is the same, and only from checkpoints whose saved config is the same).
+
+RUN_IDENTITY = "run_identity.json"
+
+
+class RunDirError(DataError):
+    """An output folder that holds another run (or files that are not a run); str() is one line."""
+
+    def __init__(self, path, message: str):
+        super().__init__(path, None, None, message, reason="run_dir")
+
+
+def fingerprint(path, sample_bytes: int = 1 << 16) -> str | None:
+    """A cheap content fingerprint of a file or of a folder's top-level files (a model or packed-stage folder).
+
+    Small files (< 4 sample_bytes: config.json, tokenizer files, meta.json) are hashed whole; a large file (weights,
+    .npy arrays) by its size and three `sample_bytes` slices (start: the safetensors header, middle, end). Names and
+    contents count, paths and mtimes do not (a copied model has the same fingerprint). None when `path` is missing.
+    Two trained checkpoints of one architecture differ in every slice, so a changed model is detected without reading
+    15 GB."""
+    import hashlib
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name if path.is_dir() else ''}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size < 4 * sample_bytes:
+                h.update(fh.read())
+            else:
+                for at in (0, size // 2, size - sample_bytes):
+                    fh.seek(at)
+                    h.update(fh.read(sample_bytes))
+    return h.hexdigest()[:16]
+
+
+def _same_path(a, b) -> bool:
+    return a == b or (isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve())
+
+
+def _identity_diff(old: dict, new: dict) -> list[str]:
+    """'field: old -> new' for every identity field that differs (paths compared as resolved folders)."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if not _same_path(old.get(k), new.get(k))]
+
+
+def run_identity(cfg, ignore=(), extra: dict | None = None) -> dict:
+    """The fields of config `cfg` that define a run (every field except `ignore`: how it runs, not what it computes)
+    plus `extra` (fingerprints)."""
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}, **(extra or {})}
+
+
+def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=(), ckpt_dir=None,
+                    continue_flag: str = "--resume auto") -> bool:
+    """Make OUT ready for a run with `identity` (run_identity()); returns True when an earlier run is continued.
+
+    outputs: names / glob patterns of what the script writes in OUT (config.json and RUN_IDENTITY count too).
+      empty or missing OUT     -> created, new run (a folder holding only config.json / RUN_IDENTITY counts as empty:
+                                  a start that failed before any work)
+      overwrite                -> the old run's outputs are removed first (refused if OUT holds anything else)
+      resume                   -> OUT must hold a run with the same identity; every complete checkpoint under
+                                  ckpt_dir must have saved the same config (trainer_state.pt 'config', on the
+                                  identity's fields)
+      otherwise, OUT not empty -> RunDirError naming what is there and the ways on
+    Checks run on every rank (read only); rank 0 removes and writes, between barriers."""
+    out = Path(out)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if set(present) <= {"config.json", RUN_IDENTITY}:
+        present = []
+    ours = {p.name for pat in (*outputs, "config.json", RUN_IDENTITY) for p in out.glob(pat)} if present else set()
+    foreign = [n for n in present if n not in ours]
+    new = _jsonable(identity)
+    how = "--overwrite replaces it (its files are deleted), or choose another output folder"
+    if present and overwrite:
+        if foreign:
+            raise RunDirError(out, f"--overwrite: it also holds {', '.join(foreign[:5])}, which this script did not "
+                                   f"write; refusing to clear it (choose another output folder)")
+    elif present and resume:
+        ident_path = out / RUN_IDENTITY
+        if foreign or not ident_path.is_file():
+            raise RunDirError(out, f"holds {', '.join((foreign or present)[:5])} but no {RUN_IDENTITY} (not a run "
+                                   f"of this script, or of an older version): cannot tell which config made it; {how}")
+        diff = _identity_diff(json.loads(read_text(ident_path)), new)
+        if diff:
+            raise RunDirError(out, f"holds a run made with a different config ({'; '.join(diff)}); {how}")
+        for ckpt in sorted(Path(ckpt_dir).glob("step_*")) if ckpt_dir else []:
+            if (ckpt / "trainer_state.pt").is_file():
+                import torch
+                saved = torch.load(ckpt / "trainer_state.pt", weights_only=False).get("config") or {}
+                diff = _identity_diff({k: saved[k] for k in new if k in saved}, {k: new[k] for k in new if k in saved})
+                if diff or not saved:
+                    why = "; ".join(diff) or "no config saved"
+                    raise RunDirError(ckpt, f"saved by a run with a different config ({why}): refusing to resume from "
+                                            f"it; {how}")
+    elif present:
+        raise RunDirError(out, f"already holds a run ({', '.join(present[:6])}{' ...' if len(present) > 6 else ''}): "
+                               f"{continue_flag} continues it (same config only), {how}")
+    _barrier()
+    if rank0:
+        if present and overwrite:
+            import shutil
+            for name in sorted(ours):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_IDENTITY).write_text(json.dumps(new, ensure_ascii=False, indent=2), encoding="utf-8")
+    _barrier()
+    return bool(present) and not overwrite
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, ensure_ascii=False, default=str))
+
+
+def _barrier():
+    dist = sys.modules.get("torch.distributed")  # only a script that set up torch.distributed can need a barrier
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. Chinese numerals (as statutes write them: 第一百三十三条之一, 第十条, 第一百一十条, 第二千零一条)
 # ----------------------------------------------------------------------------------------------------------------------

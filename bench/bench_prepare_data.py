@@ -73,7 +73,7 @@ def lawbench_dir() -> Path:
 
 def run_fast(manifest: Path, model: str, out: Path, seq_len: int, workers: int) -> dict:
     import prepare_data as P
-    cfg = P.Config(manifest=str(manifest), model=model, out=str(out), lawbench_dir=str(lawbench_dir()),
+    cfg = P.Config(manifest=str(manifest), model=model, out=str(out), overwrite=True, lawbench_dir=str(lawbench_dir()),
                    seq_len=seq_len, workers=workers, general_ratio=0.1)
     rep = P.run(cfg)
     return {"records": sum(s["read"] for s in rep["sources"].values()),

@@ -147,20 +147,19 @@ DEFAULT_BASELINES = ["GPT4", "GPT-3.5-turbo-0613", "qwen-7b-chat-hf", "internlm-
                      "chatlaw-13b-hf"]
 
 
+def category_tasks(cat: str) -> list[str]:
+    """The LawBench tasks of a category ('Average': all 20)."""
+    return [t for t in LAWBENCH_TASKS if cat == "Average" or t.startswith(CATEGORIES[cat][0])]
+
+
 def category_means(task_scores: dict[str, float]) -> dict[str, float]:
     """{task: score 0-1} -> {Memorization, Understanding, Application, Average} on the paper's x100 scale.
 
-    A category is the plain mean of its tasks; Average is the mean of all tasks given (20 for a full run).
-    Categories with no task present are left out.
+    A category is the plain mean of its tasks, Average the mean of all 20 (as InternLM-Law Table 1 and evaluate.py's
+    table). A category missing any of its tasks is left out: the mean of a subset is not that category's score.
     """
-    out = {}
-    for cat, (prefix, _) in CATEGORIES.items():
-        vals = [v for t, v in task_scores.items() if t.startswith(prefix)]
-        if vals:
-            out[cat] = 100 * sum(vals) / len(vals)
-    if task_scores:
-        out["Average"] = 100 * sum(task_scores.values()) / len(task_scores)
-    return out
+    return {cat: 100 * sum(task_scores[t] for t in category_tasks(cat)) / len(category_tasks(cat))
+            for cat in [*CATEGORIES, "Average"] if all(t in task_scores for t in category_tasks(cat))}
 
 
 def load_published(lawbench_dir, shot: str = "zero_shot", models=None) -> dict[str, dict[str, float]]:
@@ -256,6 +255,20 @@ def _task_label(t: str) -> str:
     return f"{t}\n" + LAWBENCH_TASKS[t][0].replace("(", "\n(") if t in LAWBENCH_TASKS else t
 
 
+def _zero_axis(ax, values) -> None:
+    """y from 0 to at least 10 (x100 scale): all-zero scores sit on a readable axis, not on -0.04..0.04."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    ax.set_ylim(min(0.0, *finite) if finite else 0.0, max(10.0, 1.15 * max(finite, default=0.0)))
+
+
+def _note_empty_series(ax, ys, what: str = "") -> None:
+    """Say on the panel when a curve is flat zero (or has no point), instead of leaving a blank-looking axis."""
+    ys = np.asarray(ys, dtype=float)
+    if len(ys) == 0 or not np.any(ys):
+        ax.text(0.5, 0.5, f"{what}{'no data' if len(ys) == 0 else f'all {len(ys)} values are 0'}",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, color="firebrick")
+
+
 def plot_lawbench_tasks(ours: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]], out,
                         title: str = "LawBench") -> Path:
     """Grouped bars: one group per task (x100), our run(s) first (solid), published baselines beside (hatched)."""
@@ -264,12 +277,23 @@ def plot_lawbench_tasks(ours: dict[str, dict[str, float]], baselines: dict[str, 
     tasks += sorted({t for s in ours.values() for t in s} - set(tasks))
     names = list(ours) + [b for b in baselines if b not in ours]
     width = 0.8 / max(len(names), 1)
+    if not tasks:
+        raise ValueError("no LawBench task scores")
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(tasks) + 2), 4.8))
     for i, name in enumerate(names):
         scores = ours.get(name) or baselines[name]
         ys = [100 * scores.get(t, np.nan) for t in tasks]
-        ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width, ys, width, label=name,
-               hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
+        bars = ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width, ys, width, label=name,
+                      hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
+        if name in ours:  # a 0 is a result: label it, so an empty-looking chart reads as zeros, not as missing data
+            for bar, y in zip(bars, ys):
+                if not np.isnan(y):
+                    ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y:.1f}", ha="center", va="bottom", fontsize=6)
+    _zero_axis(ax, [100 * v for n in names for v in (ours.get(n) or baselines[n]).values()])
+    zero = [n for n in ours if ours[n] and not any(ours[n].values())]
+    if zero:
+        ax.text(0.5, 0.95, f"{', '.join(zero)}: all {len(ours[zero[0]])} task scores are 0", transform=ax.transAxes,
+                ha="center", va="top", fontsize=8, color="firebrick")
     ax.set_xticks(np.arange(len(tasks)), [_task_label(t) for t in tasks], fontsize=7)
     ax.set_ylabel("得分 score (x100)")
     ax.set_title(f"{title}: 各任务得分 per task")
@@ -286,12 +310,25 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
     names = list(ours) + [b for b in baselines if b not in ours]
     width = 0.8 / max(len(names), 1)
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    values = []
     for i, name in enumerate(names):
-        means = category_means(ours.get(name) or baselines[name])
+        scores = ours.get(name) or baselines[name]
+        means = category_means(scores)
         xs = np.arange(len(cats)) + (i - (len(names) - 1) / 2) * width
-        bars = ax.bar(xs, [means.get(c, np.nan) for c in cats], width, label=name,
-                      hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
-        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+        ys = [means.get(c, np.nan) for c in cats]
+        values += [y for y in ys if not np.isnan(y)]
+        ax.bar(xs, ys, width, label=name, hatch=None if name in ours else "//", alpha=1.0 if name in ours else 0.6)
+        # a category with tasks missing gets no bar but says why (the mean of a subset is not the category's score)
+        for x, c, y in zip(xs, cats, ys):
+            label = f"{y:.1f}" if not np.isnan(y) else \
+                f"{sum(t in scores for t in category_tasks(c))}/{len(category_tasks(c))}\ntasks"
+            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=7)
+    partial = [f"{n}: {sum(t in ours[n] for t in LAWBENCH_TASKS)} of {len(LAWBENCH_TASKS)} tasks" for n in ours
+               if not all(t in ours[n] for t in LAWBENCH_TASKS)]
+    if partial:
+        ax.text(0.5, 0.95, "; ".join(partial) + " scored: a category (and the Average) is drawn only when all its "
+                "tasks are", transform=ax.transAxes, ha="center", va="top", fontsize=8, color="firebrick")
+    _zero_axis(ax, values)
     ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
     ax.set_ylabel("得分 score (x100)")
     ax.set_title(f"{title}: 分类得分 by category")
@@ -333,7 +370,8 @@ def plot_sft_curves(runs: dict[str, list[dict]], out, window: int = 1) -> Path:
             for ax in axes:
                 ax.axvline(offset, color="gray", ls=":", lw=0.8)
         offset = last
-    for ax, (_, label) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels):
+        _note_empty_series(ax, np.concatenate([series(r, key)[1] for r in runs.values()]))
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -365,10 +403,12 @@ def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
             ax.plot(x, y, lw=0.5, alpha=0.3, color=line.get_color())
         ax.set_title(f"奖励 reward (滑动平均 {window})")
         ax.legend(fontsize=7)
+        _note_empty_series(ax, series(records, rewards[0][0])[1], f"{rewards[0][0]}: ")
     for ax, (key, label) in zip(axes[1 if rewards else 0:], others):
         x, y = series(records, key)
         ax.plot(x, y, lw=0.6, alpha=0.4)
         ax.plot(x, smooth(y, window), lw=1.5)
+        _note_empty_series(ax, y)
         ax.set_title(label)
     for ax in axes:
         ax.set_xlabel("step")
@@ -385,8 +425,11 @@ def plot_judge(summary: dict, out) -> Path:
     names = list(rows)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.5))
-    win = np.array([rows[n].get("win_rate", np.nan) for n in names], dtype=float)
-    adj = np.array([rows[n].get("adjusted_win_rate", np.nan) for n in names], dtype=float)
+    win = np.array([np.nan if rows[n].get("win_rate") is None else rows[n]["win_rate"] for n in names], dtype=float)
+    if np.all(np.isnan(win)):
+        raise ValueError("no win rate in the summary (every judgment failed?): nothing to draw")
+    adj = np.array([np.nan if rows[n].get("adjusted_win_rate") is None else rows[n]["adjusted_win_rate"]
+                    for n in names], dtype=float)
     err = np.full((2, len(names)), np.nan)
     for i, n in enumerate(names):
         ci = rows[n].get("ci")
@@ -414,7 +457,9 @@ def plot_data_mix(report: dict, out) -> Path:
     sources = report.get("sources") or {}
     stages = report.get("stages") or {}
     decon = report.get("decontamination") or {}
-    n = sum(bool(p) for p in (sources, stages, decon))
+    check = report.get("decontamination_check")  # prepare_data.py says whether it ran and what the counts mean
+    show_decon = bool(decon) or check is not None
+    n = sum(bool(p) for p in (sources, stages, show_decon))
     if n == 0:
         raise ValueError("data report has none of: sources, stages, decontamination")
     fig, axes = _panels(n)
@@ -446,7 +491,7 @@ def plot_data_mix(report: dict, out) -> Path:
         ax.set_ylabel("tokens")
         ax.margins(y=0.2)
         ax.set_title("训练阶段 stages")
-    if decon:
+    if show_decon:
         ax = next(axes)
         tasks = sorted({t for v in decon.values() if isinstance(v, dict) for t in v},
                        key=lambda t: list(LAWBENCH_TASKS).index(t) if t in LAWBENCH_TASKS else 99)
@@ -456,9 +501,20 @@ def plot_data_mix(report: dict, out) -> Path:
                 v = np.array([hits.get(t, 0) for t in tasks], dtype=float)
                 ax.bar([_task_label(t) for t in tasks], v, bottom=bottom, label=src)
                 bottom += v
-        ax.set_ylabel("items removed")
-        ax.set_title("去污染 decontamination vs LawBench")
-        ax.legend(fontsize=6)
+        removed = sum((s.get("dropped") or {}).get("contaminated", 0) for s in sources.values())
+        if check is not None and not check.get("run"):
+            note = f"未运行 NOT RUN\n{check.get('reason', '')}"
+        elif not decon:
+            note = f"no overlap found with {check.get('lawbench_items', '?')} LawBench items"
+        else:
+            note = f"training records removed: {removed} (sources panel: 丢弃 contaminated)"
+        ax.text(0.5, 0.97, note, transform=ax.transAxes, ha="center", va="top", fontsize=7, wrap=True,
+                color="firebrick" if check is not None and not check.get("run") else "black")
+        ax.set_ylabel("LawBench items overlapped (distinct)", fontsize=8)
+        ax.set_title("去污染 decontamination: LawBench items each source overlaps", fontsize=9)
+        ax.set_ylim(0, 1.4 * max(bottom.max(initial=0), 1))  # room for the note above the bars
+        if decon:
+            ax.legend(fontsize=6, loc="center right")
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle("数据 data mix")
     return _save(fig, out)

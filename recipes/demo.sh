@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The whole LexLab pipeline on the built-in tiny default: CPU only, nothing downloaded, ~5 minutes on 2 cores.
+# The whole LexLab pipeline on the built-in tiny default: CPU only, nothing downloaded. About 3-4 minutes on an idle
+# 2-core machine; it grows with load (the tests run it beside other jobs: 4-20 minutes).
 #
 #   bash recipes/demo.sh                 # writes runs/demo/ (RUN=... to choose another folder)
 #
 # tiny model -> prepare_data (built-in sample) -> SFT stage 1 -> SFT stage 2 -> GRPO -> evaluate (LawBench sample
 # items, judgment prediction with and without statute retrieval, long documents) -> judge (only with an endpoint)
 # -> plots. The hyper-parameters are the tiny model's (lr 1e-3..3e-3, several epochs), not the papers': see
-# recipes/internlm_law.sh and recipes/lexpro.sh for those.
+# recipes/internlm_law.sh and recipes/lexpro.sh for those. A rerun replaces the previous demo (--overwrite below);
+# the scripts refuse to write into a folder holding another run without it. It ends with the headline numbers and
+# what to expect from a tiny random-init model (recipes/demo_summary.py).
 set -euo pipefail
 command -v python >/dev/null || python() { python3 "$@"; }   # machines with only python3
 cd "$(dirname "$0")/.."
@@ -20,32 +23,32 @@ python utils.py tiny-model --out "$RUN/model"
 
 step "2/8 prepare_data: built-in sample -> instructions, filtered, decontaminated, packed -> $RUN/data"
 python prepare_data.py --manifest data/sample/manifest.json --lawbench_dir data/sample/lawbench \
-    --model "$RUN/model" --seq_len 1024 --workers 1 --out "$RUN/data"
+    --model "$RUN/model" --seq_len 1024 --workers 1 --out "$RUN/data" --overwrite
 
 step "3/8 SFT stage 1 (legal + general mix) -> $RUN/sft_stage1"
 python sft.py --model "$RUN/model" --data "$RUN/data/stage1" --output_dir "$RUN/sft_stage1" \
-    --lr 3e-3 --num_epochs 8 --warmup_ratio 0.05
+    --lr 3e-3 --num_epochs 8 --warmup_ratio 0.05 --overwrite
 
 step "4/8 SFT stage 2 (high-quality set), from stage 1's export -> $RUN/sft_stage2"
 python sft.py --model "$RUN/model" --init_from "$RUN/sft_stage1/final" --data "$RUN/data/stage2" \
-    --output_dir "$RUN/sft_stage2" --lr 1e-3 --num_epochs 8 --warmup_ratio 0.05
+    --output_dir "$RUN/sft_stage2" --lr 1e-3 --num_epochs 8 --warmup_ratio 0.05 --overwrite
 
 step "5/8 GRPO with the legal rewards (charge / article / term / format) -> $RUN/rl"
 python rl.py --model "$RUN/sft_stage2/final" --prompts "$RUN/data/rl_prompts.jsonl" --output_dir "$RUN/rl" \
-    --backend hf --group_size 8 --prompts_per_step 8 --max_steps 80 --lr 5e-4 --max_new_tokens 64
+    --backend hf --group_size 8 --prompts_per_step 8 --max_steps 80 --lr 5e-4 --max_new_tokens 64 --overwrite
 
 step "6/8 evaluate: LawBench sample items (generate + score; 3-7 also in code mode), judgment prediction (+/- retrieval), long documents"
 # --code: on 3-7 the model also writes a Python program (run in the sandbox, evaluate.run_python); the table printed
 # gives accuracy without and with code side by side, plus how many programs ran / raised / timed out / were blocked
 python evaluate.py generate --model "$RUN/rl/final" --lawbench_dir data/sample/lawbench --out "$RUN/eval/lawbench" \
-    --tasks 1-1,2-8,3-1,3-3,3-7,3-8 --model_name lexlab-demo --max_new_tokens 128 --code --code_wall_s 5
+    --tasks 1-1,2-8,3-1,3-3,3-7,3-8 --model_name lexlab-demo --max_new_tokens 128 --code --code_wall_s 5 --overwrite
 python evaluate.py score "$RUN/eval/lawbench/zero_shot" --out "$RUN/eval/lawbench/scores.csv"
 python evaluate.py judgment --model "$RUN/rl/final" --data data/judgments_test.jsonl --out "$RUN/eval/judgment" \
-    --max_new_tokens 64
+    --max_new_tokens 64 --overwrite
 python evaluate.py judgment --model "$RUN/rl/final" --data data/judgments_test.jsonl --out "$RUN/eval/judgment" \
     --max_new_tokens 64 --rag data/sample/statutes.jsonl --rag_k 2
 python evaluate.py longdoc --model "$RUN/rl/final" --data data/longdoc_sample.jsonl --out "$RUN/eval/longdoc" \
-    --max_new_tokens 32
+    --max_new_tokens 32 --overwrite
 
 step "7/8 judge"
 if [ -n "${LEXLAB_JUDGE_URL:-}" ] && [ -n "${LEXLAB_JUDGE_MODEL:-}" ]; then
@@ -63,3 +66,5 @@ python plots/plots.py --run "$RUN"
 step "done. Browse $RUN: data/data_report.json, sft_stage*/metrics.jsonl, rl/metrics.jsonl + samples.jsonl,"
 echo "eval/lawbench/scores_table.md, eval/lawbench/code_mode.json (3-7 direct vs code, execution counts; programs in"
 echo "eval/lawbench/zero_shot/lexlab-demo-code/3-7.json), eval/judgment/rag_effect.json, eval/longdoc/, plots/*.png"
+echo
+python recipes/demo_summary.py "$RUN"

@@ -37,8 +37,13 @@ if [ -z "$MODEL" ]; then
 fi
 
 echo "== 1. data: legal sources -> instructions -> filter / dedup / decontaminate vs LawBench -> two packed 32k stages"
-run python prepare_data.py --manifest "$MANIFEST" --lawbench_dir "$LAWBENCH" --model "$MODEL" \
-    --seq_len $SEQ_LEN --general_ratio $GENERAL_RATIO --out "$RUN/data"
+# a rerun (e.g. after a crash: the training steps below use --resume auto) keeps a complete build
+if [ -f "$RUN/data/data_report.json" ] && [ "${DRY_RUN:-0}" != 1 ]; then
+  echo "kept $RUN/data (already built; add --overwrite to prepare_data.py to rebuild it)"
+else
+  run python prepare_data.py --manifest "$MANIFEST" --lawbench_dir "$LAWBENCH" --model "$MODEL" \
+      --seq_len $SEQ_LEN --general_ratio $GENERAL_RATIO --out "$RUN/data"
+fi
 
 echo "== 2. SFT stage 1 (legal + 20 % general), one epoch, lr $LR"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --output_dir "$RUN/sft1" \

@@ -36,8 +36,13 @@ if [ -z "$MODEL" ]; then
 fi
 
 echo "== 1. data: judgment records -> SFT samples (facts -> charges / articles / term) + RL prompt file"
-run python prepare_data.py --manifest "$LEXPRO_MANIFEST" --model "$MODEL" --seq_len "$SEQ_LEN" --general_ratio 0 \
-    --lawbench_dir "$SHARED/lawbench" --out "$RUN/data"
+# a rerun (e.g. after a crash: the training steps below use --resume auto) keeps a complete build
+if [ -f "$RUN/data/data_report.json" ] && [ "${DRY_RUN:-0}" != 1 ]; then
+  echo "kept $RUN/data (already built; add --overwrite to prepare_data.py to rebuild it)"
+else
+  run python prepare_data.py --manifest "$LEXPRO_MANIFEST" --model "$MODEL" --seq_len "$SEQ_LEN" --general_ratio 0 \
+      --lawbench_dir "$SHARED/lawbench" --out "$RUN/data"
+fi
 
 echo "== 2. SFT on judgment records"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --output_dir "$RUN/sft" \

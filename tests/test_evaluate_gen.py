@@ -270,9 +270,14 @@ def test_rag_effect(tmp_path):
     base = {"data": "d", "n": 2, "model": "m"}
     assert evaluate.rag_effect(tmp_path) == {}
     (tmp_path / "metrics_plain.json").write_text(json.dumps({**base, "tag": "plain", "charge_micro_f1": 0.25}))
-    (tmp_path / "metrics_rag_k3.json").write_text(json.dumps({**base, "tag": "rag_k3", "charge_micro_f1": 0.5}))
-    (tmp_path / "metrics_rag_k5.json").write_text(json.dumps({**base, "n": 9, "tag": "rag_k5", "charge_micro_f1": 1}))
-    assert evaluate.rag_effect(tmp_path) == {"rag_k3": {"charge_micro_f1": [0.25, 0.5, 0.25]}}
+    (tmp_path / "metrics_rag_k3.json").write_text(json.dumps({**base, "tag": "rag_k3", "charge_micro_f1": 0.5,
+                                                              "rag_recall": 0.5}))
+    (tmp_path / "metrics_rag_k5.json").write_text(json.dumps({**base, "n": 9, "tag": "rag_k5", "charge_micro_f1": 1,
+                                                              "rag_recall": 1}))
+    assert evaluate.rag_effect(tmp_path) == {  # labelled numbers, the items compared and where they came from
+        "items": 2, "data": "d", "model": "m", "model_fingerprint": None,
+        "runs": {"rag_k3": {"charge_micro_f1": {"without_rag": 0.25, "with_rag": 0.5, "change": 0.25},
+                            "rag_recall": 0.5}}}
 
 
 # ---- prompt budgets, batching by length, vLLM configuration (issue 15) ---------------------------------------------

@@ -129,8 +129,62 @@ def test_glyph_check_can_fail(tmp_path, caplog, monkeypatch):
 # ---- pure helpers ----
 
 def test_category_means_by_hand():
-    m = P.category_means({"1-1": 0.2, "1-2": 0.4, "2-1": 0.5, "3-1": 0.1, "3-2": 0.3})
-    assert m == pytest.approx({"Memorization": 30, "Understanding": 50, "Application": 20, "Average": 30})
+    full = {t: 0.0 for t in P.LAWBENCH_TASKS} | {"1-1": 0.2, "1-2": 0.4, "2-1": 0.5, "3-1": 0.1, "3-2": 0.3}
+    m = P.category_means(full)
+    assert m == pytest.approx({"Memorization": 30, "Understanding": 5, "Application": 5, "Average": 7.5})
+
+
+def test_category_means_never_average_a_subset():
+    """The demo's 5 tasks are not LawBench's Average, nor its Understanding / Application (issue 12)."""
+    assert P.category_means({"1-1": 0.2, "1-2": 0.4, "2-8": 0.5, "3-1": 0.1, "3-3": 0.3}) == pytest.approx(
+        {"Memorization": 30})
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every text drawn on the figures saved during a test (titles, labels, notes, bar labels)."""
+    texts = []
+    real = P._save
+
+    def save(fig, out):
+        texts.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        return real(fig, out)
+    monkeypatch.setattr(P, "_save", save)
+    return texts
+
+
+def test_all_zero_and_partial_lawbench_drawn_as_such(tmp_path, drawn):
+    ours = {"demo": {t: 0.0 for t in ("1-1", "2-8", "3-1", "3-3", "3-8")}}
+    base = {"GPT4": {t: 0.5 for t in P.LAWBENCH_TASKS}}
+    P.plot_lawbench_tasks(ours, base, tmp_path / "t.png")
+    assert "demo: all 5 task scores are 0" in drawn and drawn.count("0.0") >= 5  # zeros labelled, not blank
+    drawn.clear()
+    P.plot_lawbench_categories(ours, base, tmp_path / "c.png")
+    # no 'Average 0.0' from 5 of 20 tasks (nor a category from part of its tasks): each says how many it has
+    assert {"1/2\ntasks", "1/10\ntasks", "3/8\ntasks", "5/20\ntasks"} <= set(drawn) and "0.0" not in drawn
+    assert drawn.count("50.0") == 4  # the complete baseline keeps its four bars
+    with pytest.raises(ValueError, match="no LawBench task scores"):
+        P.plot_lawbench_tasks({"x": {}}, {}, tmp_path / "e.png")
+
+
+def test_all_zero_curves_say_so(tmp_path, drawn):
+    P.plot_grpo_curves([{"step": i, "reward": 0.0, "kl": 0.0} for i in range(1, 6)], tmp_path / "g.png")
+    assert "reward: all 5 values are 0" in drawn and "all 5 values are 0" in drawn
+
+
+def test_data_mix_decontamination_panel_says_what_it_counts(tmp_path, drawn):
+    P.plot_data_mix({**REPORT, "decontamination_check": {"run": True, "lawbench_items": 100}}, tmp_path / "d.png")
+    assert "LawBench items overlapped (distinct)" in drawn and "training records removed: 0 (sources panel: 丢弃 " \
+        "contaminated)" in drawn
+    drawn.clear()
+    P.plot_data_mix({"sources": REPORT["sources"], "decontamination": {},
+                     "decontamination_check": {"run": False, "reason": "--decontaminate false"}}, tmp_path / "n.png")
+    assert any("NOT RUN" in t and "--decontaminate false" in t for t in drawn)  # not an empty panel read as clean
+
+
+def test_judge_without_any_rate_is_skipped(tmp_path):
+    with pytest.raises(ValueError, match="no win rate"):
+        P.plot_judge({"wins": 0, "win_rate": None, "adjusted_win_rate": None, "errors": 9}, tmp_path / "j.png")
 
 
 def test_gpt4_rows_match_internlm_law_table1(lawbench_dir):

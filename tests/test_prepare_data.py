@@ -154,7 +154,7 @@ def test_overlong_truncate_and_drop(tiny_model, tmp_path):
     man.write_text(json.dumps([{"name": "s", "kind": "statutes", "path": str(SAMPLE / "statutes.jsonl")}]))
     for mode, key in (("truncate", "truncated"), ("drop", "dropped")):
         cfg = P.Config(manifest=str(man), model=str(tiny_model), out=str(tmp_path / mode), seq_len=96,
-                       overlong=mode, general_ratio=0.0, workers=1)
+                       overlong=mode, general_ratio=0.0, workers=1, decontaminate=False)
         rep = P.run(cfg)
         assert rep["overlong"][key] > 0
         ids = np.load(tmp_path / mode / "stage1" / "input_ids.npy")
@@ -345,7 +345,8 @@ def test_cli_one_line_error(tmp_path):
     import subprocess
     import sys
     r = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "--manifest", str(tmp_path / "none.json"),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+                        "--out", str(tmp_path / "o"), "--decontaminate", "false"], capture_output=True, text=True,
+                       cwd=REPO)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "none.json: file not found" in r.stderr and "Traceback" not in r.stderr
 

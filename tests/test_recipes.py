@@ -6,11 +6,15 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import utils
+
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes"))  # recipes/demo_summary.py
 
 
 # ---- the demo: prepare -> SFT x2 -> GRPO -> evaluate -> judge hint -> plots, on the tiny model --------------------
@@ -19,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEXLAB_JUDGE")}
-    r = subprocess.run(["bash", str(REPO / "recipes" / "demo.sh")], capture_output=True, text=True, timeout=1200,
+    r = subprocess.run(["bash", str(REPO / "recipes" / "demo.sh")], capture_output=True, text=True, timeout=3600,
                        env={**env, "RUN": str(run)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run, r.stdout
@@ -55,11 +59,38 @@ def test_demo_evaluates_judges_and_plots(demo_run):
     code = json.loads((run / "eval" / "lawbench" / "code_mode.json").read_text())["zero_shot/3-7"]
     assert code["n"] == 3 and code["ran"] + code["no_code"] == 3 and "| shot/task | direct | code |" in out
     effect = json.loads((run / "eval" / "judgment" / "rag_effect.json").read_text())
-    assert "charge_micro_f1" in effect["rag_k2"]
+    f1 = effect["runs"]["rag_k2"]["charge_micro_f1"]  # labelled, with the items compared and where they came from
+    assert set(f1) == {"without_rag", "with_rag", "change"} and effect["items"] == 41
+    assert effect["data"] == "data/judgments_test.jsonl"
+    samples = [json.loads(x) for x in (run / "rl" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(s["prompt"].startswith(utils.JUDGMENT_INSTRUCTION) and s["truth"]["charges"] for s in samples)
     assert json.loads((run / "eval" / "longdoc" / "metrics.json").read_text())["questions"] == 10
     assert "skipped: no judge endpoint" in out and "LEXLAB_JUDGE_URL" in out
     for name in ("data_mix", "length_hist", "sft_curves", "grpo_curves_rl"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_demo_ends_with_headline_numbers(demo_run):
+    """The demo explains itself: a number per stage and what to expect from a tiny random-init model."""
+    run, out = demo_run
+    table = out[out.index("headline numbers"):]
+    for stage in ("data", "SFT", "GRPO", "LawBench", "judgment", "retrieval", "long docs"):
+        assert re.search(rf"^  {re.escape(stage)} +\S.*\d", table, re.M), (stage, table)
+    assert "not run" not in table and "n/a" not in table, table
+    assert "records removed by decontamination" in table and "mean of 5 sample tasks" in table
+    assert table.count("   -> ") == 7
+
+
+def test_demo_summary_on_a_partial_run(tmp_path, capsys):
+    """Missing stages are said, never filled with a number."""
+    import demo_summary
+    utils.write_jsonl(tmp_path / "rl" / "metrics.jsonl", [{"step": i, "reward": 0.1 * i, "reward_format": 0.5,
+                                                          "reward_charge": 0.0} for i in range(1, 21)])
+    assert demo_summary.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "GRPO       reward 0.55 -> 1.55 (means of the first / last 10 of 20 steps; format 0.50 -> 0.50" in out
+    assert "data       not run (no data/data_report.json)" in out and "LawBench   not run" in out
+    assert demo_summary.main([str(tmp_path / "absent")]) == 2
 
 
 # ---- the paper recipes (dry runs) -----------------------------------------------------------------------------------
