@@ -46,44 +46,66 @@ class RLConfig:
     model: str = field(metadata={"help": "Hugging Face model folder (policy init and reference)"})
     prompts: str = field(metadata={"help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py)"})
     output_dir: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, ckpt/, final/"})
-    group_size: int = field(default=8, metadata={"help": "G completions per prompt"})
-    prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step"})
-    max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)"})
-    mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch"})
-    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)"})
-    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward"})
-    clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low"})
-    clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)"})
-    beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)"})
+    group_size: int = field(default=8, metadata={"help": "G completions per prompt", "min": 2})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step", "min": 1})
+    max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)",
+                                                  "min": 1})
+    mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch", "min": 1})
+    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate", "gt": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)", "min": 0})
+    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
+    clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low", "min": 0, "max": 1})
+    clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)",
+                                                     "min": 0})
+    beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)",
+                                                "min": 0})
     loss_agg: str = field(default="token_mean",
-                          metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)"})
+                          metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)",
+                                    "choices": ("token_mean", "seq_mean", "constant")})
     scale_std: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: Dr. GRPO)"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"})
     mask_truncated: bool = field(default=False, metadata={"help": "exclude completions that hit max_new_tokens"})
-    max_new_tokens: int = field(default=512, metadata={"help": "completion length limit"})
-    max_prompt_tokens: int = field(default=2048, metadata={"help": "longer prompts are cut from the left"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)"})
-    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    max_new_tokens: int = field(default=512, metadata={"help": "completion length limit", "min": 1})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "longer prompts are cut from the left", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "gt": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)", "gt": 0, "max": 1})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)", "min": 0})
     response_prefix: str = field(default="", metadata={"help": "text forced at the start of every completion"})
     reward_weights: str = field(default="", metadata={"help": "e.g. charge=0.35,article=0.25,term=0.25,format=0.15"})
     charge_list: str | None = field(default=None,
                                     metadata={"help": "official charge list (default ../shared accu.txt)"})
-    backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)"})
-    vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes"})
-    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16"})
-    seed: int = field(default=0, metadata={"help": "seed (prompt sampler, sampling, init)"})
-    log_every: int = field(default=1, metadata={"help": "print every N steps"})
-    sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
-    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
+    backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)",
+                                                  "choices": ("hf", "vllm")})
+    vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes", "min": 1})
+    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)",
+                                                        "gt": 0, "max": 1})
+    dtype: str = field(default="float32", metadata={"help": "policy weights dtype", "choices": ("float32", "bfloat16")})
+    seed: int = field(default=0, metadata={"help": "seed (prompt sampler, sampling, init)", "min": 0})
+    log_every: int = field(default=1, metadata={"help": "print every N steps", "min": 0})
+    sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)",
+                                                   "min": 0})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)",
+                                                 "min": 0})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint",
+                                                       "choices": ("auto",)})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
+
+
+def preflight(cfg: RLConfig) -> None:
+    """Every flag, file and folder checked before anything is loaded or written (DataError, one line): ranges and
+    choices, reward weights, the charge list, every rl_prompts.jsonl record, the model folder."""
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    parse_weights(cfg.reward_weights)
+    if cfg.charge_list is not None:
+        utils.load_charge_list(cfg.charge_list)
+    load_prompts(cfg.prompts)  # every record checked, nothing tokenized
+    utils.check_model_dir(cfg.model, "--model", chat_template=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -164,15 +186,24 @@ def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens_g
 
 
 def parse_weights(s: str) -> dict | None:
-    """'charge=1,format=0.5' -> {'charge': 1.0, 'format': 0.5}; '' -> None (defaults)."""
+    """'charge=1,format=0.5' -> {'charge': 1.0, 'format': 0.5}; '' -> None (defaults). A bad item is a DataError."""
     if not s.strip():
         return None
     out = {}
     for part in s.split(","):
-        k, _, v = part.partition("=")
-        if k.strip() not in utils.DEFAULT_REWARD_WEIGHTS:
-            raise ValueError(f"--reward_weights: unknown component {k!r} (known: {list(utils.DEFAULT_REWARD_WEIGHTS)})")
-        out[k.strip()] = float(v)
+        k, _, v = (x.strip() for x in part.partition("="))
+        if k not in utils.DEFAULT_REWARD_WEIGHTS:
+            raise utils.DataError("--reward_weights", None, None, f"unknown component {k!r} (known: "
+                                  f"{', '.join(utils.DEFAULT_REWARD_WEIGHTS)})", reason="bad_flag")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = float("nan")
+        if not 0 <= out[k] < float("inf"):
+            raise utils.DataError("--reward_weights", None, None, f"{part.strip()!r}: expected {k}=WEIGHT, a number "
+                                  ">= 0", reason="bad_flag")
+    if sum({**utils.DEFAULT_REWARD_WEIGHTS, **out}.values()) <= 0:
+        raise utils.DataError("--reward_weights", None, None, "all weights are 0", reason="bad_flag")
     return out
 
 
@@ -180,19 +211,41 @@ def parse_weights(s: str) -> dict | None:
 # 3. Rollouts
 # ----------------------------------------------------------------------------------------------------------------------
 
-def load_prompts(path, tokenizer, max_prompt_tokens: int, response_prefix: str = "") -> list[dict]:
-    """rl_prompts.jsonl -> [{'ids': prompt token ids (chat template + response_prefix), 'truth', 'prompt'}]."""
-    out = []
+def load_prompts(path, tokenizer=None, max_prompt_tokens: int = 2048, response_prefix: str = "") -> list[dict]:
+    """rl_prompts.jsonl -> [{'ids': prompt token ids (chat template + response_prefix), 'truth', 'prompt'}].
+
+    Every record is checked here, so that a bad truth is a one-line DataError at load, not a crash inside the reward
+    hours later: prompt a non-empty string; truth.charges a list of names (str); truth.articles a list of article
+    numbers (int); truth.term_months (optional) a whole number of months >= 0; truth.life / truth.death (optional)
+    true/false. tokenizer=None: check only (rl.py's preflight), nothing tokenized."""
+    out, n = [], 0
     for line, rec in utils.iter_records(path):
+        n += 1
         prompt = utils.require(rec, "prompt", path, line)
         truth = utils.require(rec, "truth", path, line, kind=dict)
-        for k in ("charges", "articles"):
-            utils.require(rec, f"truth.{k}", path, line, kind=list, allow_empty=True)
+        charges = utils.require(rec, "truth.charges", path, line, kind=list, allow_empty=True)
+        articles = utils.require(rec, "truth.articles", path, line, kind=list, allow_empty=True)
+        if not all(isinstance(c, str) and c.strip() for c in charges):
+            raise utils.DataError(path, line, "truth.charges", f"expected a list of charge names (str), got "
+                                  f"{charges!r}"[:300], reason="bad_field")
+        if not all(isinstance(a, int) and not isinstance(a, bool) for a in articles):
+            raise utils.DataError(path, line, "truth.articles", f"expected a list of article numbers (int), got "
+                                  f"{articles!r}"[:300], reason="bad_field")
+        term = truth.get("term_months", 0)
+        if not isinstance(term, int) or isinstance(term, bool) or term < 0:
+            raise utils.DataError(path, line, "truth.term_months", f"expected a whole number of months >= 0, got "
+                                  f"{term!r}", reason="bad_field")
+        for k in ("life", "death"):
+            if not isinstance(truth.get(k, False), bool):
+                raise utils.DataError(path, line, f"truth.{k}", f"expected true or false, got {truth[k]!r}",
+                                      reason="bad_field")
+        if tokenizer is None:
+            continue
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True) + response_prefix
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
         out.append({"ids": ids, "truth": truth, "prompt": prompt})
-    if not out:
+    if not n:
         raise utils.DataError(path, None, None, "no prompts", reason="empty_file")
     return out
 
@@ -457,9 +510,7 @@ def train(cfg: RLConfig, reward_fn=None) -> Path:
 
     Under torchrun: one rank per process. Called in-process (tests, bench) without a process group: a world of one
     is set up here and torn down at the end (an existing group, e.g. an in-process vLLM engine's, is reused)."""
-    if cfg.resume not in (None, "auto"):
-        raise SystemExit(f"rl.py: --resume takes 'auto' (newest checkpoint in OUTPUT_DIR/checkpoints), "
-                         f"got {cfg.resume!r}")
+    preflight(cfg)
     if dist.is_initialized():
         rank, world = dist_info()
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
@@ -609,8 +660,13 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    cfg = utils.parse_config(RLConfig, argv)
     try:
-        train(utils.parse_config(RLConfig))
+        train(cfg)
     except utils.DataError as e:
-        raise SystemExit(f"error: {e}")
+        utils.fail("rl.py", e)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,32 +41,52 @@ from utils import IGNORE_INDEX, DataError, print0
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning on a packed stage (FSDP2, packed attention, exact resume)."""
-    model: str = field(default=None, metadata={"help": "Hugging Face causal-LM folder (architecture + tokenizer)"})
-    data: str = field(default=None, metadata={"help": "packed stage folder written by prepare_data.py"})
-    output_dir: str = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/"})
+    model: str = field(metadata={"help": "Hugging Face causal-LM folder (architecture + tokenizer)"})
+    data: str = field(metadata={"help": "packed stage folder written by prepare_data.py"})
+    output_dir: str = field(metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/"})
     init_from: str | None = field(default=None, metadata={"help": "start from these weights (stage 2: stage 1's final/)"})
-    lr: float = field(default=1e-5, metadata={"help": "peak learning rate (paper: 1e-5)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear warmup"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only, not norms/biases)"})
-    beta1: float = 0.9
-    beta2: float = 0.95
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (total L2 norm)"})
-    num_epochs: int = field(default=1, metadata={"help": "passes over the packs (paper: 1)"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    micro_batch_size: int = field(default=1, metadata={"help": "packs per forward pass per rank"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step per rank"})
-    seed: int = 0
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)"})
-    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate (paper: 1e-5)", "gt": 0})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this", "min": 0, "max": 1})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear warmup", "min": 0,
+                                                        "max": 1})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only, not norms/biases)",
+                                                       "min": 0})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (first-moment decay)", "min": 0, "max": 0.9999})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (second-moment decay)", "min": 0, "max": 0.9999})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (total L2 norm)", "gt": 0})
+    num_epochs: int = field(default=1, metadata={"help": "passes over the packs (paper: 1)", "min": 1})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps", "min": 1})
+    micro_batch_size: int = field(default=1, metadata={"help": "packs per forward pass per rank", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step per rank", "min": 1})
+    seed: int = field(default=0, metadata={"help": "pack order and initialisation seed", "min": 0})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)",
+                                                 "min": 0})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue from the newest checkpoint",
+                                                       "choices": ("auto",)})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
-    attention: str = field(default="auto", metadata={"help": "auto | flash | torch_varlen | exact"})
-    loss_chunk: int = field(default=4096, metadata={"help": "tokens per cross-entropy chunk"})
-    export_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32"})
-    peak_tflops: float | None = field(default=None, metadata={"help": "per-device peak for MFU (auto on H100/A100)"})
+    attention: str = field(default="auto", metadata={"help": "packed attention kernel (auto: flash > torch_varlen on "
+                                                             "GPU, exact on CPU)",
+                                                     "choices": ("auto", "flash", "torch_varlen", "exact")})
+    loss_chunk: int = field(default=4096, metadata={"help": "tokens per cross-entropy chunk", "min": 1})
+    export_dtype: str = field(default="auto", metadata={"help": "final/ weights (auto: bfloat16 on GPU, float32 on "
+                                                                "CPU)", "choices": ("auto", "bfloat16", "float32")})
+    peak_tflops: float | None = field(default=None, metadata={"help": "per-device peak for MFU (auto on H100/A100)",
+                                                              "gt": 0})
+
+
+def preflight(cfg: SFTConfig) -> None:
+    """Every flag, folder and file checked before anything is loaded or written (DataError, one line)."""
+    utils.check_fields(cfg)
+    if cfg.attention in ("flash", "torch_varlen") and not torch.cuda.is_available():
+        raise DataError("--attention", None, None, f"{cfg.attention} needs CUDA (use auto or exact)", reason="bad_flag")
+    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    PackedStage(cfg.data)  # meta.json and the arrays: present, shapes consistent (memory-mapped, nothing read)
+    utils.check_model_dir(cfg.model, "--model", weights=cfg.init_from is None)
+    if cfg.init_from is not None:
+        utils.check_model_dir(cfg.init_from, "--init_from", tokenizer=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -225,18 +245,16 @@ def peak_memory_gb(device) -> float:
 
 def main(argv=None):
     cfg = utils.parse_config(SFTConfig, argv)
-    for name in ("model", "data", "output_dir"):
-        if getattr(cfg, name) is None:
-            raise SystemExit(f"sft.py: --{name} is required")
-    if cfg.resume not in (None, "auto"):
-        raise SystemExit(f"sft.py: --resume takes 'auto' (newest checkpoint in OUTPUT_DIR/checkpoints), "
-                         f"got {cfg.resume!r}")
-    if cfg.attention not in ("auto", "flash", "torch_varlen", "exact"):
-        raise SystemExit(f"sft.py: --attention must be auto | flash | torch_varlen | exact, got {cfg.attention!r}")
+    try:
+        preflight(cfg)
+    except DataError as e:
+        utils.fail("sft.py", e)
     rank, _, world, device = utils.dist_init(cfg.seed)
     try:
         run(cfg, rank, world, device)
-    except (DataError, FloatingPointError) as e:
+    except DataError as e:
+        utils.fail("sft.py", e)
+    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
         print(f"sft.py: error: {e}", flush=True)
         raise SystemExit(1)
     finally:

@@ -317,6 +317,6 @@ def test_non_finite_loss_stops_with_clear_message(tiny_model, stage, tmp_path):
 
 def test_bad_data_dir_is_one_line_error(tiny_model, tmp_path):
     p = run_sft(tiny_model, tmp_path / "nope", tmp_path / "run", check=False)
-    assert p.returncode == 1 and "meta.json: file not found" in p.stdout and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "meta.json: file not found" in p.stderr and "Traceback" not in p.stderr
     p = run_sft(tiny_model, tmp_path / "nope", tmp_path / "run", "--resume", "yes", check=False)
-    assert p.returncode != 0 and "--resume takes 'auto'" in p.stderr
+    assert p.returncode == 2 and "--resume: expected one of auto, got 'yes'" in p.stderr
