@@ -1262,9 +1262,6 @@ def _preflight_longdoc(cfg: LongDocConfig):
 
 def _preflight_score(cfg: ScoreConfig):
     utils.check_fields(cfg)
-    if not Path(cfg.pred_dir).is_dir():
-        raise DataError(cfg.pred_dir, None, None, "folder not found (expected <pred_dir>/<model>/<task>.json)",
-                        reason="missing_file")
     if Path(cfg.out).is_dir():
         raise DataError("--out", None, None, f"{cfg.out} is a folder (expected the path of the scores .csv)",
                         reason="bad_flag")

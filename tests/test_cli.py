@@ -168,15 +168,18 @@ def test_bad_rl_prompt_records_fail_at_load(inp, tmp_path, capsys):
         assert not (tmp_path / "out").exists()
 
 
-def test_evaluate_unknown_command(capsys):
+def test_evaluate_unknown_command(capsys, tmp_path):
     rc, _, err = cli("evaluate.py", ["scor", "pred"], capsys)
     assert rc == 2 and err.strip() == ("evaluate.py: error: unknown command 'scor' (choose from generate, score, "
                                        "judgment, longdoc; did you mean 'score'?; see --help)")
     rc, _, err = cli("evaluate.py", [], capsys)
     assert rc == 2 and err.startswith("evaluate.py: error: a command is required")
     rc, _, err = cli("evaluate.py", ["score", str(REPO / "no_such_predictions")], capsys)
-    assert rc == 2 and err.strip() == f"evaluate.py score: error: {REPO / 'no_such_predictions'}: folder not found " \
-                                      "(expected <pred_dir>/<model>/<task>.json)"
+    assert rc == 2 and err.strip() == f"evaluate.py score: error: {REPO / 'no_such_predictions'}: prediction " \
+                                      "directory not found"
+    rc, _, err = cli("evaluate.py", ["score", str(REPO / "tests"), "--lawbench_dir", str(REPO / "nowhere"), "--out",
+                                     str(tmp_path / "s.csv")], capsys)
+    assert rc == 2 and err.strip() == f"evaluate.py score: error: {REPO / 'nowhere'}: folder not found (--lawbench_dir)"
 
 
 HELP = [("sft.py", []), ("rl.py", []), ("judge.py", []), ("prepare_data.py", []), ("evaluate.py", []),
