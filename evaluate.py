@@ -716,7 +716,8 @@ class ScoreConfig:
     skip_tasks: str = dataclasses.field(default="", metadata={"help": "comma-separated task ids not to score"})
     fill_from: str = dataclasses.field(default="", metadata={
         "help": "official results.csv: tasks without predictions (e.g. 2-9, 2-10) are taken from it for the table"})
-    workers: int = dataclasses.field(default=0, metadata={"help": "processes, one file each at a time (0: all cores)"})
+    workers: int = dataclasses.field(default=0, metadata={"help": "processes, one file each at a time (0: all cores)",
+                                                          "min": 0})
     lawbench_dir: str = dataclasses.field(default="", metadata={
         "help": "LawBench copy whose evaluation/utils/data holds 2-1's resources (default: $LAWBENCH_DATA_DIR, "
                 "else ../shared/lawbench)"})
@@ -827,14 +828,16 @@ class GenerateConfig:
     model: str = field(metadata={"help": "Hugging Face model folder"})
     lawbench_dir: str = field(metadata={"help": "LawBench copy with data/zero_shot and data/one_shot"})
     out: str = field(metadata={"help": "output folder (predictions layout)"})
-    shots: str = field(default="zero", metadata={"help": "zero | one | both"})
+    shots: str = field(default="zero", metadata={"help": "zero-shot, one-shot or both",
+                                                 "choices": ("zero", "one", "both")})
     tasks: str = field(default="all", metadata={"help": "'all' or comma-separated task ids, e.g. 1-1,3-3"})
-    max_items: int | None = field(default=None, metadata={"help": "first N items per task (None: all)"})
+    max_items: int | None = field(default=None, metadata={"help": "first N items per task (default: all)", "min": 1})
     model_name: str | None = field(default=None, metadata={"help": "folder name under <shot>; default: model dir name"})
-    backend: str = field(default="hf", metadata={"help": "hf | vllm"})
+    backend: str = field(default="hf", metadata={"help": "generation backend", "choices": ("hf", "vllm")})
     raw: bool = field(default=False, metadata={"help": "raw completion instead of the chat template"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "papers' setting: 1024, greedy"})
-    batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "papers' setting: 1024, greedy", "min": 1})
+    batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)",
+                                                   "min": 1})
     save_every: int | None = field(default=None, metadata={
         "help": "items per generate call / progress save within a task (default: 64 hf, 4096 vllm: the engine "
                 "schedules a whole task at once)", "min": 1})
@@ -846,7 +849,7 @@ class GenerateConfig:
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on GPU: GPUs per engine", "min": 1})
     vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM on CPU: KV cache bytes", "min": 1})
     rag: str | None = field(default=None, metadata={"help": "articles.jsonl: BM25 top-k prepended to 3-x prompts"})
-    rag_k: int = field(default=3, metadata={"help": "articles retrieved per prompt"})
+    rag_k: int = field(default=3, metadata={"help": "articles retrieved per prompt", "min": 1})
     rag_law: str = field(default="刑法", metadata={"help": "law to retrieve from ('all': every law in the file)"})
     code: bool = field(default=False, metadata={  # section 3b
         "help": "also the code mode on 3-7 (same items): the model writes Python, run in a sandbox; "
@@ -1501,10 +1504,11 @@ class JudgmentConfig:
     model: str = field(metadata={"help": "Hugging Face model folder"})
     data: str = field(metadata={"help": "CAIL2018-format .jsonl (fact, meta.accusation, meta.relevant_articles, ...)"})
     out: str = field(default="runs/judgment", metadata={"help": "output folder"})
-    max_items: int | None = field(default=None, metadata={"help": "first N records (None: all)"})
-    backend: str = field(default="hf", metadata={"help": "hf | vllm"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "new tokens per answer"})
-    batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)"})
+    max_items: int | None = field(default=None, metadata={"help": "first N records (default: all)", "min": 1})
+    backend: str = field(default="hf", metadata={"help": "generation backend", "choices": ("hf", "vllm")})
+    max_new_tokens: int = field(default=1024, metadata={"help": "new tokens per answer", "min": 1})
+    batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)",
+                                                   "min": 1})
     max_prompt_tokens: int | None = field(default=None, metadata={
         "help": "prompt budget in tokens (default: model context - max_new_tokens); a longer fact is cut in the "
                 "middle (counted, recorded per item)", "min": 1})
@@ -1512,7 +1516,7 @@ class JudgmentConfig:
                                                                  "min": 0.01, "max": 1})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on GPU: GPUs per engine", "min": 1})
     rag: str | None = field(default=None, metadata={"help": "articles.jsonl: BM25 top-k articles prepended"})
-    rag_k: int = field(default=3, metadata={"help": "articles retrieved per fact"})
+    rag_k: int = field(default=3, metadata={"help": "articles retrieved per fact", "min": 1})
     rag_law: str = field(default="刑法", metadata={"help": "law to retrieve from ('all': every law)"})
     tag: str | None = field(default=None, metadata={"help": "run name in metrics.jsonl; default rag_k<K> or plain"})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds judgment runs of another model / item set / "
@@ -1668,9 +1672,9 @@ class LongDocConfig:
     doc_field: str = field(default="document", metadata={"help": "field holding the document text"})
     max_context: int | None = field(default=None, metadata={"help": "tokens; default: max_position_embeddings",
                                                              "min": 1})
-    backend: str = field(default="hf", metadata={"help": "hf | vllm"})
-    max_new_tokens: int = field(default=128, metadata={"help": "answers are short"})
-    batch_size: int = field(default=4, metadata={"help": "generation batch size"})
+    backend: str = field(default="hf", metadata={"help": "generation backend", "choices": ("hf", "vllm")})
+    max_new_tokens: int = field(default=128, metadata={"help": "answers are short", "min": 1})
+    batch_size: int = field(default=4, metadata={"help": "generation batch size", "min": 1})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds a long-document run of another model / data /"
                                                               " settings: delete it and start clean"})
 
@@ -1751,8 +1755,57 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
 # 6. Command line: python evaluate.py <subcommand> --flags   (each subcommand: a config dataclass via utils.parse_config)
 # ----------------------------------------------------------------------------------------------------------------------
 
+def _preflight_generate(cfg: GenerateConfig):
+    """Flags, every (shot, task) file, the retrieval file and the model folder, before anything is written."""
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.out)
+    for shot in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]):
+        for task in parse_tasks(cfg.tasks):
+            load_lawbench_task(cfg.lawbench_dir, shot, task, cfg.max_items)
+    if cfg.rag:
+        StatuteIndex(cfg.rag, cfg.rag_law)
+    utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
+
+
+def _preflight_judgment(cfg: JudgmentConfig):
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.out)
+    load_judgment_data(cfg.data, cfg.max_items)
+    if cfg.rag:
+        StatuteIndex(cfg.rag, cfg.rag_law)
+    utils.check_model_dir(cfg.model, chat_template=True)
+
+
+def _preflight_longdoc(cfg: LongDocConfig):
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.out)
+    load_longdoc(cfg.data, cfg.doc_field)
+    utils.check_model_dir(cfg.model, chat_template=True)
+    if cfg.max_context is not None:
+        frame = utils.prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
+        room = cfg.max_context - cfg.max_new_tokens - frame  # the rendered prompt without document and question
+        if room < 1:
+            raise DataError("--max_context", None, None, f"{cfg.max_context} tokens leave no room for the document "
+                            f"after --max_new_tokens {cfg.max_new_tokens} and the prompt", reason="bad_flag")
+
+
+def _preflight_score(cfg: ScoreConfig):
+    utils.check_fields(cfg)
+    if Path(cfg.out).is_dir():
+        raise DataError("--out", None, None, f"{cfg.out} is a folder (expected the path of the scores .csv)",
+                        reason="bad_flag")
+    if cfg.fill_from and not Path(cfg.fill_from).is_file():
+        raise DataError(cfg.fill_from, None, None, "file not found (--fill_from)", reason="missing_file")
+    if cfg.lawbench_dir and not Path(cfg.lawbench_dir).is_dir():
+        raise DataError(cfg.lawbench_dir, None, None, "folder not found (--lawbench_dir)", reason="missing_file")
+
+
 def _cmd_generate(argv):
-    cfg = utils.parse_config(GenerateConfig, argv)
+    cfg = utils.parse_config(GenerateConfig, argv, prog="evaluate.py generate")
+    _preflight_generate(cfg)
     t0 = time.time()
     report = generate_lawbench(cfg)
     code_rows = report.pop("code_mode", None)
@@ -1766,32 +1819,53 @@ def _cmd_generate(argv):
 
 
 def _cmd_judgment(argv):
-    cfg = utils.parse_config(JudgmentConfig, argv)
+    cfg = utils.parse_config(JudgmentConfig, argv, prog="evaluate.py judgment")
+    _preflight_judgment(cfg)
     print(json.dumps(run_judgment(cfg), ensure_ascii=False, indent=1))
 
 
 def _cmd_longdoc(argv):
-    cfg = utils.parse_config(LongDocConfig, argv)
+    cfg = utils.parse_config(LongDocConfig, argv, prog="evaluate.py longdoc")
+    _preflight_longdoc(cfg)
     print(json.dumps(run_longdoc(cfg), ensure_ascii=False, indent=1))
 
 
 def _cmd_score(argv):
-    return cmd_score(utils.parse_config(ScoreConfig, argv, positional=("pred_dir",), prog="evaluate.py score"))
+    cfg = utils.parse_config(ScoreConfig, argv, positional=("pred_dir",), prog="evaluate.py score")
+    _preflight_score(cfg)
+    return cmd_score(cfg)
 
 
-COMMANDS = {"generate": _cmd_generate, "score": _cmd_score, "judgment": _cmd_judgment, "longdoc": _cmd_longdoc}
+COMMANDS = {"generate": (_cmd_generate, GenerateConfig), "score": (_cmd_score, ScoreConfig),
+            "judgment": (_cmd_judgment, JudgmentConfig), "longdoc": (_cmd_longdoc, LongDocConfig)}
+
+
+def usage() -> str:
+    """`evaluate.py --help`: the subcommands, one line each (`evaluate.py COMMAND --help` lists its flags)."""
+    lines = [f"usage: python evaluate.py {{{','.join(COMMANDS)}}} [--flags]", "", __doc__.strip().splitlines()[0],
+             "", "commands:"]
+    lines += [f"  {name:<10}{cls.__doc__.strip().splitlines()[0]}" for name, (_, cls) in COMMANDS.items()]
+    lines += ["", "`python evaluate.py COMMAND --help` lists the flags of one command."]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python evaluate.py {{{','.join(COMMANDS)}}} --help", file=sys.stderr)
-        return 2
+        import difflib
+        got = f"unknown command {argv[0]!r}" if argv else "a command is required"
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1) if argv else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"evaluate.py: error: {got} (choose from {', '.join(COMMANDS)}{hint}; see --help)", file=sys.stderr)
+        return utils.BAD_INPUT_EXIT
     try:
-        return COMMANDS[argv[0]](argv[1:]) or 0
+        return COMMANDS[argv[0]][0](argv[1:]) or 0
     except DataError as e:  # bad input: one line naming file, line and field
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"evaluate.py {argv[0]}: error: {e}", file=sys.stderr)
+        return utils.BAD_INPUT_EXIT
 
 
 if __name__ == "__main__":

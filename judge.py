@@ -55,20 +55,45 @@ class JudgeConfig:
     model_b: str | None = field(default=None, metadata={"help": "model folder: generate system B's answers"})
     name_a: str | None = field(default=None, metadata={"help": "system A's name (default: file stem / folder name)"})
     name_b: str | None = field(default=None, metadata={"help": "system B's name"})
-    backend: str = field(default="hf", metadata={"help": "generation backend for --model_a/b: hf or vllm"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "generation length for --model_a/b"})
+    backend: str = field(default="hf", metadata={"help": "generation backend for --model_a/b",
+                                                  "choices": ("hf", "vllm")})
+    max_new_tokens: int = field(default=1024, metadata={"help": "generation length for --model_a/b", "min": 1})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"})
-    concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most"})
-    timeout: float = field(default=120.0, metadata={"help": "seconds per judge request"})
-    max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeout / connection / bad JSON"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds, doubled each retry"})
-    backoff_max: float = field(default=60.0, metadata={"help": "longest retry wait (also caps Retry-After)"})
-    max_reasks: int = field(default=2, metadata={"help": "re-asks when the verdict cannot be parsed"})
-    judge_max_tokens: int = field(default=2048, metadata={"help": "max_tokens of the judge's reply"})
-    limit: int | None = field(default=None, metadata={"help": "judge only the first N questions"})
+    concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most", "min": 1})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per judge request", "gt": 0})
+    max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeout / connection / bad JSON",
+                                                  "min": 0})
+    backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds, doubled each retry", "min": 0})
+    backoff_max: float = field(default=60.0, metadata={"help": "longest retry wait (also caps Retry-After)", "min": 0})
+    max_reasks: int = field(default=2, metadata={"help": "re-asks when the verdict cannot be parsed", "min": 0})
+    judge_max_tokens: int = field(default=2048, metadata={"help": "max_tokens of the judge's reply", "min": 1})
+    limit: int | None = field(default=None, metadata={"help": "judge only the first N questions", "min": 1})
     category_field: str = field(default="category", metadata={"help": "question field holding the category"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
+                                                   "min": 0})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
+
+
+def preflight(cfg: JudgeConfig) -> None:
+    """Every flag, input file and model folder, then the judge endpoint (one request), checked before anything is
+    generated, judged or written. A problem is a DataError (one line)."""
+    utils.check_fields(cfg)
+    if not re.match(r"https?://[^/\s]+", cfg.judge_base_url):
+        raise DataError("--judge_base_url", None, None, f"expected an http:// or https:// URL, got "
+                        f"{cfg.judge_base_url!r}", reason="bad_flag")
+    utils.check_out_dir(cfg.out)
+    questions = load_questions(cfg.questions, cfg.category_field, cfg.limit)
+    for side in "ab":
+        model = getattr(cfg, f"model_{side}")
+        if model is not None and getattr(cfg, f"answers_{side}") is None:
+            utils.check_backend(cfg.backend)
+            utils.check_model_dir(model, f"--model_{side}", chat_template=True)
+        else:  # a file or the references: read and checked now (cheap)
+            get_answers(side, cfg, questions, Path(cfg.out))
+    if system_name("a", cfg) == system_name("b", cfg):
+        raise DataError("--name_a", None, None, f"both systems are named {system_name('a', cfg)!r}; set --name_a / "
+                        "--name_b", reason="bad_flag")
+    check_endpoint(cfg.judge_base_url, os.environ.get(cfg.api_key_env, ""), min(cfg.timeout, 30.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -187,19 +212,26 @@ def load_answers(path, questions: list[dict]) -> dict[str, str]:
     return answers
 
 
+def system_name(side: str, cfg: JudgeConfig) -> str:
+    """--name_x, else 'reference', the answers file's stem or the model folder's name."""
+    path, model, name = getattr(cfg, f"answers_{side}"), getattr(cfg, f"model_{side}"), getattr(cfg, f"name_{side}")
+    return name or ("reference" if path == "reference" else Path(path).stem if path is not None else Path(model).name)
+
+
 def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -> tuple[str, dict[str, str]]:
     """(system name, {id: answer}) for side 'a' or 'b' from a file, the references, or a model folder."""
-    path, model, name = getattr(cfg, f"answers_{side}"), getattr(cfg, f"model_{side}"), getattr(cfg, f"name_{side}")
+    path, model, name = getattr(cfg, f"answers_{side}"), getattr(cfg, f"model_{side}"), system_name(side, cfg)
     if (path is None) == (model is None):
-        raise SystemExit(f"judge.py: give exactly one of --answers_{side} / --model_{side}")
+        raise DataError(f"--answers_{side}", None, None, f"give exactly one of --answers_{side} / --model_{side}",
+                        reason="bad_flag")
     if path == "reference":
         bad = [q["id"] for q in questions if not q["reference"]]
         if bad:
-            raise SystemExit(f"judge.py: --answers_{side} reference, but question {bad[0]!r} has no reference")
-        return name or "reference", {q["id"]: q["reference"] for q in questions}
+            raise DataError(f"--answers_{side} reference", None, None, f"question {bad[0]!r} has no reference",
+                            reason="bad_flag")
+        return name, {q["id"]: q["reference"] for q in questions}
     if path is not None:
-        return name or Path(path).stem, load_answers(path, questions)
-    name = name or Path(model).name
+        return name, load_answers(path, questions)
     saved = out / f"answers_{side}_{name}.jsonl"  # generated once; delete it to regenerate
     if not saved.exists():
         # prompt budget: a question too long for the model's context is refused (empty answer, counted), not sent
@@ -281,6 +313,29 @@ class JudgeClient:
             pass  # an HTTP-date Retry-After: fall back to exponential backoff
         wait = self.backoff * 2 ** (attempt - 1)
         return min(wait * (1 + 0.1 * random.random()), self.backoff_max)
+
+
+def check_endpoint(base_url: str, api_key: str, timeout: float) -> None:
+    """One GET BASE_URL/models before any work: a judge that does not answer, refuses the key or is not an
+    OpenAI-compatible base URL is a one-line DataError now, not minutes of retries per question later. Any other
+    HTTP answer (200; 405 / 501 from a server without the listing) means the endpoint is up."""
+    url = base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    redact = (lambda t: t.replace(api_key, "[REDACTED]")) if api_key else (lambda t: t)  # noqa: E731
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            resp.read(1 << 20)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise DataError("--judge_base_url", None, None, f"{base_url} refused the API key (GET /models: HTTP "
+                            f"{e.code}; check --api_key_env)", reason="judge_down") from None
+        if e.code == 404:
+            raise DataError("--judge_base_url", None, None, f"GET {url}: HTTP 404: not an OpenAI-compatible base URL "
+                            "(it usually ends in /v1)", reason="judge_down") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        reason = redact(str(getattr(e, "reason", e)))
+        raise DataError("--judge_base_url", None, None, f"{base_url} does not answer ({type(e).__name__}: {reason}); "
+                        "start the judge server or fix the URL", reason="judge_down") from None
 
 
 def judge_one(client: JudgeClient, q: dict, answers: dict, order: str, max_reasks: int) -> dict:
@@ -445,6 +500,7 @@ def print_table(summary: dict, name_a: str, name_b: str):
 # ----------------------------------------------------------------------------------------------------------------------
 
 def run(cfg: JudgeConfig) -> dict:
+    preflight(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     utils.save_config(cfg, out)  # holds the env var's name, never the key
@@ -452,8 +508,6 @@ def run(cfg: JudgeConfig) -> dict:
     questions = load_questions(cfg.questions, cfg.category_field, cfg.limit)
     name_a, answers_a = get_answers("a", cfg, questions, out)
     name_b, answers_b = get_answers("b", cfg, questions, out)
-    if name_a == name_b:
-        raise SystemExit(f"judge.py: both systems are named {name_a!r}; set --name_a / --name_b")
 
     client = JudgeClient(cfg.judge_base_url, cfg.judge_model, api_key, cfg.timeout, cfg.max_retries,
                          cfg.backoff, cfg.backoff_max, cfg.judge_max_tokens)
@@ -486,6 +540,11 @@ def run(cfg: JudgeConfig) -> dict:
         raise SystemExit(f"judge.py: interrupted; {len(cache.records)} judgments are cached in {cache.path}: "
                          "rerun to resume")
     pool.shutdown()
+    if failed and len(failed) == len(tasks):  # not one judgment: an error, not a summary whose rates are null
+        first = next(iter(failed.values()))["error"]
+        print(f"judge.py: error: all {len(tasks)} judgments failed (first: {first}); nothing summarised: rerun when "
+              f"the judge answers", file=sys.stderr)
+        raise SystemExit(1)
 
     results = {q["id"]: {} for q in questions}
     for key, q, _, order in tasks:
@@ -501,9 +560,13 @@ def run(cfg: JudgeConfig) -> dict:
     return summary
 
 
-if __name__ == "__main__":
-    config = utils.parse_config(JudgeConfig)
+def main(argv=None) -> dict:
+    cfg = utils.parse_config(JudgeConfig, argv)
     try:
-        run(config)
+        return run(cfg)
     except DataError as e:
-        raise SystemExit(f"judge.py: {e}")
+        utils.fail("judge.py", e)
+
+
+if __name__ == "__main__":
+    main()

@@ -56,33 +56,77 @@ class Config:
                                                                      "unless --decontaminate false"})
     decontaminate: bool = field(default=True, metadata={"help": "drop records overlapping LawBench (false: not run, "
                                                                 "and the report says so)"})
-    window: int = field(default=24, metadata={"help": "decontamination window (normalised chars)"})
-    short_window: int = field(default=12, metadata={"help": "window for short LawBench questions"})
-    short_below: int = field(default=48, metadata={"help": "LawBench questions shorter than this use short_window"})
+    window: int = field(default=24, metadata={"help": "decontamination window (normalised chars)", "min": 1})
+    short_window: int = field(default=12, metadata={"help": "window for short LawBench questions", "min": 1})
+    short_below: int = field(default=48, metadata={"help": "LawBench questions shorter than this use short_window",
+                                                   "min": 0})
     min_window_hits: int = field(default=24, metadata={"help": "flag a record when it holds this many windows of one "
-                                                                  "LawBench item (24 x 24-char windows ~ 47 shared chars)"})
-    min_window_frac: float = field(default=0.5, metadata={"help": "... or this share of a short item's windows"})
+                                                                  "LawBench item (24 x 24-char windows ~ 47 shared chars)",
+                                                          "min": 1})
+    min_window_frac: float = field(default=0.5, metadata={"help": "... or this share of a short item's windows",
+                                                          "gt": 0, "max": 1})
     answer_tasks: str = field(default="1-1", metadata={"help": "LawBench tasks whose answers are indexed too "
                                                               "(comma list; 1-1 = statute recitation)"})
-    boilerplate_items: int = field(default=5, metadata={"help": "windows found in >= this many LawBench items ignored"})
-    seq_len: int = field(default=32768, metadata={"help": "pack length"})
+    boilerplate_items: int = field(default=5, metadata={"help": "windows found in >= this many LawBench items ignored",
+                                                        "min": 1})
+    seq_len: int = field(default=32768, metadata={"help": "pack length", "min": 16})
     overlong: str = field(default="drop", metadata={"help": "samples longer than seq_len: drop | truncate (a cut "
-                                                                  "judgment loses its answer, so drop is the default)"})
-    general_ratio: float = field(default=0.1, metadata={"help": "share of general data in stage1 (0 / 0.1 / 0.2)"})
-    stage2_task_frac: float = field(default=0.3, metadata={"help": "share of legal-task records resampled to stage2"})
-    seed: int = field(default=0, metadata={"help": "templates, resampling and pack order"})
-    workers: int = field(default=2, metadata={"help": "tokenizer processes"})
-    chunk: int = field(default=512, metadata={"help": "samples per tokenizer job"})
-    on_error: str = field(default="raise", metadata={"help": "bad input: raise (one-line error) | skip (count)"})
-    min_answer_chars: int = field(default=20, metadata={"help": "consultation rule filter"})
+                                                                  "judgment loses its answer, so drop is the default)",
+                                                    "choices": ("drop", "truncate")})
+    general_ratio: float = field(default=0.1, metadata={"help": "share of general data in stage1 (0 / 0.1 / 0.2)",
+                                                        "min": 0, "max": 1})
+    stage2_task_frac: float = field(default=0.3, metadata={"help": "share of legal-task records resampled to stage2",
+                                                           "min": 0, "max": 1})
+    seed: int = field(default=0, metadata={"help": "templates, resampling and pack order", "min": 0})
+    workers: int = field(default=2, metadata={"help": "tokenizer processes", "min": 1})
+    chunk: int = field(default=512, metadata={"help": "samples per tokenizer job", "min": 1})
+    on_error: str = field(default="raise", metadata={"help": "bad input: raise (one-line error) | skip (count)",
+                                                     "choices": ("raise", "skip")})
+    min_answer_chars: int = field(default=20, metadata={"help": "consultation rule filter", "min": 0})
     llm_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL for the semantic filter "
                                                                    "(e.g. a local `vllm serve` at http://127.0.0.1:8000/v1)"})
     llm_model: str | None = field(default=None, metadata={"help": "model name for the semantic filter"})
     llm_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env var holding the API key (never logged)"})
-    llm_min_clarity: int = field(default=3, metadata={"help": "keep if clarity >= this (1-5)"})
-    llm_min_coherence: int = field(default=3, metadata={"help": "keep if coherence >= this (1-5)"})
-    llm_hq: int = field(default=4, metadata={"help": "both scores >= this: high-quality consultation (stage2)"})
+    llm_min_clarity: int = field(default=3, metadata={"help": "keep if clarity >= this", "min": 1, "max": 5})
+    llm_min_coherence: int = field(default=3, metadata={"help": "keep if coherence >= this", "min": 1, "max": 5})
+    llm_hq: int = field(default=4, metadata={"help": "both scores >= this: high-quality consultation (stage2)",
+                                             "min": 1, "max": 5})
     llm_cache: str | None = field(default=None, metadata={"help": "score cache JSONL (default OUT/llm_scores.jsonl)"})
+
+
+def preflight(cfg: Config) -> None:
+    """Every flag, the manifest and each source file it lists, the LawBench folder and the tokenizer, checked
+    before anything is written (DataError, one line)."""
+    utils.check_fields(cfg)
+    if not cfg.out:
+        raise DataError("--out", None, None, "required: the folder to build (no default, so no earlier build is "
+                        "replaced by accident)", reason="bad_flag")
+    utils.check_out_dir(cfg.out)
+    final = Path(cfg.out)
+    if final.is_dir() and any(final.iterdir()) and not cfg.overwrite:
+        held = ", ".join(sorted(p.name for p in final.iterdir())[:5])
+        raise DataError(final, None, None, f"already holds a build ({held}): pass --overwrite to rebuild it "
+                        f"(replaced only once the new build is complete), or choose another --out", reason="run_dir")
+    if cfg.decontaminate and not cfg.lawbench_dir:
+        raise DataError("--lawbench_dir", None, None, "required to decontaminate against LawBench; pass "
+                        "--decontaminate false to build without it (the report then says it was not run)",
+                        reason="bad_flag")
+    if cfg.llm_url and not cfg.llm_model:
+        raise DataError("--llm_model", None, None, "needed with --llm_url", reason="bad_flag")
+    for src in load_manifest(cfg.manifest):
+        for p in src["paths"]:
+            if not Path(p).is_file():
+                raise DataError(p, None, None, f"file not found (source {src['name']!r} of {cfg.manifest})",
+                                reason="missing_file")
+    if cfg.lawbench_dir and cfg.decontaminate:
+        tasks = {f.stem for f in (Path(cfg.lawbench_dir) / "data" / "zero_shot").glob("*.json")}
+        if not tasks:
+            raise DataError(Path(cfg.lawbench_dir) / "data" / "zero_shot", None, None, "no LawBench *.json files "
+                            "(--lawbench_dir)", reason="missing_file")
+        unknown = [t.strip() for t in cfg.answer_tasks.split(",") if t.strip() and t.strip() not in tasks]
+        if unknown:
+            raise DataError("--answer_tasks", None, None, f"unknown LawBench task(s) {unknown}", reason="bad_flag")
+    utils.check_model_dir(cfg.model, "--model", config=False, weights=False, chat_template=True)
 
 
 KEY_LAWS = ("刑法", "宪法", "劳动法", "劳动合同法")  # plus 民法典 婚姻家庭编 (see is_key_law)
@@ -754,22 +798,8 @@ def run(cfg: Config, scorer=None) -> dict:
     """Build OUT from scratch in the hidden folder .OUT.tmp beside it, then swap it in: OUT is never a mix of two
     builds, and a build that fails halfway leaves the previous OUT as it was (and .OUT.tmp, until the next run)."""
     t0 = time.time()
-    if cfg.overlong not in ("truncate", "drop"):
-        raise DataError("--overlong", None, None, f"expected truncate|drop, got {cfg.overlong!r}", reason="bad_flag")
-    if cfg.on_error not in ("raise", "skip"):
-        raise DataError("--on_error", None, None, f"expected raise|skip, got {cfg.on_error!r}", reason="bad_flag")
-    if not cfg.out:
-        raise DataError("--out", None, None, "required: the folder to build (no default, so no earlier build is "
-                        "replaced by accident)", reason="bad_flag")
-    if cfg.decontaminate and not cfg.lawbench_dir:
-        raise DataError("--lawbench_dir", None, None, "required to decontaminate against LawBench; pass "
-                        "--decontaminate false to build without it (the report then says it was not run)",
-                        reason="bad_flag")
+    preflight(cfg)
     final = Path(cfg.out)
-    if final.is_dir() and any(final.iterdir()) and not cfg.overwrite:
-        held = ", ".join(sorted(p.name for p in final.iterdir())[:5])
-        raise DataError(final, None, None, f"already holds a build ({held}): pass --overwrite to rebuild it "
-                        f"(replaced only once the new build is complete), or choose another --out", reason="run_dir")
     sources = load_manifest(cfg.manifest)
     decon = None
     if cfg.decontaminate:
@@ -809,9 +839,7 @@ def run(cfg: Config, scorer=None) -> dict:
 
 def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | None, scorer, t0: float) -> dict:
     """Stages 1-9 into `out` (the temporary folder)."""
-    if scorer is None and cfg.llm_url:
-        if not cfg.llm_model:
-            raise DataError("--llm_model", None, None, "needed with --llm_url", reason="bad_flag")
+    if scorer is None and cfg.llm_url:  # --llm_model checked by preflight
         scorer = LLMScorer(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, cfg.llm_cache or out / "llm_scores.jsonl")
     timings = {}
     # what the decontamination numbers mean, or that there are none: an empty "decontamination" must not read as clean
@@ -889,10 +917,13 @@ def print_report(report: dict):
               f"{s['length_percentiles']}")
 
 
-if __name__ == "__main__":
-    cfg = utils.parse_config(Config)
+def main(argv=None):
+    cfg = utils.parse_config(Config, argv)
     try:
         run(cfg)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        utils.fail("prepare_data.py", e)
+
+
+if __name__ == "__main__":
+    main()

@@ -50,35 +50,38 @@ class RLConfig:
     model: str = field(metadata={"help": "Hugging Face model folder (policy init and reference)"})
     prompts: str = field(metadata={"help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py)"})
     output_dir: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, ckpt/, final/"})
-    group_size: int = field(default=8, metadata={"help": "G completions per prompt"})
-    prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step"})
-    max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)"})
-    mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch"})
-    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)"})
+    group_size: int = field(default=8, metadata={"help": "G completions per prompt", "min": 2})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step", "min": 1})
+    max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)",
+                                                  "min": 1})
+    mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch", "min": 1})
+    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate", "gt": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)", "min": 0})
     micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
     micro_batch_tokens: int = field(default=0, metadata={
         "help": "also cap a micro-batch at this many packed tokens (prompt + completion; 0 = rows only)", "min": 0})
     logprob_chunk: int = field(default=4096, metadata={
         "help": "completion tokens per lm_head chunk (logsumexp + gather; peak extra memory chunk x vocab)", "min": 1})
-    clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low"})
-    clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)"})
-    beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)"})
+    clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low", "min": 0, "max": 1})
+    clip_high: float = field(default=0.28, metadata={"help": "ratio clip above: 1 + clip_high (DAPO clip-higher)",
+                                                     "min": 0})
+    beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient to the frozen reference (0: no reference)",
+                                                "min": 0})
     loss_agg: str = field(default="token_mean",
-                          metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)"})
+                          metadata={"help": "token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO)",
+                                    "choices": ("token_mean", "seq_mean", "constant")})
     scale_std: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: Dr. GRPO)"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"})
     mask_truncated: bool = field(default=False, metadata={"help": "exclude completions that hit max_new_tokens"})
-    max_new_tokens: int = field(default=512, metadata={"help": "completion length limit"})
+    max_new_tokens: int = field(default=512, metadata={"help": "completion length limit", "min": 1})
     max_prompt_tokens: int = field(default=2048, metadata={
         "help": "prompt budget (also <= model context - max_new_tokens); a longer prompt's text is cut in the middle",
         "min": 1})
     temperature: float = field(default=1.0, metadata={
-        "help": "sampling temperature; the trainer scores logits / temperature too (policy and reference)",
-        "min": 1e-6})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)"})
-    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+        "help": "sampling temperature; the trainer scores logits / temperature too (policy and reference)", "gt": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)", "gt": 0, "max": 1})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)", "min": 0})
     response_prefix: str = field(default="", metadata={"help": "text forced at the start of every completion"})
     reward_weights: str = field(default="", metadata={"help": "e.g. charge=0.35,article=0.25,term=0.25,format=0.15"})
     charge_list: str | None = field(default=None,
@@ -96,14 +99,17 @@ class RLConfig:
     tis_cap: float = field(default=0.0, metadata={
         "help": "truncated importance sampling cap for the vLLM-vs-trainer log-prob mismatch (0 = off; TRL uses 2)",
         "min": 0})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16"})
-    seed: int = field(default=0, metadata={"help": "seed (prompt sampler, sampling, init)"})
-    log_every: int = field(default=1, metadata={"help": "print every N steps"})
-    sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
-    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
+    dtype: str = field(default="float32", metadata={"help": "policy weights dtype", "choices": ("float32", "bfloat16")})
+    seed: int = field(default=0, metadata={"help": "seed (prompt sampler, sampling, init)", "min": 0})
+    log_every: int = field(default=1, metadata={"help": "print every N steps", "min": 0})
+    sample_every: int = field(default=10, metadata={"help": "write decoded samples every N steps (0 = never)",
+                                                   "min": 0})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)",
+                                                 "min": 0})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
     resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
-                                                                 "checkpoint (same config only, see RUN_SETTINGS)"})
+                                                                 "checkpoint (same config only, see RUN_SETTINGS)",
+                                                       "choices": ("auto",)})
     overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
@@ -118,6 +124,19 @@ RUN_SETTINGS = ("output_dir", "resume", "overwrite", "max_steps", "log_every", "
                 "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch",
                 "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "vllm_gpu_util", "vllm_sleep")
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
+
+
+def preflight(cfg: RLConfig) -> None:
+    """Every flag, file and folder checked before anything is loaded or written (DataError, one line): ranges and
+    choices, reward weights, the charge list, every rl_prompts.jsonl record, the model folder."""
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    parse_weights(cfg.reward_weights)
+    if cfg.charge_list is not None:
+        utils.load_charge_list(cfg.charge_list)
+    load_prompts(cfg.prompts)  # every record checked, nothing tokenized
+    utils.check_model_dir(cfg.model, "--model", chat_template=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -216,15 +235,24 @@ def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens_g
 
 
 def parse_weights(s: str) -> dict | None:
-    """'charge=1,format=0.5' -> {'charge': 1.0, 'format': 0.5}; '' -> None (defaults)."""
+    """'charge=1,format=0.5' -> {'charge': 1.0, 'format': 0.5}; '' -> None (defaults). A bad item is a DataError."""
     if not s.strip():
         return None
     out = {}
     for part in s.split(","):
-        k, _, v = part.partition("=")
-        if k.strip() not in utils.DEFAULT_REWARD_WEIGHTS:
-            raise ValueError(f"--reward_weights: unknown component {k!r} (known: {list(utils.DEFAULT_REWARD_WEIGHTS)})")
-        out[k.strip()] = float(v)
+        k, _, v = (x.strip() for x in part.partition("="))
+        if k not in utils.DEFAULT_REWARD_WEIGHTS:
+            raise utils.DataError("--reward_weights", None, None, f"unknown component {k!r} (known: "
+                                  f"{', '.join(utils.DEFAULT_REWARD_WEIGHTS)})", reason="bad_flag")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = float("nan")
+        if not 0 <= out[k] < float("inf"):
+            raise utils.DataError("--reward_weights", None, None, f"{part.strip()!r}: expected {k}=WEIGHT, a number "
+                                  ">= 0", reason="bad_flag")
+    if sum({**utils.DEFAULT_REWARD_WEIGHTS, **out}.values()) <= 0:
+        raise utils.DataError("--reward_weights", None, None, "all weights are 0", reason="bad_flag")
     return out
 
 
@@ -232,22 +260,44 @@ def parse_weights(s: str) -> dict | None:
 # 3. Rollouts
 # ----------------------------------------------------------------------------------------------------------------------
 
-def load_prompts(path, tokenizer, budget: int, response_prefix: str = "") -> tuple[list[dict], int]:
+def load_prompts(path, tokenizer=None, budget: int = 2048, response_prefix: str = "") -> tuple[list[dict], int]:
     """rl_prompts.jsonl -> ([{'ids': prompt token ids (chat template + response_prefix), 'truth', 'prompt',
     'cut_chars'}], number of prompts cut). A prompt longer than `budget` tokens has the middle of its text cut
     (utils.fit_prompt: the chat template and the end of the instruction stay whole); one that cannot fit even so
-    is a one-line error naming its line."""
-    out, n_cut = [], 0
+    is a one-line error naming its line.
+
+    Every record is checked here, so that a bad truth is a one-line DataError at load, not a crash inside the reward
+    hours later: prompt a non-empty string; truth.charges a list of names (str); truth.articles a list of article
+    numbers (int); truth.term_months (optional) a whole number of months >= 0; truth.life / truth.death (optional)
+    true/false. tokenizer=None: check only (rl.py's preflight), nothing tokenized."""
+    out, n, n_cut = [], 0, 0
 
     def render(text):
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True) + response_prefix
 
     for line, rec in utils.iter_records(path):
+        n += 1
         prompt = utils.require(rec, "prompt", path, line)
         truth = utils.require(rec, "truth", path, line, kind=dict)
-        for k in ("charges", "articles"):
-            utils.require(rec, f"truth.{k}", path, line, kind=list, allow_empty=True)
+        charges = utils.require(rec, "truth.charges", path, line, kind=list, allow_empty=True)
+        articles = utils.require(rec, "truth.articles", path, line, kind=list, allow_empty=True)
+        if not all(isinstance(c, str) and c.strip() for c in charges):
+            raise utils.DataError(path, line, "truth.charges", f"expected a list of charge names (str), got "
+                                  f"{charges!r}"[:300], reason="bad_field")
+        if not all(isinstance(a, int) and not isinstance(a, bool) for a in articles):
+            raise utils.DataError(path, line, "truth.articles", f"expected a list of article numbers (int), got "
+                                  f"{articles!r}"[:300], reason="bad_field")
+        term = truth.get("term_months", 0)
+        if not isinstance(term, int) or isinstance(term, bool) or term < 0:
+            raise utils.DataError(path, line, "truth.term_months", f"expected a whole number of months >= 0, got "
+                                  f"{term!r}", reason="bad_field")
+        for k in ("life", "death"):
+            if not isinstance(truth.get(k, False), bool):
+                raise utils.DataError(path, line, f"truth.{k}", f"expected true or false, got {truth[k]!r}",
+                                      reason="bad_field")
+        if tokenizer is None:
+            continue
         fit = utils.fit_prompt(tokenizer, render, prompt, budget)
         if fit is None:
             raise utils.DataError(path, line, "prompt", f"does not fit the prompt budget of {budget} tokens even "
@@ -257,7 +307,7 @@ def load_prompts(path, tokenizer, budget: int, response_prefix: str = "") -> tup
         n_cut += removed > 0
         ids = tokenizer(render(text), add_special_tokens=False)["input_ids"]
         out.append({"ids": ids, "truth": truth, "prompt": prompt, "cut_chars": removed})
-    if not out:
+    if not n:
         raise utils.DataError(path, None, None, "no prompts", reason="empty_file")
     return out, n_cut
 
@@ -660,9 +710,7 @@ def train(cfg: RLConfig, reward_fn=None) -> Path:
 
     Under torchrun: one rank per process. Called in-process (tests, bench) without a process group: a world of one
     is set up here and torn down at the end (an existing group, e.g. an in-process vLLM engine's, is reused)."""
-    if cfg.resume not in (None, "auto"):
-        raise SystemExit(f"rl.py: --resume takes 'auto' (newest checkpoint in OUTPUT_DIR/checkpoints), "
-                         f"got {cfg.resume!r}")
+    preflight(cfg)
     if dist.is_initialized():
         rank, world = dist_info()
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
@@ -831,9 +879,13 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    cfg = utils.parse_config(RLConfig, argv)
     try:
-        train(utils.parse_config(RLConfig))
-    except utils.DataError as e:  # bad input (flags, data, output folder): one line, exit status 2
-        print(f"rl.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        train(cfg)
+    except utils.DataError as e:
+        utils.fail("rl.py", e)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ import math
 import os
 import resource
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,26 +42,32 @@ from utils import IGNORE_INDEX, DataError, print0
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning on a packed stage (FSDP2, packed attention, exact resume)."""
-    model: str = field(default=None, metadata={"help": "Hugging Face causal-LM folder (architecture + tokenizer)"})
-    data: str = field(default=None, metadata={"help": "packed stage folder written by prepare_data.py"})
-    output_dir: str = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/"})
+    model: str = field(metadata={"help": "Hugging Face causal-LM folder (architecture + tokenizer)"})
+    data: str | None = field(default=None, metadata={"help": "packed stage folder written by prepare_data.py "
+                                                             "(required, except with --dry_run)"})
+    output_dir: str | None = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/ "
+                                                                   "(required, except with --dry_run)"})
     init_from: str | None = field(default=None, metadata={"help": "start from these weights (stage 2: stage 1's final/)"})
-    lr: float = field(default=1e-5, metadata={"help": "peak learning rate (paper: 1e-5)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear warmup"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only, not norms/biases)"})
-    beta1: float = 0.9
-    beta2: float = 0.95
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (total L2 norm)"})
-    num_epochs: int = field(default=1, metadata={"help": "passes over the packs (paper: 1)"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    micro_batch_size: int = field(default=1, metadata={"help": "packs per forward pass per rank"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step per rank"})
-    seed: int = 0
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)"})
-    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate (paper: 1e-5)", "gt": 0})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this", "min": 0, "max": 1})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear warmup", "min": 0,
+                                                        "max": 1})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only, not norms/biases)",
+                                                       "min": 0})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (first-moment decay)", "min": 0, "max": 0.9999})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (second-moment decay)", "min": 0, "max": 0.9999})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (total L2 norm)", "gt": 0})
+    num_epochs: int = field(default=1, metadata={"help": "passes over the packs (paper: 1)", "min": 1})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps", "min": 1})
+    micro_batch_size: int = field(default=1, metadata={"help": "packs per forward pass per rank", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step per rank", "min": 1})
+    seed: int = field(default=0, metadata={"help": "pack order and initialisation seed", "min": 0})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)",
+                                                 "min": 0})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
     resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
-                                                                 "checkpoint (same config only, see RUN_SETTINGS)"})
+                                                                 "checkpoint (same config only, see RUN_SETTINGS)",
+                                                       "choices": ("auto",)})
     overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
     reduce_every_micro_batch: bool = field(default=True, metadata={
@@ -69,12 +76,14 @@ class SFTConfig:
                 "params per GPU: 30 GB for 7B) - only for small models on slow interconnects"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
-    attention: str = field(default="auto", metadata={"help": "auto | flash | torch_varlen | exact",
-                                                      "choices": ("auto", "flash", "torch_varlen", "exact")})
-    loss_chunk: int = field(default=4096, metadata={"help": "tokens per cross-entropy chunk"})
-    export_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32"})
+    attention: str = field(default="auto", metadata={"help": "packed attention kernel (auto: flash > torch_varlen on "
+                                                             "GPU, exact on CPU)",
+                                                     "choices": ("auto", "flash", "torch_varlen", "exact")})
+    loss_chunk: int = field(default=4096, metadata={"help": "tokens per cross-entropy chunk", "min": 1})
+    export_dtype: str = field(default="auto", metadata={"help": "final/ weights (auto: bfloat16 on GPU, float32 on "
+                                                                "CPU)", "choices": ("auto", "bfloat16", "float32")})
     peak_tflops: float | None = field(default=None, metadata={
-        "help": "per-device dense bf16 peak for MFU (default: the datasheet's, utils.PEAK_TFLOPS)", "min": 0})
+        "help": "per-device dense bf16 peak for MFU (default: the datasheet's, utils.PEAK_TFLOPS)", "gt": 0})
     dry_run: bool = field(default=False, metadata={
         "help": "print the memory plan per GPU (needs only --model's config.json; no weights, no data) and exit"})
     world_size: int | None = field(default=None, metadata={"help": "dry_run: GPUs (default: $WORLD_SIZE or 1)",
@@ -91,6 +100,21 @@ RUN_SETTINGS = ("output_dir", "resume", "overwrite", "save_every", "keep_last", 
                 "cpu_offload", "hybrid_shard", "attention", "loss_chunk", "export_dtype", "peak_tflops",
                 "reduce_every_micro_batch", "dry_run", "world_size", "seq_len", "gpu_memory_gb")
 RUN_OUTPUTS = ("metrics.jsonl", "memory_rank*.json", "checkpoints", "final", "final.tmp")
+
+
+def preflight(cfg: SFTConfig) -> None:
+    """Every flag, folder and file checked before anything is loaded or written (DataError, one line)."""
+    utils.check_fields(cfg)
+    for name in ("data", "output_dir"):
+        if getattr(cfg, name) is None:
+            raise DataError(f"--{name}", None, None, "required (only --dry_run runs without it)", reason="bad_flag")
+    if cfg.attention in ("flash", "torch_varlen") and not torch.cuda.is_available():
+        raise DataError("--attention", None, None, f"{cfg.attention} needs CUDA (use auto or exact)", reason="bad_flag")
+    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    PackedStage(cfg.data)  # meta.json and the arrays: present, shapes consistent (memory-mapped, nothing read)
+    utils.check_model_dir(cfg.model, "--model", weights=cfg.init_from is None)
+    if cfg.init_from is not None:
+        utils.check_model_dir(cfg.init_from, "--init_from", tokenizer=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -270,7 +294,8 @@ def dry_run(cfg: SFTConfig) -> dict:
     from transformers import AutoConfig
     cfg_path = Path(cfg.model) / "config.json"
     if not cfg_path.is_file():
-        raise SystemExit(f"sft.py: {cfg_path}: file not found (--dry_run needs the model's config.json)")
+        raise DataError(cfg_path, None, None, "file not found (--dry_run needs the model's config.json)",
+                        reason="missing_file")
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
     plan = utils.memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
@@ -285,25 +310,21 @@ def dry_run(cfg: SFTConfig) -> dict:
 
 def main(argv=None):
     cfg = utils.parse_config(SFTConfig, argv)
-    if cfg.dry_run:
-        if cfg.model is None:
-            raise SystemExit("sft.py: --model is required")
-        dry_run(cfg)
-        return
-    for name in ("model", "data", "output_dir"):
-        if getattr(cfg, name) is None:
-            raise SystemExit(f"sft.py: --{name} is required")
-    if cfg.resume not in (None, "auto"):
-        raise SystemExit(f"sft.py: --resume takes 'auto' (newest checkpoint in OUTPUT_DIR/checkpoints), "
-                         f"got {cfg.resume!r}")
-    if cfg.attention not in ("auto", "flash", "torch_varlen", "exact"):
-        raise SystemExit(f"sft.py: --attention must be auto | flash | torch_varlen | exact, got {cfg.attention!r}")
+    try:
+        if cfg.dry_run:
+            dry_run(cfg)
+            return
+        preflight(cfg)
+    except DataError as e:
+        utils.fail("sft.py", e)
     rank, _, world, device = utils.dist_init(cfg.seed)
     try:
         run(cfg, rank, world, device)
-    except (DataError, FloatingPointError) as e:
-        print(f"sft.py: error: {e}", flush=True)
-        raise SystemExit(2 if isinstance(e, DataError) else 1)  # 2: bad input (flags, data, output folder)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
+        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

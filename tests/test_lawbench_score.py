@@ -292,6 +292,7 @@ def test_2_1_resources_missing_is_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAWBENCH_DATA_DIR", "")  # restored after the test (cmd_score sets it for its workers)
     pred = tmp_path / "preds"
     E.write_predictions(pred / "m1" / "2-1.json", items(("句子", "句子")))
+    (tmp_path / "nowhere").mkdir()  # a folder without the resources (a missing folder is refused before scoring)
     rc = E.main(["score", str(pred), "--out", str(tmp_path / "s.csv"), "--workers", "1",
                  "--lawbench_dir", str(tmp_path / "nowhere")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
