@@ -330,7 +330,7 @@ def _help_text(f, default, required: bool, positional: bool = False) -> str:
         text += f" ({', '.join(bounds)})"
     if required and not positional:
         text += " (required)"
-    elif not positional and "default" not in text.lower():  # a help text that explains its default says it once
+    elif not positional and not any(w in text.lower() for w in ("default", "required")):  # said once
         text += f" (default: {default!r})" if default == "" else f" (default: {default})"
     return text.replace("%", "%%")
 

@@ -79,7 +79,8 @@ def base_argv(script: str, inp: dict, out: Path, model: Path) -> list:
     if script == "evaluate.py longdoc":
         return ["longdoc", "--model", model, "--data", REPO / "data" / "longdoc_sample.jsonl", "--out", out]
     if script == "prepare_data.py":
-        return ["--manifest", REPO / "data" / "sample" / "manifest.json", "--model", model, "--out", out]
+        return ["--manifest", REPO / "data" / "sample" / "manifest.json", "--model", model, "--out", out,
+                "--lawbench_dir", REPO / "data" / "sample" / "lawbench"]
     if script == "judge.py":
         return ["--questions", inp["q"], "--answers_a", inp["a"], "--answers_b", inp["b"], "--judge_model", "m",
                 "--judge_base_url", "http://127.0.0.1:9/v1", "--out", out]
@@ -205,8 +206,9 @@ def test_judge_help_percent_and_sft_help_marks_required(capsys):
     assert "95% intervals" in " ".join(out.split())
     _, out, _ = cli("sft.py", ["--help"], capsys)
     text = " ".join(out.split())
-    for flag in ("--model MODEL", "--data DATA", "--output_dir OUTPUT_DIR"):
-        assert text.split(flag, 2)[2].split(" --")[0].endswith("(required)"), flag
+    assert text.split("--model MODEL", 2)[2].split(" --")[0].endswith("(required)")
+    for flag in ("--data DATA", "--output_dir OUTPUT_DIR"):  # not needed by --dry_run (the memory plan)
+        assert text.split(flag, 2)[2].split(" --")[0].endswith("(required, except with"), flag  # ... --dry_run)
     for flag in ("--beta1", "--beta2", "--seed"):
         help_text = text.split(f"{flag} {flag[2:].upper()}", 2)[2].split(" --")[0].strip()
         assert help_text.startswith(("AdamW", "pack order")), (flag, help_text)

@@ -83,14 +83,13 @@ def _fake_model(monkeypatch, calls):
             return code_outs[:len(prompts)]
         return [f"[金额]{golds.get(p.split(chr(10), 1)[1], 0)}元<eoa>" for p in prompts]
     monkeypatch.setattr(utils, "generate", generate)
-    monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 10 ** 6)  # no tokenizer behind "fake"
-    monkeypatch.setattr(utils, "prompt_lengths", lambda model, prompts, **kw: [len(p) for p in prompts])
+    monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 10 ** 6)  # every prompt fits
 
 
-def test_generate_code_mode_side_by_side(tmp_path, monkeypatch, capsys):
+def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, capsys):
     calls = []
     _fake_model(monkeypatch, calls)
-    rc = E.main(["generate", "--model", "fake", "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
+    rc = E.main(["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
                  "--tasks", "3-3,3-7", "--code", "--model_name", "m", "--code_wall_s", "3"])
     assert rc == 0
     rows = json.loads((tmp_path / "code_mode.json").read_text(encoding="utf-8"))
@@ -117,26 +116,26 @@ def test_generate_code_mode_side_by_side(tmp_path, monkeypatch, capsys):
     assert "3-7,m,1.0," in table and "3-7,m-code,0.333" in table
     # resume: nothing generated again
     calls.clear()
-    E.generate_lawbench(E.GenerateConfig(model="fake", lawbench_dir=str(SAMPLE), out=str(tmp_path), tasks="3-3,3-7",
+    E.generate_lawbench(E.GenerateConfig(model=str(tiny_model), lawbench_dir=str(SAMPLE), out=str(tmp_path), tasks="3-3,3-7",
                                          code=True, model_name="m"))
     assert calls == []
 
 
-def test_code_flag_checked_before_work(tmp_path, monkeypatch, capsys):
+def test_code_flag_checked_before_work(tiny_model, tmp_path, monkeypatch, capsys):
     calls = []
     _fake_model(monkeypatch, calls)
-    rc = E.main(["generate", "--model", "fake", "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
+    rc = E.main(["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
                  "--tasks", "1-1,3-3", "--code"])
     assert rc == 2 and calls == []
     assert "--code: no task with a code mode" in capsys.readouterr().err
 
 
-def test_code_prompt_over_budget_is_refused(tmp_path, monkeypatch):
+def test_code_prompt_over_budget_is_refused(tiny_model, tmp_path, monkeypatch):
     """A code prompt longer than the budget is never sent to the model: recorded as refused, counted apart."""
     calls = []
     _fake_model(monkeypatch, calls)
     monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 0)
-    rc = E.main(["generate", "--model", "fake", "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
+    rc = E.main(["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
                  "--tasks", "3-7", "--code", "--model_name", "m"])
     assert rc == 0 and calls == []
     r = json.loads((tmp_path / "code_mode.json").read_text(encoding="utf-8"))["zero_shot/3-7"]
