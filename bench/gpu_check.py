@@ -376,11 +376,10 @@ def stage_resume_export(spec) -> dict:
 
 def stage_rl(spec) -> dict:
     """rl.py (its current flags, through its own parse_config) with HF rollouts: G = 8, 4 prompts, 128 new tokens,
-    3 steps (tiny: 16 tokens, 2 steps); times per step from its metrics.jsonl, peak memory of this process."""
+    3 steps (tiny: 16 tokens, 2 steps); times per step and peak memory from its metrics.jsonl."""
     import statistics
 
     import rl
-    import torch
     import utils
     dev = device()
     out = Path(spec["out"])
@@ -398,14 +397,12 @@ def stage_rl(spec) -> dict:
             "float32" if dev.type == "cpu" else "bfloat16", "--save_every", "0", "--sample_every", "0"]
     cfg = utils.parse_config(rl.RLConfig, argv)
     shutil.rmtree(out / "rl", ignore_errors=True)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
     rl.train(cfg)
     m = metrics(out / "rl")
     keys = ("t_rollout", "t_logprobs", "t_train", "step_time")
     r = {"steps": len(m), **{k: statistics.median(x[k] for x in m) for k in keys},
-         "peak_mem_gb": peak_gb(dev) if dev.type == "cuda" else max((x["peak_mem_gb"] for x in m
-                                                                      if "peak_mem_gb" in x), default=None),
+         # rl.py's own per-step peaks: GPU memory on CUDA, the process's RSS high-water mark on CPU
+         "peak_mem_gb": max(x["peak_mem_gb"] if dev.type == "cuda" else x["peak_rss_gb"] for x in m),
          "rollout_tok_s": statistics.median(x["rollout_tok_s"] for x in m), "reward": [x["reward"] for x in m]}
     r["ok"] = len(m) == int(cfg.max_steps) and all(x["reward"] == x["reward"] for x in m)
     return r
