@@ -23,8 +23,10 @@ EXPECT = {
     "SFT": "falls: the tiny model memorises the few hundred training samples, the answer format above all; it says "
            "nothing about legal knowledge.",
     "GRPO": "rises slowly and noisily (+-0.1 per step): mostly the answer format and the frequent charges are learnt.",
-    "LawBench": "about 0, and that is expected: the official scorer wants exact labels / articles in free text; 5 of "
-                "the 20 tasks, a few items each: not LawBench's Average.",
+    "LawBench": "about 0, and that is expected: the official scorer wants exact labels / articles in free text; a "
+                "few of the 20 tasks, a few items each: not LawBench's Average.",
+    "code mode": "about 0: a random-init model rarely writes a Python block (counted as no code); the row shows the "
+                 "plumbing: programs run in the sandbox and counted by outcome, scored by the same 3-7 scorer.",
     "judgment": "above 0 because training used the same answer block and the same frequent charges (盗窃...) as "
                 "these synthetic cases; not a measure of legal reasoning.",
     "retrieval": "often lower: the tiny model never saw retrieved articles in training, so the longer prompt is out "
@@ -87,12 +89,22 @@ def headline(run) -> list[tuple[str, str]]:
     scores = run / "eval" / "lawbench" / "scores.csv"
     if scores.is_file():
         for model, tasks in read_scores_csv(scores).items():
+            if model.endswith("-code"):  # the code mode's predictions: its own row below
+                continue
             zeros = sum(v == 0 for v in tasks.values())
             mean = 100 * _mean(list(tasks.values()))
             rows.append(("LawBench", f"{model}: mean of {len(tasks)} sample tasks {mean:.1f} (x100); {zeros} of "
                                      f"{len(tasks)} tasks score 0"))
     else:
         rows.append(("LawBench", "not run (no eval/lawbench/scores.csv)"))
+
+    code = _json(run / "eval" / "lawbench" / "code_mode.json")
+    for key, r in (code or {}).items():
+        rows.append(("code mode", f"{key}: direct {100 * r['direct']:.1f} vs code {100 * r['code']:.1f} (x100); "
+                                  f"{r['n']} items: {r['ran']} programs ran ({r['ok']} ok, {r['raised']} raised, "
+                                  f"{r['timed_out']} timed out, {r['blocked']} blocked), {r['no_code']} no code"))
+    if not code:
+        rows.append(("code mode", "not run (no eval/lawbench/code_mode.json)"))
 
     plain = _json(run / "eval" / "judgment" / "metrics_plain.json")
     if plain is None:

@@ -74,11 +74,12 @@ def test_demo_ends_with_headline_numbers(demo_run):
     """The demo explains itself: a number per stage and what to expect from a tiny random-init model."""
     run, out = demo_run
     table = out[out.index("headline numbers"):]
-    for stage in ("data", "SFT", "GRPO", "LawBench", "judgment", "retrieval", "long docs"):
+    for stage in ("data", "SFT", "GRPO", "LawBench", "code mode", "judgment", "retrieval", "long docs"):
         assert re.search(rf"^  {re.escape(stage)} +\S.*\d", table, re.M), (stage, table)
     assert "not run" not in table and "n/a" not in table, table
-    assert "records removed by decontamination" in table and "mean of 5 sample tasks" in table
-    assert table.count("   -> ") == 7
+    assert "records removed by decontamination" in table and "mean of 6 sample tasks" in table
+    assert "lexlab-demo-code" not in table and "zero_shot/3-7: direct" in table
+    assert table.count("   -> ") == 8
 
 
 def test_demo_summary_on_a_partial_run(tmp_path, capsys):
@@ -90,6 +91,7 @@ def test_demo_summary_on_a_partial_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "GRPO       reward 0.55 -> 1.55 (means of the first / last 10 of 20 steps; format 0.50 -> 0.50" in out
     assert "data       not run (no data/data_report.json)" in out and "LawBench   not run" in out
+    assert "code mode  not run" in out
     assert demo_summary.main([str(tmp_path / "absent")]) == 2
 
 
