@@ -415,10 +415,11 @@ def stream_weights(model: nn.Module, dtype: torch.dtype, device):
     largest single tensor, not the full fp32 state dict (TRL's _sync_fsdp2_params_to_vllm does the same)."""
     from torch.distributed.tensor import DTensor
     for name, v in model.state_dict().items():
-        if v.device != device:
-            v = v.to(device, non_blocking=True)  # cpu_offload: shard to the compute device for the all-gather
+        # the SHARD is cast (and, with cpu_offload, moved to the compute device) before the all-gather: half the bytes
+        # on the wire and no full fp32 copy (2.2 GB for a 7B model's 152k x 3584 embedding) next to the bf16 one
+        v = v.detach().to(device=device, dtype=dtype)
         full = v.full_tensor() if isinstance(v, DTensor) else v
-        yield name.removeprefix("hf."), full.detach().to(dtype)
+        yield name.removeprefix("hf."), full
         del full, v
 
 

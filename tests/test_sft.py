@@ -309,9 +309,10 @@ def test_cuda_micro_batch_has_no_host_sync(tiny_model, world_of_one_cuda):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        model(*dev[:3], [0, 256, T], dev[3]).backward()
+        model(*dev[:3], [0, 256, T], dev[3]).backward()  # a host sync here raises under sync_debug_mode "error"
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # the backward really ran
 
 
 # ---------------------------------------------------------------- the trainer at scale (in process, world of one)
