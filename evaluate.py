@@ -948,6 +948,25 @@ def _rank_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def generate_within_budget(cfg: GenerateConfig, prompts: list[str], indices: list[int], budget: int,
+                           world: int = 1) -> tuple[dict[int, str], list[tuple[int, int]]]:
+    """Greedy completions of prompts[i] for i in indices whose rendered prompt fits `budget` tokens.
+    -> ({i: completion}, [(i, prompt tokens) of the prompts over the budget, never sent]). With world > 1 every rank
+    calls the backend, an empty share too, so that vLLM's external_launcher engines start together."""
+    n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in indices], chat=not cfg.raw)
+    fits = [i for i, n in zip(indices, n_tok) if n <= budget]
+    over = [(i, n) for i, n in zip(indices, n_tok) if n > budget]
+    if not fits and world == 1:
+        return {}, over
+    outs = utils.generate(cfg.model, [prompts[i] for i in fits], backend=cfg.backend,
+                          max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size,
+                          chat=not cfg.raw, seed=0, max_prompt_tokens=budget,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization,
+                          tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes,
+                          max_model_len=utils.model_context(cfg.model) if world > 1 else None)
+    return dict(zip(fits, outs)), over
+
+
 def generate_lawbench(cfg: GenerateConfig) -> dict:
     """Generate every (shot, task) file not already complete. Returns {shot/task: items generated now}.
 
@@ -998,18 +1017,9 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                 mine = [i for i in chunk if i % world == rank]  # this rank's share (all of it in a world of one)
                 mine_total += len(mine)
                 # a prompt over the budget is refused (LawBench items are not cut): empty prediction, reason recorded
-                n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in mine], chat=not cfg.raw)
-                fits = [i for i, n in zip(mine, n_tok) if n <= budget]
+                gen, over = generate_within_budget(cfg, prompts, mine, budget, world)
                 refused = [{"shot": SHOTS[shot], "task": task, "index": i, "prompt_tokens": n, "budget": budget,
-                            "reason": "prompt longer than the budget (context - max_new_tokens)"}
-                           for i, n in zip(mine, n_tok) if n > budget]
-                # world > 1: every rank calls generate (an empty share too), so vLLM's engines start together
-                gen = dict(zip(fits, utils.generate(
-                    cfg.model, [prompts[i] for i in fits], backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
-                    temperature=0.0, batch_size=cfg.batch_size, chat=not cfg.raw, seed=0,
-                    max_prompt_tokens=budget, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                    tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes,
-                    max_model_len=utils.model_context(cfg.model) if world > 1 else None))) if fits or world > 1 else {}
+                            "reason": "prompt longer than the budget (context - max_new_tokens)"} for i, n in over]
                 gen, refused = _gather_shares(world, gen, refused)
                 if rank > 0:
                     continue
@@ -1408,13 +1418,7 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str, want:
                 if [it["origin_prompt"][0]["prompt"] for it in done] != prompts:
                     done = []
             if not done:  # a prompt over the budget is refused, as in the direct mode (never cut, never an OOM)
-                n_tok = utils.prompt_lengths(cfg.model, prompts, chat=not cfg.raw)
-                fits = [i for i, n in enumerate(n_tok) if n <= budget]
-                gen = dict(zip(fits, utils.generate(
-                    cfg.model, [prompts[i] for i in fits], backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
-                    temperature=0.0, batch_size=cfg.batch_size, chat=not cfg.raw, seed=0, max_prompt_tokens=budget,
-                    gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size,
-                    kv_cache_bytes=cfg.vllm_kv_bytes))) if fits else {}
+                gen, _ = generate_within_budget(cfg, prompts, list(range(len(prompts))), budget)
                 outs = [gen.get(i) for i in range(len(prompts))]
                 for prompt, out, it in tqdm(list(zip(prompts, outs, items)), desc=f"{SHOTS[shot]} {task} code"):
                     code, found = extract_program(out or "")

@@ -653,13 +653,13 @@ def aligned_micro_batches(batch: dict, micro_batch: int, max_tokens: int, device
 
 @torch.no_grad()
 def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int, max_tokens: int = 0) -> torch.Tensor:
-    """Old / reference log-probs [N, Tc] (on CPU)."""
-    out = torch.zeros(batch["tokens"].shape)
+    """Old / reference log-probs [N, Tc] (on CPU: one device-to-host copy at the end, not one per micro-batch)."""
+    out = torch.zeros(batch["tokens"].shape, device=model.device)
     for rows in aligned_micro_batches(batch, micro_batch, max_tokens, model.device):
-        lp = completion_logprobs(model, batch, rows or [0])[0].cpu()
+        lp = completion_logprobs(model, batch, rows or [0])[0]
         if rows:
             out[rows] = lp
-    return out
+    return out.cpu()
 
 
 def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp, ref_logp, mask,

@@ -1097,7 +1097,7 @@ def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progres
 
 
 def close_vllm() -> None:
-    """Shut the cached vLLM engine down now, while torch.distributed is up (as rl.py's VLLMEngine.close): an
+    """Shut the cached vLLM engine down now, while torch.distributed is up (as rl.VLLMRollout.close): an
     external_launcher engine's shutdown destroys the process groups; left to exit, it runs after dist_close, fails."""
     for key in [k for k in _LOADED if k[0] == "vllm"]:
         _LOADED.pop(key).llm_engine.engine_core.shutdown()
