@@ -256,7 +256,8 @@ def parse_config(cls, argv=None, description: str | None = None, positional: tup
     """Build an argparse parser from dataclass `cls` and return an instance, every field checked (check_fields).
 
     Field metadata: "help"; "choices" (a tuple of allowed values); "min" / "max" (inclusive bounds); "gt" (a lower
-    bound the value must exceed: a learning rate, a temperature). A field without a
+    bound the value must exceed: a learning rate, a temperature); "alias" (an older spelling still accepted, because a
+    published recipe used it: `--output_dir` for `--out`). A field without a
     default is a required flag (shown as "(required)" in --help). bool fields take `--flag true|false` (a bare
     `--flag` is true); Optional fields accept `none`; fields named in `positional` are plain arguments
     (`evaluate.py score PRED_DIR`). Flags are never matched by prefix (`--task` is not `--tasks`). A bad value is one
@@ -277,7 +278,8 @@ def parse_config(cls, argv=None, description: str | None = None, positional: tup
                                 metavar=metavar)
         else:
             bare = {"nargs": "?", "const": True} if base is bool else {}  # a bool flag alone (`--raw`) means true
-            parser.add_argument(f"--{f.name}", type=conv, default=default, required=required, metavar=metavar,
+            names = [f"--{f.name}"] + ([f.metadata["alias"]] if "alias" in f.metadata else [])
+            parser.add_argument(*names, dest=f.name, type=conv, default=default, required=required, metavar=metavar,
                                 help=_help_text(f, default, required), **bare)
     cfg = cls(**vars(parser.parse_args(argv)))
     try:

@@ -133,3 +133,15 @@ def test_config_flags_roundtrip(tmp_path):
     assert c == C(model="m", lr=2e-5, steps=7, flag=True, opt=None)
     saved = json.loads(utils.save_config(c, tmp_path).read_text())
     assert saved["lr"] == 2e-5
+
+
+def test_config_alias_is_the_same_flag():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class C:
+        out: str = dataclasses.field(default="o", metadata={"alias": "--output_dir"})
+
+    assert utils.parse_config(C, ["--output_dir", "x"]).out == "x" == utils.parse_config(C, ["--out", "x"]).out
+    with pytest.raises(SystemExit):
+        utils.parse_config(C, ["--output", "x"])  # never matched by prefix
