@@ -533,10 +533,7 @@ def read_predictions(path) -> list[dict]:
     """Read a LawBench prediction file in the official order "0".."N-1" (the dict's own key order does not matter).
     Anything the official scorer would crash on is a one-line DataError naming the file, the item and the field."""
     path = Path(path)
-    try:
-        data = json.loads(utils.read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", "bad_json") from None
+    data = utils.read_json(path)
     if not isinstance(data, dict) or not data:
         raise DataError(path, None, None, 'expected a non-empty JSON object {"0": {...}, "1": {...}, ...}',
                         "bad_schema")
@@ -923,7 +920,7 @@ def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
         partial, record = task_file.with_suffix(".json.partial"), task_file.with_suffix(".json.model")
         if not (task_file.is_file() or partial.is_file()):
             continue
-        had = json.loads(utils.read_text(record)) if record.is_file() else None
+        had = utils.read_json(record) if record.is_file() else None
         diff = [f"{k} {had.get(k)!r} -> {want[k]!r}" for k in MADE_BY_SETTINGS if had and had.get(k) != want[k]]
         if had is not None and not diff:
             continue

@@ -338,10 +338,7 @@ def load_manifest(path) -> list[dict]:
     """Manifest: {"sources": [...]} or a list; each {"name", "kind", "path" | "paths", "options"?}. Paths are
     relative to the manifest's folder. Every mistake is a one-line DataError."""
     path = Path(path)
-    try:
-        data = json.loads(utils.read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", reason="bad_manifest") from None
+    data = utils.read_json(path, reason="bad_manifest")
     sources = data.get("sources") if isinstance(data, dict) else data
     if not isinstance(sources, list) or not sources:
         raise DataError(path, None, "sources", "expected a non-empty list of sources", reason="bad_manifest")
@@ -370,10 +367,7 @@ def read_source(src: dict, on_error: str, errors: dict):
     """Yield (path, line, record) for every record of a source; cjrc SQuAD files are flattened to one per question."""
     for p in src["paths"]:
         if src["kind"] == "cail_task" and src["options"].get("format") == "cjrc":
-            try:
-                data = json.loads(utils.read_text(p))
-            except json.JSONDecodeError as e:
-                raise DataError(p, e.lineno, None, f"invalid JSON: {e.msg}", reason="bad_json") from None
+            data = utils.read_json(p)
             if not isinstance(data, dict) or not isinstance(data.get("data"), list):
                 raise DataError(p, None, "data", "expected SQuAD format {\"data\": [...]}", reason="bad_field")
             n = 0

@@ -131,7 +131,7 @@ class PackedStage:
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise DataError(meta_path, None, None, "file not found (is --data a packed stage folder?)", "missing_file")
-        self.meta = json.loads(utils.read_text(meta_path))
+        self.meta = utils.read_json(meta_path)
         for f in self.FILES:
             p = self.path / f"{f}.npy"
             if not p.is_file():

@@ -69,11 +69,9 @@ def check_model_dir(path, flag: str = "--model", config: bool = True, weights: b
         bad("not a folder (expected a Hugging Face model folder)")
     if config:
         try:
-            conf = json.loads(read_text(folder / "config.json"))
+            conf = read_json(folder / "config.json")
         except DataError as e:
             bad(f"config.json: {e.args[0].split(': ', 1)[-1]}")
-        except json.JSONDecodeError as e:
-            bad(f"config.json: invalid JSON: {e.msg} (line {e.lineno})")
         if not isinstance(conf, dict) or not conf.get("model_type"):
             bad("config.json: no 'model_type' (not a Hugging Face model config)")
     if weights:
@@ -170,6 +168,14 @@ def read_text(path) -> str:
         raise DataError(path, line, None, f"not valid UTF-8 at byte {e.start}{hint}", reason="bad_encoding") from None
 
 
+def read_json(path, reason: str = "bad_json"):
+    """Read a whole JSON file; a missing file, another encoding or invalid JSON is a DataError naming file and line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", reason) from None
+
+
 def iter_records(path, on_error: str = "raise", errors: dict | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record) from a .jsonl, .json (array or {"0": ...} dict) or .csv file.
 
@@ -193,10 +199,7 @@ def iter_records(path, on_error: str = "raise", errors: dict | None = None) -> I
         for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):  # line 1 is the header
             yield i, dict(row)
     elif suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", "bad_json") from None
+        data = read_json(path)
         items = data.items() if isinstance(data, dict) else enumerate(data)
         for i, (_, rec) in enumerate(items, start=1):
             if isinstance(rec, dict):
@@ -448,7 +451,7 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
         if foreign or not ident_path.is_file():
             raise RunDirError(out, f"holds {', '.join((foreign or present)[:5])} but no {RUN_IDENTITY} (not a run "
                                    f"of this script, or of an older version): cannot tell which config made it; {how}")
-        diff = _identity_diff(json.loads(read_text(ident_path)), new)
+        diff = _identity_diff(read_json(ident_path), new)
         if diff:
             raise RunDirError(out, f"holds a run made with a different config ({'; '.join(diff)}); {how}")
         for ckpt in sorted(Path(ckpt_dir).glob("step_*")) if ckpt_dir else []:

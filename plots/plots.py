@@ -219,13 +219,6 @@ def read_scores_csv(path) -> dict[str, dict[str, float]]:
     return out
 
 
-def read_json(path) -> dict:
-    try:
-        return json.loads(utils.read_text(path))
-    except json.JSONDecodeError as e:
-        raise utils.DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", "bad_json") from None
-
-
 def sample_lengths(stage_dir) -> np.ndarray:
     """Token length of every sample in a packed stage (PACKED_FORMAT: diffs of cu_seqlens inside each pack)."""
     cu = np.load(Path(stage_dir) / "cu_seqlens.npy", mmap_mode="r")
@@ -584,13 +577,13 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     # data
     reports = _found(run, "data*/data_report.json")
     if reports:
-        attempt("data mix", lambda: plot_data_mix(read_json(reports[0]), out / f"data_mix{ext}"))
+        attempt("data mix", lambda: plot_data_mix(utils.read_json(reports[0]), out / f"data_mix{ext}"))
     else:
         skipped.append("data mix: no data*/data_report.json")
     stages = sorted(p.parent for p in run.glob("data*/*/cu_seqlens.npy") if (p.parent / "cu_offsets.npy").is_file())
     if stages:
         def hist():
-            meta = [read_json(s / "meta.json") for s in stages if (s / "meta.json").is_file()]
+            meta = [utils.read_json(s / "meta.json") for s in stages if (s / "meta.json").is_file()]
             return plot_length_hist({s.name: sample_lengths(s) for s in stages}, out / f"length_hist{ext}",
                                     seq_len=meta[0].get("seq_len") if meta else None)
         attempt("length histogram", hist)
@@ -640,7 +633,7 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     # judge
     summaries = _found(run, "judge*/summary.json")
     for p in summaries:
-        attempt(f"judge ({p.parent.name})", lambda p=p: plot_judge(read_json(p), out / f"judge_{p.parent.name}{ext}"))
+        attempt(f"judge ({p.parent.name})", lambda p=p: plot_judge(utils.read_json(p), out / f"judge_{p.parent.name}{ext}"))
     if not summaries:
         skipped.append("judge: no judge*/summary.json (judge.py runs only with an endpoint configured)")
     return written, skipped
