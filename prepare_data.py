@@ -12,7 +12,7 @@ Stages (each one reported in OUT/data_report.json and a printed table):
   5. judgments  -> SFT samples (utils.format_answer) + OUT/rl_prompts.jsonl
   6. dedup      exact, on normalised text; decontamination vs LawBench by character windows
   7. mix        stage1 = all legal + general at --general_ratio; stage2 = key laws, resampled tasks, good consultations
-  8. pack       utils.encode_chat labels, best-fit packing to --seq_len (a sample is never split), PACKED_FORMAT.md
+  8. pack       encode_batch labels, best-fit packing to --seq_len (a sample is never split), write_packed
   9. report     every record accounted for: read = kept + sum(dropped)
 
 Kinds: lawbench_task, cail_task (options.format: cjrc | argmine | ie), consultation, statutes, judgments, exam_mcq,
@@ -20,6 +20,7 @@ general (alpaca / sharegpt / messages, detected per record), eval_only (read and
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import multiprocessing as mp
@@ -168,10 +169,28 @@ def user_assistant(user: str, assistant: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2. Converters: one raw record -> (samples, info). A sample = {"m": messages, "st": [stages]}.
-#    "key" (first sample) is the record's text before templating, used for exact dedup.
+# 2. Converters: one raw record -> Converted (its samples, its dedup key, an RL prompt for judgments).
 #    A user mistake raises DataError(path, line, field, ...); a filtered record raises Drop(reason).
 # ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One training conversation and the stages (1, 2) it goes to; OUT/work holds one {"m", "st"} line each."""
+    messages: list[dict]
+    stages: list[int] = field(default_factory=lambda: [1])
+
+    def line(self) -> str:
+        return json.dumps({"m": self.messages, "st": self.stages}, ensure_ascii=False) + "\n"
+
+
+@dataclass
+class Converted:
+    """What one record becomes. key: the record's text before templating (exact dedup; None: the first sample's)."""
+    samples: list[Sample]
+    key: str | None = None
+    rl: dict | None = None  # judgments: {"prompt", "truth"} for OUT/rl_prompts.jsonl
+    general: bool = False  # general (non-legal) data: mixed into stage 1 at --general_ratio
+
 
 class Drop(Exception):
     """A well-formed record that a filter removes; `reason` is the report key."""
@@ -181,21 +200,20 @@ class Drop(Exception):
         self.reason = reason
 
 
-def convert_statute(rec, path, line, rng, opts, ctx):
+def convert_statute(rec, path, line, rng, opts, cfg, scorer):
     law = require(rec, "law", path, line)
     text = require(rec, "text", path, line)
     num = require(rec, "article_num", path, line, kind=int)
     sub = rec.get("article_sub") or 0
     art = utils.article_cn(num, sub)
     forms = rng.sample(TEMPLATES["statute"], 2)
-    samples = [{"m": user_assistant(forms[0].format(law=law, art=art), text), "st": [1, 2] if is_key_law(rec) else [1],
-                "key": law + art + text}]
+    samples = [Sample(user_assistant(forms[0].format(law=law, art=art), text), [1, 2] if is_key_law(rec) else [1])]
     if is_key_law(rec):  # stage 2 resamples key laws with a second question form
-        samples.append({"m": user_assistant(forms[1].format(law=law, art=art), text), "st": [2]})
-    return samples
+        samples.append(Sample(user_assistant(forms[1].format(law=law, art=art), text), [2]))
+    return Converted(samples, law + art + text)
 
 
-def convert_judgment(rec, path, line, rng, opts, ctx):
+def convert_judgment(rec, path, line, rng, opts, cfg, scorer):
     fact = require(rec, "fact", path, line)
     for f in ("meta.accusation", "meta.relevant_articles"):
         require(rec, f, path, line, kind=list)
@@ -205,24 +223,20 @@ def convert_judgment(rec, path, line, rng, opts, ctx):
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(path, line, "meta", f"cannot read the labels: {e}", reason="bad_field") from None
     prompt = utils.judgment_prompt(fact)
-    ctx["rl"] = {"prompt": prompt, "truth": truth}
-    return [{"m": user_assistant(prompt, utils.format_answer(truth)), "st": task_stages(rng, ctx), "key": prompt}]
+    return Converted([Sample(user_assistant(prompt, utils.format_answer(truth)))], prompt,
+                     rl={"prompt": prompt, "truth": truth})
 
 
-def task_stages(rng, ctx) -> list[int]:
-    return [1, 2] if rng.random() < ctx["cfg"].stage2_task_frac else [1]
-
-
-def convert_lawbench_task(rec, path, line, rng, opts, ctx):
+def convert_lawbench_task(rec, path, line, rng, opts, cfg, scorer):
     question = require(rec, "question", path, line)
     answer = require(rec, "answer", path, line)
     instruction = rec.get("instruction") or ""
     user = rng.choice(TEMPLATES["lawbench"]).format(instruction=instruction, question=question) if instruction \
         else question
-    return [{"m": user_assistant(user, answer), "st": task_stages(rng, ctx), "key": question + answer}]
+    return Converted([Sample(user_assistant(user, answer))], question + answer)
 
 
-def convert_cail_task(rec, path, line, rng, opts, ctx):
+def convert_cail_task(rec, path, line, rng, opts, cfg, scorer):
     fmt = opts.get("format")
     if fmt == "cjrc":  # one SQuAD question (flattened by read_source)
         context, question = require(rec, "context", path, line), require(rec, "question", path, line)
@@ -259,10 +273,10 @@ def convert_cail_task(rec, path, line, rng, opts, ctx):
     else:
         raise DataError(path, None, "options.format", f"cail_task needs format cjrc|argmine|ie, got {fmt!r}",
                         reason="bad_manifest")
-    return [{"m": user_assistant(user, ans), "st": task_stages(rng, ctx), "key": key}]
+    return Converted([Sample(user_assistant(user, ans))], key)
 
 
-def convert_exam_mcq(rec, path, line, rng, opts, ctx):
+def convert_exam_mcq(rec, path, line, rng, opts, cfg, scorer):
     if "options" in rec:  # DISC jsonl: question, options{A..D}, answer letters
         q = require(rec, "question", path, line)
         options = require(rec, "options", path, line, kind=dict)
@@ -276,21 +290,18 @@ def convert_exam_mcq(rec, path, line, rng, opts, ctx):
         options = {}
         answer = require(rec, "output", path, line)
     full_q = q.strip() + "".join(f"\n{k}. {v}" for k, v in options.items())
-    return [{"m": user_assistant(rng.choice(TEMPLATES["mcq"]).format(q=full_q), answer), "st": task_stages(rng, ctx),
-             "key": full_q + answer}]
+    return Converted([Sample(user_assistant(rng.choice(TEMPLATES["mcq"]).format(q=full_q), answer))], full_q + answer)
 
 
-def convert_consultation(rec, path, line, rng, opts, ctx):
+def convert_consultation(rec, path, line, rng, opts, cfg, scorer):
     qf = next((f for f in ("question", "query", "input") if f in rec), "question")
     af = next((f for f in ("answer", "response", "output") if f in rec), "answer")
     q, a = require(rec, qf, path, line), require(rec, af, path, line)
-    cfg = ctx["cfg"]
     if len(a.strip()) < cfg.min_answer_chars:
         raise Drop("short_answer")
     if "《" not in a or "法" not in a:
         raise Drop("no_law_cited")
     hq = len(a) >= 100 and re.search(r"第[一二三四五六七八九十百千零〇\d]+条", a) is not None
-    scorer = ctx.get("scorer")
     if scorer is not None:
         s = scorer.score(q, a)
         if s["clarity"] < cfg.llm_min_clarity:
@@ -299,10 +310,10 @@ def convert_consultation(rec, path, line, rng, opts, ctx):
             raise Drop("llm_incoherent")
         hq = min(s["clarity"], s["coherence"]) >= cfg.llm_hq
     user = rng.choice(TEMPLATES["consultation"]).format(q=q.strip())
-    return [{"m": user_assistant(user, a), "st": [1, 2] if hq else [1], "key": q + a}]
+    return Converted([Sample(user_assistant(user, a), [1, 2] if hq else [1])], q + a)
 
 
-def convert_general(rec, path, line, rng, opts, ctx):
+def convert_general(rec, path, line, rng, opts, cfg, scorer):
     if "messages" in rec:
         msgs = require(rec, "messages", path, line, kind=list)
         out = [{"role": m.get("role"), "content": m.get("content")} for m in msgs if isinstance(m, dict)]
@@ -318,10 +329,10 @@ def convert_general(rec, path, line, rng, opts, ctx):
         raise DataError(path, line, "messages", "each turn needs a known role and a string content", reason="bad_field")
     if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
         raise DataError(path, line, "messages", "the last turn must be a non-empty assistant turn", reason="empty_field")
-    return [{"m": out, "st": [1], "general": True}]
+    return Converted([Sample(out)], general=True)
 
 
-def convert_eval_only(rec, path, line, rng, opts, ctx):
+def convert_eval_only(rec, path, line, rng, opts, cfg, scorer):
     raise Drop("eval_only")
 
 
@@ -554,8 +565,8 @@ class Decontaminator:
                 if c >= self.need[i] and (tasks is None or self.items[i][0] in tasks)}
 
 
-def sample_text(sample: dict) -> str:
-    return "\n".join(m["content"] for m in sample["m"])
+def sample_text(sample: Sample) -> str:
+    return "\n".join(m["content"] for m in sample.messages)
 
 
 def text_key(text: str) -> bytes:
@@ -576,7 +587,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
     f_legal = open(work / "legal.jsonl", "w", encoding="utf-8")
     f_general = open(work / "general.jsonl", "w", encoding="utf-8")
     f_rl = open(out / "rl_prompts.jsonl", "w", encoding="utf-8")
-    counts = {"legal_samples": 0, "general_samples": 0, "rl_prompts": 0}
+    counts = {"legal_samples": 0, "legal_stage1": 0, "general_samples": 0, "rl_prompts": 0}
     for src in sources:
         name, kind = src["name"], src["kind"]
         conv = CONVERTERS[kind]
@@ -584,18 +595,18 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
         rep = {"kind": kind, "read": 0, "kept": 0, "samples": 0, "dropped": {}, "file_errors": {}}
         report["sources"][name] = rep
         dropped = rep["dropped"]
-        ctx = {"cfg": cfg, "scorer": scorer}
         read_errors: dict = {}
         it = read_source(src, cfg.on_error, read_errors)
         try:
             for path, line, rec in tqdm(it, desc=f"load {name}", unit="rec", leave=False, mininterval=2):
                 rep["read"] += 1
-                ctx.pop("rl", None)
                 try:
-                    samples = conv(rec, path, line, rng, src["options"], ctx)
+                    got = conv(rec, path, line, rng, src["options"], cfg, scorer)
+                    if kind in LEGAL_TASK_KINDS and rng.random() < cfg.stage2_task_frac:
+                        got.samples[0].stages = [1, 2]  # a share of the legal-task records is resampled to stage 2
                     # exact dedup on the record's own normalised text (before templates: a template must not hide
                     # a duplicate)
-                    key = text_key(samples[0].pop("key", None) or sample_text(samples[0]))
+                    key = text_key(got.key or sample_text(got.samples[0]))
                     if key in seen:
                         raise Drop("duplicate")
                     if decon is not None:
@@ -603,7 +614,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
                         # statute text quoted inside other LawBench prompts (e.g. 3-5) is public law, not a leaked
                         # answer: statutes are checked against the recitation tasks only
                         tasks = decon.answer_tasks if kind == "statutes" else None
-                        for s in samples:
+                        for s in got.samples:
                             hit |= decon.hits(sample_text(s), tasks)
                         if hit:
                             dec = report["decontamination"].setdefault(name, {})
@@ -623,13 +634,13 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
                     dropped[e.reason] = dropped.get(e.reason, 0) + 1
                     continue
                 rep["kept"] += 1
-                for s in samples:
-                    rep["samples"] += 1
-                    general = s.pop("general", False)
-                    (f_general if general else f_legal).write(json.dumps(s, ensure_ascii=False) + "\n")
-                    counts["general_samples" if general else "legal_samples"] += 1
-                if "rl" in ctx:
-                    f_rl.write(json.dumps(ctx["rl"], ensure_ascii=False) + "\n")
+                rep["samples"] += len(got.samples)
+                for s in got.samples:
+                    (f_general if got.general else f_legal).write(s.line())
+                counts["general_samples" if got.general else "legal_samples"] += len(got.samples)
+                counts["legal_stage1"] += 0 if got.general else sum(1 in s.stages for s in got.samples)
+                if got.rl is not None:
+                    f_rl.write(json.dumps(got.rl, ensure_ascii=False) + "\n")
                     counts["rl_prompts"] += 1
         except DataError as e:  # a whole-file problem (missing, not UTF-8, not JSON)
             if cfg.on_error == "raise":
@@ -660,10 +671,22 @@ def _init_worker(model_dir: str):
     _TOK = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
 
 
+def end_of_turn_ids(tokenizer) -> set[int]:
+    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            out.add(tid)
+    return out
+
+
 def encode_batch(tokenizer, conversations: list[list[dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """utils.encode_chat for many conversations at once: the same turn pieces and the same label rule, but one
-    batched tokenizer call per chunk. Returns [(input_ids int32 [T], supervised uint8 [T])] (labels = ids where 1)."""
-    eot = utils._end_of_turn_ids(tokenizer)
+    """Tokenize conversations with the tokenizer's chat template, one batched tokenizer call for all their turns.
+    Returns [(input_ids int32 [T], supervised uint8 [T])]: 1 on assistant tokens (content and the end-of-turn token,
+    every assistant turn), 0 elsewhere (system/user turns, role headers, the newline after end-of-turn).
+    Works for any template whose rendering of messages[:k] is a prefix of the rendering of messages[:k+1]
+    (ChatML / Qwen / InternLM2 / Llama-3 all are). Each turn is tokenized on its own, so no token straddles turns."""
+    eot = end_of_turn_ids(tokenizer)
     pieces, owners = [], []
     for ci, msgs in enumerate(conversations):
         prev = ""
@@ -684,7 +707,7 @@ def encode_batch(tokenizer, conversations: list[list[dict]]) -> list[tuple[np.nd
     sup = [[] for _ in conversations]
     for (ci, supervised), new in zip(owners, ids_all):
         ids[ci].extend(new)
-        if supervised:
+        if supervised:  # up to and including the last end-of-turn token; whitespace after it is not the model's
             last = max((i for i, t in enumerate(new) if t in eot), default=len(new) - 1)
             sup[ci].extend([1] * (last + 1) + [0] * (len(new) - last - 1))
         else:
@@ -692,8 +715,14 @@ def encode_batch(tokenizer, conversations: list[list[dict]]) -> list[tuple[np.nd
     return [(np.asarray(a, dtype=np.int32), np.asarray(b, dtype=np.uint8)) for a, b in zip(ids, sup)]
 
 
+def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """One conversation -> (input_ids, labels): labels = input_ids where encode_batch supervises, else IGNORE_INDEX."""
+    ids, sup = encode_batch(tokenizer, [messages])[0]
+    return ids.tolist(), np.where(sup.astype(bool), ids, utils.IGNORE_INDEX).tolist()
+
+
 def _tokenize_job(lines: list[str]):
-    samples = [json.loads(x) for x in lines]
+    samples = [json.loads(x) for x in lines]  # Sample.line()s
     enc = encode_batch(_TOK, [s["m"] for s in samples])
     return [(i, m, s["st"]) for (i, m), s in zip(enc, samples)]
 
@@ -720,8 +749,9 @@ def chunked(it, n):
 
 
 def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) -> dict:
-    """Tokenize the mix into work/tokens.bin (int32) + work/sup.bin (uint8); returns lengths, stage flags, counts."""
-    lengths, stages = [], []
+    """Tokenize the mix into work/tokens.bin (int32) + work/sup.bin (uint8); returns lengths, the samples of each
+    stage (indices into the store) and the overlong counts."""
+    lengths, members = [], {1: [], 2: []}
     over = {"truncated": 0, "dropped": 0}
     from transformers import AutoTokenizer  # noqa: F401  imported once here, inherited by forked workers
     ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
@@ -744,26 +774,140 @@ def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) ->
                     ids, sup = ids[:cfg.seq_len], sup[:cfg.seq_len]
                 ft.write(ids.tobytes())
                 fs.write(sup.tobytes())
+                for stage in st:
+                    members[stage].append(len(lengths))
                 lengths.append(len(ids))
-                stages.append((1 in st) | ((2 in st) << 1))
             bar.update(len(res))
         bar.close()
         if pool is not None:
             pool.close()
             pool.join()
-    return {"lengths": np.asarray(lengths, dtype=np.int64), "stages": np.asarray(stages, dtype=np.uint8),
-            "overlong": over}
+    return {"lengths": np.asarray(lengths, dtype=np.int64), "overlong": over,
+            "members": {k: np.asarray(v, dtype=np.int64) for k, v in members.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8. Pack each stage (best fit, never split) and write the PACKED_FORMAT files
+# 8. Pack each stage (best fit, never split) and write the packed files
 # ----------------------------------------------------------------------------------------------------------------------
+
+def best_fit_pack(lengths, capacity: int, seed: int = 0) -> list[list[int]]:
+    """Best-fit-decreasing bin packing of whole samples.
+
+    lengths: int [n], each 1 <= lengths[i] <= capacity. Returns packs: a list of lists of sample indices (each index
+    exactly once, sum of lengths per pack <= capacity). Samples go longest first (ties by index) into the open pack
+    with the least room that still fits; the packs are then shuffled with `seed`. Deterministic for (lengths, seed).
+    """
+    lengths = [int(x) for x in lengths]
+    for i, n in enumerate(lengths):
+        if not 1 <= n <= capacity:
+            raise ValueError(f"sample {i} has length {n}, outside 1..{capacity}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    packs: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # sorted (remaining capacity, pack id) of packs that still have room
+    for i in order:
+        n = lengths[i]
+        j = bisect.bisect_left(room, (n, -1))
+        if j < len(room):
+            free, p = room.pop(j)
+        else:
+            free, p = capacity, len(packs)
+            packs.append([])
+        packs[p].append(i)
+        if free - n > 0:
+            bisect.insort(room, (free - n, p))
+    random.Random(seed).shuffle(packs)
+    return packs
+
+
+def pack_boundaries(lengths) -> np.ndarray:
+    """Sample lengths [k] of one pack -> cu_seqlens int32 [k+1] = [0, l0, l0+l1, ..., sum]."""
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int32)
+
+
+def pack_position_ids(cu_seqlens, seq_len: int) -> np.ndarray:
+    """cu_seqlens [k+1] -> position ids int32 [seq_len]: 0,1,2,... restarting at each sample start, 0 on padding."""
+    cu = np.asarray(cu_seqlens, dtype=np.int64)
+    pos = np.zeros(seq_len, dtype=np.int32)
+    n = int(cu[-1])
+    if n:
+        idx = np.arange(n)
+        starts = np.repeat(cu[:-1], np.diff(cu))
+        pos[:n] = idx - starts
+    return pos
+
+
+def write_packed(out_dir, packs, n_packs: int, seq_len: int, pad_id: int, meta: dict | None = None,
+                 desc: str = "pack") -> dict:
+    """Write a packed stage: input_ids / labels / position_ids [n_packs, seq_len] int32, cu_seqlens (all packs'
+    boundaries, concatenated) int32, cu_offsets [n_packs + 1] int64, meta.json.
+
+    packs: an iterable of n_packs lists of (input_ids, labels) int sequences, each list's total length <= seq_len.
+    Rows stream to memory-mapped .npy files, so a stage larger than RAM is fine. Returns the meta written
+    (`meta` adds fields such as tokenizer and stage).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = np.lib.format
+    arrays = {name: fmt.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.int32, shape=(n_packs, seq_len))
+              for name in ("input_ids", "labels", "position_ids")}
+    cu_all, cu_offsets, n_samples, n_tokens, n_sup = [], [0], 0, 0, 0
+    for p, pack in enumerate(tqdm(packs, total=n_packs, desc=desc, unit="pack", mininterval=2,
+                                  disable=n_packs < 1000)):
+        cu = pack_boundaries([len(ids) for ids, _ in pack])
+        if cu[-1] > seq_len:
+            raise ValueError(f"pack {p} holds {cu[-1]} tokens > seq_len {seq_len}")
+        row_ids = np.full(seq_len, pad_id, dtype=np.int32)
+        row_lab = np.full(seq_len, utils.IGNORE_INDEX, dtype=np.int32)
+        for (ids, labels), a, b in zip(pack, cu[:-1], cu[1:]):
+            row_ids[a:b], row_lab[a:b] = ids, labels
+        arrays["input_ids"][p], arrays["labels"][p] = row_ids, row_lab
+        arrays["position_ids"][p] = pack_position_ids(cu, seq_len)
+        n_samples, n_tokens = n_samples + len(pack), n_tokens + int(cu[-1])
+        n_sup += int((row_lab != utils.IGNORE_INDEX).sum())
+        cu_all.append(cu)
+        cu_offsets.append(cu_offsets[-1] + len(cu))
+    if len(cu_offsets) != n_packs + 1:
+        raise ValueError(f"got {len(cu_offsets) - 1} packs, expected {n_packs}")
+    for a in arrays.values():
+        a.flush()
+    del arrays
+    np.save(out / "cu_seqlens.npy", np.concatenate(cu_all).astype(np.int32) if cu_all else np.zeros(0, np.int32))
+    np.save(out / "cu_offsets.npy", np.asarray(cu_offsets, dtype=np.int64))
+    meta = {"seq_len": seq_len, "n_packs": n_packs, "n_samples": n_samples, "n_tokens": n_tokens,
+            "n_supervised": n_sup, "pad_token_id": int(pad_id),
+            "packing_efficiency": n_tokens / (n_packs * seq_len) if n_packs else 0.0, "tokenizer": "", "stage": "",
+            **(meta or {})}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return meta
+
+
+def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str = "test", best_fit: bool = False,
+                       seed: int = 0) -> Path:
+    """In-memory (input_ids, labels) samples -> a packed stage: greedy *in order* (so a test knows which samples
+    share a pack), or best_fit_pack as write_stage with best_fit=True. A sample longer than seq_len is an error."""
+    if best_fit:
+        packs = [[samples[i] for i in p] for p in best_fit_pack([len(ids) for ids, _ in samples], seq_len, seed)]
+        write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
+        return Path(out_dir)
+    packs, cur, used = [], [], 0
+    for ids, labels in samples:
+        if len(ids) > seq_len:
+            raise ValueError(f"sample of {len(ids)} tokens > seq_len {seq_len}")
+        if used + len(ids) > seq_len:
+            packs.append(cur)
+            cur, used = [], 0
+        cur.append((ids, labels))
+        used += len(ids)
+    packs.append(cur)
+    write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
+    return Path(out_dir)
+
 
 def write_stage(cfg: Config, work: Path, out_dir: Path, stage: str, index: np.ndarray, lengths: np.ndarray,
                 offsets: np.ndarray, pad_id: int) -> dict:
-    """Pack samples `index` (into the token store) best fit and write them with utils.write_packed."""
+    """Pack samples `index` (into the token store) best fit and write them with write_packed."""
     lens = lengths[index]
-    packs = utils.best_fit_pack(lens, cfg.seq_len, seed=cfg.seed)
+    packs = best_fit_pack(lens, cfg.seq_len, seed=cfg.seed)
     tokens = np.memmap(work / "tokens.bin", dtype=np.int32, mode="r") if offsets[-1] else np.zeros(0, np.int32)
     sup = np.memmap(work / "sup.bin", dtype=np.uint8, mode="r") if offsets[-1] else np.zeros(0, np.uint8)
 
@@ -775,7 +919,7 @@ def write_stage(cfg: Config, work: Path, out_dir: Path, stage: str, index: np.nd
                 rows.append((t, np.where(sup[offsets[s]:offsets[s + 1]].astype(bool), t, utils.IGNORE_INDEX)))
             yield rows
 
-    meta = utils.write_packed(out_dir, pack_rows(), len(packs), cfg.seq_len, pad_id,
+    meta = write_packed(out_dir, pack_rows(), len(packs), cfg.seq_len, pad_id,
                               {"tokenizer": str(cfg.model), "stage": stage}, desc=f"pack {stage}")
     pct = {f"p{q}": int(np.percentile(lens, q)) for q in (50, 90, 99)} if len(lens) else {}
     return {"samples": meta["n_samples"], "tokens": meta["n_tokens"], "supervised_tokens": meta["n_supervised"],
@@ -853,9 +997,7 @@ def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | N
     c = report.pop("counts")
 
     # 7: mix. stage1 = legal + general at general_ratio of the stage; stage2 = samples tagged 2
-    with open(out / "work" / "legal.jsonl", encoding="utf-8") as f:
-        n_legal1 = sum(1 for line in f if '"st": [1' in line)  # legal samples in stage 1
-    want = int(round(cfg.general_ratio / (1 - cfg.general_ratio) * n_legal1)) if cfg.general_ratio < 1 else \
+    want = int(round(cfg.general_ratio / (1 - cfg.general_ratio) * c["legal_stage1"])) if cfg.general_ratio < 1 else \
         c["general_samples"]
     n_gen = min(want, c["general_samples"])
     general_keep = set(random.Random(cfg.seed).sample(range(c["general_samples"]), n_gen))
@@ -871,8 +1013,8 @@ def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | N
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     report["overlong"] = tok["overlong"]
     report["stages"] = {}
-    for name, bit in (("stage1", 1), ("stage2", 2)):
-        index = np.nonzero(tok["stages"] & bit)[0]
+    for stage, index in tok["members"].items():
+        name = f"stage{stage}"
         report["stages"][name] = write_stage(cfg, out / "work", out / name, name, index, lengths, offsets, pad_id)
     for f in ("tokens.bin", "sup.bin"):
         (out / "work" / f).unlink()

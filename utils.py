@@ -6,9 +6,8 @@ Sections (banner comments below):
   2. Config                      - a dataclass per script exposed as --flags, saved to the run directory
   3. Chinese numerals            - 第一百三十三条之一 and friends
   4. Judgment answer format      - the one fixed answer block used by prepare_data / rl / evaluate
-  5. Chat tokenization           - input ids + labels on assistant tokens only
   6. Tiny offline model          - byte-level BPE tokenizer + random-init Qwen2, nothing downloaded
-  7. Packing                     - best-fit packing of whole samples, boundaries and restarting positions
+  7. Packed stages               - the files prepare_data writes and sft reads
   8. Generation backends         - one `generate` call over Hugging Face or vLLM (evaluate / judge / demo)
   9. Training                    - torch.distributed set-up, FSDP2, packed attention, chunked loss, DCP checkpoints
  10. Legal answer parsing        - the correct charge / article / sentence parsers and the GRPO legal reward
@@ -629,63 +628,6 @@ def judgment_truth(meta: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Chat tokenization: labels on assistant tokens only
-# ----------------------------------------------------------------------------------------------------------------------
-
-IGNORE_INDEX = -100
-
-
-def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Tokenize a conversation with the tokenizer's chat template; return (input_ids, labels).
-
-    labels[i] == input_ids[i] on assistant tokens (content and the end-of-turn token, every assistant turn),
-    IGNORE_INDEX elsewhere (system/user turns, role headers, the newline after end-of-turn).
-    Works for any template whose rendering of messages[:k] is a prefix of the rendering of messages[:k+1]
-    (ChatML / Qwen / InternLM2 / Llama-3 all are). Each turn is tokenized on its own, so no token straddles turns.
-    """
-    ids: list[int] = []
-    labels: list[int] = []
-    prev_text = ""
-    eot_ids = _end_of_turn_ids(tokenizer)
-    for k, msg in enumerate(messages):
-        if msg["role"] == "assistant":
-            prompt_text = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
-            _append(tokenizer, prompt_text[len(prev_text):], ids, labels, supervised=False, prev=prev_text,
-                    full=prompt_text)
-            prev_text = prompt_text
-        full = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
-        _append(tokenizer, full[len(prev_text):], ids, labels, supervised=msg["role"] == "assistant",
-                prev=prev_text, full=full, eot_ids=eot_ids)
-        prev_text = full
-    return ids, labels
-
-
-def _end_of_turn_ids(tokenizer) -> set[int]:
-    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
-            out.add(tid)
-    return out
-
-
-def _append(tokenizer, piece: str, ids, labels, supervised: bool, prev: str, full: str, eot_ids=()):
-    if not full.startswith(prev):
-        raise ValueError("chat template is not prefix-stable; encode_chat cannot split turns")
-    if not piece:
-        return
-    new = tokenizer(piece, add_special_tokens=False)["input_ids"]
-    if supervised:
-        # supervise up to and including the last end-of-turn token; trailing whitespace after it is not the model's
-        last = max((i for i, t in enumerate(new) if t in eot_ids), default=len(new) - 1)
-        lab = new[:last + 1] + [IGNORE_INDEX] * (len(new) - last - 1)
-    else:
-        lab = [IGNORE_INDEX] * len(new)
-    ids.extend(new)
-    labels.extend(lab)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # 6. Tiny offline model: a byte-level BPE tokenizer trained here + a random-init Qwen2 (untied lm_head)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -760,127 +702,12 @@ def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. Packing: best fit, a sample is never split; boundaries and restarting positions (PACKED_FORMAT.md)
+# 7. Packed stages: prepare_data.write_packed writes them, sft.py reads them
 # ----------------------------------------------------------------------------------------------------------------------
+# input_ids / labels / position_ids [n_packs, seq_len] int32 (positions restart at 0 in every sample), cu_seqlens (all
+# packs' sample boundaries, concatenated) int32, cu_offsets [n_packs + 1] int64, meta.json.
 
-def best_fit_pack(lengths, capacity: int, seed: int = 0) -> list[list[int]]:
-    """Best-fit-decreasing bin packing of whole samples.
-
-    lengths: int [n], each 1 <= lengths[i] <= capacity. Returns packs: a list of lists of sample indices (each index
-    exactly once, sum of lengths per pack <= capacity). Samples go longest first (ties by index) into the open pack
-    with the least room that still fits; the packs are then shuffled with `seed`. Deterministic for (lengths, seed).
-    """
-    import bisect
-    import random as _random
-    lengths = [int(x) for x in lengths]
-    for i, n in enumerate(lengths):
-        if not 1 <= n <= capacity:
-            raise ValueError(f"sample {i} has length {n}, outside 1..{capacity}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    packs: list[list[int]] = []
-    room: list[tuple[int, int]] = []  # sorted (remaining capacity, pack id) of packs that still have room
-    for i in order:
-        n = lengths[i]
-        j = bisect.bisect_left(room, (n, -1))
-        if j < len(room):
-            free, p = room.pop(j)
-        else:
-            free, p = capacity, len(packs)
-            packs.append([])
-        packs[p].append(i)
-        if free - n > 0:
-            bisect.insort(room, (free - n, p))
-    _random.Random(seed).shuffle(packs)
-    return packs
-
-
-def pack_boundaries(lengths) -> "np.ndarray":
-    """Sample lengths [k] of one pack -> cu_seqlens int32 [k+1] = [0, l0, l0+l1, ..., sum]."""
-    import numpy as np
-    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int32)
-
-
-def pack_position_ids(cu_seqlens, seq_len: int) -> "np.ndarray":
-    """cu_seqlens [k+1] -> position ids int32 [seq_len]: 0,1,2,... restarting at each sample start, 0 on padding."""
-    import numpy as np
-    cu = np.asarray(cu_seqlens, dtype=np.int64)
-    pos = np.zeros(seq_len, dtype=np.int32)
-    n = int(cu[-1])
-    if n:
-        idx = np.arange(n)
-        starts = np.repeat(cu[:-1], np.diff(cu))
-        pos[:n] = idx - starts
-    return pos
-
-
-def write_packed(out_dir, packs, n_packs: int, seq_len: int, pad_id: int, meta: dict | None = None,
-                 desc: str = "pack") -> dict:
-    """Write a packed stage in the PACKED_FORMAT layout: input_ids / labels / position_ids [n_packs, seq_len] int32,
-    cu_seqlens (all packs' boundaries, concatenated) int32, cu_offsets [n_packs + 1] int64, meta.json.
-
-    packs: an iterable of n_packs lists of (input_ids, labels) int sequences, each list's total length <= seq_len.
-    Rows stream to memory-mapped .npy files, so a stage larger than RAM is fine. Returns the meta written
-    (`meta` adds fields such as tokenizer and stage).
-    """
-    import numpy as np
-    from tqdm import tqdm
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fmt = np.lib.format
-    arrays = {name: fmt.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.int32, shape=(n_packs, seq_len))
-              for name in ("input_ids", "labels", "position_ids")}
-    cu_all, cu_offsets, n_samples, n_tokens, n_sup = [], [0], 0, 0, 0
-    for p, pack in enumerate(tqdm(packs, total=n_packs, desc=desc, unit="pack", mininterval=2,
-                                  disable=n_packs < 1000)):
-        cu = pack_boundaries([len(ids) for ids, _ in pack])
-        if cu[-1] > seq_len:
-            raise ValueError(f"pack {p} holds {cu[-1]} tokens > seq_len {seq_len}")
-        row_ids = np.full(seq_len, pad_id, dtype=np.int32)
-        row_lab = np.full(seq_len, IGNORE_INDEX, dtype=np.int32)
-        for (ids, labels), a, b in zip(pack, cu[:-1], cu[1:]):
-            row_ids[a:b], row_lab[a:b] = ids, labels
-        arrays["input_ids"][p], arrays["labels"][p] = row_ids, row_lab
-        arrays["position_ids"][p] = pack_position_ids(cu, seq_len)
-        n_samples, n_tokens = n_samples + len(pack), n_tokens + int(cu[-1])
-        n_sup += int((row_lab != IGNORE_INDEX).sum())
-        cu_all.append(cu)
-        cu_offsets.append(cu_offsets[-1] + len(cu))
-    if len(cu_offsets) != n_packs + 1:
-        raise ValueError(f"got {len(cu_offsets) - 1} packs, expected {n_packs}")
-    for a in arrays.values():
-        a.flush()
-    del arrays
-    np.save(out / "cu_seqlens.npy", np.concatenate(cu_all).astype(np.int32) if cu_all else np.zeros(0, np.int32))
-    np.save(out / "cu_offsets.npy", np.asarray(cu_offsets, dtype=np.int64))
-    meta = {"seq_len": seq_len, "n_packs": n_packs, "n_samples": n_samples, "n_tokens": n_tokens,
-            "n_supervised": n_sup, "pad_token_id": int(pad_id),
-            "packing_efficiency": n_tokens / (n_packs * seq_len) if n_packs else 0.0, "tokenizer": "", "stage": "",
-            **(meta or {})}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return meta
-
-
-def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str = "test", best_fit: bool = False,
-                       seed: int = 0) -> Path:
-    """Tests' and benchmarks' packer for in-memory (input_ids, labels) samples, written with write_packed: greedy *in
-    order* (so a test knows which samples share a pack), or best_fit_pack like prepare_data.py with best_fit=True.
-    A sample longer than seq_len is an error."""
-    if best_fit:
-        packs = [[samples[i] for i in p] for p in best_fit_pack([len(ids) for ids, _ in samples], seq_len, seed)]
-        write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
-        return Path(out_dir)
-    packs, cur, used = [], [], 0
-    for ids, labels in samples:
-        if len(ids) > seq_len:
-            raise ValueError(f"sample of {len(ids)} tokens > seq_len {seq_len}")
-        if used + len(ids) > seq_len:
-            packs.append(cur)
-            cur, used = [], 0
-        cur.append((ids, labels))
-        used += len(ids)
-    packs.append(cur)
-    write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
-    return Path(out_dir)
+IGNORE_INDEX = -100  # the label of a token not trained on (prompt, role header, padding)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

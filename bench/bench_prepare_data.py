@@ -10,7 +10,7 @@ sample one), tokenize with the chat template (labels on assistant tokens), pack 
 
   fast  = prepare_data.run (streaming to disk, rolling-hash windows, batched tokenizer in --workers processes,
           best-fit packing, memory-mapped outputs)
-  naive = everything in Python lists in memory: windows as a set of strings, utils.encode_chat one record at a time,
+  naive = everything in Python lists in memory: windows as a set of strings, encode_chat one record at a time,
           first-fit packing by scanning every open pack.
 
 Reported: records/s, wall seconds, peak RSS (max over the process and its workers), and extrapolation to 1M records.
@@ -101,21 +101,21 @@ def run_naive(manifest: Path, model: str, seq_len: int) -> dict:
         for path, line, rec in P.read_source(src, "raise", {}):
             n += 1
             try:
-                conv = P.CONVERTERS[src["kind"]](rec, path, line, rng, src["options"], {"cfg": cfg})
+                conv = P.CONVERTERS[src["kind"]](rec, path, line, rng, src["options"], cfg, None)
             except P.Drop:
                 continue
-            s = conv[0]
+            s = conv.samples[0]
             text = P.normalize(P.sample_text(s))
             if text in seen:
                 continue
             seen.add(text)
             if sum(text[i:i + 24] in windows for i in range(len(text) - 23)) >= 24:
                 continue
-            samples.append(s["m"])
+            samples.append(s.messages)
     packs, used = [], []  # first fit: scan every pack
     tokens = 0
     for m in samples:
-        ids, labels = utils.encode_chat(tok, m)
+        ids, labels = P.encode_chat(tok, m)
         ids, labels = ids[:seq_len], labels[:seq_len]
         tokens += len(ids)
         for p, u in enumerate(used):

@@ -8,7 +8,7 @@ labelled; peak memory (GPU: max allocated; CPU: peak RSS of the training process
     python bench/bench_sft.py                       # CPU: tiny model, seq_len 512
     python bench/bench_sft.py --shape qwen2.5-1.5b --seq_len 32768 --n_samples 4000 --steps 12   # one GPU
 
-The model is random-init (shape only); data are synthetic chat samples tokenized with utils.encode_chat, so nothing
+The model is random-init (shape only); data are synthetic chats tokenized with prepare_data.encode_chat, so nothing
 is downloaded. Each trainer runs in its own subprocess (clean peak memory). Results: OUT/bench_sft.json.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import prepare_data  # noqa: E402
 import utils  # noqa: E402
 
 SHAPES = {  # config overrides on top of utils.TINY_CONFIG
@@ -48,7 +49,7 @@ def synthetic_samples(tok, n: int, max_len: int, seed: int = 0) -> list:
         k = rng.randint(2, max(3, max_len // 12))
         msgs = [{"role": "user", "content": "".join(rng.choices(WORDS, k=k))},
                 {"role": "assistant", "content": "".join(rng.choices(WORDS, k=max(1, k // 2)))}]
-        ids, labels = utils.encode_chat(tok, msgs)
+        ids, labels = prepare_data.encode_chat(tok, msgs)
         if len(ids) <= max_len:
             out.append((ids, labels))
     return out
@@ -158,8 +159,8 @@ def main():
     model_dir = utils.build_tiny_model(out / f"model_{a.shape}", **SHAPES[a.shape])
     tok = AutoTokenizer.from_pretrained(model_dir)
     samples = synthetic_samples(tok, a.n_samples, a.seq_len)
-    stage = utils.write_packed_stage(out / "stage", samples, a.seq_len, tok.pad_token_id, stage="bench",
-                                     best_fit=True)  # best fit, as prepare_data.py packs (and TRL's BFD)
+    stage = prepare_data.write_packed_stage(out / "stage", samples, a.seq_len, tok.pad_token_id, stage="bench",
+                                            best_fit=True)  # best fit, as prepare_data.py packs (and TRL's BFD)
     (out / "samples.json").write_text(json.dumps(samples))
     cfg = AutoConfig.from_pretrained(model_dir)
     from transformers import AutoModelForCausalLM

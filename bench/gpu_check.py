@@ -106,7 +106,7 @@ def build_model(out, shape: str | None, dev) -> Path:
 def write_stage(out, model_dir, seq_len: int, n_packs: int, seed: int = 0) -> Path:
     """n_packs packs of seq_len tokens of synthetic samples with realistic lengths (log-normal, median ~1.5k tokens,
     a few near 16k; prompt ~1/3 unsupervised), token ids from the tokenizer's range."""
-    import utils
+    import prepare_data
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_dir)
     rng = random.Random(seed)
@@ -117,7 +117,7 @@ def write_stage(out, model_dir, seq_len: int, n_packs: int, seed: int = 0) -> Pa
         labels = [-100] * (n // 3) + ids[n // 3:]
         samples.append((ids, labels))
         total += n
-    return utils.write_packed_stage(out, samples, seq_len, tok.pad_token_id, stage="gpu_check", best_fit=True)
+    return prepare_data.write_packed_stage(out, samples, seq_len, tok.pad_token_id, stage="gpu_check", best_fit=True)
 
 
 def pack_lengths(seq_len: int, seed: int = 0) -> list[int]:

@@ -44,7 +44,7 @@ def files_under(root: Path) -> set:
 def inp(tiny_model, tmp_path_factory) -> dict:
     """Good inputs for every script, plus broken model folders; the tests change one thing at a time."""
     d = tmp_path_factory.mktemp("cli_inputs")
-    stage = utils.write_packed_stage(d / "stage", [([1, 2, 3, 4], [-100, -100, 3, 4])] * 4, 16, 0)
+    stage = prepare_data.write_packed_stage(d / "stage", [([1, 2, 3, 4], [-100, -100, 3, 4])] * 4, 16, 0)
     truth = {"charges": ["盗窃"], "articles": [264], "term_months": 6, "life": False, "death": False}
     utils.write_jsonl(d / "prompts.jsonl", [{"prompt": "案件事实：被告人秘密窃取财物。", "truth": truth}])
     lb = d / "lawbench" / "data" / "zero_shot"

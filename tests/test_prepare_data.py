@@ -9,40 +9,40 @@ import pytest
 
 import prepare_data as P
 import utils
-from utils import DataError
+from utils import IGNORE_INDEX, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 
 
-# ---- packing (pure functions in utils section 7) ---------------------------------------------------------------------
+# ---- packing (pure functions) ----------------------------------------------------------------------------------------
 
 def test_best_fit_pack_invariants_and_determinism():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(500)] + [1000, 1000, 999]
-    packs = utils.best_fit_pack(lengths, 1000, seed=3)
+    packs = P.best_fit_pack(lengths, 1000, seed=3)
     flat = sorted(i for p in packs for i in p)
     assert flat == list(range(len(lengths)))  # every sample exactly once: nothing split, nothing lost
     assert all(sum(lengths[i] for i in p) <= 1000 for p in packs)
     assert sum(lengths) / (len(packs) * 1000) > 0.97
-    assert packs == utils.best_fit_pack(lengths, 1000, seed=3)
-    assert packs != utils.best_fit_pack(lengths, 1000, seed=4)  # seed shuffles pack order
-    assert sorted(map(sorted, packs)) == sorted(map(sorted, utils.best_fit_pack(lengths, 1000, seed=4)))
+    assert packs == P.best_fit_pack(lengths, 1000, seed=3)
+    assert packs != P.best_fit_pack(lengths, 1000, seed=4)  # seed shuffles pack order
+    assert sorted(map(sorted, packs)) == sorted(map(sorted, P.best_fit_pack(lengths, 1000, seed=4)))
     with pytest.raises(ValueError):
-        utils.best_fit_pack([5, 1001], 1000)
+        P.best_fit_pack([5, 1001], 1000)
 
 
 def test_best_fit_golden():
     # longest first into the fullest pack that fits: 6 -> A, 5 -> B, 4 -> C, 3 -> B (room 3), 2 -> A, 1 -> C
-    packs = utils.best_fit_pack([5, 3, 4, 2, 6, 1], 8, seed=0)
+    packs = P.best_fit_pack([5, 3, 4, 2, 6, 1], 8, seed=0)
     assert sorted(map(sorted, packs)) == [[0, 1], [2, 5], [3, 4]]
 
 
 def test_boundaries_and_positions():
-    cu = utils.pack_boundaries([3, 2, 4])
+    cu = P.pack_boundaries([3, 2, 4])
     assert cu.tolist() == [0, 3, 5, 9] and cu.dtype == np.int32
-    assert utils.pack_position_ids(cu, 11).tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 0]
-    assert utils.pack_position_ids(utils.pack_boundaries([]), 3).tolist() == [0, 0, 0]
+    assert P.pack_position_ids(cu, 11).tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 0]
+    assert P.pack_position_ids(P.pack_boundaries([]), 3).tolist() == [0, 0, 0]
 
 
 # ---- the whole pipeline on the built-in sample -------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_packed_format_invariants(sample_run, stage):
         assert cu[0] == 0 and np.all(np.diff(cu) > 0) and cu[-1] <= L
         real = int(cu[-1])
         n_real += real
-        assert a["position_ids"][i].tolist() == utils.pack_position_ids(cu, L).tolist()
+        assert a["position_ids"][i].tolist() == P.pack_position_ids(cu, L).tolist()
         assert np.all(a["input_ids"][i, real:] == meta["pad_token_id"])  # padding: pad id, no label, position 0
         assert np.all(a["labels"][i, real:] == -100) and np.all(a["position_ids"][i, real:] == 0)
         lab = a["labels"][i, :real]
@@ -114,7 +114,7 @@ def test_packed_format_invariants(sample_run, stage):
 
 
 def test_samples_survive_packing_whole(sample_run, tiny_model):
-    """Every packed segment is exactly utils.encode_chat of one stage-1 sample (ids AND labels): no split."""
+    """Every packed segment is exactly encode_chat of one stage-1 sample (ids AND labels): no split."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_model)
     _, out, report = sample_run
@@ -125,7 +125,7 @@ def test_samples_survive_packing_whole(sample_run, tiny_model):
         for s, e in zip(cu[:-1], cu[1:]):
             segs.append((tuple(a["input_ids"][i, s:e]), tuple(a["labels"][i, s:e])))
     legal = [json.loads(x) for x in (out / "work" / "legal.jsonl").read_text(encoding="utf-8").splitlines()]
-    want = {tuple(map(tuple, utils.encode_chat(tok, s["m"]))) for s in legal if 1 in s["st"]}
+    want = {tuple(map(tuple, P.encode_chat(tok, s["m"]))) for s in legal if 1 in s["st"]}
     got = set(segs)
     assert want <= got  # all legal stage-1 samples, whole; the rest are general samples
     assert len(segs) - len([s for s in legal if 1 in s["st"]]) == report["mix"]["general_used"]
@@ -136,16 +136,38 @@ def test_samples_survive_packing_whole(sample_run, tiny_model):
         assert [x for x in labs if x != -100][-1] == eot
 
 
-def test_encode_batch_equals_encode_chat_multiturn(tiny_model):
+MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "世界"},
+        {"role": "user", "content": "盗窃"}, {"role": "assistant", "content": "张某"}]
+
+
+def test_encode_chat_matches_template_and_masks(tiny_model):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids, labels = P.encode_chat(tok, MSGS)
+    assert ids == tok(tok.apply_chat_template(MSGS, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(labels)
+    supervised = tok.decode([i for i, l in zip(ids, labels) if l != IGNORE_INDEX])
+    assert supervised == "世界<|im_end|>张某<|im_end|>"  # both turns, end-of-turn included, nothing else
+    assert labels[-1] == IGNORE_INDEX  # the newline after the final <|im_end|> is not supervised
+    # single turn: nothing of the prompt is supervised
+    ids1, labels1 = P.encode_chat(tok, MSGS[:2])
+    n_prompt = len(tok(tok.apply_chat_template(MSGS[:1], tokenize=False, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"])
+    assert all(l == IGNORE_INDEX for l in labels1[:n_prompt]) and labels1[n_prompt] != IGNORE_INDEX
+
+
+def test_encode_batch_equals_one_at_a_time_multiturn(tiny_model):
+    """One batched tokenizer call over several conversations: each comes out as it does alone, nothing mixed."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_model)
     convs = [[{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
               {"role": "user", "content": "盗窃罪规定在哪一条？"}, {"role": "assistant", "content": "《刑法》第二百六十四条。"}],
              [{"role": "system", "content": "你是法官。"}, {"role": "user", "content": "问"},
-              {"role": "assistant", "content": "答"}]]
+              {"role": "assistant", "content": "答"}], MSGS]
     for (ids, sup), conv in zip(P.encode_batch(tok, convs), convs):
-        ref_ids, ref_lab = utils.encode_chat(tok, conv)
-        assert ids.tolist() == ref_ids
+        ref_ids, ref_lab = P.encode_chat(tok, conv)
+        assert ids.tolist() == ref_ids == tok(tok.apply_chat_template(conv, tokenize=False),
+                                              add_special_tokens=False)["input_ids"]
         assert np.where(sup.astype(bool), ids, -100).tolist() == ref_lab
 
 
@@ -163,17 +185,16 @@ def test_overlong_truncate_and_drop(tiny_model, tmp_path):
 
 # ---- filters, numerals, templates ------------------------------------------------------------------------------------
 
-def ctx(**kw):
-    return {"cfg": P.Config(**kw), "scorer": None}
+CFG = P.Config(out="unused")
 
 
-def consult(q, a, c=None):
-    return P.convert_consultation({"question": q, "answer": a}, "f.jsonl", 1, random.Random(0), {}, c or ctx())
+def consult(q, a, scorer=None):
+    return P.convert_consultation({"question": q, "answer": a}, "f.jsonl", 1, random.Random(0), {}, CFG, scorer)
 
 
 def test_consultation_rule_filter():
     good = "依照《劳动合同法》第八十二条，用人单位应当向劳动者每月支付二倍的工资，可以申请劳动仲裁。"
-    assert consult("问", good)[0]["m"][1]["content"] == good
+    assert consult("问", good).samples[0].messages[1]["content"] == good
     for ans, reason in [("起诉。", "short_answer"), ("找《劳动法》。", "short_answer"),
                         ("可以先和邻居沟通协商，如果沟通无效可以找物业或者社区居委会调解处理。", "no_law_cited"),
                         ("应当扶，见义勇为是传统美德，必要时拨打急救电话《120》求助，不要犹豫。", "no_law_cited")]:
@@ -193,14 +214,13 @@ def test_llm_filter_stub_and_cache(tmp_path):
 
     ans = "依照《民法典》第一千零七十六条，夫妻双方自愿离婚的，应当签订书面离婚协议并到婚姻登记机关申请登记。"
     scorer = P.LLMScorer("http://127.0.0.1:9/v1", "m", "NO_SUCH_KEY", tmp_path / "cache.jsonl", ask=ask)
-    c = {"cfg": P.Config(), "scorer": scorer}
-    assert consult("怎么离婚？", ans, c)[0]["st"] == [1, 2]  # both >= llm_hq: stage 2 too
+    assert consult("怎么离婚？", ans, scorer).samples[0].stages == [1, 2]  # both >= llm_hq: stage 2 too
     with pytest.raises(P.Drop) as e:
-        consult("模糊的问题", ans, c)
+        consult("模糊的问题", ans, scorer)
     assert e.value.reason == "llm_unclear"
     assert len(calls) == 2
     again = P.LLMScorer("http://127.0.0.1:9/v1", "m", "NO_SUCH_KEY", tmp_path / "cache.jsonl", ask=ask)
-    consult("怎么离婚？", ans, {"cfg": P.Config(), "scorer": again})
+    consult("怎么离婚？", ans, again)
     assert len(calls) == 2 and again.hits == 1 and again.calls == 0  # rerun costs nothing
 
 
@@ -235,33 +255,31 @@ def test_llm_filter_http_loopback(tmp_path, monkeypatch):
 
 def test_recitation_numerals():
     rec = {"law": "刑法", "part": "第二编 分则", "article_num": 133, "article_sub": 1, "text": "在道路上驾驶机动车……"}
-    samples = P.convert_statute(rec, "f", 1, random.Random(0), {}, ctx())
-    assert len(samples) == 2 and samples[1]["st"] == [2]  # key law: a second question form for stage 2
-    assert all("第一百三十三条之一" in s["m"][0]["content"] for s in samples)
-    assert samples[0]["m"][0]["content"] != samples[1]["m"][0]["content"]
+    samples = P.convert_statute(rec, "f", 1, random.Random(0), {}, CFG, None).samples
+    assert len(samples) == 2 and samples[1].stages == [2]  # key law: a second question form for stage 2
+    assert all("第一百三十三条之一" in s.messages[0]["content"] for s in samples)
+    assert samples[0].messages[0]["content"] != samples[1].messages[0]["content"]
     rec = {"law": "民法典", "part": "第三编 合同", "article_num": 1076, "article_sub": 0, "text": "……"}
-    s = P.convert_statute(rec, "f", 1, random.Random(0), {}, ctx())
-    assert len(s) == 1 and "第一千零七十六条" in s[0]["m"][0]["content"] and s[0]["st"] == [1]
+    s = P.convert_statute(rec, "f", 1, random.Random(0), {}, CFG, None).samples
+    assert len(s) == 1 and "第一千零七十六条" in s[0].messages[0]["content"] and s[0].stages == [1]
 
 
 def test_templates_seeded():
     rec = {"instruction": "请给出罪名。", "question": "事实：……", "answer": "[罪名]盗窃<eoa>"}
-    pick = lambda seed: [P.convert_lawbench_task(rec, "f", 1, random.Random(seed), {}, ctx())[0]["m"][0]["content"]
-                         for _ in range(1)]
+    pick = lambda seed: P.convert_lawbench_task(rec, "f", 1, random.Random(seed), {}, CFG, None).samples[0].messages
     assert pick(1) == pick(1)
-    assert len({P.convert_lawbench_task(rec, "f", 1, random.Random(s), {}, ctx())[0]["m"][0]["content"]
-                for s in range(20)}) == len(P.TEMPLATES["lawbench"])
+    assert len({pick(s)[0]["content"] for s in range(20)}) == len(P.TEMPLATES["lawbench"])
 
 
 def test_judgment_sample_uses_shared_format():
     rec = {"fact": "被告人秘密窃取手机一部。", "meta": {"accusation": ["盗窃"], "relevant_articles": [264, 264],
                                                  "term_of_imprisonment": {"imprisonment": 18, "death_penalty": False,
                                                                           "life_imprisonment": False}}}
-    c = ctx()
-    s = P.convert_judgment(rec, "f", 1, random.Random(0), {}, c)[0]["m"]
+    got = P.convert_judgment(rec, "f", 1, random.Random(0), {}, CFG, None)
+    s = got.samples[0].messages
     assert s[0]["content"] == utils.judgment_prompt(rec["fact"])
     assert s[1]["content"] == "<answer>\n罪名：盗窃罪\n法条：《刑法》第二百六十四条\n刑期：一年六个月\n</answer>"
-    assert c["rl"]["truth"] == {"charges": ["盗窃"], "articles": [264], "term_months": 18, "life": False,
+    assert got.rl["truth"] == {"charges": ["盗窃"], "articles": [264], "term_months": 18, "life": False,
                                 "death": False}
 
 

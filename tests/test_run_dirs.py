@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import prepare_data
 import utils
 from utils import DataError, RunDirError
 
@@ -107,10 +108,10 @@ def test_fingerprint(tmp_path, tiny_model):
 def stage(tiny_model, tmp_path_factory):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    samples = [utils.encode_chat(tok, [{"role": "user", "content": f"问题{i}：盗窃罪规定在哪一条？"},
-                                       {"role": "assistant", "content": "《刑法》第二百六十四条。" * (1 + i % 3)}])
+    samples = [prepare_data.encode_chat(tok, [{"role": "user", "content": f"问题{i}：盗窃罪规定在哪一条？"},
+                                              {"role": "assistant", "content": "《刑法》第二百六十四条。" * (1 + i % 3)}])
                for i in range(12)]
-    return utils.write_packed_stage(tmp_path_factory.mktemp("stage") / "s", samples, 128, tok.pad_token_id)
+    return prepare_data.write_packed_stage(tmp_path_factory.mktemp("stage") / "s", samples, 128, tok.pad_token_id)
 
 
 def sft(tiny_model, stage, out, *extra):

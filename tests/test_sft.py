@@ -1,8 +1,8 @@
 """Tests for sft.py and utils section 9: leak-free packing, chunked loss, loss normalisation, 2 ranks == 1 process,
 two "nodes" over loopback, exact resume after SIGKILL (mid-training and mid-save), export loads and generates.
 
-Packed stages are written here directly in the PACKED_FORMAT contract (tiny `write_packed_stage` helper), from
-utils.encode_chat on synthetic conversations, so these tests do not depend on prepare_data.py."""
+Packed stages are written here directly (prepare_data.write_packed_stage) from prepare_data.encode_chat on
+synthetic conversations, not by a prepare_data.py run."""
 import json
 import os
 import random
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import prepare_data
 import utils
 from conftest import cpu_env, requires_cuda
 from utils import IGNORE_INDEX
@@ -39,7 +40,7 @@ def conversations(n: int, seed: int = 0) -> list:
 
 
 def encode_all(tokenizer, convs) -> list:
-    return [utils.encode_chat(tokenizer, c) for c in convs]
+    return [prepare_data.encode_chat(tokenizer, c) for c in convs]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def stage(tmp_path_factory, tok):
     """~33 packs of 256 tokens: enough for STEPS optimizer steps of 4 packs in one epoch (the count depends on the
     tiny tokenizer, which is trained on data/sample: checked here rather than assumed)."""
     samples = encode_all(tok, conversations(200))
-    out = utils.write_packed_stage(tmp_path_factory.mktemp("stage") / "stage1", samples, SEQ_LEN, tok.pad_token_id)
+    out = prepare_data.write_packed_stage(tmp_path_factory.mktemp("stage") / "stage1", samples, SEQ_LEN,
+                                          tok.pad_token_id)
     n_packs = json.loads((out / "meta.json").read_text())["n_packs"]
     assert n_packs >= 4 * STEPS, f"test stage has {n_packs} packs, the tests need {4 * STEPS}: add conversations"
     return out
@@ -239,8 +241,8 @@ def test_packed_loss_and_grads_equal_sum_over_samples(tiny_model, tok):
     import sft
     from transformers import AutoModelForCausalLM
     samples = encode_all(tok, conversations(12, seed=1))
-    stage = utils.write_packed_stage(Path(os.environ.get("TMPDIR", "/tmp")) / f"leak_{os.getpid()}", samples, SEQ_LEN,
-                               tok.pad_token_id)
+    stage = prepare_data.write_packed_stage(Path(os.environ.get("TMPDIR", "/tmp")) / f"leak_{os.getpid()}", samples,
+                                            SEQ_LEN, tok.pad_token_id)
     data = sft.PackedStage(stage)
     assert data.n >= 2
     b = data.batch([0, 1])

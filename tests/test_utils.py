@@ -1,10 +1,10 @@
-"""Tests for the shared core in utils.py: numerals, answer format, record errors, chat labels, tiny model."""
+"""Tests for the shared core in utils.py: numerals, answer format, record errors, tiny model."""
 import json
 
 import pytest
 
 import utils
-from utils import IGNORE_INDEX, DataError
+from utils import DataError
 
 
 # ---------------------------------------------------------------- numerals
@@ -81,25 +81,8 @@ def test_missing_file_and_field(tmp_path):
         utils.require({"answer": "  "}, "answer", "f.jsonl", 1)
 
 
-# ---------------------------------------------------------------- chat labels
 MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "世界"},
         {"role": "user", "content": "盗窃"}, {"role": "assistant", "content": "张某"}]
-
-
-def test_encode_chat_matches_template_and_masks(tiny_model):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    ids, labels = utils.encode_chat(tok, MSGS)
-    assert ids == tok(tok.apply_chat_template(MSGS, tokenize=False), add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(labels)
-    supervised = tok.decode([i for i, l in zip(ids, labels) if l != IGNORE_INDEX])
-    assert supervised == "世界<|im_end|>张某<|im_end|>"  # both turns, end-of-turn included, nothing else
-    assert labels[-1] == IGNORE_INDEX  # the newline after the final <|im_end|> is not supervised
-    # single turn: nothing of the prompt is supervised
-    ids1, labels1 = utils.encode_chat(tok, MSGS[:2])
-    n_prompt = len(tok(tok.apply_chat_template(MSGS[:1], tokenize=False, add_generation_prompt=True),
-                       add_special_tokens=False)["input_ids"])
-    assert all(l == IGNORE_INDEX for l in labels1[:n_prompt]) and labels1[n_prompt] != IGNORE_INDEX
 
 
 # ---------------------------------------------------------------- tiny model
