@@ -6,14 +6,14 @@ OpenAI-compatible chat endpoint compares the two answers twice, once in each ord
 orders agree, otherwise the pair is position-biased ("inconsistent").
 
     python judge.py --questions Q.jsonl --answers_a A.jsonl --answers_b B.jsonl \
-        --judge_base_url http://127.0.0.1:8000/v1 --judge_model NAME --out OUT
+        --llm_url http://127.0.0.1:8000/v1 --llm_model NAME --out OUT
 
 Inputs: questions JSONL (id, category, question, optional reference; the DISC-Law-Eval spelling id/input/output is
 accepted too), answers JSONL (id, answer) -- or --model_a / --model_b folders to generate answers with utils.generate,
 or `--answers_b reference` to use the questions' reference answers as the baseline.
 Outputs: OUT/judgments.jsonl (one line per judgment; also the cache: a rerun never repeats a stored call),
 OUT/summary.json (wins, ties, losses, inconsistent, errors, win_rate, adjusted_win_rate, intervals, by_category),
-OUT/config.json and a printed table. The API key is read from the environment (--api_key_env) and never written.
+OUT/config.json and a printed table. The API key is read from the environment (--llm_key_env) and never written.
 
 Sections: 1. config  2. judging prompt and verdicts  3. inputs  4. judge client  5. cache  6. scores  7. main
 """
@@ -23,11 +23,9 @@ import hashlib
 import http.client
 import json
 import os
-import random
 import re
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -46,8 +44,9 @@ from utils import DataError
 class JudgeConfig:
     """Pairwise LLM judge with position swap."""
     questions: str = field(metadata={"help": "questions JSONL: id, question (or input), optional category, reference"})
-    judge_base_url: str = field(metadata={"help": "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"})
-    judge_model: str = field(metadata={"help": "model name sent to the judge endpoint"})
+    llm_url: str = field(metadata={"help": "judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1",
+                                   "alias": "--judge_base_url"})
+    llm_model: str = field(metadata={"help": "judge: model name sent to the endpoint", "alias": "--judge_model"})
     out: str = field(metadata={"help": "output folder (judgments.jsonl, summary.json, config.json)"})
     answers_a: str | None = field(default=None, metadata={"help": "answers JSONL of system A (id, answer)"})
     answers_b: str | None = field(default=None, metadata={"help": "answers JSONL of system B, or 'reference'"})
@@ -58,7 +57,8 @@ class JudgeConfig:
     backend: str = field(default="hf", metadata={"help": "generation backend for --model_a/b",
                                                   "choices": ("hf", "vllm")})
     max_new_tokens: int = field(default=1024, metadata={"help": "generation length for --model_a/b", "min": 1})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"})
+    llm_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key",
+                                                                 "alias": "--api_key_env"})
     concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most", "min": 1})
     timeout: float = field(default=120.0, metadata={"help": "seconds per judge request", "gt": 0})
     max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeout / connection / bad JSON",
@@ -67,8 +67,8 @@ class JudgeConfig:
     backoff_max: float = field(default=60.0, metadata={"help": "longest retry wait (also caps Retry-After)", "min": 0})
     max_reasks: int = field(default=2, metadata={"help": "re-asks when the verdict cannot be parsed", "min": 0})
     judge_max_tokens: int = field(default=2048, metadata={"help": "max_tokens of the judge's reply", "min": 1})
-    limit: int | None = field(default=None, metadata={"help": "judge only the first N questions", "min": 1})
-    category_field: str = field(default="category", metadata={"help": "question field holding the category"})
+    max_items: int | None = field(default=None, metadata={"help": "first N questions only", "min": 1})
+    category_field: str = field(default="category", metadata={"help": "question field of the category"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
                                                    "min": 0})
     seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
@@ -78,11 +78,11 @@ def preflight(cfg: JudgeConfig) -> None:
     """Every flag, input file and model folder, then the judge endpoint (one request), checked before anything is
     generated, judged or written. A problem is a DataError (one line)."""
     utils.check_fields(cfg)
-    if not re.match(r"https?://[^/\s]+", cfg.judge_base_url):
-        raise DataError("--judge_base_url", None, None, f"expected an http:// or https:// URL, got "
-                        f"{cfg.judge_base_url!r}", reason="bad_flag")
+    if not re.match(r"https?://[^/\s]+", cfg.llm_url):
+        raise DataError("--llm_url", None, None, f"expected an http:// or https:// URL, got {cfg.llm_url!r}",
+                        reason="bad_flag")
     utils.check_out_dir(cfg.out)
-    questions = load_questions(cfg.questions, cfg.category_field, cfg.limit)
+    questions = load_questions(cfg.questions, cfg.category_field, cfg.max_items)
     for side in "ab":
         model = getattr(cfg, f"model_{side}")
         if model is not None and getattr(cfg, f"answers_{side}") is None:
@@ -93,7 +93,7 @@ def preflight(cfg: JudgeConfig) -> None:
     if system_name("a", cfg) == system_name("b", cfg):
         raise DataError("--name_a", None, None, f"both systems are named {system_name('a', cfg)!r}; set --name_a / "
                         "--name_b", reason="bad_flag")
-    check_endpoint(cfg.judge_base_url, os.environ.get(cfg.api_key_env, ""), min(cfg.timeout, 30.0))
+    check_endpoint(cfg.llm_url, os.environ.get(cfg.llm_key_env, ""), min(cfg.timeout, 30.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -249,71 +249,8 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 4. Judge client: standard library only (urllib + threads), retries with exponential backoff, key never shown
+# 4. Judge endpoint (the client is utils.ChatClient: retries with exponential backoff, key never shown)
 # ----------------------------------------------------------------------------------------------------------------------
-
-class JudgeError(RuntimeError):
-    """A judge call that failed for good (retries spent or a non-retryable HTTP status). The message is redacted."""
-
-
-class JudgeClient:
-    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-    def __init__(self, base_url: str, model: str, api_key: str, timeout: float, max_retries: int,
-                 backoff: float, backoff_max: float, max_tokens: int):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self._key = model, api_key
-        self.timeout, self.max_retries, self.backoff, self.backoff_max = timeout, max_retries, backoff, backoff_max
-        self.max_tokens = max_tokens
-        self.calls = 0  # HTTP requests sent (paid calls), for the summary
-        self._lock = threading.Lock()
-
-    def redact(self, text: str) -> str:
-        return text.replace(self._key, "[REDACTED]") if self._key else text
-
-    def chat(self, messages: list[dict]) -> str:
-        """One chat completion at temperature 0 -> the reply text. Raises JudgeError (redacted) when it gives up."""
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens}).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        problem, retry_after = "", None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self._wait(attempt, retry_after))
-            retry_after = None
-            with self._lock:
-                self.calls += 1
-            try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-                return json.loads(raw)["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as e:
-                # redact before cutting, so that no prefix of the key survives a cut through it
-                detail = self.redact(e.read(1 << 16).decode("utf-8", "replace"))[:300] if e.fp else ""
-                problem = f"HTTP {e.code}: {detail}".strip()
-                if e.code not in self.RETRY_STATUS:
-                    raise JudgeError(problem) from None
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-            except (ValueError, KeyError, IndexError, TypeError) as e:  # malformed JSON / not a chat completion
-                problem = f"bad response: {type(e).__name__}"
-            except (OSError, http.client.HTTPException) as e:  # timeouts, refused / reset connections, URLError
-                problem = f"connection: {type(e).__name__}: {self.redact(str(getattr(e, 'reason', e)))}"
-        raise JudgeError(f"gave up after {self.max_retries + 1} attempts; last: {problem}")
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        """Seconds before retry `attempt` (1, 2, ...): Retry-After when the server sent one, else backoff * 2^(k-1)
-        with 10% jitter; both capped at backoff_max."""
-        try:
-            if retry_after is not None:
-                return min(max(float(retry_after), 0.0), self.backoff_max)
-        except ValueError:
-            pass  # an HTTP-date Retry-After: fall back to exponential backoff
-        wait = self.backoff * 2 ** (attempt - 1)
-        return min(wait * (1 + 0.1 * random.random()), self.backoff_max)
-
 
 def check_endpoint(base_url: str, api_key: str, timeout: float) -> None:
     """One GET BASE_URL/models before any work: a judge that does not answer, refuses the key or is not an
@@ -327,18 +264,18 @@ def check_endpoint(base_url: str, api_key: str, timeout: float) -> None:
             resp.read(1 << 20)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise DataError("--judge_base_url", None, None, f"{base_url} refused the API key (GET /models: HTTP "
-                            f"{e.code}; check --api_key_env)", reason="judge_down") from None
+            raise DataError("--llm_url", None, None, f"{base_url} refused the API key (GET /models: HTTP "
+                            f"{e.code}; check --llm_key_env)", reason="judge_down") from None
         if e.code == 404:
-            raise DataError("--judge_base_url", None, None, f"GET {url}: HTTP 404: not an OpenAI-compatible base URL "
+            raise DataError("--llm_url", None, None, f"GET {url}: HTTP 404: not an OpenAI-compatible base URL "
                             "(it usually ends in /v1)", reason="judge_down") from None
     except (OSError, http.client.HTTPException, ValueError) as e:
         reason = redact(str(getattr(e, "reason", e)))
-        raise DataError("--judge_base_url", None, None, f"{base_url} does not answer ({type(e).__name__}: {reason}); "
+        raise DataError("--llm_url", None, None, f"{base_url} does not answer ({type(e).__name__}: {reason}); "
                         "start the judge server or fix the URL", reason="judge_down") from None
 
 
-def judge_one(client: JudgeClient, q: dict, answers: dict, order: str, max_reasks: int) -> dict:
+def judge_one(client: utils.ChatClient, q: dict, answers: dict, order: str, max_reasks: int) -> dict:
     """Judge question q in one order ('ab' or 'ba'). Returns the judgment record; status 'ok', 'unparsable'
     (re-asks spent: an error, cached, never guessed) or 'failed' (transport: an error, not cached, retried next run)."""
     first, second = (answers["a"], answers["b"]) if order == "ab" else (answers["b"], answers["a"])
@@ -356,7 +293,7 @@ def judge_one(client: JudgeClient, q: dict, answers: dict, order: str, max_reask
                 return rec
             messages = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": REASK}]
         rec.update(status="unparsable", error=f"no single [[A]]/[[B]]/[[C]] verdict after {rec['asks']} asks")
-    except JudgeError as e:
+    except utils.ChatError as e:
         rec.update(status="failed", error=str(e))
     return rec
 
@@ -504,22 +441,22 @@ def run(cfg: JudgeConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     utils.save_config(cfg, out)  # holds the env var's name, never the key
-    api_key = os.environ.get(cfg.api_key_env, "")
-    questions = load_questions(cfg.questions, cfg.category_field, cfg.limit)
+    api_key = os.environ.get(cfg.llm_key_env, "")
+    questions = load_questions(cfg.questions, cfg.category_field, cfg.max_items)
     name_a, answers_a = get_answers("a", cfg, questions, out)
     name_b, answers_b = get_answers("b", cfg, questions, out)
 
-    client = JudgeClient(cfg.judge_base_url, cfg.judge_model, api_key, cfg.timeout, cfg.max_retries,
+    client = utils.ChatClient(cfg.llm_url, cfg.llm_model, api_key, cfg.timeout, cfg.max_retries,
                          cfg.backoff, cfg.backoff_max, cfg.judge_max_tokens)
     cache = JudgmentCache(out / "judgments.jsonl")
     tasks = []  # (key, question, answers, order)
     for q in questions:
         pair = {"a": answers_a[q["id"]], "b": answers_b[q["id"]]}
         for order in ("ab", "ba"):
-            tasks.append((cache_key(q, name_a, name_b, order, cfg.judge_model, pair), q, pair, order))
+            tasks.append((cache_key(q, name_a, name_b, order, cfg.llm_model, pair), q, pair, order))
     todo = [t for t in tasks if t[0] not in cache]
     print(f"{len(questions)} questions, {len(tasks)} judgments: {len(tasks) - len(todo)} cached, {len(todo)} to ask "
-          f"{cfg.judge_model} at {cfg.judge_base_url}", flush=True)
+          f"{cfg.llm_model} at {cfg.llm_url}", flush=True)
 
     failed: dict[str, dict] = {}
     from tqdm import tqdm
@@ -528,7 +465,7 @@ def run(cfg: JudgeConfig) -> dict:
         futures = {pool.submit(judge_one, client, q, pair, order, cfg.max_reasks): key for key, q, pair, order in todo}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="judge", disable=not todo):
             key, rec = futures[fut], fut.result()
-            rec = {"key": key, "system_a": name_a, "system_b": name_b, "judge_model": cfg.judge_model,
+            rec = {"key": key, "system_a": name_a, "system_b": name_b, "judge_model": cfg.llm_model,
                    "prompt_version": PROMPT_VERSION, **rec}
             if rec["status"] == "failed":
                 failed[key] = rec  # not cached: a later run asks again
@@ -549,7 +486,7 @@ def run(cfg: JudgeConfig) -> dict:
     results = {q["id"]: {} for q in questions}
     for key, q, _, order in tasks:
         results[q["id"]][order] = cache.records.get(key) or failed[key]
-    summary = {"system_a": name_a, "system_b": name_b, "judge_model": cfg.judge_model,
+    summary = {"system_a": name_a, "system_b": name_b, "judge_model": cfg.llm_model,
                "prompt_version": PROMPT_VERSION, "questions": len(questions),
                **summarize(questions, answers_a, answers_b, results, cfg.bootstrap, cfg.seed)}
     summary["judgment_errors"] = {s: sum(r[o]["status"] == s for r in results.values() for o in r)

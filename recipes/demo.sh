@@ -53,7 +53,7 @@ python evaluate.py longdoc --model "$RUN/rl/final" --data data/longdoc_sample.js
 step "7/8 judge"
 if [ -n "${LEXLAB_JUDGE_URL:-}" ] && [ -n "${LEXLAB_JUDGE_MODEL:-}" ]; then
   python judge.py --questions data/sample/consult_qa.jsonl --model_a "$RUN/rl/final" --answers_b reference \
-      --judge_base_url "$LEXLAB_JUDGE_URL" --judge_model "$LEXLAB_JUDGE_MODEL" --out "$RUN/judge"
+      --llm_url "$LEXLAB_JUDGE_URL" --llm_model "$LEXLAB_JUDGE_MODEL" --out "$RUN/judge"
 else
   echo "skipped: no judge endpoint. To compare the demo model with the reference answers, point it at any"
   echo "OpenAI-compatible server (key in OPENAI_API_KEY, never logged), e.g. a local 'vllm serve MODEL':"

@@ -71,8 +71,8 @@ run python evaluate.py longdoc --model "$RUN/sft2/final" --data "$LONGDOC" --doc
 echo "== 6. pairwise judge with position swap (win rate by category)"
 if [ -n "${JUDGE_BASE_URL:-}" ] && [ -n "${ANSWERS_A:-}" ] && [ -n "${ANSWERS_B:-}" ] || [ "${DRY_RUN:-0}" = 1 ]; then
   run python judge.py --questions "$QUESTIONS" --answers_a "${ANSWERS_A:-\$ANSWERS_A}" \
-      --answers_b "${ANSWERS_B:-\$ANSWERS_B}" --judge_base_url "${JUDGE_BASE_URL:-\$JUDGE_BASE_URL}" \
-      --judge_model "${JUDGE_MODEL:-gpt-4}" --out "$RUN/judge"
+      --answers_b "${ANSWERS_B:-\$ANSWERS_B}" --llm_url "${JUDGE_BASE_URL:-\$JUDGE_BASE_URL}" \
+      --llm_model "${JUDGE_MODEL:-gpt-4}" --out "$RUN/judge"
 else
   echo "skipped: set JUDGE_BASE_URL, JUDGE_MODEL, ANSWERS_A (this model's answers) and ANSWERS_B (the baseline's," \
        "GPT-4 in the paper) as id/answer JSONL files; see python judge.py --help"

@@ -82,8 +82,8 @@ def base_argv(script: str, inp: dict, out: Path, model: Path) -> list:
         return ["--manifest", REPO / "data" / "sample" / "manifest.json", "--model", model, "--out", out,
                 "--lawbench_dir", REPO / "data" / "sample" / "lawbench"]
     if script == "judge.py":
-        return ["--questions", inp["q"], "--answers_a", inp["a"], "--answers_b", inp["b"], "--judge_model", "m",
-                "--judge_base_url", "http://127.0.0.1:9/v1", "--out", out]
+        return ["--questions", inp["q"], "--answers_a", inp["a"], "--answers_b", inp["b"], "--llm_model", "m",
+                "--llm_url", "http://127.0.0.1:9/v1", "--out", out]
     raise KeyError(script)
 
 
@@ -129,8 +129,8 @@ BAD = [
     ("prepare_data.py", lambda i: ["--model", i["models"]["no_tokenizer"]], "tokenizer does not round-trip text"),
     ("prepare_data.py", lambda i: ["--lawbench_dir", i["dir"]], "no LawBench *.json files"),
     ("judge.py", ["--concurrency", "0"], "--concurrency: must be >= 1, got 0"),
-    ("judge.py", ["--judge_base_url", "127.0.0.1:8000/v1"], "--judge_base_url: expected an http:// or https:// URL"),
-    ("judge.py", [], "--judge_base_url: http://127.0.0.1:9/v1 does not answer"),  # nothing listens on port 9
+    ("judge.py", ["--llm_url", "127.0.0.1:8000/v1"], "--llm_url: expected an http:// or https:// URL"),
+    ("judge.py", [], "--llm_url: http://127.0.0.1:9/v1 does not answer"),  # nothing listens on port 9
     ("judge.py", lambda i: ["--model_a", i["models"]["good"]], "give exactly one of --answers_a / --model_a"),
     ("judge.py", ["--name_a", "x", "--name_b", "x"], "both systems are named 'x'"),
     ("judge.py", lambda i: ["--answers_b", i["dir"] / "nope.jsonl"], "nope.jsonl: file not found"),
@@ -244,7 +244,7 @@ def test_judge_run_where_every_judgment_failed_is_an_error(inp, tmp_path, capsys
     down = _DownJudge()
     try:
         argv = base_argv("judge.py", inp, tmp_path / "out", None)
-        argv[argv.index("--judge_base_url") + 1] = down.url
+        argv[argv.index("--llm_url") + 1] = down.url
         rc, _, err = cli("judge.py", argv + ["--max_retries", "0", "--bootstrap", "0"], capsys)
     finally:
         down.server.shutdown()
@@ -256,9 +256,10 @@ def test_judge_run_where_every_judgment_failed_is_an_error(inp, tmp_path, capsys
     (["sft.py", "--model", "m", "--data", "d", "--output_dir", "o", "--export_dtype", "fp16"], "--export_dtype"),
     (["rl.py", "--model", "m", "--prompts", "p", "--output_dir", "o", "--backend", "vlm"], "--backend"),
     (["evaluate.py", "scor"], "unknown command 'scor'"),
-    (["judge.py", "--questions", "q", "--judge_base_url", "u", "--judge_model", "m", "--out", "o", "--limit", "0"],
-     "--limit"),
-    (["prepare_data.py", "--seq_len", "-5"], "--seq_len"),
+    (["judge.py", "--questions", "q", "--judge_base_url", "u", "--judge_model", "m", "--out", "o", "--max_items", "0"],
+     "--max_items"),  # the older spellings of --llm_url / --llm_model are still accepted
+    (["prepare_data.py", "--out", "o", "--seq_len", "-5"], "--seq_len"),
+    (["prepare_data.py", "--seq_len", "16"], "required: --out"),
 ], ids=lambda x: x[0] if isinstance(x, list) else "")
 def test_real_entry_points(argv, message, tmp_path):
     p = subprocess.run([sys.executable, str(REPO / argv[0]), *argv[1:]], cwd=tmp_path, capture_output=True,

@@ -134,8 +134,8 @@ def write_inputs(tmp, n, categories):
 def judge_cmd(tmp, url, out, *extra):
     return [sys.executable, str(REPO / "judge.py"), "--questions", str(tmp / "q.jsonl"),
             "--answers_a", str(tmp / "sys_a.jsonl"), "--answers_b", str(tmp / "sys_b.jsonl"),
-            "--judge_base_url", url, "--judge_model", "fake-judge", "--out", str(out),
-            "--api_key_env", "LEXLAB_TEST_KEY", "--backoff", "0.01", "--backoff_max", "0.05", *extra]
+            "--llm_url", url, "--llm_model", "fake-judge", "--out", str(out),
+            "--llm_key_env", "LEXLAB_TEST_KEY", "--backoff", "0.01", "--backoff_max", "0.05", *extra]
 
 
 def run_judge(cmd):
@@ -233,8 +233,8 @@ def test_faults_give_hand_computed_summary_and_never_leak_key(tmp_path):
 
 
 def test_retry_wait_honours_retry_after_and_backs_off():
-    c = judge.JudgeClient("http://127.0.0.1:9/v1", "m", "", timeout=1, max_retries=3, backoff=0.5, backoff_max=10,
-                          max_tokens=8)
+    c = utils.ChatClient("http://127.0.0.1:9/v1", "m", "", timeout=1, max_retries=3, backoff=0.5, backoff_max=10,
+                         max_tokens=8)
     assert c._wait(1, "2.5") == 2.5 and c._wait(3, "0") == 0.0 and c._wait(1, "3600") == 10  # capped
     assert 0.5 <= c._wait(1, None) <= 0.55 and 2.0 <= c._wait(3, None) <= 2.2 and c._wait(9, None) == 10
     assert 0.5 <= c._wait(1, "Wed, 21 Oct 2015 07:28:00 GMT") <= 0.55  # an HTTP date: plain backoff
@@ -252,10 +252,10 @@ def test_missing_answer_is_a_one_line_error(tmp_path):
 
 def test_error_bodies_are_redacted_before_cutting():
     fake = FakeJudge(lambda fake, user, n: ("status", 400, "padded", None))
-    client = judge.JudgeClient(fake.url, "m", SENTINEL, timeout=10, max_retries=3, backoff=0.01, backoff_max=0.01,
-                               max_tokens=8)
+    client = utils.ChatClient(fake.url, "m", SENTINEL, timeout=10, max_retries=3, backoff=0.01, backoff_max=0.01,
+                              max_tokens=8)
     try:
-        with pytest.raises(judge.JudgeError) as e:
+        with pytest.raises(utils.ChatError) as e:
             client.chat([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
     finally:
         fake.close()
@@ -331,7 +331,7 @@ def test_real_disc_law_eval_questions(tmp_path, shared_dir):
     utils.write_jsonl(tmp_path / "short.jsonl", [{"id": q["id"], "answer": q["reference"][:60]} for q in questions])
     fake = FakeJudge(longer_wins)
     try:
-        cfg = judge.JudgeConfig(questions=str(path), judge_base_url=fake.url, judge_model="fake",
+        cfg = judge.JudgeConfig(questions=str(path), llm_url=fake.url, llm_model="fake",
                                 out=str(tmp_path / "o"),
                                 answers_a=str(tmp_path / "short.jsonl"), answers_b="reference", concurrency=8,
                                 bootstrap=200)
@@ -350,7 +350,7 @@ def test_answers_generated_from_a_model_folder(tmp_path, tiny_model):
           for i in range(3)]
     utils.write_jsonl(tmp_path / "q.jsonl", qs)
     fake = FakeJudge(longer_wins)
-    cfg = judge.JudgeConfig(questions=str(tmp_path / "q.jsonl"), judge_base_url=fake.url, judge_model="fake",
+    cfg = judge.JudgeConfig(questions=str(tmp_path / "q.jsonl"), llm_url=fake.url, llm_model="fake",
                             out=str(tmp_path / "o"), model_a=str(tiny_model), answers_b="reference",
                             max_new_tokens=8, bootstrap=50)
     try:
@@ -409,7 +409,7 @@ def vllm_server(tiny_model, tmp_path_factory):
 
 def test_vllm_openai_server_as_judge(tmp_path, vllm_server):
     write_inputs(tmp_path, 3, ["X", "Y"])
-    p = run_judge(judge_cmd(tmp_path, vllm_server, tmp_path / "out", "--judge_model", "tiny", "--max_reasks", "1",
+    p = run_judge(judge_cmd(tmp_path, vllm_server, tmp_path / "out", "--llm_model", "tiny", "--max_reasks", "1",
                             "--judge_max_tokens", "16", "--timeout", "120", "--bootstrap", "50"))
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     recs = read_judgments(tmp_path / "out")

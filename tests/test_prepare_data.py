@@ -349,9 +349,9 @@ def test_bad_input_raise_and_skip(tmp_path, i):
     man.write_text(json.dumps([{"name": "src", "kind": kind, "path": name}]))
     sources = P.load_manifest(man)
     with pytest.raises(DataError) as e:
-        P.collect(P.Config(on_error="raise"), sources, tmp_path / "o1")
+        P.collect(P.Config(out="unused", on_error="raise"), sources, tmp_path / "o1")
     assert msg in str(e.value) and "\n" not in str(e.value) and e.value.reason == reason
-    rep = P.collect(P.Config(on_error="skip"), P.load_manifest(man), tmp_path / "o2")["sources"]["src"]
+    rep = P.collect(P.Config(out="unused", on_error="skip"), P.load_manifest(man), tmp_path / "o2")["sources"]["src"]
     if reason in ("bad_encoding", "missing_file"):  # whole-file problems
         assert rep["file_errors"] == {reason: 1}
     else:

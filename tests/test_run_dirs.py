@@ -322,7 +322,7 @@ def prep(out, *extra, cwd=REPO):
 
 def test_prepare_data_flags_checked_first(tmp_path):
     p = prep(None, "--lawbench_dir", SAMPLE / "lawbench", cwd=tmp_path)  # no --out: never the demo's folder
-    assert p.returncode == 2 and "--out: required" in error_line(p) and list(tmp_path.iterdir()) == []
+    assert p.returncode == 2 and "required: --out" in error_line(p) and list(tmp_path.iterdir()) == []
     p = prep(tmp_path / "d", cwd=tmp_path)  # no LawBench: no silent 'decontamination': {}
     assert p.returncode == 2 and "--lawbench_dir: required to decontaminate" in error_line(p)
     assert "--decontaminate false" in p.stderr and list(tmp_path.iterdir()) == []
