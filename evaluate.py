@@ -1581,17 +1581,10 @@ JUDGMENT_OUTPUTS = ("metrics.jsonl", "metrics_*.json", "predictions_*.jsonl", "r
 
 
 def load_judgment_data(path, max_items: int | None = None) -> list[dict]:
-    """CAIL2018 records -> [{fact, truth}] (truth = utils.judgment_truth(meta)); bad records: one-line DataError."""
+    """CAIL2018 records -> [{fact, truth}] (utils.judgment_record); bad records: one-line DataError."""
     out = []
     for line, rec in utils.iter_records(path):
-        fact = utils.require(rec, "fact", path, line)
-        utils.require(rec, "meta.accusation", path, line, kind=list)
-        utils.require(rec, "meta.relevant_articles", path, line, kind=list)
-        utils.require(rec, "meta.term_of_imprisonment", path, line, kind=dict)
-        try:
-            truth = utils.judgment_truth(rec["meta"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(path, line, "meta.term_of_imprisonment", f"unreadable ({e})") from None
+        fact, truth = utils.judgment_record(rec, path, line)
         out.append({"fact": fact, "truth": truth})
         if max_items is not None and len(out) >= max_items:
             break

@@ -209,14 +209,7 @@ def convert_statute(rec, path, line, rng, opts, cfg, scorer):
 
 
 def convert_judgment(rec, path, line, rng, opts, cfg, scorer):
-    fact = require(rec, "fact", path, line)
-    for f in ("meta.accusation", "meta.relevant_articles"):
-        require(rec, f, path, line, kind=list)
-    require(rec, "meta.term_of_imprisonment", path, line, kind=dict)
-    try:
-        truth = utils.judgment_truth(rec["meta"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(path, line, "meta", f"cannot read the labels: {e}", reason="bad_field") from None
+    fact, truth = utils.judgment_record(rec, path, line)
     prompt = utils.judgment_prompt(fact)
     return Converted([Sample(user_assistant(prompt, utils.format_answer(truth)))], prompt,
                      rl={"prompt": prompt, "truth": truth})

@@ -632,6 +632,18 @@ def judgment_truth(meta: dict) -> dict:
             "death": bool(term.get("death_penalty", False))}
 
 
+def judgment_record(rec: dict, path, line: int) -> tuple[str, dict]:
+    """A CAIL2018 record {fact, meta} -> (fact, judgment_truth(meta)); a bad record is a one-line DataError."""
+    fact = require(rec, "fact", path, line)
+    for f in ("meta.accusation", "meta.relevant_articles"):
+        require(rec, f, path, line, kind=list)
+    require(rec, "meta.term_of_imprisonment", path, line, kind=dict)
+    try:
+        return fact, judgment_truth(rec["meta"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(path, line, "meta", f"cannot read the labels: {e}", reason="bad_field") from None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 5. Chat client: one OpenAI-compatible endpoint (prepare_data's LLM filter, judge.py), standard library only
 # ----------------------------------------------------------------------------------------------------------------------

@@ -53,6 +53,16 @@ def test_judgment_truth_dedups_articles():
                                           "life": False, "death": False}
 
 
+def test_judgment_record_one_line_errors():
+    rec = {"fact": "事实", "meta": {"accusation": ["盗窃"], "relevant_articles": ["x"], "term_of_imprisonment": {"imprisonment": 6}}}
+    with pytest.raises(DataError, match=r"^f\.jsonl:2: field 'meta': cannot read the labels: invalid literal"):
+        utils.judgment_record(rec, "f.jsonl", 2)
+    with pytest.raises(DataError, match=r"^f\.jsonl:3: field 'meta.term_of_imprisonment': missing$"):
+        utils.judgment_record({"fact": "事实", "meta": {"accusation": ["盗窃"], "relevant_articles": [264]}}, "f.jsonl", 3)
+    rec["meta"]["relevant_articles"] = [264]
+    assert utils.judgment_record(rec, "f.jsonl", 4) == ("事实", utils.judgment_truth(rec["meta"]))
+
+
 # ---------------------------------------------------------------- record reading errors
 def test_bad_json_line_names_file_and_line(tmp_path):
     p = tmp_path / "x.jsonl"
