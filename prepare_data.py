@@ -17,6 +17,7 @@ Stages (each one reported in OUT/data_report.json and a printed table):
 
 Kinds: lawbench_task, cail_task (options.format: cjrc | argmine | ie), consultation, statutes, judgments, exam_mcq,
 general (alpaca / sharegpt / messages, detected per record), eval_only (read and counted, never trained on).
+Files: .jsonl / .json / .csv, or (read with `datasets`) .parquet / .arrow / a `save_to_disk` folder (options.split).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def preflight(cfg: Config) -> None:
         raise DataError("--llm_model", None, None, "needed with --llm_url", reason="bad_flag")
     for src in load_manifest(cfg.manifest):
         for p in src["paths"]:
-            if not Path(p).is_file():
+            if not Path(p).exists():
                 raise DataError(p, None, None, f"file not found (source {src['name']!r} of {cfg.manifest})",
                                 reason="missing_file")
     if cfg.lawbench_dir and cfg.decontaminate:
@@ -375,9 +376,36 @@ def read_source(src: dict, on_error: str, errors: dict):
                     for qa in para.get("qas", []):
                         n += 1
                         yield p, n, {"context": para.get("context", ""), **qa}
+        elif Path(p).is_dir() or Path(p).suffix in (".parquet", ".arrow"):
+            yield from ((p, line, rec) for line, rec in iter_hf_dataset(p, src["options"].get("split", "train")))
         else:
             for line, rec in utils.iter_records(p, on_error=on_error, errors=errors):
                 yield p, line, rec
+
+
+def iter_hf_dataset(path, split: str = "train"):
+    """(row, record) of a Hugging Face dataset read with `datasets` (the form legal SFT sets are published in): a
+    `save_to_disk` folder (a DatasetDict: its `split`), a .arrow file or a .parquet file (streamed). Rows count from 1."""
+    import datasets
+    p = Path(path)
+    try:
+        if p.suffix == ".parquet":
+            ds = datasets.load_dataset("parquet", data_files=str(p), split="train", streaming=True)
+        elif p.suffix == ".arrow":
+            ds = datasets.Dataset.from_file(str(p))
+        else:
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(p, None, "options.split", f"no split {split!r} (has {', '.join(ds)})",
+                                    reason="bad_manifest")
+                ds = ds[split]
+        yield from enumerate(ds, start=1)
+    except DataError:
+        raise
+    except Exception as e:  # datasets / pyarrow raise many kinds (FileNotFoundError, ArrowInvalid, ...)
+        raise DataError(p, None, None, f"not a readable Hugging Face dataset ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''})", reason="bad_dataset") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -359,6 +359,40 @@ def test_bad_input_raise_and_skip(tmp_path, i):
         assert rep["read"] == rep["kept"] + 1
 
 
+def test_hf_dataset_sources_read_like_jsonl(tmp_path):
+    """A parquet file, a save_to_disk folder (DatasetDict split) and an .arrow file, written here with `datasets` (no
+    hub, no network), give the same samples as the same records in a .jsonl file; a bad row is the same one-line
+    error, naming file and row; a folder that is not a dataset is a one-line error too."""
+    import datasets
+    recs = [{**GOOD_J, "fact": f"被告人第{i}次秘密窃取手机。"} for i in range(4)]
+    utils.write_jsonl(tmp_path / "j.jsonl", recs)
+    ds = datasets.Dataset.from_list(recs)
+    ds.to_parquet(str(tmp_path / "j.parquet"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
+    ds.save_to_disk(str(tmp_path / "one"))
+    arrow = next((tmp_path / "one").glob("*.arrow")).name
+
+    def samples(path, **opts):
+        man = tmp_path / "m.json"
+        man.write_text(json.dumps([{"name": "s", "kind": "judgments", "path": path, "options": opts}]))
+        out = tmp_path / f"o_{len(list(tmp_path.iterdir()))}"
+        rep = P.collect(P.Config(out="unused"), P.load_manifest(man), out)["sources"]["s"]
+        assert rep["read"] == rep["kept"] == 4
+        return (out / "work" / "legal.jsonl").read_text(), (out / "rl_prompts.jsonl").read_text()
+
+    want = samples("j.jsonl")
+    assert samples("j.parquet") == samples("dd", split="train") == samples(f"one/{arrow}") == samples("one") == want
+    with pytest.raises(DataError, match=r"dd: field 'options.split': no split 'test' \(has train\)"):
+        samples("dd", split="test")
+    datasets.Dataset.from_list([GOOD_J, {"fact": "", "meta": GOOD_J["meta"]}]).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"bad\.parquet:2: field 'fact': empty$"):
+        samples("bad.parquet")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(DataError, match="empty_dir: not a readable Hugging Face dataset") as e:
+        samples("empty_dir")
+    assert "\n" not in str(e.value)
+
+
 def test_cli_one_line_error(tmp_path):
     import subprocess
     import sys
