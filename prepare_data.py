@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -185,7 +186,6 @@ class Converted:
     samples: list[Sample]
     key: str | None = None
     rl: dict | None = None  # judgments: {"prompt", "truth"} for OUT/rl_prompts.jsonl
-    general: bool = False  # general (non-legal) data: mixed into stage 1 at --general_ratio
 
 
 class Drop(Exception):
@@ -318,7 +318,7 @@ def convert_general(rec, path, line, rng, opts, cfg, scorer):
         raise DataError(path, line, "messages", "each turn needs a known role and a string content", reason="bad_field")
     if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
         raise DataError(path, line, "messages", "the last turn must be a non-empty assistant turn", reason="empty_field")
-    return Converted([Sample(out)], general=True)
+    return Converted([Sample(out)])
 
 
 def convert_eval_only(rec, path, line, rng, opts, cfg, scorer):
@@ -595,6 +595,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
     counts = {"legal_samples": 0, "legal_stage1": 0, "general_samples": 0, "rl_prompts": 0}
     for src in sources:
         name, kind = src["name"], src["kind"]
+        general = kind == "general"  # mixed into stage 1 at --general_ratio
         conv = CONVERTERS[kind]
         rng = random.Random(f"{cfg.seed}:{name}")
         rep = {"kind": kind, "read": 0, "kept": 0, "samples": 0, "dropped": {}, "file_errors": {}}
@@ -641,9 +642,9 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
                 rep["kept"] += 1
                 rep["samples"] += len(got.samples)
                 for s in got.samples:
-                    (f_general if got.general else f_legal).write(s.line())
-                counts["general_samples" if got.general else "legal_samples"] += len(got.samples)
-                counts["legal_stage1"] += 0 if got.general else sum(1 in s.stages for s in got.samples)
+                    (f_general if general else f_legal).write(s.line())
+                counts["general_samples" if general else "legal_samples"] += len(got.samples)
+                counts["legal_stage1"] += 0 if general else sum(1 in s.stages for s in got.samples)
                 if got.rl is not None:
                     f_rl.write(json.dumps(got.rl, ensure_ascii=False) + "\n")
                     counts["rl_prompts"] += 1
@@ -743,14 +744,9 @@ def iter_mix(work: Path, general_keep: set[int]):
 
 
 def chunked(it, n):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+    it = iter(it)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
 
 
 def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) -> dict:
@@ -890,21 +886,20 @@ def write_packed_stage(out_dir, samples, seq_len: int, pad_id: int, stage: str =
                        seed: int = 0) -> Path:
     """In-memory (input_ids, labels) samples -> a packed stage: greedy *in order* (so a test knows which samples
     share a pack), or best_fit_pack as write_stage with best_fit=True. A sample longer than seq_len is an error."""
+    lengths = [len(ids) for ids, _ in samples]
     if best_fit:
-        packs = [[samples[i] for i in p] for p in best_fit_pack([len(ids) for ids, _ in samples], seq_len, seed)]
-        write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
-        return Path(out_dir)
-    packs, cur, used = [], [], 0
-    for ids, labels in samples:
-        if len(ids) > seq_len:
-            raise ValueError(f"sample of {len(ids)} tokens > seq_len {seq_len}")
-        if used + len(ids) > seq_len:
-            packs.append(cur)
-            cur, used = [], 0
-        cur.append((ids, labels))
-        used += len(ids)
-    packs.append(cur)
-    write_packed(out_dir, packs, len(packs), seq_len, pad_id, {"stage": stage})
+        packs = best_fit_pack(lengths, seq_len, seed)
+    else:
+        packs, used = [[]], 0
+        for i, n in enumerate(lengths):
+            if n > seq_len:
+                raise ValueError(f"sample of {n} tokens > seq_len {seq_len}")
+            if used + n > seq_len:
+                packs.append([])
+                used = 0
+            packs[-1].append(i)
+            used += n
+    write_packed(out_dir, [[samples[i] for i in p] for p in packs], len(packs), seq_len, pad_id, {"stage": stage})
     return Path(out_dir)
 
 
@@ -925,11 +920,10 @@ def write_stage(cfg: Config, work: Path, out_dir: Path, stage: str, index: np.nd
             yield rows
 
     meta = write_packed(out_dir, pack_rows(), len(packs), cfg.seq_len, pad_id,
-                              {"tokenizer": str(cfg.model), "stage": stage}, desc=f"pack {stage}")
+                        {"tokenizer": str(cfg.model), "stage": stage}, desc=f"pack {stage}")
     pct = {f"p{q}": int(np.percentile(lens, q)) for q in (50, 90, 99)} if len(lens) else {}
     return {"samples": meta["n_samples"], "tokens": meta["n_tokens"], "supervised_tokens": meta["n_supervised"],
-            "packs": meta["n_packs"],
-            "packing_efficiency": round(meta["packing_efficiency"], 6),
+            "packs": meta["n_packs"], "packing_efficiency": round(meta["packing_efficiency"], 6),
             "length_percentiles": {**pct, "max": int(lens.max()) if len(lens) else 0}}
 
 
