@@ -104,6 +104,8 @@ def run_naive(manifest: Path, model: str, seq_len: int) -> dict:
                 conv = P.CONVERTERS[src["kind"]](rec, path, line, rng, src["options"], cfg, None)
             except P.Drop:
                 continue
+            if src["kind"] in P.LEGAL_TASK_KINDS:
+                rng.random()  # collect's stage-2 draw: the same templates as the fast side
             s = conv.samples[0]
             text = P.normalize(P.sample_text(s))
             if text in seen:
