@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import utils
-from utils import DataError
+from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, DataError, plain_mean, plain_sum
 
 
 def _append_metrics(out_dir, record: dict, replaces=None) -> None:
@@ -70,11 +70,6 @@ def _write_json(path, obj) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. LawBench scoring
 # ----------------------------------------------------------------------------------------------------------------------
-
-LAWBENCH_TASKS = ["1-1", "1-2",
-                  "2-1", "2-2", "2-3", "2-4", "2-5", "2-6", "2-7", "2-8", "2-9", "2-10",
-                  "3-1", "3-2", "3-3", "3-4", "3-5", "3-6", "3-7", "3-8"]
-CATEGORIES = {"Memorization": "1-", "Understanding": "2-", "Application": "3-"}  # task-id prefix of each category
 
 # --- Label lists. These strings decide the scores, so they are taken verbatim from the official LawBench repository
 # (open-compass/LawBench, evaluation/evaluation_functions/{jdzy,wbfl,zxfl,sjjc,ljp_accusation,xxcq}.py;
@@ -147,20 +142,6 @@ class BadItem(ValueError):
     def __init__(self, index: int, field: str, message: str):
         self.index, self.field = index, field
         super().__init__(message)
-
-
-# --- Plain arithmetic in the official order
-
-def plain_sum(xs) -> float:
-    """Left-to-right float sum, like Python <= 3.11's sum(); Python 3.12+ sum() compensates and can differ by 1 ulp."""
-    total = 0
-    for x in xs:
-        total += x
-    return total
-
-
-def plain_mean(xs: list) -> float:
-    return plain_sum(xs) / len(xs)
 
 
 # --- LawBench-compatible parsers and metrics (quirks reproduced on purpose; never use for rewards)
@@ -521,7 +502,7 @@ TASK_SCORERS = {  # task id -> score function (items -> {score, abstention_rate}
     "2-7": score_2_7, "2-8": score_2_8, "2-9": score_2_9, "2-10": score_2_10,
     "3-1": score_3_1, "3-2": score_3_2, "3-3": score_3_3, "3-4": score_3_4, "3-5": score_3_5, "3-6": score_3_6,
     "3-7": score_3_7, "3-8": score_3_8}
-assert list(TASK_SCORERS) == LAWBENCH_TASKS
+assert list(TASK_SCORERS) == list(LAWBENCH_TASKS)
 
 
 # --- Prediction files in LawBench's layout: <dir>/<model>/<task>.json = {"0": item, "1": item, ...}
@@ -646,48 +627,33 @@ def score_jobs(jobs, workers: int = 2, progress: bool = True) -> tuple[list[dict
     return rows, errors, metrics
 
 
-def read_scores_csv(path) -> dict[tuple[str, str], dict]:
-    """An official results.csv (task,model_name,score,abstention_rate) -> {(task, model): {score, abstention_rate}}."""
-    out = {}
-    for line, rec in utils.iter_records(Path(path)):
-        try:
-            out[(rec["task"], rec["model_name"])] = {"score": float(rec["score"]),
-                                                     "abstention_rate": float(rec["abstention_rate"] or 0)}
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(path, line, None, f"expected columns task,model_name,score,abstention_rate ({e})",
-                            "bad_field") from None
-    return out
-
-
 def paper_table(rows: list[dict], fill: dict | None = None) -> tuple[list[dict], list[str]]:
     """Per model: Memorization / Understanding / Application = mean of the 1-x / 2-x / 3-x task scores, Average =
-    mean of all 20, all x100. Tasks not scored are taken from `fill` ({(task, model): {score}}) when given;
-    a model still missing tasks gets blank averages and a note."""
+    mean of all 20, all x100 (utils.category_means). Tasks not scored are taken from `fill` ({model: {task: score}})
+    when given; a model still missing tasks gets blank averages and a note."""
     by_model: dict[str, dict[str, float]] = {}
     for r in rows:
         by_model.setdefault(r["model_name"], {})[r["task"]] = r["score"]
     table, notes = [], []
     for model, scores in by_model.items():
-        filled = [t for t in LAWBENCH_TASKS if t not in scores and fill and (t, model) in fill]
+        filled = [t for t in LAWBENCH_TASKS if t not in scores and t in (fill or {}).get(model, {})]
         for t in filled:
-            scores[t] = fill[(t, model)]["score"]
+            scores[t] = fill[model][t]
         if filled:
             notes.append(f"{model}: {', '.join(filled)} taken from the official results file, not scored here")
         missing = [t for t in LAWBENCH_TASKS if t not in scores]
         row = {"model_name": model}
         if missing:
             notes.append(f"{model}: no score for {', '.join(missing)}: averages left blank")
-            row.update({k: None for k in [*CATEGORIES, "Average"]})
+            row.update({k: None for k in [*LAWBENCH_CATEGORIES, "Average"]})
         else:
-            for name, prefix in CATEGORIES.items():
-                row[name] = 100 * plain_mean([scores[t] for t in LAWBENCH_TASKS if t.startswith(prefix)])
-            row["Average"] = 100 * plain_mean([scores[t] for t in LAWBENCH_TASKS])
+            row.update(utils.category_means(scores))
         table.append(row)
     return table, notes
 
 
 def table_markdown(table: list[dict]) -> str:
-    cols = [*CATEGORIES, "Average"]
+    cols = [*LAWBENCH_CATEGORIES, "Average"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for row in table:
         lines.append(f"| {row['model_name']} | "
@@ -727,7 +693,7 @@ def cmd_score(cfg: ScoreConfig) -> int:
     for t in skip:
         if t not in TASK_SCORERS:
             raise DataError("--skip_tasks", None, None, f"unknown task '{t}'", "bad_flag")
-    fill = read_scores_csv(cfg.fill_from) if cfg.fill_from else None
+    fill = utils.read_scores_csv(cfg.fill_from) if cfg.fill_from else None
     if cfg.lawbench_dir:  # read by cherrant in every worker process
         os.environ["LAWBENCH_DATA_DIR"] = str(Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data")
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
@@ -740,7 +706,7 @@ def cmd_score(cfg: ScoreConfig) -> int:
     write_csv(out, rows, ["task", "model_name", "score", "abstention_rate"])
     table, table_notes = paper_table(rows, fill)
     stem = out.with_suffix("")
-    write_csv(f"{stem}_table.csv", table, ["model_name", *CATEGORIES, "Average"])
+    write_csv(f"{stem}_table.csv", table, ["model_name", *LAWBENCH_CATEGORIES, "Average"])
     markdown = table_markdown(table)
     Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
     Path(f"{stem}.config.json").write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2),
@@ -814,8 +780,6 @@ class StatuteIndex:
 # source sentence out of it). Resume: finished tasks are skipped; a task in progress keeps its finished items in
 # <task>.json.partial (one JSON line per item) until the task file is written atomically.
 
-LAWBENCH_TASKS = ["1-1", "1-2", "2-1", "2-2", "2-3", "2-4", "2-5", "2-6", "2-7", "2-8", "2-9", "2-10",
-                  "3-1", "3-2", "3-3", "3-4", "3-5", "3-6", "3-7", "3-8"]
 SHOTS = {"zero": "zero_shot", "one": "one_shot"}
 
 

@@ -2025,6 +2025,64 @@ def legal_reward(completion: str, truth: dict, weights: dict | None = None, char
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 11. LawBench task list and scores files (evaluate.py writes them, plots/plots.py draws them)
+# ----------------------------------------------------------------------------------------------------------------------
+
+LAWBENCH_TASKS = {  # task id -> (Chinese name as LawBench writes it, English name), in LawBench's order
+    "1-1": ("法条背诵", "Article Recitation"), "1-2": ("知识问答", "Knowledge QA"),
+    "2-1": ("文件校对", "Document Proofreading"), "2-2": ("纠纷焦点识别", "Dispute Focus Identification"),
+    "2-3": ("婚姻纠纷鉴定", "Marital Disputes Identification"), "2-4": ("问题主题识别", "Issue Topic Identification"),
+    "2-5": ("阅读理解", "Reading Comprehension"), "2-6": ("命名实体识别", "Named-Entity Recognition"),
+    "2-7": ("舆情摘要", "Opinion Summarization"), "2-8": ("论点挖掘", "Argument Mining"),
+    "2-9": ("事件检测", "Event Detection"), "2-10": ("触发词提取", "Trigger Word Extraction"),
+    "3-1": ("法条预测(基于事实)", "Fact-based Article Prediction"),
+    "3-2": ("法条预测(基于场景)", "Scene-based Article Prediction"), "3-3": ("罪名预测", "Charge Prediction"),
+    "3-4": ("刑期预测(无法条内容)", "Prison Term Prediction w/o Article"),
+    "3-5": ("刑期预测(给定法条内容)", "Prison Term Prediction w/ Article"), "3-6": ("案例分析", "Case Analysis"),
+    "3-7": ("犯罪金额计算", "Criminal Damages Calculation"), "3-8": ("咨询", "Consultation"),
+}
+LAWBENCH_CATEGORIES = {"Memorization": "1-", "Understanding": "2-", "Application": "3-"}  # task-id prefix of each
+
+
+def plain_sum(xs) -> float:
+    """Left-to-right float sum, like Python <= 3.11's sum(); Python 3.12+ sum() compensates and can differ by 1 ulp."""
+    total = 0
+    for x in xs:
+        total += x
+    return total
+
+
+def plain_mean(xs: list) -> float:
+    return plain_sum(xs) / len(xs)
+
+
+def category_tasks(cat: str) -> list[str]:
+    """The LawBench tasks of a category ('Average': all 20)."""
+    return [t for t in LAWBENCH_TASKS if cat == "Average" or t.startswith(LAWBENCH_CATEGORIES[cat])]
+
+
+def category_means(task_scores: dict[str, float]) -> dict[str, float]:
+    """{task: score 0-1} -> {Memorization, Understanding, Application, Average} x100, as InternLM-Law Table 1: the
+    plain mean of a category's tasks (Average: of all 20). A category missing any of its tasks is left out."""
+    return {cat: 100 * plain_mean([task_scores[t] for t in category_tasks(cat)])
+            for cat in [*LAWBENCH_CATEGORIES, "Average"] if all(t in task_scores for t in category_tasks(cat))}
+
+
+def read_scores_csv(path, column: str = "score") -> dict[str, dict[str, float]]:
+    """A scores CSV (evaluate.py score, LawBench's results.csv: task,model_name,score,abstention_rate) ->
+    {model: {task: the column's number}}; an empty abstention_rate reads 0."""
+    out: dict[str, dict[str, float]] = {}
+    for line, row in iter_records(path):
+        task, model = require(row, "task", path, line), require(row, "model_name", path, line)
+        value = require(row, column, path, line, allow_empty=column != "score")
+        try:
+            out.setdefault(model, {})[task] = float(value or 0)
+        except ValueError:
+            raise DataError(path, line, column, f"not a number: {value!r}", "bad_field") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # CLI: python utils.py tiny-model --out DIR
 # ----------------------------------------------------------------------------------------------------------------------
 

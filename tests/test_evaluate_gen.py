@@ -6,7 +6,8 @@ import pytest
 
 import evaluate
 import utils
-from evaluate import LAWBENCH_TASKS, SHOTS
+from evaluate import SHOTS
+from utils import LAWBENCH_TASKS
 
 
 def _run(argv, capsys):
