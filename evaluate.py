@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import utils
-from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, DataError, plain_mean, plain_sum
+from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, LOG_216, DataError, plain_mean, plain_sum
 
 
 def _append_metrics(out_dir, record: dict, replaces=None) -> None:
@@ -133,9 +133,6 @@ CHARGE_LABELS = [  # 3-3 (ljp_accusation.py), 189 charge names
     "非法收购、运输、加工、出售国家重点保护植物、国家重点保护植物制品", "非法出售发票", "劫持船只、汽车",
     "受贿", "聚众哄抢", "交通肇事"]
 
-LOG_216 = math.log(216)  # 3-4/3-5: the log-distance given to an abstention (216 months = 18 years)
-
-
 class BadItem(ValueError):
     """Raised by a task function for an item the official scorer would reject; becomes a DataError naming the file."""
 
@@ -162,7 +159,7 @@ def lawbench_labels_found(pred: str, labels: list[str]) -> list[str]:
 
 def lawbench_set_f1(a: set, b: set) -> float:
     """LawBench set F1: P = |a&b|/|a|, R = |a&b|/|b| (0 when empty), F1 = 2PR/(P+R), 0 when P+R = 0 (so two empty
-    sets score 0, unlike utils.set_f1). Symmetric in a, b."""
+    sets score 0, unlike the reward's set F1). Symmetric in a, b."""
     p = len(a & b) / len(a) if len(a) > 0 else 0
     r = len(a & b) / len(b) if len(b) > 0 else 0
     return 2 * p * r / (p + r) if p + r > 0 else 0
@@ -458,11 +455,8 @@ def score_3_4(items):  # prison term: normalised mean log distance; 死刑/无�
         gold = refr.replace("刑期:", "").replace("个月", "")
         _expect(refr.startswith("刑期:") and refr.endswith("个月") and gold.isdigit(), i, refr, "'刑期:N个月'")
         months = lawbench_term_months(it["prediction"])
-        if months is None:
-            abstentions += 1
-            distances.append(LOG_216)
-        else:
-            distances.append(abs(math.log(int(gold) + 1) - math.log(months + 1)))
+        abstentions += months is None
+        distances.append(utils.log_distance(months, int(gold)))
     if not distances:
         raise BadItem(len(items) - 1, "refr", "every item is 死刑/无期: nothing to score")
     return {"score": (LOG_216 - plain_mean(distances)) / LOG_216, "abstention_rate": abstentions / len(items)}
@@ -1414,11 +1408,20 @@ def code_mode_table(rows: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. Judgment prediction (LexPro: charges, statutes, sentence from the facts of a CAIL2018 case)
 # ----------------------------------------------------------------------------------------------------------------------
-# Predictions are parsed by utils.parse_judgment (the parser the RL rewards use) into
+# Predictions are parsed by parse_judgment (utils.parse_answer, the parser the RL rewards use) into
 #   {"charges": set[str], "articles": set[int], "term_months": int | None, "life": bool, "death": bool}.
 # Metrics below are pure functions over those dicts and the truth dicts of utils.judgment_truth.
 
-LOG_216 = math.log(216)  # LawBench 3-4/3-5: distance of an abstention; score = (ln 216 - mean d) / ln 216
+def parse_judgment(completion: str, charges=None) -> dict:
+    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
+    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
+    ans = utils.parse_answer(completion, charges)
+    if ans is None:
+        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
+    term = ans["term"] or {"term_months": None, "life": False, "death": False}
+    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
+
+
 
 
 def prf_counts(pred: set, gold: set) -> tuple[int, int, int]:
@@ -1453,11 +1456,6 @@ def multilabel_f1(preds: list[set], golds: list[set]) -> dict:
     return {"micro_f1": f1_from_counts(*total), "macro_f1": macro}
 
 
-def log_distance(pred_months: int | None, gold_months: int) -> float:
-    """LawBench's per-item term distance |ln(gold+1) - ln(pred+1)|; ln 216 for an abstention (pred None)."""
-    return LOG_216 if pred_months is None else abs(math.log(gold_months + 1) - math.log(pred_months + 1))
-
-
 def term_metrics(preds: list[dict], truths: list[dict]) -> dict:
     """Term score over items whose truth is a fixed term (life / death skipped, as LawBench 3-4/3-5 skip them).
 
@@ -1469,7 +1467,7 @@ def term_metrics(preds: list[dict], truths: list[dict]) -> dict:
     if not pairs:
         return {"term_score": None, "exact_month_acc": None, "term_items": 0, "term_abstained": 0}
     # (ln 216 - mean d) / ln 216 written as a mean of per-item (ln 216 - d) / ln 216: all-abstention gives exactly 0
-    return {"term_score": sum((LOG_216 - log_distance(p, g)) / LOG_216 for p, g in pairs) / len(pairs),
+    return {"term_score": sum((LOG_216 - utils.log_distance(p, g)) / LOG_216 for p, g in pairs) / len(pairs),
             "exact_month_acc": sum(p == g for p, g in pairs) / len(pairs),
             "term_items": len(pairs), "term_abstained": sum(p is None for p, _ in pairs)}
 
@@ -1486,16 +1484,10 @@ def life_death_metrics(preds: list[dict], truths: list[dict]) -> dict:
             "life_death_items": len(severe), "life_death_recall": sum(severe) / len(severe) if severe else None}
 
 
-def norm_charge(name: str) -> str:
-    """'盗窃' / '盗窃罪' / '醉驾' / '[走私、贩卖、运输、制造]毒品' -> one canonical name (utils.canonical_charge, the
-    parser the RL rewards use; a name it cannot place keeps its own key)."""
-    return utils.canonical_charge(name) or utils.charge_key(name)
-
-
 def judgment_metrics(preds: list[dict], truths: list[dict]) -> dict:
     """All judgment-prediction metrics. preds: parse_judgment dicts; truths: judgment_truth dicts (same order)."""
-    charges = multilabel_f1([{norm_charge(c) for c in p["charges"]} for p in preds],
-                            [{norm_charge(c) for c in t["charges"]} for t in truths])
+    charges = multilabel_f1([{utils.norm_charge(c) for c in p["charges"]} for p in preds],
+                            [{utils.norm_charge(c) for c in t["charges"]} for t in truths])
     articles = multilabel_f1([{int(a) for a in p["articles"]} for p in preds],
                              [{int(a) for a in t["articles"]} for t in truths])
     answered = [bool(p["charges"] or p["articles"] or p["term_months"] is not None or p["life"] or p["death"])
@@ -1600,7 +1592,7 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
     for i, o in zip(fits, gen):
         outs[i] = o
     t_gen = time.time() - t0
-    preds = [utils.parse_judgment(o) for o in outs]
+    preds = [parse_judgment(o) for o in outs]
     metrics = judgment_metrics(preds, [d["truth"] for d in data])
     if retrieved is not None:
         metrics["rag_recall"] = retrieval_recall(retrieved, [set(d["truth"]["articles"]) for d in data])
@@ -1666,16 +1658,12 @@ def rag_effect(out_dir) -> dict:
 # and truncation statistics only.
 
 LONGDOC_TEMPLATE = "请阅读下面的文书，然后回答问题。答案尽量简短，直接给出答案。\n\n文书：\n{document}\n\n问题：{question}"
-CUT_NOTE = utils.CUT_NOTE
 
 
 def char_f1(gold: str, pred: str) -> float:
     """The long-document metric: the same CAIL/CoQA bag-of-characters F1 as LawBench 2-5 (lawbench_char_f1:
     lower(), keep isdigit()/isalpha() characters; if either side is then empty, 1 if both are, else 0)."""
     return float(lawbench_char_f1(gold, pred))
-
-
-truncate_middle = utils.truncate_middle  # shared with judgment and rl.py prompts (utils section 8)
 
 
 @dataclass

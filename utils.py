@@ -1807,16 +1807,12 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 10. Legal answer parsing and rewards (the CORRECT parsers; LawBench-compatible ones live in evaluate.py)
+# 10. Legal answer parsing (the CORRECT parsers, for rl.py's rewards and evaluate.py's judgment metrics;
+#     the LawBench-compatible ones live in evaluate.py)
 # ----------------------------------------------------------------------------------------------------------------------
 # parse_answer(completion) reads the section-4 answer block tolerantly (Arabic or Chinese numerals, 罪 suffix or not,
-# 、/；/，/; separators); legal_reward(completion, truth) scores it per component in [0, 1]:
-#   charge  - set F1 over canonical charge names (official list: strip 罪 and brackets; exact/alias/edit distance)
-#   article - set F1 over Criminal Law article numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it)
-#   term    - 1 - min(|log(p+1) - log(t+1)| / log(216), 1) on months (LawBench's shaping); 无期/死刑 are categories
-#   format  - 1 well-formed (optional <think>..</think>, then <answer> with 罪名/法条/刑期, nothing trailing),
-#             0.5 an answer block is there but something around it is off, 0 no closed answer block
-# A missing or empty answer block scores 0 on every component.
+# 、/；/，/; separators); charges become canonical names (official list: strip 罪 and brackets; exact/alias/edit
+# distance), articles Criminal Law numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it).
 
 import math
 import re
@@ -1840,7 +1836,7 @@ CHARGE_ALIASES = {"醉驾": "危险驾驶", "醉酒驾驶": "危险驾驶", "酒
                   "介绍卖淫": "组织、强迫、引诱、容留、介绍卖淫", "偷窃": "盗窃",
                   "故意伤人": "故意伤害", "杀人": "故意杀人"}
 CHARGE_MAX_EDIT_RATIO = 0.25  # edit-distance fallback: distance / len(longer name) must not exceed this
-DEFAULT_REWARD_WEIGHTS = {"charge": 0.35, "article": 0.25, "term": 0.25, "format": 0.15}
+LOG_216 = math.log(216)  # LawBench 3-4/3-5: the term distance of an abstention (216 months = 18 years)
 
 _NUM = "零〇一二两三四五六七八九十百千0-9０-９"
 _ARTICLE_RE = re.compile(rf"第?((?:[{_NUM}]+\s*[、，,和及与]\s*第?)*[{_NUM}]+)\s*条(?:之[{_NUM}]+)?")
@@ -1893,6 +1889,11 @@ def canonical_charge(name: str, charges=None) -> str | None:
         if d / max(len(key), len(c)) <= CHARGE_MAX_EDIT_RATIO and (best_d is None or d < best_d):
             best, best_d = c, d
     return best
+
+
+def norm_charge(name: str, charges=None) -> str:
+    """One written charge -> its canonical name, or its own key when nothing is close ('醉驾' -> '危险驾驶')."""
+    return canonical_charge(name, charges) or charge_key(name)
 
 
 def parse_charges(text: str, charges=None) -> list[str]:
@@ -1967,61 +1968,9 @@ def parse_answer(completion: str, charges=None) -> dict | None:
             "well_formed": bool(_WELL_FORMED_RE.fullmatch(completion)) and all(v is not None for v in fields.values())}
 
 
-def parse_judgment(completion: str, charges=None) -> dict:
-    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
-    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
-    ans = parse_answer(completion, charges)
-    if ans is None:
-        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
-    term = ans["term"] or {"term_months": None, "life": False, "death": False}
-    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
-
-
-def set_f1(pred, truth) -> float:
-    """F1 between two sets; both empty -> 1.0 (callers gate on a present answer first)."""
-    pred, truth = set(pred), set(truth)
-    if not pred and not truth:
-        return 1.0
-    tp = len(pred & truth)
-    if tp == 0:
-        return 0.0
-    p, r = tp / len(pred), tp / len(truth)
-    return 2 * p * r / (p + r)
-
-
-def term_score(pred: dict | None, truth: dict) -> float:
-    """LawBench-style shaping: 1 - min(|log(p+1) - log(t+1)| / log(216), 1); life/death must match exactly."""
-    if pred is None:
-        return 0.0
-    t_cat = "death" if truth.get("death") else "life" if truth.get("life") else "months"
-    p_cat = "death" if pred["death"] else "life" if pred["life"] else "months"
-    if t_cat != p_cat:
-        return 0.0
-    if t_cat != "months":
-        return 1.0
-    dist = abs(math.log(pred["term_months"] + 1) - math.log(int(truth.get("term_months", 0)) + 1))
-    return 1.0 - min(dist / math.log(216), 1.0)
-
-
-def legal_reward(completion: str, truth: dict, weights: dict | None = None, charges=None) -> dict:
-    """Score one completion against truth {charges, articles, term_months, life, death}.
-
-    Returns {'charge', 'article', 'term', 'format', 'total'} (all in [0, 1]; total = weighted mean with `weights`,
-    default DEFAULT_REWARD_WEIGHTS). legal_reward(format_answer(t), t)['total'] == 1."""
-    w = {**DEFAULT_REWARD_WEIGHTS, **(weights or {})}
-    ans = parse_answer(completion, charges)
-    if ans is None:
-        r = {"charge": 0.0, "article": 0.0, "term": 0.0, "format": 0.0}
-    else:
-        cl = charges if charges is not None else load_charge_list()
-        truth_charges = [canonical_charge(c, cl) or charge_key(c) for c in truth["charges"]]
-        r = {"charge": set_f1(ans["charges"], truth_charges) if ans["fields"]["罪名"] else 0.0,
-             "article": set_f1(ans["articles"], [int(a) for a in truth["articles"]]) if ans["fields"]["法条"] else 0.0,
-             "term": term_score(ans["term"], truth),
-             "format": 1.0 if ans["well_formed"] else 0.5}
-    total_w = sum(w[k] for k in r)
-    r["total"] = sum(w[k] * r[k] for k in r) / total_w if total_w > 0 else 0.0
-    return r
+def log_distance(pred_months: int | None, gold_months: int) -> float:
+    """LawBench's per-item term distance |ln(gold+1) - ln(pred+1)|; ln 216 for an abstention (pred None)."""
+    return LOG_216 if pred_months is None else abs(math.log(gold_months + 1) - math.log(pred_months + 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
