@@ -1184,16 +1184,13 @@ def sandbox_preloads(code: str) -> list[str]:
 
 
 def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, memory_mb: int = 512,
-               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16, preload: tuple[str, ...] = (),
-               audit: bool = True) -> dict:
+               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16) -> dict:
     """Run one untrusted program in a sandboxed child process (see the section comment for what that means).
 
     Returns {status, reason, stdout, stderr, returncode, seconds, isolation: {net, uid, rlimits}} with status one of
     EXEC_STATUSES: ok (exit 0), error (an exception / non-zero exit / crash), timeout (wall_s passed), blocked (the
     audit hook ended it; reason names the event), limit (CPU seconds, memory, output or file size). stdout is the
-    first max_output bytes, decoded as UTF-8. Never raises for anything the program does. For the tests, which check
-    each layer on its own: preload = further modules loaded before the hook (and the uid change), audit=False leaves
-    the audit hook out.
+    first max_output bytes, decoded as UTF-8. Never raises for anything the program does.
     """
     import selectors
     import shutil
@@ -1204,7 +1201,6 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     cpu = cpu_s if cpu_s is not None else max(1, math.ceil(wall_s))
     limits = {"RLIMIT_CPU": cpu, "RLIMIT_AS": memory_mb << 20, "RLIMIT_NOFILE": max_files, "RLIMIT_NPROC": 1,
               "RLIMIT_FSIZE": max_file_mb << 20, "RLIMIT_CORE": 0}
-    boot = _SANDBOX_BOOT if audit else _SANDBOX_BOOT.replace("    sys.addaudithook(hook)\n", "")
     work = Path(tempfile.mkdtemp(prefix="lexlab-sandbox-"))
     if os.geteuid() == 0:
         os.chown(work, 65534, 65534)
@@ -1214,8 +1210,8 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     proc = None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-X", "utf8", "-c", boot, str(write_fd),
-             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code) + list(preload))],
+            [sys.executable, "-I", "-S", "-X", "utf8", "-c", _SANDBOX_BOOT, str(write_fd),
+             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,), cwd=work,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(work)}, start_new_session=True)
         os.close(write_fd)
