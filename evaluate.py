@@ -1552,12 +1552,19 @@ def load_judgment_data(path, max_items: int | None = None) -> list[dict]:
     return out
 
 
+def open_run_dir(cfg, settings: tuple, outputs: tuple) -> dict:
+    """OUT holds one run of this model on this data (utils.prepare_run_dir: resumed, refused or --overwrite);
+    the config is saved there. -> the run identity (config fields but `settings`, model and data fingerprints)."""
+    identity = utils.run_identity(cfg, settings, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                  "data_fingerprint": utils.fingerprint(cfg.data)})
+    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, outputs)
+    utils.save_config(cfg, cfg.out)
+    return identity
+
+
 def run_judgment(cfg: JudgmentConfig) -> dict:
     data = load_judgment_data(cfg.data, cfg.max_items)
-    identity = utils.run_identity(cfg, JUDGMENT_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                           "data_fingerprint": utils.fingerprint(cfg.data)})
-    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, JUDGMENT_OUTPUTS)
-    utils.save_config(cfg, cfg.out)
+    identity = open_run_dir(cfg, JUDGMENT_SETTINGS, JUDGMENT_OUTPUTS)
     prompts, retrieved = [utils.judgment_prompt(d["fact"]) for d in data], None
     t0 = time.time()
     if cfg.rag:
@@ -1703,10 +1710,7 @@ def load_longdoc(path, doc_field: str = "document") -> list[dict]:
 
 def run_longdoc(cfg: LongDocConfig) -> dict:
     docs = load_longdoc(cfg.data, cfg.doc_field)
-    identity = utils.run_identity(cfg, LONGDOC_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                          "data_fingerprint": utils.fingerprint(cfg.data)})
-    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, LONGDOC_OUTPUTS)
-    utils.save_config(cfg, cfg.out)
+    open_run_dir(cfg, LONGDOC_SETTINGS, LONGDOC_OUTPUTS)
     tok = utils.load_tokenizer(cfg.model)
     context = cfg.max_context or utils.model_context(cfg.model)
     # the budget counts the whole rendered prompt (chat template, instructions, question): the document is cut in
