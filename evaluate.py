@@ -683,10 +683,7 @@ class ScoreConfig:
 def cmd_score(cfg: ScoreConfig) -> int:
     t0 = time.perf_counter()
     models = [m for m in cfg.models.split(",") if m]
-    skip = [t for t in cfg.skip_tasks.split(",") if t]
-    for t in skip:
-        if t not in TASK_SCORERS:
-            raise DataError("--skip_tasks", None, None, f"unknown task '{t}'", "bad_flag")
+    skip = parse_tasks(cfg.skip_tasks, "--skip_tasks") if cfg.skip_tasks else []
     fill = utils.read_scores_csv(cfg.fill_from) if cfg.fill_from else None
     if cfg.lawbench_dir:  # read by cherrant in every worker process
         os.environ["LAWBENCH_DATA_DIR"] = str(Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data")
@@ -815,14 +812,14 @@ class GenerateConfig:
         "help": "regenerate the prediction files of --model_name (needed when another model made them)"})
 
 
-def parse_tasks(spec: str) -> list[str]:
+def parse_tasks(spec: str, flag: str = "--tasks") -> list[str]:
     """'all' -> the 20 tasks; '1-1,3-3' (commas or spaces) -> those, validated."""
     if spec.strip() in ("", "all"):
         return list(LAWBENCH_TASKS)
     tasks = [t for t in re.split(r"[,\s]+", spec.strip()) if t]
     bad = [t for t in tasks if t not in LAWBENCH_TASKS]
     if bad:
-        raise DataError("--tasks", None, None, f"unknown LawBench task(s) {bad}; known: {', '.join(LAWBENCH_TASKS)}",
+        raise DataError(flag, None, None, f"unknown LawBench task(s) {bad}; known: {', '.join(LAWBENCH_TASKS)}",
                         reason="bad_flag")
     return tasks
 

@@ -498,7 +498,7 @@ class PlotConfig:
     """Draw every figure the run folder has inputs for."""
     run: str = dataclasses.field(metadata={"help": "run folder (e.g. runs/demo) holding data/, sft1/, rl/, eval/..."})
     out: str | None = dataclasses.field(default=None, metadata={"help": "output folder (default RUN/plots)"})
-    format: str = dataclasses.field(default="png", metadata={"help": "png or pdf"})
+    format: str = dataclasses.field(default="png", metadata={"help": "figure file format", "choices": ("png", "pdf")})
     lawbench_dir: str | None = dataclasses.field(
         default=str(REPO.parent / "shared" / "lawbench"),
         metadata={"help": "LawBench copy with predictions/<shot>/results.csv for published baselines (none: off)"})
@@ -513,11 +513,10 @@ def _found(run: Path, pattern: str) -> list[Path]:
 
 def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     """Draw everything drawable from cfg.run. Returns (written files, skipped messages)."""
+    utils.check_fields(cfg)
     run = Path(cfg.run)
     if not run.is_dir():
         raise utils.DataError(run, None, None, "run folder not found")
-    if cfg.format not in ("png", "pdf"):
-        raise utils.DataError(run, None, "format", f"expected png or pdf, got {cfg.format!r}")
     out = Path(cfg.out) if cfg.out else run / "plots"
     ext = "." + cfg.format
     written, skipped = [], []
@@ -599,7 +598,7 @@ def main(argv=None) -> int:
         written, skipped = draw_run(cfg)
     except utils.DataError as e:
         print(f"plots: error: {e}", file=sys.stderr)
-        return 2
+        return utils.BAD_INPUT_EXIT
     for p in written:
         print(f"wrote   {p}")
     for s in skipped:

@@ -289,8 +289,9 @@ def test_cli_partial_and_bad_runs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert P.main(["--run", str(tmp_path / "empty")]) == 1
     assert P.main(["--run", str(tmp_path / "absent")]) == 2
-    assert P.main(["--run", str(run), "--format", "svg"]) == 2
-    assert "expected png or pdf" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        P.main(["--run", str(run), "--format", "svg"])
+    assert e.value.code == 2 and "--format: expected one of png | pdf, got 'svg'" in capsys.readouterr().err
 
 
 def test_script_entry_point(run_dir):
