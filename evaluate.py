@@ -889,10 +889,11 @@ def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
                         f"regenerate it, or another --model_name", reason="other_model")
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size): under torchrun with WORLD_SIZE > 1 the process group is started here (utils.dist_init:
-    nccl on GPU, gloo on CPU); a plain `python evaluate.py generate` is a world of one without a process group."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def _rank_world(backend: str) -> tuple[int, int]:
+    """(rank, world size): under torchrun with WORLD_SIZE > 1, or for vLLM (a world of one, so that one engine serves
+    every task: utils.generate closes an engine that made its own process group), the process group is started here
+    (utils.dist_init: nccl on GPU, gloo on CPU); a plain HF run is a world of one without a process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and backend != "vllm":
         return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
@@ -925,10 +926,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     Data parallel under torchrun (world > 1): every rank generates the items i with i % world == rank of each chunk
     on its own GPU; rank 0 gathers the shares and alone writes the files (.partial, task file, .json.model,
     refused.jsonl, config), exactly as a single process would. The report gets "per_rank": items each rank made."""
-    rank, world = _rank_world()
+    rank, world = _rank_world(cfg.backend)
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
-    if any(s not in SHOTS for s in shots):
-        raise DataError("--shots", None, None, f"expected zero | one | both, got {cfg.shots!r}", reason="bad_flag")
     tasks = parse_tasks(cfg.tasks)
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
     name = cfg.model_name or Path(cfg.model).resolve().name
@@ -1812,9 +1811,8 @@ def _cmd_generate(argv):
     t0 = time.time()
     report = generate_lawbench(cfg)
     per_rank = report.pop("per_rank", None)
-    if per_rank is not None:  # torchrun, world > 1
-        utils.close_vllm()
-        utils.dist_close()
+    utils.close_vllm()  # before dist_close: the engine's shutdown destroys the process groups
+    utils.dist_close()
     if int(os.environ.get("RANK", "0")) > 0:
         return  # rank 0 reports and writes metrics.jsonl
     code_rows = report.pop("code_mode", None)

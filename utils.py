@@ -900,6 +900,8 @@ def _cached(key: tuple, load):
     key = key + (max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0) if folder.is_dir() else 0,)
     if key not in _LOADED:
         is_tok = key[0] == "tokenizer"  # one tokenizer and one model (HF or vLLM, never both) at a time
+        if not is_tok:
+            close_vllm()  # now, not at some later garbage collection: its process groups go with it
         for old in [k for k in _LOADED if (k[0] == "tokenizer") == is_tok]:
             del _LOADED[old]
         import gc
@@ -1091,19 +1093,23 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
 
 def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progress: bool = True):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
+    import torch.distributed as dist
     from vllm import LLM, SamplingParams
+    owner = not dist.is_initialized()  # the engine starts a process group (a world of one) of its own
     key = ("vllm", llm_kwargs["model"]) + tuple(sorted((k, v) for k, v in llm_kwargs.items() if k != "model"))
     llm = _cached(key, lambda: LLM(**llm_kwargs))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     outs = llm.generate(texts, params, use_tqdm=progress)  # the engine batches; results come back in input order
+    if owner:  # leave the process as it was: no engine, no process group (callers that make many calls own one)
+        close_vllm()
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def close_vllm() -> None:
-    """Shut the cached vLLM engine down now, while torch.distributed is up (as rl.VLLMRollout.close): an
-    external_launcher engine's shutdown destroys the process groups; left to exit, it runs after dist_close, fails."""
+    """Shut the cached vLLM engine down now: its shutdown destroys the process groups it uses (so, under torchrun,
+    call it before dist_close, as rl.VLLMRollout.close; left to exit, it runs after dist_close and fails)."""
     for key in [k for k in _LOADED if k[0] == "vllm"]:
         _LOADED.pop(key).llm_engine.engine_core.shutdown()
 
