@@ -1805,9 +1805,7 @@ def _preflight_score(cfg: ScoreConfig):
         raise DataError(cfg.lawbench_dir, None, None, "folder not found (--lawbench_dir)", reason="missing_file")
 
 
-def _cmd_generate(argv):
-    cfg = utils.parse_config(GenerateConfig, argv, prog="evaluate.py generate")
-    _preflight_generate(cfg)
+def cmd_generate(cfg: GenerateConfig):
     t0 = time.time()
     report = generate_lawbench(cfg)
     per_rank = report.pop("per_rank", None)
@@ -1827,33 +1825,22 @@ def _cmd_generate(argv):
     print(json.dumps(rec, ensure_ascii=False))
 
 
-def _cmd_judgment(argv):
-    cfg = utils.parse_config(JudgmentConfig, argv, prog="evaluate.py judgment")
-    _preflight_judgment(cfg)
-    print(json.dumps(run_judgment(cfg), ensure_ascii=False, indent=1))
+def _print_metrics(run):
+    return lambda cfg: print(json.dumps(run(cfg), ensure_ascii=False, indent=1))
 
 
-def _cmd_longdoc(argv):
-    cfg = utils.parse_config(LongDocConfig, argv, prog="evaluate.py longdoc")
-    _preflight_longdoc(cfg)
-    print(json.dumps(run_longdoc(cfg), ensure_ascii=False, indent=1))
-
-
-def _cmd_score(argv):
-    cfg = utils.parse_config(ScoreConfig, argv, positional=("pred_dir",), prog="evaluate.py score")
-    _preflight_score(cfg)
-    return cmd_score(cfg)
-
-
-COMMANDS = {"generate": (_cmd_generate, GenerateConfig), "score": (_cmd_score, ScoreConfig),
-            "judgment": (_cmd_judgment, JudgmentConfig), "longdoc": (_cmd_longdoc, LongDocConfig)}
+COMMANDS = {  # name -> (config dataclass, preflight checks, run)
+    "generate": (GenerateConfig, _preflight_generate, cmd_generate),
+    "score": (ScoreConfig, _preflight_score, cmd_score),
+    "judgment": (JudgmentConfig, _preflight_judgment, _print_metrics(run_judgment)),
+    "longdoc": (LongDocConfig, _preflight_longdoc, _print_metrics(run_longdoc))}
 
 
 def usage() -> str:
     """`evaluate.py --help`: the subcommands, one line each (`evaluate.py COMMAND --help` lists its flags)."""
     lines = [f"usage: python evaluate.py {{{','.join(COMMANDS)}}} [--flags]", "", __doc__.strip().splitlines()[0],
              "", "commands:"]
-    lines += [f"  {name:<10}{cls.__doc__.strip().splitlines()[0]}" for name, (_, cls) in COMMANDS.items()]
+    lines += [f"  {name:<10}{cls.__doc__.strip().splitlines()[0]}" for name, (cls, *_) in COMMANDS.items()]
     lines += ["", "`python evaluate.py COMMAND --help` lists the flags of one command."]
     return "\n".join(lines)
 
@@ -1870,8 +1857,12 @@ def main(argv=None) -> int:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"evaluate.py: error: {got} (choose from {', '.join(COMMANDS)}{hint}; see --help)", file=sys.stderr)
         return utils.BAD_INPUT_EXIT
+    cls, preflight, run = COMMANDS[argv[0]]
+    cfg = utils.parse_config(cls, argv[1:], positional=("pred_dir",) if cls is ScoreConfig else (),
+                             prog=f"evaluate.py {argv[0]}")
     try:
-        return COMMANDS[argv[0]][0](argv[1:]) or 0
+        preflight(cfg)
+        return run(cfg) or 0
     except DataError as e:  # bad input: one line naming file, line and field
         print(f"evaluate.py {argv[0]}: error: {e}", file=sys.stderr)
         return utils.BAD_INPUT_EXIT
