@@ -11,7 +11,7 @@ files, shells out to `parallel_to_m2.py` twice and `compare_m2_for_evaluation.py
           --(pooled edits as (start, end, correction) -> TP / FP / FN per sentence, summed over the corpus)-->
           --> F0.5 rounded to 4 d.p.
 
-Differences from the official scorer (all deliberate, see notes/cherrant.md):
+Differences from the official scorer (all deliberate):
   * no clock: the official re-scores a sentence whose alignment takes over 10 s as if the prediction were `无`
     (so its numbers move with machine speed); here a sentence is re-scored as `无` when it has more than
     OFFICIAL_BUDGET cheapest alignments -- deterministic, and it reproduces all six published files to 4 d.p.
@@ -678,7 +678,7 @@ def f_score(tp: int, fp: int, fn: int, beta: float = 0.5) -> tuple[float, float,
 # sentences with up to 1.3e12 of them, which nobody can enumerate, and pooling them all would put ~1e12 edits into
 # FP). We replace the clock by a deterministic budget on the number of cheapest alignments (counted by a DP, the
 # official's work is linear in it). 75000 reproduces all six published files to 4 d.p.; any value in
-# [70560, 75599] does (see notes/cherrant.md for the table). budget=None means no limit at all.
+# [70560, 75599] does. budget=None means no limit at all.
 OFFICIAL_BUDGET = 75000
 
 

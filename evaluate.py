@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import utils
-from utils import DataError
+from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, LOG_216, DataError, plain_mean, plain_sum
 
 
 def _append_metrics(out_dir, record: dict, replaces=None) -> None:
@@ -70,11 +70,6 @@ def _write_json(path, obj) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. LawBench scoring
 # ----------------------------------------------------------------------------------------------------------------------
-
-LAWBENCH_TASKS = ["1-1", "1-2",
-                  "2-1", "2-2", "2-3", "2-4", "2-5", "2-6", "2-7", "2-8", "2-9", "2-10",
-                  "3-1", "3-2", "3-3", "3-4", "3-5", "3-6", "3-7", "3-8"]
-CATEGORIES = {"Memorization": "1-", "Understanding": "2-", "Application": "3-"}  # task-id prefix of each category
 
 # --- Label lists. These strings decide the scores, so they are taken verbatim from the official LawBench repository
 # (open-compass/LawBench, evaluation/evaluation_functions/{jdzy,wbfl,zxfl,sjjc,ljp_accusation,xxcq}.py;
@@ -138,29 +133,12 @@ CHARGE_LABELS = [  # 3-3 (ljp_accusation.py), 189 charge names
     "非法收购、运输、加工、出售国家重点保护植物、国家重点保护植物制品", "非法出售发票", "劫持船只、汽车",
     "受贿", "聚众哄抢", "交通肇事"]
 
-LOG_216 = math.log(216)  # 3-4/3-5: the log-distance given to an abstention (216 months = 18 years)
-
-
 class BadItem(ValueError):
     """Raised by a task function for an item the official scorer would reject; becomes a DataError naming the file."""
 
     def __init__(self, index: int, field: str, message: str):
         self.index, self.field = index, field
         super().__init__(message)
-
-
-# --- Plain arithmetic in the official order
-
-def plain_sum(xs) -> float:
-    """Left-to-right float sum, like Python <= 3.11's sum(); Python 3.12+ sum() compensates and can differ by 1 ulp."""
-    total = 0
-    for x in xs:
-        total += x
-    return total
-
-
-def plain_mean(xs: list) -> float:
-    return plain_sum(xs) / len(xs)
 
 
 # --- LawBench-compatible parsers and metrics (quirks reproduced on purpose; never use for rewards)
@@ -181,7 +159,7 @@ def lawbench_labels_found(pred: str, labels: list[str]) -> list[str]:
 
 def lawbench_set_f1(a: set, b: set) -> float:
     """LawBench set F1: P = |a&b|/|a|, R = |a&b|/|b| (0 when empty), F1 = 2PR/(P+R), 0 when P+R = 0 (so two empty
-    sets score 0, unlike utils.set_f1). Symmetric in a, b."""
+    sets score 0, unlike the reward's set F1). Symmetric in a, b."""
     p = len(a & b) / len(a) if len(a) > 0 else 0
     r = len(a & b) / len(b) if len(b) > 0 else 0
     return 2 * p * r / (p + r) if p + r > 0 else 0
@@ -477,11 +455,8 @@ def score_3_4(items):  # prison term: normalised mean log distance; 死刑/无�
         gold = refr.replace("刑期:", "").replace("个月", "")
         _expect(refr.startswith("刑期:") and refr.endswith("个月") and gold.isdigit(), i, refr, "'刑期:N个月'")
         months = lawbench_term_months(it["prediction"])
-        if months is None:
-            abstentions += 1
-            distances.append(LOG_216)
-        else:
-            distances.append(abs(math.log(int(gold) + 1) - math.log(months + 1)))
+        abstentions += months is None
+        distances.append(utils.log_distance(months, int(gold)))
     if not distances:
         raise BadItem(len(items) - 1, "refr", "every item is 死刑/无期: nothing to score")
     return {"score": (LOG_216 - plain_mean(distances)) / LOG_216, "abstention_rate": abstentions / len(items)}
@@ -521,7 +496,7 @@ TASK_SCORERS = {  # task id -> score function (items -> {score, abstention_rate}
     "2-7": score_2_7, "2-8": score_2_8, "2-9": score_2_9, "2-10": score_2_10,
     "3-1": score_3_1, "3-2": score_3_2, "3-3": score_3_3, "3-4": score_3_4, "3-5": score_3_5, "3-6": score_3_6,
     "3-7": score_3_7, "3-8": score_3_8}
-assert list(TASK_SCORERS) == LAWBENCH_TASKS
+assert list(TASK_SCORERS) == list(LAWBENCH_TASKS)
 
 
 # --- Prediction files in LawBench's layout: <dir>/<model>/<task>.json = {"0": item, "1": item, ...}
@@ -646,48 +621,33 @@ def score_jobs(jobs, workers: int = 2, progress: bool = True) -> tuple[list[dict
     return rows, errors, metrics
 
 
-def read_scores_csv(path) -> dict[tuple[str, str], dict]:
-    """An official results.csv (task,model_name,score,abstention_rate) -> {(task, model): {score, abstention_rate}}."""
-    out = {}
-    for line, rec in utils.iter_records(Path(path)):
-        try:
-            out[(rec["task"], rec["model_name"])] = {"score": float(rec["score"]),
-                                                     "abstention_rate": float(rec["abstention_rate"] or 0)}
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(path, line, None, f"expected columns task,model_name,score,abstention_rate ({e})",
-                            "bad_field") from None
-    return out
-
-
 def paper_table(rows: list[dict], fill: dict | None = None) -> tuple[list[dict], list[str]]:
     """Per model: Memorization / Understanding / Application = mean of the 1-x / 2-x / 3-x task scores, Average =
-    mean of all 20, all x100. Tasks not scored are taken from `fill` ({(task, model): {score}}) when given;
-    a model still missing tasks gets blank averages and a note."""
+    mean of all 20, all x100 (utils.category_means). Tasks not scored are taken from `fill` ({model: {task: score}})
+    when given; a model still missing tasks gets blank averages and a note."""
     by_model: dict[str, dict[str, float]] = {}
     for r in rows:
         by_model.setdefault(r["model_name"], {})[r["task"]] = r["score"]
     table, notes = [], []
     for model, scores in by_model.items():
-        filled = [t for t in LAWBENCH_TASKS if t not in scores and fill and (t, model) in fill]
+        filled = [t for t in LAWBENCH_TASKS if t not in scores and t in (fill or {}).get(model, {})]
         for t in filled:
-            scores[t] = fill[(t, model)]["score"]
+            scores[t] = fill[model][t]
         if filled:
             notes.append(f"{model}: {', '.join(filled)} taken from the official results file, not scored here")
         missing = [t for t in LAWBENCH_TASKS if t not in scores]
         row = {"model_name": model}
         if missing:
             notes.append(f"{model}: no score for {', '.join(missing)}: averages left blank")
-            row.update({k: None for k in [*CATEGORIES, "Average"]})
+            row.update({k: None for k in [*LAWBENCH_CATEGORIES, "Average"]})
         else:
-            for name, prefix in CATEGORIES.items():
-                row[name] = 100 * plain_mean([scores[t] for t in LAWBENCH_TASKS if t.startswith(prefix)])
-            row["Average"] = 100 * plain_mean([scores[t] for t in LAWBENCH_TASKS])
+            row.update(utils.category_means(scores))
         table.append(row)
     return table, notes
 
 
 def table_markdown(table: list[dict]) -> str:
-    cols = [*CATEGORIES, "Average"]
+    cols = [*LAWBENCH_CATEGORIES, "Average"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for row in table:
         lines.append(f"| {row['model_name']} | "
@@ -723,11 +683,8 @@ class ScoreConfig:
 def cmd_score(cfg: ScoreConfig) -> int:
     t0 = time.perf_counter()
     models = [m for m in cfg.models.split(",") if m]
-    skip = [t for t in cfg.skip_tasks.split(",") if t]
-    for t in skip:
-        if t not in TASK_SCORERS:
-            raise DataError("--skip_tasks", None, None, f"unknown task '{t}'", "bad_flag")
-    fill = read_scores_csv(cfg.fill_from) if cfg.fill_from else None
+    skip = parse_tasks(cfg.skip_tasks, "--skip_tasks") if cfg.skip_tasks else []
+    fill = utils.read_scores_csv(cfg.fill_from) if cfg.fill_from else None
     if cfg.lawbench_dir:  # read by cherrant in every worker process
         os.environ["LAWBENCH_DATA_DIR"] = str(Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data")
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
@@ -740,7 +697,7 @@ def cmd_score(cfg: ScoreConfig) -> int:
     write_csv(out, rows, ["task", "model_name", "score", "abstention_rate"])
     table, table_notes = paper_table(rows, fill)
     stem = out.with_suffix("")
-    write_csv(f"{stem}_table.csv", table, ["model_name", *CATEGORIES, "Average"])
+    write_csv(f"{stem}_table.csv", table, ["model_name", *LAWBENCH_CATEGORIES, "Average"])
     markdown = table_markdown(table)
     Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
     Path(f"{stem}.config.json").write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2),
@@ -814,8 +771,6 @@ class StatuteIndex:
 # source sentence out of it). Resume: finished tasks are skipped; a task in progress keeps its finished items in
 # <task>.json.partial (one JSON line per item) until the task file is written atomically.
 
-LAWBENCH_TASKS = ["1-1", "1-2", "2-1", "2-2", "2-3", "2-4", "2-5", "2-6", "2-7", "2-8", "2-9", "2-10",
-                  "3-1", "3-2", "3-3", "3-4", "3-5", "3-6", "3-7", "3-8"]
 SHOTS = {"zero": "zero_shot", "one": "one_shot"}
 
 
@@ -857,14 +812,14 @@ class GenerateConfig:
         "help": "regenerate the prediction files of --model_name (needed when another model made them)"})
 
 
-def parse_tasks(spec: str) -> list[str]:
+def parse_tasks(spec: str, flag: str = "--tasks") -> list[str]:
     """'all' -> the 20 tasks; '1-1,3-3' (commas or spaces) -> those, validated."""
     if spec.strip() in ("", "all"):
         return list(LAWBENCH_TASKS)
     tasks = [t for t in re.split(r"[,\s]+", spec.strip()) if t]
     bad = [t for t in tasks if t not in LAWBENCH_TASKS]
     if bad:
-        raise DataError("--tasks", None, None, f"unknown LawBench task(s) {bad}; known: {', '.join(LAWBENCH_TASKS)}",
+        raise DataError(flag, None, None, f"unknown LawBench task(s) {bad}; known: {', '.join(LAWBENCH_TASKS)}",
                         reason="bad_flag")
     return tasks
 
@@ -934,10 +889,11 @@ def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
                         f"regenerate it, or another --model_name", reason="other_model")
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size): under torchrun with WORLD_SIZE > 1 the process group is started here (utils.dist_init:
-    nccl on GPU, gloo on CPU); a plain `python evaluate.py generate` is a world of one without a process group."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def _rank_world(backend: str) -> tuple[int, int]:
+    """(rank, world size): under torchrun with WORLD_SIZE > 1, or for vLLM (a world of one, so that one engine serves
+    every task: utils.generate closes an engine that made its own process group), the process group is started here
+    (utils.dist_init: nccl on GPU, gloo on CPU); a plain HF run is a world of one without a process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and backend != "vllm":
         return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
@@ -970,10 +926,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     Data parallel under torchrun (world > 1): every rank generates the items i with i % world == rank of each chunk
     on its own GPU; rank 0 gathers the shares and alone writes the files (.partial, task file, .json.model,
     refused.jsonl, config), exactly as a single process would. The report gets "per_rank": items each rank made."""
-    rank, world = _rank_world()
+    rank, world = _rank_world(cfg.backend)
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
-    if any(s not in SHOTS for s in shots):
-        raise DataError("--shots", None, None, f"expected zero | one | both, got {cfg.shots!r}", reason="bad_flag")
     tasks = parse_tasks(cfg.tasks)
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
     name = cfg.model_name or Path(cfg.model).resolve().name
@@ -1226,16 +1180,13 @@ def sandbox_preloads(code: str) -> list[str]:
 
 
 def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, memory_mb: int = 512,
-               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16, preload: tuple[str, ...] = (),
-               audit: bool = True) -> dict:
+               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16) -> dict:
     """Run one untrusted program in a sandboxed child process (see the section comment for what that means).
 
     Returns {status, reason, stdout, stderr, returncode, seconds, isolation: {net, uid, rlimits}} with status one of
     EXEC_STATUSES: ok (exit 0), error (an exception / non-zero exit / crash), timeout (wall_s passed), blocked (the
     audit hook ended it; reason names the event), limit (CPU seconds, memory, output or file size). stdout is the
-    first max_output bytes, decoded as UTF-8. Never raises for anything the program does. For the tests, which check
-    each layer on its own: preload = further modules loaded before the hook (and the uid change), audit=False leaves
-    the audit hook out.
+    first max_output bytes, decoded as UTF-8. Never raises for anything the program does.
     """
     import selectors
     import shutil
@@ -1246,7 +1197,6 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     cpu = cpu_s if cpu_s is not None else max(1, math.ceil(wall_s))
     limits = {"RLIMIT_CPU": cpu, "RLIMIT_AS": memory_mb << 20, "RLIMIT_NOFILE": max_files, "RLIMIT_NPROC": 1,
               "RLIMIT_FSIZE": max_file_mb << 20, "RLIMIT_CORE": 0}
-    boot = _SANDBOX_BOOT if audit else _SANDBOX_BOOT.replace("    sys.addaudithook(hook)\n", "")
     work = Path(tempfile.mkdtemp(prefix="lexlab-sandbox-"))
     if os.geteuid() == 0:
         os.chown(work, 65534, 65534)
@@ -1256,8 +1206,8 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     proc = None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-X", "utf8", "-c", boot, str(write_fd),
-             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code) + list(preload))],
+            [sys.executable, "-I", "-S", "-X", "utf8", "-c", _SANDBOX_BOOT, str(write_fd),
+             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,), cwd=work,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(work)}, start_new_session=True)
         os.close(write_fd)
@@ -1450,11 +1400,20 @@ def code_mode_table(rows: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. Judgment prediction (LexPro: charges, statutes, sentence from the facts of a CAIL2018 case)
 # ----------------------------------------------------------------------------------------------------------------------
-# Predictions are parsed by utils.parse_judgment (the parser the RL rewards use) into
+# Predictions are parsed by parse_judgment (utils.parse_answer, the parser the RL rewards use) into
 #   {"charges": set[str], "articles": set[int], "term_months": int | None, "life": bool, "death": bool}.
 # Metrics below are pure functions over those dicts and the truth dicts of utils.judgment_truth.
 
-LOG_216 = math.log(216)  # LawBench 3-4/3-5: distance of an abstention; score = (ln 216 - mean d) / ln 216
+def parse_judgment(completion: str, charges=None) -> dict:
+    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
+    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
+    ans = utils.parse_answer(completion, charges)
+    if ans is None:
+        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
+    term = ans["term"] or {"term_months": None, "life": False, "death": False}
+    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
+
+
 
 
 def prf_counts(pred: set, gold: set) -> tuple[int, int, int]:
@@ -1489,11 +1448,6 @@ def multilabel_f1(preds: list[set], golds: list[set]) -> dict:
     return {"micro_f1": f1_from_counts(*total), "macro_f1": macro}
 
 
-def log_distance(pred_months: int | None, gold_months: int) -> float:
-    """LawBench's per-item term distance |ln(gold+1) - ln(pred+1)|; ln 216 for an abstention (pred None)."""
-    return LOG_216 if pred_months is None else abs(math.log(gold_months + 1) - math.log(pred_months + 1))
-
-
 def term_metrics(preds: list[dict], truths: list[dict]) -> dict:
     """Term score over items whose truth is a fixed term (life / death skipped, as LawBench 3-4/3-5 skip them).
 
@@ -1505,7 +1459,7 @@ def term_metrics(preds: list[dict], truths: list[dict]) -> dict:
     if not pairs:
         return {"term_score": None, "exact_month_acc": None, "term_items": 0, "term_abstained": 0}
     # (ln 216 - mean d) / ln 216 written as a mean of per-item (ln 216 - d) / ln 216: all-abstention gives exactly 0
-    return {"term_score": sum((LOG_216 - log_distance(p, g)) / LOG_216 for p, g in pairs) / len(pairs),
+    return {"term_score": sum((LOG_216 - utils.log_distance(p, g)) / LOG_216 for p, g in pairs) / len(pairs),
             "exact_month_acc": sum(p == g for p, g in pairs) / len(pairs),
             "term_items": len(pairs), "term_abstained": sum(p is None for p, _ in pairs)}
 
@@ -1522,16 +1476,10 @@ def life_death_metrics(preds: list[dict], truths: list[dict]) -> dict:
             "life_death_items": len(severe), "life_death_recall": sum(severe) / len(severe) if severe else None}
 
 
-def norm_charge(name: str) -> str:
-    """'盗窃' / '盗窃罪' / '醉驾' / '[走私、贩卖、运输、制造]毒品' -> one canonical name (utils.canonical_charge, the
-    parser the RL rewards use; a name it cannot place keeps its own key)."""
-    return utils.canonical_charge(name) or utils.charge_key(name)
-
-
 def judgment_metrics(preds: list[dict], truths: list[dict]) -> dict:
     """All judgment-prediction metrics. preds: parse_judgment dicts; truths: judgment_truth dicts (same order)."""
-    charges = multilabel_f1([{norm_charge(c) for c in p["charges"]} for p in preds],
-                            [{norm_charge(c) for c in t["charges"]} for t in truths])
+    charges = multilabel_f1([{utils.norm_charge(c) for c in p["charges"]} for p in preds],
+                            [{utils.norm_charge(c) for c in t["charges"]} for t in truths])
     articles = multilabel_f1([{int(a) for a in p["articles"]} for p in preds],
                              [{int(a) for a in t["articles"]} for t in truths])
     answered = [bool(p["charges"] or p["articles"] or p["term_months"] is not None or p["life"] or p["death"])
@@ -1593,12 +1541,19 @@ def load_judgment_data(path, max_items: int | None = None) -> list[dict]:
     return out
 
 
+def open_run_dir(cfg, settings: tuple, outputs: tuple) -> dict:
+    """OUT holds one run of this model on this data (utils.prepare_run_dir: resumed, refused or --overwrite);
+    the config is saved there. -> the run identity (config fields but `settings`, model and data fingerprints)."""
+    identity = utils.run_identity(cfg, settings, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                  "data_fingerprint": utils.fingerprint(cfg.data)})
+    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, outputs)
+    utils.save_config(cfg, cfg.out)
+    return identity
+
+
 def run_judgment(cfg: JudgmentConfig) -> dict:
     data = load_judgment_data(cfg.data, cfg.max_items)
-    identity = utils.run_identity(cfg, JUDGMENT_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                           "data_fingerprint": utils.fingerprint(cfg.data)})
-    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, JUDGMENT_OUTPUTS)
-    utils.save_config(cfg, cfg.out)
+    identity = open_run_dir(cfg, JUDGMENT_SETTINGS, JUDGMENT_OUTPUTS)
     prompts, retrieved = [utils.judgment_prompt(d["fact"]) for d in data], None
     t0 = time.time()
     if cfg.rag:
@@ -1629,7 +1584,7 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
     for i, o in zip(fits, gen):
         outs[i] = o
     t_gen = time.time() - t0
-    preds = [utils.parse_judgment(o) for o in outs]
+    preds = [parse_judgment(o) for o in outs]
     metrics = judgment_metrics(preds, [d["truth"] for d in data])
     if retrieved is not None:
         metrics["rag_recall"] = retrieval_recall(retrieved, [set(d["truth"]["articles"]) for d in data])
@@ -1695,16 +1650,12 @@ def rag_effect(out_dir) -> dict:
 # and truncation statistics only.
 
 LONGDOC_TEMPLATE = "请阅读下面的文书，然后回答问题。答案尽量简短，直接给出答案。\n\n文书：\n{document}\n\n问题：{question}"
-CUT_NOTE = utils.CUT_NOTE
 
 
 def char_f1(gold: str, pred: str) -> float:
     """The long-document metric: the same CAIL/CoQA bag-of-characters F1 as LawBench 2-5 (lawbench_char_f1:
     lower(), keep isdigit()/isalpha() characters; if either side is then empty, 1 if both are, else 0)."""
     return float(lawbench_char_f1(gold, pred))
-
-
-truncate_middle = utils.truncate_middle  # shared with judgment and rl.py prompts (utils section 8)
 
 
 @dataclass
@@ -1748,10 +1699,7 @@ def load_longdoc(path, doc_field: str = "document") -> list[dict]:
 
 def run_longdoc(cfg: LongDocConfig) -> dict:
     docs = load_longdoc(cfg.data, cfg.doc_field)
-    identity = utils.run_identity(cfg, LONGDOC_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                          "data_fingerprint": utils.fingerprint(cfg.data)})
-    utils.prepare_run_dir(cfg.out, identity, True, cfg.overwrite, LONGDOC_OUTPUTS)
-    utils.save_config(cfg, cfg.out)
+    open_run_dir(cfg, LONGDOC_SETTINGS, LONGDOC_OUTPUTS)
     tok = utils.load_tokenizer(cfg.model)
     context = cfg.max_context or utils.model_context(cfg.model)
     # the budget counts the whole rendered prompt (chat template, instructions, question): the document is cut in
@@ -1850,15 +1798,12 @@ def _preflight_score(cfg: ScoreConfig):
         raise DataError(cfg.lawbench_dir, None, None, "folder not found (--lawbench_dir)", reason="missing_file")
 
 
-def _cmd_generate(argv):
-    cfg = utils.parse_config(GenerateConfig, argv, prog="evaluate.py generate")
-    _preflight_generate(cfg)
+def cmd_generate(cfg: GenerateConfig):
     t0 = time.time()
     report = generate_lawbench(cfg)
     per_rank = report.pop("per_rank", None)
-    if per_rank is not None:  # torchrun, world > 1
-        utils.close_vllm()
-        utils.dist_close()
+    utils.close_vllm()  # before dist_close: the engine's shutdown destroys the process groups
+    utils.dist_close()
     if int(os.environ.get("RANK", "0")) > 0:
         return  # rank 0 reports and writes metrics.jsonl
     code_rows = report.pop("code_mode", None)
@@ -1873,33 +1818,22 @@ def _cmd_generate(argv):
     print(json.dumps(rec, ensure_ascii=False))
 
 
-def _cmd_judgment(argv):
-    cfg = utils.parse_config(JudgmentConfig, argv, prog="evaluate.py judgment")
-    _preflight_judgment(cfg)
-    print(json.dumps(run_judgment(cfg), ensure_ascii=False, indent=1))
+def _print_metrics(run):
+    return lambda cfg: print(json.dumps(run(cfg), ensure_ascii=False, indent=1))
 
 
-def _cmd_longdoc(argv):
-    cfg = utils.parse_config(LongDocConfig, argv, prog="evaluate.py longdoc")
-    _preflight_longdoc(cfg)
-    print(json.dumps(run_longdoc(cfg), ensure_ascii=False, indent=1))
-
-
-def _cmd_score(argv):
-    cfg = utils.parse_config(ScoreConfig, argv, positional=("pred_dir",), prog="evaluate.py score")
-    _preflight_score(cfg)
-    return cmd_score(cfg)
-
-
-COMMANDS = {"generate": (_cmd_generate, GenerateConfig), "score": (_cmd_score, ScoreConfig),
-            "judgment": (_cmd_judgment, JudgmentConfig), "longdoc": (_cmd_longdoc, LongDocConfig)}
+COMMANDS = {  # name -> (config dataclass, preflight checks, run)
+    "generate": (GenerateConfig, _preflight_generate, cmd_generate),
+    "score": (ScoreConfig, _preflight_score, cmd_score),
+    "judgment": (JudgmentConfig, _preflight_judgment, _print_metrics(run_judgment)),
+    "longdoc": (LongDocConfig, _preflight_longdoc, _print_metrics(run_longdoc))}
 
 
 def usage() -> str:
     """`evaluate.py --help`: the subcommands, one line each (`evaluate.py COMMAND --help` lists its flags)."""
     lines = [f"usage: python evaluate.py {{{','.join(COMMANDS)}}} [--flags]", "", __doc__.strip().splitlines()[0],
              "", "commands:"]
-    lines += [f"  {name:<10}{cls.__doc__.strip().splitlines()[0]}" for name, (_, cls) in COMMANDS.items()]
+    lines += [f"  {name:<10}{cls.__doc__.strip().splitlines()[0]}" for name, (cls, *_) in COMMANDS.items()]
     lines += ["", "`python evaluate.py COMMAND --help` lists the flags of one command."]
     return "\n".join(lines)
 
@@ -1916,8 +1850,12 @@ def main(argv=None) -> int:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"evaluate.py: error: {got} (choose from {', '.join(COMMANDS)}{hint}; see --help)", file=sys.stderr)
         return utils.BAD_INPUT_EXIT
+    cls, preflight, run = COMMANDS[argv[0]]
+    cfg = utils.parse_config(cls, argv[1:], positional=("pred_dir",) if cls is ScoreConfig else (),
+                             prog=f"evaluate.py {argv[0]}")
     try:
-        return COMMANDS[argv[0]][0](argv[1:]) or 0
+        preflight(cfg)
+        return run(cfg) or 0
     except DataError as e:  # bad input: one line naming file, line and field
         print(f"evaluate.py {argv[0]}: error: {e}", file=sys.stderr)
         return utils.BAD_INPUT_EXIT

@@ -5,7 +5,7 @@ GRPO on judgment facts with legal rewards (LexPro-1.0's RL stage), in one file.
         [--group_size G] [--max_steps K] [--backend vllm|hf] ...
 
 Per step: sample `prompts_per_step` prompts (per rank), G completions each (vLLM colocated, or HF generate), score
-them with utils.legal_reward, compute group-normalised advantages, recompute the old log-probs with the trainer,
+them with legal_reward, compute group-normalised advantages, recompute the old log-probs with the trainer,
 take `mu` inner epochs of clipped-ratio updates, push the new weights into the vLLM engine. Writes OUT/metrics.jsonl
 (a `reward` field per step), OUT/samples.jsonl, OUT/checkpoints/step_N (DCP, atomic, last K kept; `--resume auto`)
 and OUT/final/ (Hugging Face folder). Plain `python rl.py ...` runs as a world of one; on CPU everything runs over gloo.
@@ -240,9 +240,9 @@ def parse_weights(s: str) -> dict | None:
     out = {}
     for part in s.split(","):
         k, _, v = (x.strip() for x in part.partition("="))
-        if k not in utils.DEFAULT_REWARD_WEIGHTS:
+        if k not in DEFAULT_REWARD_WEIGHTS:
             raise utils.DataError("--reward_weights", None, None, f"unknown component {k!r} (known: "
-                                  f"{', '.join(utils.DEFAULT_REWARD_WEIGHTS)})", reason="bad_flag")
+                                  f"{', '.join(DEFAULT_REWARD_WEIGHTS)})", reason="bad_flag")
         try:
             out[k] = float(v)
         except ValueError:
@@ -250,9 +250,66 @@ def parse_weights(s: str) -> dict | None:
         if not 0 <= out[k] < float("inf"):
             raise utils.DataError("--reward_weights", None, None, f"{part.strip()!r}: expected {k}=WEIGHT, a number "
                                   ">= 0", reason="bad_flag")
-    if sum({**utils.DEFAULT_REWARD_WEIGHTS, **out}.values()) <= 0:
+    if sum({**DEFAULT_REWARD_WEIGHTS, **out}.values()) <= 0:
         raise utils.DataError("--reward_weights", None, None, "all weights are 0", reason="bad_flag")
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2b. Rewards: legal_reward(completion, truth) scores the answer block (utils.parse_answer) per component in [0, 1]:
+#   charge  - set F1 over canonical charge names;  article - set F1 over Criminal Law article numbers
+#   term    - 1 - min(|log(p+1) - log(t+1)| / log(216), 1) on months (LawBench's shaping); 无期/死刑 are categories
+#   format  - 1 well-formed (optional <think>..</think>, then <answer> with 罪名/法条/刑期, nothing trailing),
+#             0.5 an answer block is there but something around it is off, 0 no closed answer block
+# A missing or empty answer block scores 0 on every component.
+# ----------------------------------------------------------------------------------------------------------------------
+
+DEFAULT_REWARD_WEIGHTS = {"charge": 0.35, "article": 0.25, "term": 0.25, "format": 0.15}
+
+
+def set_f1(pred, truth) -> float:
+    """F1 between two sets; both empty -> 1.0 (callers gate on a present answer first)."""
+    pred, truth = set(pred), set(truth)
+    if not pred and not truth:
+        return 1.0
+    tp = len(pred & truth)
+    if tp == 0:
+        return 0.0
+    p, r = tp / len(pred), tp / len(truth)
+    return 2 * p * r / (p + r)
+
+
+def term_score(pred: dict | None, truth: dict) -> float:
+    """LawBench-style shaping: 1 - min(utils.log_distance / ln 216, 1); life/death must match exactly."""
+    if pred is None:
+        return 0.0
+    t_cat = "death" if truth.get("death") else "life" if truth.get("life") else "months"
+    p_cat = "death" if pred["death"] else "life" if pred["life"] else "months"
+    if t_cat != p_cat:
+        return 0.0
+    if t_cat != "months":
+        return 1.0
+    return 1.0 - min(utils.log_distance(pred["term_months"], int(truth.get("term_months", 0))) / utils.LOG_216, 1.0)
+
+
+def legal_reward(completion: str, truth: dict, weights: dict | None = None, charges=None) -> dict:
+    """Score one completion against truth {charges, articles, term_months, life, death}.
+
+    Returns {'charge', 'article', 'term', 'format', 'total'} (all in [0, 1]; total = weighted mean with `weights`,
+    default DEFAULT_REWARD_WEIGHTS). legal_reward(format_answer(t), t)['total'] == 1."""
+    w = {**DEFAULT_REWARD_WEIGHTS, **(weights or {})}
+    ans = utils.parse_answer(completion, charges)
+    if ans is None:
+        r = {"charge": 0.0, "article": 0.0, "term": 0.0, "format": 0.0}
+    else:
+        truth_charges = [utils.norm_charge(c, charges) for c in truth["charges"]]
+        r = {"charge": set_f1(ans["charges"], truth_charges) if ans["fields"]["罪名"] else 0.0,
+             "article": set_f1(ans["articles"], [int(a) for a in truth["articles"]]) if ans["fields"]["法条"] else 0.0,
+             "term": term_score(ans["term"], truth),
+             "format": 1.0 if ans["well_formed"] else 0.5}
+    total_w = sum(w[k] for k in r)
+    r["total"] = sum(w[k] * r[k] for k in r) / total_w if total_w > 0 else 0.0
+    return r
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -706,7 +763,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
 # ----------------------------------------------------------------------------------------------------------------------
 
 def train(cfg: RLConfig, reward_fn=None) -> Path:
-    """Run GRPO; returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default utils.legal_reward).
+    """Run GRPO; returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default legal_reward).
 
     Under torchrun: one rank per process. Called in-process (tests, bench) without a process group: a world of one
     is set up here and torn down at the end (an existing group, e.g. an in-process vLLM engine's, is reused)."""
@@ -738,7 +795,7 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         utils.save_config(cfg, out)
     weights = parse_weights(cfg.reward_weights)
     charges = utils.load_charge_list(cfg.charge_list)
-    reward_fn = reward_fn or (lambda text, truth: utils.legal_reward(text, truth, weights, charges))
+    reward_fn = reward_fn or (lambda text, truth: legal_reward(text, truth, weights, charges))
 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.model)

@@ -813,6 +813,8 @@ def _cached(key: tuple, load):
     key = key + (max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0) if folder.is_dir() else 0,)
     if key not in _LOADED:
         is_tok = key[0] == "tokenizer"  # one tokenizer and one model (HF or vLLM, never both) at a time
+        if not is_tok:
+            close_vllm()  # now, not at some later garbage collection: its process groups go with it
         for old in [k for k in _LOADED if (k[0] == "tokenizer") == is_tok]:
             del _LOADED[old]
         import gc
@@ -1004,19 +1006,23 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
 
 def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progress: bool = True):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
+    import torch.distributed as dist
     from vllm import LLM, SamplingParams
+    owner = not dist.is_initialized()  # the engine starts a process group (a world of one) of its own
     key = ("vllm", llm_kwargs["model"]) + tuple(sorted((k, v) for k, v in llm_kwargs.items() if k != "model"))
     llm = _cached(key, lambda: LLM(**llm_kwargs))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     outs = llm.generate(texts, params, use_tqdm=progress)  # the engine batches; results come back in input order
+    if owner:  # leave the process as it was: no engine, no process group (callers that make many calls own one)
+        close_vllm()
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def close_vllm() -> None:
-    """Shut the cached vLLM engine down now, while torch.distributed is up (as rl.VLLMRollout.close): an
-    external_launcher engine's shutdown destroys the process groups; left to exit, it runs after dist_close, fails."""
+    """Shut the cached vLLM engine down now: its shutdown destroys the process groups it uses (so, under torchrun,
+    call it before dist_close, as rl.VLLMRollout.close; left to exit, it runs after dist_close and fails)."""
     for key in [k for k in _LOADED if k[0] == "vllm"]:
         _LOADED.pop(key).llm_engine.engine_core.shutdown()
 
@@ -1720,16 +1726,12 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 10. Legal answer parsing and rewards (the CORRECT parsers; LawBench-compatible ones live in evaluate.py)
+# 10. Legal answer parsing (the CORRECT parsers, for rl.py's rewards and evaluate.py's judgment metrics;
+#     the LawBench-compatible ones live in evaluate.py)
 # ----------------------------------------------------------------------------------------------------------------------
 # parse_answer(completion) reads the section-4 answer block tolerantly (Arabic or Chinese numerals, 罪 suffix or not,
-# 、/；/，/; separators); legal_reward(completion, truth) scores it per component in [0, 1]:
-#   charge  - set F1 over canonical charge names (official list: strip 罪 and brackets; exact/alias/edit distance)
-#   article - set F1 over Criminal Law article numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it)
-#   term    - 1 - min(|log(p+1) - log(t+1)| / log(216), 1) on months (LawBench's shaping); 无期/死刑 are categories
-#   format  - 1 well-formed (optional <think>..</think>, then <answer> with 罪名/法条/刑期, nothing trailing),
-#             0.5 an answer block is there but something around it is off, 0 no closed answer block
-# A missing or empty answer block scores 0 on every component.
+# 、/；/，/; separators); charges become canonical names (official list: strip 罪 and brackets; exact/alias/edit
+# distance), articles Criminal Law numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it).
 
 import math
 import re
@@ -1753,7 +1755,7 @@ CHARGE_ALIASES = {"醉驾": "危险驾驶", "醉酒驾驶": "危险驾驶", "酒
                   "介绍卖淫": "组织、强迫、引诱、容留、介绍卖淫", "偷窃": "盗窃",
                   "故意伤人": "故意伤害", "杀人": "故意杀人"}
 CHARGE_MAX_EDIT_RATIO = 0.25  # edit-distance fallback: distance / len(longer name) must not exceed this
-DEFAULT_REWARD_WEIGHTS = {"charge": 0.35, "article": 0.25, "term": 0.25, "format": 0.15}
+LOG_216 = math.log(216)  # LawBench 3-4/3-5: the term distance of an abstention (216 months = 18 years)
 
 _NUM = "零〇一二两三四五六七八九十百千0-9０-９"
 _ARTICLE_RE = re.compile(rf"第?((?:[{_NUM}]+\s*[、，,和及与]\s*第?)*[{_NUM}]+)\s*条(?:之[{_NUM}]+)?")
@@ -1806,6 +1808,11 @@ def canonical_charge(name: str, charges=None) -> str | None:
         if d / max(len(key), len(c)) <= CHARGE_MAX_EDIT_RATIO and (best_d is None or d < best_d):
             best, best_d = c, d
     return best
+
+
+def norm_charge(name: str, charges=None) -> str:
+    """One written charge -> its canonical name, or its own key when nothing is close ('醉驾' -> '危险驾驶')."""
+    return canonical_charge(name, charges) or charge_key(name)
 
 
 def parse_charges(text: str, charges=None) -> list[str]:
@@ -1880,61 +1887,67 @@ def parse_answer(completion: str, charges=None) -> dict | None:
             "well_formed": bool(_WELL_FORMED_RE.fullmatch(completion)) and all(v is not None for v in fields.values())}
 
 
-def parse_judgment(completion: str, charges=None) -> dict:
-    """Completion -> the flat form the evaluation metrics use: {'charges': set of canonical names, 'articles':
-    set[int], 'term_months': int | None, 'life': bool, 'death': bool}; nothing read -> empty sets, term None."""
-    ans = parse_answer(completion, charges)
-    if ans is None:
-        return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
-    term = ans["term"] or {"term_months": None, "life": False, "death": False}
-    return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
+def log_distance(pred_months: int | None, gold_months: int) -> float:
+    """LawBench's per-item term distance |ln(gold+1) - ln(pred+1)|; ln 216 for an abstention (pred None)."""
+    return LOG_216 if pred_months is None else abs(math.log(gold_months + 1) - math.log(pred_months + 1))
 
 
-def set_f1(pred, truth) -> float:
-    """F1 between two sets; both empty -> 1.0 (callers gate on a present answer first)."""
-    pred, truth = set(pred), set(truth)
-    if not pred and not truth:
-        return 1.0
-    tp = len(pred & truth)
-    if tp == 0:
-        return 0.0
-    p, r = tp / len(pred), tp / len(truth)
-    return 2 * p * r / (p + r)
+# ----------------------------------------------------------------------------------------------------------------------
+# 11. LawBench task list and scores files (evaluate.py writes them, plots/plots.py draws them)
+# ----------------------------------------------------------------------------------------------------------------------
+
+LAWBENCH_TASKS = {  # task id -> (Chinese name as LawBench writes it, English name), in LawBench's order
+    "1-1": ("法条背诵", "Article Recitation"), "1-2": ("知识问答", "Knowledge QA"),
+    "2-1": ("文件校对", "Document Proofreading"), "2-2": ("纠纷焦点识别", "Dispute Focus Identification"),
+    "2-3": ("婚姻纠纷鉴定", "Marital Disputes Identification"), "2-4": ("问题主题识别", "Issue Topic Identification"),
+    "2-5": ("阅读理解", "Reading Comprehension"), "2-6": ("命名实体识别", "Named-Entity Recognition"),
+    "2-7": ("舆情摘要", "Opinion Summarization"), "2-8": ("论点挖掘", "Argument Mining"),
+    "2-9": ("事件检测", "Event Detection"), "2-10": ("触发词提取", "Trigger Word Extraction"),
+    "3-1": ("法条预测(基于事实)", "Fact-based Article Prediction"),
+    "3-2": ("法条预测(基于场景)", "Scene-based Article Prediction"), "3-3": ("罪名预测", "Charge Prediction"),
+    "3-4": ("刑期预测(无法条内容)", "Prison Term Prediction w/o Article"),
+    "3-5": ("刑期预测(给定法条内容)", "Prison Term Prediction w/ Article"), "3-6": ("案例分析", "Case Analysis"),
+    "3-7": ("犯罪金额计算", "Criminal Damages Calculation"), "3-8": ("咨询", "Consultation"),
+}
+LAWBENCH_CATEGORIES = {"Memorization": "1-", "Understanding": "2-", "Application": "3-"}  # task-id prefix of each
 
 
-def term_score(pred: dict | None, truth: dict) -> float:
-    """LawBench-style shaping: 1 - min(|log(p+1) - log(t+1)| / log(216), 1); life/death must match exactly."""
-    if pred is None:
-        return 0.0
-    t_cat = "death" if truth.get("death") else "life" if truth.get("life") else "months"
-    p_cat = "death" if pred["death"] else "life" if pred["life"] else "months"
-    if t_cat != p_cat:
-        return 0.0
-    if t_cat != "months":
-        return 1.0
-    dist = abs(math.log(pred["term_months"] + 1) - math.log(int(truth.get("term_months", 0)) + 1))
-    return 1.0 - min(dist / math.log(216), 1.0)
+def plain_sum(xs) -> float:
+    """Left-to-right float sum, like Python <= 3.11's sum(); Python 3.12+ sum() compensates and can differ by 1 ulp."""
+    total = 0
+    for x in xs:
+        total += x
+    return total
 
 
-def legal_reward(completion: str, truth: dict, weights: dict | None = None, charges=None) -> dict:
-    """Score one completion against truth {charges, articles, term_months, life, death}.
+def plain_mean(xs: list) -> float:
+    return plain_sum(xs) / len(xs)
 
-    Returns {'charge', 'article', 'term', 'format', 'total'} (all in [0, 1]; total = weighted mean with `weights`,
-    default DEFAULT_REWARD_WEIGHTS). legal_reward(format_answer(t), t)['total'] == 1."""
-    w = {**DEFAULT_REWARD_WEIGHTS, **(weights or {})}
-    ans = parse_answer(completion, charges)
-    if ans is None:
-        r = {"charge": 0.0, "article": 0.0, "term": 0.0, "format": 0.0}
-    else:
-        cl = charges if charges is not None else load_charge_list()
-        truth_charges = [canonical_charge(c, cl) or charge_key(c) for c in truth["charges"]]
-        r = {"charge": set_f1(ans["charges"], truth_charges) if ans["fields"]["罪名"] else 0.0,
-             "article": set_f1(ans["articles"], [int(a) for a in truth["articles"]]) if ans["fields"]["法条"] else 0.0,
-             "term": term_score(ans["term"], truth),
-             "format": 1.0 if ans["well_formed"] else 0.5}
-    total_w = sum(w[k] for k in r)
-    r["total"] = sum(w[k] * r[k] for k in r) / total_w if total_w > 0 else 0.0
-    return r
+
+def category_tasks(cat: str) -> list[str]:
+    """The LawBench tasks of a category ('Average': all 20)."""
+    return [t for t in LAWBENCH_TASKS if cat == "Average" or t.startswith(LAWBENCH_CATEGORIES[cat])]
+
+
+def category_means(task_scores: dict[str, float]) -> dict[str, float]:
+    """{task: score 0-1} -> {Memorization, Understanding, Application, Average} x100, as InternLM-Law Table 1: the
+    plain mean of a category's tasks (Average: of all 20). A category missing any of its tasks is left out."""
+    return {cat: 100 * plain_mean([task_scores[t] for t in category_tasks(cat)])
+            for cat in [*LAWBENCH_CATEGORIES, "Average"] if all(t in task_scores for t in category_tasks(cat))}
+
+
+def read_scores_csv(path, column: str = "score") -> dict[str, dict[str, float]]:
+    """A scores CSV (evaluate.py score, LawBench's results.csv: task,model_name,score,abstention_rate) ->
+    {model: {task: the column's number}}; an empty abstention_rate reads 0."""
+    out: dict[str, dict[str, float]] = {}
+    for line, row in iter_records(path):
+        task, model = require(row, "task", path, line), require(row, "model_name", path, line)
+        value = require(row, column, path, line, allow_empty=column != "score")
+        try:
+            out.setdefault(model, {})[task] = float(value or 0)
+        except ValueError:
+            raise DataError(path, line, column, f"not a number: {value!r}", "bad_field") from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def main():
     prompts = [p for p, n in zip(prompts, lengths) if n <= a.max_prompt_tokens][:a.n]
     tok = utils.load_tokenizer(mdir)
     rows = {}
+    utils.dist_init()  # a process group of our own: the vLLM engine then stays loaded between calls (as evaluate.py)
     for backend in ("hf", "vllm"):
         kw = dict(backend=backend, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, progress=False,
                   max_model_len=a.max_prompt_tokens + a.max_new_tokens, kv_cache_bytes=a.kv_bytes,
@@ -62,7 +63,9 @@ def main():
         dt = time.time() - t0
         toks = sum(utils.count_tokens(tok, o) for o in outs)
         rows[backend] = (len(prompts) / dt, toks / dt, dt, toks)
-        utils._LOADED.clear()  # free this backend's model before the next one loads
+        utils.close_vllm()  # free this backend's model before the next one loads
+        utils._LOADED.clear()
+    utils.dist_close()
     dev = "cuda" if utils_cuda() else f"cpu ({os.cpu_count()} cores)"
     print(f"\nLawBench generation, {len(prompts)} prompts (tasks {a.tasks}), max_new_tokens {a.max_new_tokens}, "
           f"greedy, {dev}, model {mdir}")

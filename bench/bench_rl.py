@@ -4,7 +4,7 @@
 
 Both use transformers generate for rollouts (rl.py --backend hf by default; TRL without vLLM;
 --backend vllm times rl.py with colocated vllm rollouts and weight push), the same tiny model, prompts,
-G, prompts per step, completion length, temperature 1, lr, and utils.legal_reward. Prints rl.py's breakdown
+G, prompts per step, completion length, temperature 1, lr, and rl.legal_reward. Prints rl.py's breakdown
 (rollout / log-probs / train / sync) and the ratio of mean step times (first step excluded as warm-up).
 rl.py's trainer is FSDP2 (a world of one: gloo on CPU, nccl on a GPU). Same device both sides: on a GPU TRL runs there
 too (use_cpu=False, bf16 autocast; rl.py: fp32 master weights, bf16 compute), on CPU both run on CPU in fp32.
@@ -68,7 +68,7 @@ def main():
             self.times.append(time.time() - self.t)
 
     def reward(completions, truth, **kw):
-        return [utils.legal_reward(c[0]["content"] if isinstance(c, list) else c, t)["total"]
+        return [rl.legal_reward(c[0]["content"] if isinstance(c, list) else c, t)["total"]
                 for c, t in zip(completions, truth)]
 
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": utils.judgment_prompt(f)}], "truth": truth}

@@ -47,7 +47,7 @@ def rouge_side_by_side(path: Path, task: str) -> tuple[float, float]:
     refs = [it["refr"].replace("答案:", "") if task == "1-1" else it["refr"] for it in items]
     hyps = [" ".join(jieba.cut(it["prediction"])) for it in items]
     hyps = [h if h.strip() != "" else "无内容" for h in hyps]
-    peer = E.plain_mean([s["rouge-l"]["f"] for s in Rouge().get_scores(hyps, [" ".join(jieba.cut(r)) for r in refs])])
+    peer = utils.plain_mean([s["rouge-l"]["f"] for s in Rouge().get_scores(hyps, [" ".join(jieba.cut(r)) for r in refs])])
     t2 = time.perf_counter()
     assert abs(peer - ours) < 1e-12, (task, ours, peer)
     return t1 - t0, t2 - t1
@@ -76,7 +76,7 @@ def main():
           + ("" if has_2_1 else "  [2-1 NOT included: cherrant.py is not in this checkout]"))
     print(f"{'task':>5} {'ours in run s':>14} {'official s':>11} | {'ours 1 core s':>14} {'rouge_chinese 1 core s':>23}"
           f" {'ratio':>6}")
-    for task in E.LAWBENCH_TASKS:
+    for task in utils.LAWBENCH_TASKS:
         if task not in ours:
             continue
         side = ""

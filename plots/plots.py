@@ -14,17 +14,15 @@ It looks in RUN_DIR for (any that exist; the rest is skipped with a message):
 Sections:
   1. CJK font            - find a font that has Chinese glyphs and make matplotlib use it
   2. Published baselines - LawBench numbers from the papers (InternLM-Law Table 1; LawBench's results.csv)
-  3. Reading inputs      - tolerant readers for metrics.jsonl / scores.csv / summary.json / packed stages
+  3. Reading inputs      - tolerant readers for metrics.jsonl / summary.json / packed stages
   4. Figures             - one function per figure, each returns the path it wrote
   5. CLI                 - discover what exists in a run folder and draw it
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import glob
-import json
 import math
 import sys
 from pathlib import Path
@@ -122,21 +120,6 @@ def setup_fonts() -> str | None:
 # Not verified here (no access to the paper's PDF): the exact list of other models in Table 1 and InternLM-Law's own
 # row; those must be filled from the paper before being drawn, so no number is invented.
 
-LAWBENCH_TASKS = {  # task id -> (Chinese name as LawBench writes it, English name)
-    "1-1": ("法条背诵", "Article Recitation"), "1-2": ("知识问答", "Knowledge QA"),
-    "2-1": ("文件校对", "Document Proofreading"), "2-2": ("纠纷焦点识别", "Dispute Focus Identification"),
-    "2-3": ("婚姻纠纷鉴定", "Marital Disputes Identification"), "2-4": ("问题主题识别", "Issue Topic Identification"),
-    "2-5": ("阅读理解", "Reading Comprehension"), "2-6": ("命名实体识别", "Named-Entity Recognition"),
-    "2-7": ("舆情摘要", "Opinion Summarization"), "2-8": ("论点挖掘", "Argument Mining"),
-    "2-9": ("事件检测", "Event Detection"), "2-10": ("触发词提取", "Trigger Word Extraction"),
-    "3-1": ("法条预测(基于事实)", "Fact-based Article Prediction"),
-    "3-2": ("法条预测(基于场景)", "Scene-based Article Prediction"), "3-3": ("罪名预测", "Charge Prediction"),
-    "3-4": ("刑期预测(无法条内容)", "Prison Term Prediction w/o Article"),
-    "3-5": ("刑期预测(给定法条内容)", "Prison Term Prediction w/ Article"), "3-6": ("案例分析", "Case Analysis"),
-    "3-7": ("犯罪金额计算", "Criminal Damages Calculation"), "3-8": ("咨询", "Consultation"),
-}
-CATEGORIES = {"Memorization": ("1-", "记忆"), "Understanding": ("2-", "理解"), "Application": ("3-", "运用")}
-
 # InternLM-Law Table 1, GPT-4 rows (Memorization, Understanding, Application, Average), x100.
 PAPER_TABLE1 = {
     ("GPT4", "zero_shot"): (35.29, 54.41, 54.05, 52.35),
@@ -147,27 +130,12 @@ DEFAULT_BASELINES = ["GPT4", "GPT-3.5-turbo-0613", "qwen-7b-chat-hf", "internlm-
                      "chatlaw-13b-hf"]
 
 
-def category_tasks(cat: str) -> list[str]:
-    """The LawBench tasks of a category ('Average': all 20)."""
-    return [t for t in LAWBENCH_TASKS if cat == "Average" or t.startswith(CATEGORIES[cat][0])]
-
-
-def category_means(task_scores: dict[str, float]) -> dict[str, float]:
-    """{task: score 0-1} -> {Memorization, Understanding, Application, Average} on the paper's x100 scale.
-
-    A category is the plain mean of its tasks, Average the mean of all 20 (as InternLM-Law Table 1 and evaluate.py's
-    table). A category missing any of its tasks is left out: the mean of a subset is not that category's score.
-    """
-    return {cat: 100 * sum(task_scores[t] for t in category_tasks(cat)) / len(category_tasks(cat))
-            for cat in [*CATEGORIES, "Average"] if all(t in task_scores for t in category_tasks(cat))}
-
-
 def load_published(lawbench_dir, shot: str = "zero_shot", models=None) -> dict[str, dict[str, float]]:
     """LawBench's published scores: {model_name: {task: score}} from predictions/<shot>/results.csv ({} if absent)."""
     path = Path(lawbench_dir) / "predictions" / shot / "results.csv" if lawbench_dir else None
     if path is None or not path.is_file():
         return {}
-    scores = read_scores_csv(path)
+    scores = utils.read_scores_csv(path)
     return {m: scores[m] for m in (models or scores) if m in scores}
 
 
@@ -205,20 +173,6 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def read_scores_csv(path) -> dict[str, dict[str, float]]:
-    """evaluate.py / LawBench scores: task,model_name,score[,abstention_rate] -> {model: {task: score 0-1}}."""
-    out: dict[str, dict[str, float]] = {}
-    for line, row in utils.iter_records(path):
-        task = utils.require(row, "task", path, line)
-        model = utils.require(row, "model_name", path, line)
-        try:
-            score = float(utils.require(row, "score", path, line))
-        except ValueError:
-            raise utils.DataError(path, line, "score", f"not a number: {row['score']!r}", "bad_field") from None
-        out.setdefault(model, {})[task] = score
-    return out
-
-
 def sample_lengths(stage_dir) -> np.ndarray:
     """Token length of every sample in a packed stage (PACKED_FORMAT: diffs of cu_seqlens inside each pack)."""
     cu = np.load(Path(stage_dir) / "cu_seqlens.npy", mmap_mode="r")
@@ -245,7 +199,7 @@ def _save(fig, out) -> Path:
 
 def _task_label(t: str) -> str:
     """'3-4\n刑期预测\n(无法条内容)': id, then the Chinese name cut before a bracket so neighbours do not overlap."""
-    return f"{t}\n" + LAWBENCH_TASKS[t][0].replace("(", "\n(") if t in LAWBENCH_TASKS else t
+    return f"{t}\n" + utils.LAWBENCH_TASKS[t][0].replace("(", "\n(") if t in utils.LAWBENCH_TASKS else t
 
 
 def _zero_axis(ax, values) -> None:
@@ -266,7 +220,7 @@ def plot_lawbench_tasks(ours: dict[str, dict[str, float]], baselines: dict[str, 
                         title: str = "LawBench") -> Path:
     """Grouped bars: one group per task (x100), our run(s) first (solid), published baselines beside (hatched)."""
     setup_fonts()
-    tasks = [t for t in LAWBENCH_TASKS if any(t in s for s in {**ours, **baselines}.values())]
+    tasks = [t for t in utils.LAWBENCH_TASKS if any(t in s for s in {**ours, **baselines}.values())]
     tasks += sorted({t for s in ours.values() for t in s} - set(tasks))
     names = list(ours) + [b for b in baselines if b not in ours]
     width = 0.8 / max(len(names), 1)
@@ -298,15 +252,15 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
                              title: str = "LawBench") -> Path:
     """Bars per category (记忆 / 理解 / 运用 / 平均, as InternLM-Law Table 1) for our run(s) and the baselines."""
     setup_fonts()
-    cats = list(CATEGORIES) + ["Average"]
-    zh = {c: v[1] for c, v in CATEGORIES.items()} | {"Average": "平均"}
+    zh = {"Memorization": "记忆", "Understanding": "理解", "Application": "运用", "Average": "平均"}
+    cats = list(zh)
     names = list(ours) + [b for b in baselines if b not in ours]
     width = 0.8 / max(len(names), 1)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     values = []
     for i, name in enumerate(names):
         scores = ours.get(name) or baselines[name]
-        means = category_means(scores)
+        means = utils.category_means(scores)
         xs = np.arange(len(cats)) + (i - (len(names) - 1) / 2) * width
         ys = [means.get(c, np.nan) for c in cats]
         values += [y for y in ys if not np.isnan(y)]
@@ -314,10 +268,10 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
         # a category with tasks missing gets no bar but says why (the mean of a subset is not the category's score)
         for x, c, y in zip(xs, cats, ys):
             label = f"{y:.1f}" if not np.isnan(y) else \
-                f"{sum(t in scores for t in category_tasks(c))}/{len(category_tasks(c))}\ntasks"
+                f"{sum(t in scores for t in utils.category_tasks(c))}/{len(utils.category_tasks(c))}\ntasks"
             ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=7)
-    partial = [f"{n}: {sum(t in ours[n] for t in LAWBENCH_TASKS)} of {len(LAWBENCH_TASKS)} tasks" for n in ours
-               if not all(t in ours[n] for t in LAWBENCH_TASKS)]
+    partial = [f"{n}: {sum(t in ours[n] for t in utils.LAWBENCH_TASKS)} of 20 tasks" for n in ours
+               if not all(t in ours[n] for t in utils.LAWBENCH_TASKS)]
     if partial:
         ax.text(0.5, 0.95, "; ".join(partial) + " scored: a category (and the Average) is drawn only when all its "
                 "tasks are", transform=ax.transAxes, ha="center", va="top", fontsize=8, color="firebrick")
@@ -487,7 +441,7 @@ def plot_data_mix(report: dict, out) -> Path:
     if show_decon:
         ax = next(axes)
         tasks = sorted({t for v in decon.values() if isinstance(v, dict) for t in v},
-                       key=lambda t: list(LAWBENCH_TASKS).index(t) if t in LAWBENCH_TASKS else 99)
+                       key=lambda t: list(utils.LAWBENCH_TASKS).index(t) if t in utils.LAWBENCH_TASKS else 99)
         bottom = np.zeros(len(tasks))
         for src, hits in decon.items():
             if isinstance(hits, dict):
@@ -544,7 +498,7 @@ class PlotConfig:
     """Draw every figure the run folder has inputs for."""
     run: str = dataclasses.field(metadata={"help": "run folder (e.g. runs/demo) holding data/, sft1/, rl/, eval/..."})
     out: str | None = dataclasses.field(default=None, metadata={"help": "output folder (default RUN/plots)"})
-    format: str = dataclasses.field(default="png", metadata={"help": "png or pdf"})
+    format: str = dataclasses.field(default="png", metadata={"help": "figure file format", "choices": ("png", "pdf")})
     lawbench_dir: str | None = dataclasses.field(
         default=str(REPO.parent / "shared" / "lawbench"),
         metadata={"help": "LawBench copy with predictions/<shot>/results.csv for published baselines (none: off)"})
@@ -559,11 +513,10 @@ def _found(run: Path, pattern: str) -> list[Path]:
 
 def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     """Draw everything drawable from cfg.run. Returns (written files, skipped messages)."""
+    utils.check_fields(cfg)
     run = Path(cfg.run)
     if not run.is_dir():
         raise utils.DataError(run, None, None, "run folder not found")
-    if cfg.format not in ("png", "pdf"):
-        raise utils.DataError(run, None, "format", f"expected png or pdf, got {cfg.format!r}")
     out = Path(cfg.out) if cfg.out else run / "plots"
     ext = "." + cfg.format
     written, skipped = [], []
@@ -621,7 +574,7 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
         tag = "_".join(p.relative_to(run).with_suffix("").parts[1:]) or "scores"
 
         def lawbench(p=p, base=base, shot=shot, tag=tag):
-            ours = read_scores_csv(p)
+            ours = utils.read_scores_csv(p)
             ours = {(f"{m} (ours)" if m in base else m): s for m, s in ours.items()}
             a = plot_lawbench_tasks(ours, base, out / f"lawbench_tasks_{tag}{ext}", f"LawBench {shot}")
             written.append(a)
@@ -645,7 +598,7 @@ def main(argv=None) -> int:
         written, skipped = draw_run(cfg)
     except utils.DataError as e:
         print(f"plots: error: {e}", file=sys.stderr)
-        return 2
+        return utils.BAD_INPUT_EXIT
     for p in written:
         print(f"wrote   {p}")
     for s in skipped:

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from plots.plots import read_metrics, read_scores_csv  # noqa: E402
+from plots.plots import read_metrics  # noqa: E402
+from utils import read_scores_csv  # noqa: E402
 
 EXPECT = {
     "data": "counts of the built-in sample; the planted LawBench overlaps are found and removed (plots/data_mix.png).",

@@ -6,7 +6,8 @@ import pytest
 
 import evaluate
 import utils
-from evaluate import LAWBENCH_TASKS, SHOTS
+from evaluate import SHOTS
+from utils import LAWBENCH_TASKS
 
 
 def _run(argv, capsys):
@@ -131,16 +132,16 @@ def test_judgment_metrics_golden():
 
 
 def test_judgment_metrics_perfect_and_parser_roundtrip():
-    preds = [utils.parse_judgment(utils.format_answer(t, think="分析")) for t in TRUTHS]
+    preds = [evaluate.parse_judgment(utils.format_answer(t, think="分析")) for t in TRUTHS]
     m = evaluate.judgment_metrics(preds, TRUTHS)
     assert m["charge_micro_f1"] == m["charge_macro_f1"] == m["article_micro_f1"] == m["article_macro_f1"] == 1.0
     assert m["term_score"] == 1.0 and m["exact_month_acc"] == 1.0 and m["life_death_acc"] == 1.0
-    assert utils.parse_judgment(utils.format_answer(TRUTHS[1]))["term_months"] == 6
+    assert evaluate.parse_judgment(utils.format_answer(TRUTHS[1]))["term_months"] == 6
 
 
 def test_log_distance_matches_lawbench():
-    assert evaluate.log_distance(None, 10) == pytest.approx(math.log(216))
-    assert evaluate.log_distance(11, 5) == pytest.approx(math.log(2))
+    assert utils.log_distance(None, 10) == pytest.approx(math.log(216))
+    assert utils.log_distance(11, 5) == pytest.approx(math.log(2))
 
 
 def test_judgment_end_to_end_and_bad_record(tiny_model, tmp_path, capsys):
@@ -219,11 +220,11 @@ def test_truncate_middle(tiny_model):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_model)
     doc = "".join(f"第{i}段：被告人某甲于某日实施了行为。" for i in range(200))
-    same, removed = evaluate.truncate_middle(tok, "短文。", 100)
+    same, removed = utils.truncate_middle(tok, "短文。", 100)
     assert same == "短文。" and removed == 0
-    text, removed = evaluate.truncate_middle(tok, doc, 100)
+    text, removed = utils.truncate_middle(tok, doc, 100)
     assert removed > 0 and f"中间省略{removed}字" in text
-    head, tail = text.split(evaluate.CUT_NOTE.format(n=removed))
+    head, tail = text.split(utils.CUT_NOTE.format(n=removed))
     assert doc.startswith(head) and doc.endswith(tail) and len(head) + len(tail) + removed == len(doc)
     assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 100 + 20
 

@@ -101,7 +101,7 @@ def run_dir(tmp_path) -> Path:
         f.write('{"step": 31, "rew')  # a run still writing: a half line must not break the plot
     (run / "eval").mkdir()
     rows = ["task,model_name,score,abstention_rate"] + [f"{t},tiny,{0.01 * i:.3f},0.0"
-                                                         for i, t in enumerate(P.LAWBENCH_TASKS)]
+                                                         for i, t in enumerate(utils.LAWBENCH_TASKS)]
     (run / "eval" / "scores.csv").write_text("\n".join(rows) + "\n")
     (run / "eval" / "scores_table.csv").write_text("model_name,Memorization,Understanding,Application,Average\n")
     (run / "judge").mkdir()
@@ -129,14 +129,14 @@ def test_glyph_check_can_fail(tmp_path, caplog, monkeypatch):
 # ---- pure helpers ----
 
 def test_category_means_by_hand():
-    full = {t: 0.0 for t in P.LAWBENCH_TASKS} | {"1-1": 0.2, "1-2": 0.4, "2-1": 0.5, "3-1": 0.1, "3-2": 0.3}
-    m = P.category_means(full)
+    full = {t: 0.0 for t in utils.LAWBENCH_TASKS} | {"1-1": 0.2, "1-2": 0.4, "2-1": 0.5, "3-1": 0.1, "3-2": 0.3}
+    m = utils.category_means(full)
     assert m == pytest.approx({"Memorization": 30, "Understanding": 5, "Application": 5, "Average": 7.5})
 
 
 def test_category_means_never_average_a_subset():
     """The demo's 5 tasks are not LawBench's Average, nor its Understanding / Application (issue 12)."""
-    assert P.category_means({"1-1": 0.2, "1-2": 0.4, "2-8": 0.5, "3-1": 0.1, "3-3": 0.3}) == pytest.approx(
+    assert utils.category_means({"1-1": 0.2, "1-2": 0.4, "2-8": 0.5, "3-1": 0.1, "3-3": 0.3}) == pytest.approx(
         {"Memorization": 30})
 
 
@@ -155,7 +155,7 @@ def drawn(monkeypatch):
 
 def test_all_zero_and_partial_lawbench_drawn_as_such(tmp_path, drawn):
     ours = {"demo": {t: 0.0 for t in ("1-1", "2-8", "3-1", "3-3", "3-8")}}
-    base = {"GPT4": {t: 0.5 for t in P.LAWBENCH_TASKS}}
+    base = {"GPT4": {t: 0.5 for t in utils.LAWBENCH_TASKS}}
     P.plot_lawbench_tasks(ours, base, tmp_path / "t.png")
     assert "demo: all 5 task scores are 0" in drawn and drawn.count("0.0") >= 5  # zeros labelled, not blank
     drawn.clear()
@@ -189,7 +189,7 @@ def test_judge_without_any_rate_is_skipped(tmp_path):
 
 def test_gpt4_rows_match_internlm_law_table1(lawbench_dir):
     for (model, shot), row in P.PAPER_TABLE1.items():
-        means = P.category_means(P.load_published(lawbench_dir, shot, [model])[model])
+        means = utils.category_means(P.load_published(lawbench_dir, shot, [model])[model])
         got = [means[c] for c in ("Memorization", "Understanding", "Application", "Average")]
         assert got == pytest.approx(row, abs=0.01), (shot, got)
 
@@ -209,14 +209,14 @@ def test_bad_scores_csv_names_line(tmp_path):
     p = tmp_path / "scores.csv"
     p.write_text("task,model_name,score,abstention_rate\n1-1,m,0.5,0\n1-2,m,abc,0\n")
     with pytest.raises(utils.DataError, match=r"scores.csv:3: field 'score'"):
-        P.read_scores_csv(p)
+        utils.read_scores_csv(p)
 
 
 # ---- each figure ----
 
 def test_plot_lawbench(tmp_path, caplog):
-    ours = {"我们的模型": {t: 0.3 for t in P.LAWBENCH_TASKS}}
-    base = {"GPT4": {t: 0.5 for t in P.LAWBENCH_TASKS}, "partial": {"1-1": 0.1, "3-3": 0.4}}
+    ours = {"我们的模型": {t: 0.3 for t in utils.LAWBENCH_TASKS}}
+    base = {"GPT4": {t: 0.5 for t in utils.LAWBENCH_TASKS}, "partial": {"1-1": 0.1, "3-3": 0.4}}
     with no_missing_glyphs(caplog):
         check_file(P.plot_lawbench_tasks(ours, base, tmp_path / "t.png"))
         check_file(P.plot_lawbench_categories(ours, base, tmp_path / "c.pdf"), PDF_MAGIC)
@@ -289,8 +289,9 @@ def test_cli_partial_and_bad_runs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert P.main(["--run", str(tmp_path / "empty")]) == 1
     assert P.main(["--run", str(tmp_path / "absent")]) == 2
-    assert P.main(["--run", str(run), "--format", "svg"]) == 2
-    assert "expected png or pdf" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        P.main(["--run", str(run), "--format", "svg"])
+    assert e.value.code == 2 and "--format: expected one of png | pdf, got 'svg'" in capsys.readouterr().err
 
 
 def test_script_entry_point(run_dir):

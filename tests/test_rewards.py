@@ -1,10 +1,11 @@
-"""Hand-written cases for the legal answer parsers and utils.legal_reward (section 10 of utils.py)."""
+"""Hand-written cases for the legal answer parsers (section 10 of utils.py) and rl.legal_reward."""
 import math
 
 import pytest
 
 import utils
-from utils import format_answer, legal_reward
+from rl import DEFAULT_REWARD_WEIGHTS, legal_reward
+from utils import format_answer
 
 T = {"charges": ["盗窃"], "articles": [264], "term_months": 18, "life": False, "death": False}
 
@@ -204,7 +205,7 @@ def test_weights():
     assert r["total"] == 1.0 and r["term"] == 0.0
     r = legal_reward(wrong_term, T, weights={"charge": 1, "article": 1, "term": 1, "format": 1})
     assert r["total"] == pytest.approx(0.75)
-    assert legal_reward(wrong_term, T)["total"] == pytest.approx(1 - utils.DEFAULT_REWARD_WEIGHTS["term"])
+    assert legal_reward(wrong_term, T)["total"] == pytest.approx(1 - DEFAULT_REWARD_WEIGHTS["term"])
 
 
 def test_components_in_unit_interval():

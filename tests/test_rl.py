@@ -405,8 +405,8 @@ def _truth(c):
 
 def _charge_reward(text, truth):
     """The real parser and charge F1 on the forced answer prefix + the completion (the rest of the block is fixed)."""
-    return utils.legal_reward(text + "\n法条：\n刑期：\n</answer>", truth,
-                              {"charge": 1, "article": 0, "term": 0, "format": 0})
+    return rl.legal_reward(text + "\n法条：\n刑期：\n</answer>", truth,
+                           {"charge": 1, "article": 0, "term": 0, "format": 0})
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ Which layer stops each snippet is in its `layer` column:
            the uid change to nobody (the last two only as root: those tests skip where the mechanism is absent)
   parent - the evaluating process: wall time, output size, the scrubbed environment, the temporary directory
   python - the interpreter itself (e.g. RecursionError)
-test_os_layer_* run the same kind of attack with the audit hook left out (run_python(audit=False)), so they show the
-OS layer on its own; they skip where run_python reports the mechanism missing.
+test_os_layer_* run the same kind of attack with the audit hook left out (a boot program without it, patched in), so
+they show the OS layer on its own; they skip where run_python reports the mechanism missing.
 """
 import os
 import signal
@@ -215,15 +215,25 @@ def test_never_raises_on_odd_input():
 
 # --- The OS layer alone (audit hook left out): skipped where the mechanism is missing ------------------------------
 
+def _run(code, audit=True, preload=(), **kw):
+    """run_python, optionally with the audit hook left out of the boot program and with further modules preloaded
+    (before the hook and the uid change: what sandbox_preloads gives for an import of a SANDBOX_MODULES name)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E, "SANDBOX_MODULES", E.SANDBOX_MODULES + tuple(preload))
+        if not audit:
+            mp.setattr(E, "_SANDBOX_BOOT", E._SANDBOX_BOOT.replace("    sys.addaudithook(hook)\n", ""))
+        return E.run_python(code, **kw)
+
+
 def _os(code, **kw):
-    return E.run_python(code, wall_s=WALL, audit=False, **kw)
+    return _run(code, audit=False, wall_s=WALL, **kw)
 
 
 def test_socket_preloaded_still_blocked(listener):
     """Even with the socket module already loaded, the hook ends the program at its first socket call."""
     port, accepted = listener
-    r = E.run_python(f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))\nprint('sent')",
-                     wall_s=WALL, preload=("socket",))
+    r = _run(f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))\nprint('sent')",
+             wall_s=WALL, preload=("socket",))
     assert r["status"] == "blocked" and r["reason"].startswith("socket.") and "sent" not in r["stdout"]
     time.sleep(0.05)
     assert accepted == []
@@ -300,7 +310,7 @@ if __name__ == "__main__":  # LOG.md's table (python tests/test_sandbox.py): eac
             if not audit and not iso["uid"]:  # without the uid change, kill_parent would kill this process
                 cells.append(("skipped", "", 0.0, ""))
                 continue
-            r = E.run_python(_program(program, path, srv.getsockname()[1]), audit=audit, **_limits(name))
+            r = _run(_program(program, path, srv.getsockname()[1]), audit=audit, **_limits(name))
             try:
                 srv.accept()
                 conn = True
