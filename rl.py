@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import utils
 
@@ -174,11 +175,39 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
     """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T]) of
     the sampling distribution softmax(logits / temperature). The reference formula (full log-softmax); the trainer uses
-    utils.chunked_token_logprobs, which never materialises [N, T, V] and is tested equal to this."""
+    chunked_token_logprobs, which never materialises [N, T, V] and is tested equal to this."""
     logp_all = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chunk_size: int = 4096):
+    """Log-probs of given tokens under softmax(logits / temperature), and the entropy, without the full
+    [tokens x vocab] log-softmax ever existing (logsumexp + gather per chunk).
+
+    hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] ->
+    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As sft's chunked_cross_entropy_sum, each chunk's
+    logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
+
+    def chunk(hc, tc, w):
+        logits = hc @ w.t()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 kept
+        lse = torch.logsumexp(logits, dim=-1)
+        with torch.no_grad():  # entropy = lse - sum p * logits, a metric only
+            ent = lse.detach() - (torch.softmax(logits.detach(), -1) * logits.detach()).sum(-1)
+        return logits.gather(-1, tc[:, None]).squeeze(-1) - lse, ent
+
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
+        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
+        logps.append(lp)
+        ents.append(ent)
+    if not logps:
+        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(logps), torch.cat(ents)
+
 
 
 LOG_RATIO_CLAMP = 20.0  # verl's guard: |log pi - log pi_old| and |log ref - log pi| are clamped before exp
@@ -498,7 +527,7 @@ class VLLMRollout:
 # The forward is padding-free: the rows of a micro-batch (prompt + completion each) are laid end to end in one
 # sequence with per-row positions, and utils' packed attention (flash varlen on GPU, exact per-row sdpa on CPU)
 # keeps them apart, as in sft.py (and TRL's / verl's padding-free trainers). Log-probs come from
-# utils.chunked_token_logprobs on the completion positions only, at the sampling temperature.
+# chunked_token_logprobs on the completion positions only, at the sampling temperature.
 # Every collective runs on the compute device (NCCL has no CPU tensors).
 
 def dist_info() -> tuple[int, int]:
@@ -548,7 +577,7 @@ class PolicyLM(nn.Module):
         hidden = self.hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                lexlab_cu_seqlens=cu_seqlens, lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len,
                                lexlab_backend=self.backend).last_hidden_state
-        return utils.chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
+        return chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
                                             self.chunk)
 
 

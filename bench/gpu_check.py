@@ -153,12 +153,13 @@ def stage_probe(spec) -> dict:
 
     import torch
     import transformers
+    import sft
     import utils
     dev = device()
     r = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
          "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
          "gpu_memory_gb": torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None,
-         "datasheet_tflops": utils.datasheet_tflops(dev), "matmul_tflops": utils.matmul_tflops(dev),
+         "datasheet_tflops": sft.datasheet_tflops(dev), "matmul_tflops": sft.matmul_tflops(dev),
          "attention_auto": utils.pick_attention_backend(dev)}
     try:
         import flash_attn
@@ -261,7 +262,7 @@ def stage_loss(spec) -> dict:
     """Chunked cross-entropy (the trainer's) vs the full logits at N tokens x V vocab: value and peak memory."""
     import torch
     import torch.nn.functional as F
-    import utils
+    import sft
     dev = device()
     N, V, H = (512, 4096, 128) if spec["tiny"] else (32768, 151936, 896)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -278,7 +279,7 @@ def stage_loss(spec) -> dict:
         base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
         t0 = time.perf_counter()
         if name == "chunked":
-            loss = utils.chunked_cross_entropy_sum(h, w, t, 4096, torch.arange(N, device=dev))
+            loss = sft.chunked_cross_entropy_sum(h, w, t, 4096, torch.arange(N, device=dev))
         else:
             loss = F.cross_entropy((h @ w.t()).float(), t, reduction="sum")
         loss.backward()
@@ -324,21 +325,21 @@ def stage_sft_speed(spec) -> dict:
     import statistics
 
     import torch
-    import utils
+    import sft
     from transformers import AutoConfig
     dev = device()
     out = Path(spec["out"])
     model_dir = out / "model_speed"
     steps = 4 if spec["tiny"] else 8
-    plan = utils.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
+    plan = sft.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
     gpu_gb = torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None
     ac = bool(gpu_gb and plan["total"] / 2 ** 30 > 0.9 * gpu_gb)
-    matmul = utils.matmul_tflops(dev)
+    matmul = sft.matmul_tflops(dev)
     run_dir = out / "sft_speed"
     run_sft(spec, model_dir, out / "stage_speed", run_dir, "--max_steps", steps, "--activation_checkpointing",
             str(ac).lower(), "--peak_tflops", matmul)  # metrics' mfu: vs the measured matmul rate
     m = metrics(run_dir)[1:]  # the first step warms up
-    datasheet = utils.datasheet_tflops(dev)
+    datasheet = sft.datasheet_tflops(dev)
     mfu_matmul = statistics.median(r["mfu"] for r in m)
     r = {"activation_checkpointing": ac, "steps_timed": len(m), "attention": "auto",
          "tokens_per_s": statistics.median(r["tokens_per_s"] for r in m), "matmul_tflops": matmul,

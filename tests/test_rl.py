@@ -142,7 +142,7 @@ def test_scoring_uses_the_sampling_temperature(tiny_model):
 
 
 def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
-    """utils.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
+    """rl.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
     keeps no [tokens x vocab] tensor (the full version saves its log-softmax output: N x V floats)."""
     torch.manual_seed(0)
     N, H, V = 96, 16, 1000
@@ -156,7 +156,7 @@ def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        lp, ent = utils.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32)
+        lp, ent = rl.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32)
     assert max(saved) < N * V and not ent.requires_grad
     ref_lp, ref_ent = rl.token_logprobs((h @ w.t())[None], t[None], temperature=0.9)
     assert (lp - ref_lp[0]).abs().max() < 1e-6 and (ent - ref_ent[0]).abs().max() < 1e-6
