@@ -1,7 +1,7 @@
 """
 GRPO on judgment facts with legal rewards (LexPro-1.0's RL stage), in one file.
 
-    torchrun --nproc_per_node N rl.py --model DIR --prompts RL_PROMPTS.jsonl --output_dir OUT \
+    torchrun --nproc_per_node N rl.py --model DIR --prompts RL_PROMPTS.jsonl --out OUT \
         [--group_size G] [--max_steps K] [--backend vllm|hf] ...
 
 Per step: sample `prompts_per_step` prompts (per rank), G completions each (vLLM colocated, or HF generate), score
@@ -49,7 +49,8 @@ class RLConfig:
     """GRPO with legal rewards (charge / statute / sentence / format)."""
     model: str = field(metadata={"help": "Hugging Face model folder (policy init and reference)"})
     prompts: str = field(metadata={"help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py)"})
-    output_dir: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, ckpt/, final/"})
+    out: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, checkpoints/, final/",
+                               "alias": "--output_dir"})
     group_size: int = field(default=8, metadata={"help": "G completions per prompt", "min": 2})
     prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step", "min": 1})
     max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)",
@@ -57,8 +58,8 @@ class RLConfig:
     mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch", "min": 1})
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate", "gt": 0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
-    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)", "min": 0})
-    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2; 0 = off)", "min": 0})
+    micro_batch_size: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
     micro_batch_tokens: int = field(default=0, metadata={
         "help": "also cap a micro-batch at this many packed tokens (prompt + completion; 0 = rows only)", "min": 0})
     logprob_chunk: int = field(default=4096, metadata={
@@ -89,8 +90,8 @@ class RLConfig:
     backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)",
                                                  "choices": ("hf", "vllm")})
     vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes (CPU only)", "min": 1})
-    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)",
-                                                        "min": 0.01, "max": 1})
+    gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM's share of GPU memory (GPU only)",
+                                                                 "min": 0.01, "max": 1})
     vllm_dtype: str = field(default="auto", metadata={
         "help": "engine dtype; auto = bfloat16 on GPU whatever the trainer's dtype, the trainer's dtype on CPU",
         "choices": ("auto", "bfloat16", "float16", "float32")})
@@ -107,10 +108,10 @@ class RLConfig:
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)",
                                                  "min": 0})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUT from its newest "
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
-    overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
@@ -120,9 +121,10 @@ class RLConfig:
 # constant, so a run can be extended). Every other field (model, prompts, seed, group_size x prompts_per_step, lr,
 # clipping, loss, sampling, rewards, ...) and the
 # fingerprints of the model and the prompt file define the run (utils.prepare_run_dir).
-RUN_SETTINGS = ("output_dir", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
-                "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch",
-                "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "vllm_gpu_util", "vllm_sleep")
+RUN_SETTINGS = ("out", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
+                "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch_size",
+                "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "gpu_memory_utilization",
+                "vllm_sleep")
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
 
 
@@ -131,7 +133,7 @@ def preflight(cfg: RLConfig) -> None:
     choices, reward weights, the charge list, every rl_prompts.jsonl record, the model folder."""
     utils.check_fields(cfg)
     utils.check_backend(cfg.backend)
-    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    utils.check_out_dir(cfg.out, "--out")
     parse_weights(cfg.reward_weights)
     if cfg.charge_list is not None:
         utils.load_charge_list(cfg.charge_list)
@@ -187,8 +189,8 @@ def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chu
     [tokens x vocab] log-softmax ever existing (logsumexp + gather per chunk).
 
     hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] ->
-    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As sft's chunked_cross_entropy_sum, each chunk's
-    logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
+    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As sft.chunked_cross_entropy_sum, each
+    chunk's logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
 
     def chunk(hc, tc, w):
         logits = hc @ w.t()
@@ -429,7 +431,7 @@ def vllm_engine_kwargs(cfg: RLConfig, rank: int, world: int, cuda: bool, max_mod
               max_model_len=max_model_len, worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True,
               logprobs_mode="processed_logprobs", trust_remote_code=False)
     if cuda:
-        kw.update(gpu_memory_utilization=cfg.vllm_gpu_util, enable_sleep_mode=cfg.vllm_sleep)
+        kw.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.vllm_sleep)
     else:
         kw["kv_cache_memory_bytes"] = cfg.vllm_kv_bytes
     if world > 1:
@@ -703,7 +705,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     n_seqs = all_reduce_sum(torch.tensor(float(mask.shape[0])), dev).item()
     stats = torch.zeros(5, device=dev)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
     optimizer.zero_grad(set_to_none=True)
-    mbs = aligned_micro_batches(batch, cfg.micro_batch, cfg.micro_batch_tokens, dev)
+    mbs = aligned_micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, dev)
     for rows in mbs:  # gradients are reduce-scattered after every micro-batch: only sharded gradients are kept
         weight = 1.0 if rows else 0.0  # an empty micro-batch (rank alignment): row 0, no contribution
         rows = rows or [0]
@@ -721,7 +723,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
         (loss * world).backward()
         stats += torch.stack([loss.detach(), (kl.detach() * m).sum(), (clipped.float() * m).sum(),
                               (ent.detach() * m).sum(), m.sum()])
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
     gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
     optimizer.step()
     stats = all_reduce_sum(stats, dev).cpu()
@@ -758,7 +760,7 @@ def train(cfg: RLConfig, reward_fn=None) -> Path:
 def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     from tqdm import tqdm
     from transformers import AutoTokenizer
-    out = Path(cfg.output_dir)
+    out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
                                                       "prompts_fingerprint": utils.fingerprint(cfg.prompts)})
@@ -844,8 +846,8 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
 
         # -- old (and reference) log-probs recomputed by the trainer
         t0 = time.time()
-        old_logp = batch_logprobs(model, batch, cfg.micro_batch, cfg.micro_batch_tokens)
-        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch, cfg.micro_batch_tokens) if ref is not None else None
+        old_logp = batch_logprobs(model, batch, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch_size, cfg.micro_batch_tokens) if ref is not None else None
         t_logp = time.time() - t0
         lp_diff = lp_diff_max = vl = None  # only with a sampler that reports log-probs (vLLM)
         if res and res[0][1] is not None:

@@ -1,9 +1,9 @@
 """
 sft.py - supervised fine-tuning on packed sequences (InternLM-Law two-stage recipe), FSDP2, one readable file.
 
-    torchrun --nproc_per_node 8 sft.py --model Qwen2.5-7B --data out/stage1 --output_dir runs/stage1
+    torchrun --nproc_per_node 8 sft.py --model Qwen2.5-7B --data out/stage1 --out runs/stage1
     torchrun --nproc_per_node 8 sft.py --model Qwen2.5-7B --init_from runs/stage1/final --data out/stage2 \
-        --output_dir runs/stage2
+        --out runs/stage2
 
 Reads a packed stage written by prepare_data.py (input_ids / labels / position_ids / cu_seqlens / cu_offsets .npy +
 meta.json), trains with the loss summed over assistant tokens and divided by the GLOBAL number of supervised tokens of
@@ -48,8 +48,9 @@ class SFTConfig:
     model: str = field(metadata={"help": "Hugging Face causal-LM folder (architecture + tokenizer)"})
     data: str | None = field(default=None, metadata={"help": "packed stage folder written by prepare_data.py "
                                                              "(required, except with --dry_run)"})
-    output_dir: str | None = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/ "
-                                                                   "(required, except with --dry_run)"})
+    out: str | None = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/ "
+                                                            "(required, except with --dry_run)",
+                                                    "alias": "--output_dir"})
     init_from: str | None = field(default=None, metadata={"help": "start from these weights (stage 2: stage 1's final/)"})
     lr: float = field(default=1e-5, metadata={"help": "peak learning rate (paper: 1e-5)", "gt": 0})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this", "min": 0, "max": 1})
@@ -68,10 +69,10 @@ class SFTConfig:
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)",
                                                  "min": 0})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUT from its newest "
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
-    overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
     reduce_every_micro_batch: bool = field(default=True, metadata={
         "help": "reduce-scatter gradients after every micro-batch (sharded accumulation, as torchtitan); false: "
@@ -99,7 +100,7 @@ class SFTConfig:
 # How a run runs, not what it computes: the only fields that may change on --resume auto. Every other field (model,
 # init_from, data, seed, lr and schedule, epochs / max_steps, micro_batch_size x grad_accum, ...) and the
 # fingerprints of the weights and packed data define the run (utils.prepare_run_dir).
-RUN_SETTINGS = ("output_dir", "resume", "overwrite", "save_every", "keep_last", "activation_checkpointing",
+RUN_SETTINGS = ("out", "resume", "overwrite", "save_every", "keep_last", "activation_checkpointing",
                 "cpu_offload", "hybrid_shard", "attention", "loss_chunk", "export_dtype", "peak_tflops",
                 "reduce_every_micro_batch", "dry_run", "world_size", "seq_len", "gpu_memory_gb")
 RUN_OUTPUTS = ("metrics.jsonl", "memory_rank*.json", "checkpoints", "final", "final.tmp")
@@ -108,12 +109,12 @@ RUN_OUTPUTS = ("metrics.jsonl", "memory_rank*.json", "checkpoints", "final", "fi
 def preflight(cfg: SFTConfig) -> None:
     """Every flag, folder and file checked before anything is loaded or written (DataError, one line)."""
     utils.check_fields(cfg)
-    for name in ("data", "output_dir"):
+    for name in ("data", "out"):
         if getattr(cfg, name) is None:
             raise DataError(f"--{name}", None, None, "required (only --dry_run runs without it)", reason="bad_flag")
     if cfg.attention in ("flash", "torch_varlen") and not torch.cuda.is_available():
         raise DataError("--attention", None, None, f"{cfg.attention} needs CUDA (use auto or exact)", reason="bad_flag")
-    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    utils.check_out_dir(cfg.out, "--out")
     PackedStage(cfg.data)  # meta.json and the arrays: present, shapes consistent (memory-mapped, nothing read)
     utils.check_model_dir(cfg.model, "--model", weights=cfg.init_from is None)
     if cfg.init_from is not None:
@@ -598,7 +599,7 @@ def main(argv=None):
 
 def run(cfg: SFTConfig, rank: int, world: int, device):
     from tqdm import tqdm
-    out = Path(cfg.output_dir)
+    out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     data = PackedStage(cfg.data)
     packs_per_step = world * cfg.grad_accum * cfg.micro_batch_size

@@ -41,9 +41,9 @@ def main():
     utils.write_jsonl(work / "p.jsonl", [{"prompt": utils.judgment_prompt(f), "truth": truth} for f in facts])
 
     # ---- rl.py
-    cfg = rl.RLConfig(model=str(mdir), prompts=str(work / "p.jsonl"), output_dir=str(work / "ours"),
+    cfg = rl.RLConfig(model=str(mdir), prompts=str(work / "p.jsonl"), out=str(work / "ours"),
                       group_size=a.group_size, prompts_per_step=a.prompts_per_step, max_steps=a.steps + 1,
-                      max_new_tokens=a.max_new_tokens, lr=1e-5, micro_batch=a.group_size * a.prompts_per_step,
+                      max_new_tokens=a.max_new_tokens, lr=1e-5, micro_batch_size=a.group_size * a.prompts_per_step,
                       log_every=0, sample_every=0, backend=a.backend, vllm_kv_bytes=1 << 27)
     cuda = torch.cuda.is_available()
     rl.train(cfg)

@@ -177,7 +177,7 @@ def main():
     env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     ours_dir = out / "sft_run"
     subprocess.run([sys.executable, str(REPO / "sft.py"), "--model", str(model_dir), "--data", str(stage),
-                    "--output_dir", str(ours_dir), "--max_steps", str(a.steps), "--grad_accum", str(a.grad_accum),
+                    "--out", str(ours_dir), "--max_steps", str(a.steps), "--grad_accum", str(a.grad_accum),
                     "--activation_checkpointing", str(a.activation_checkpointing).lower(),
                     "--peak_tflops", str(peak)], check=True, env=env)
     rows = [json.loads(l) for l in (ours_dir / "metrics.jsonl").read_text().splitlines()]

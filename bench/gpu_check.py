@@ -132,7 +132,7 @@ def pack_lengths(seq_len: int, seed: int = 0) -> list[int]:
 
 def run_sft(spec, model_dir, stage_dir, out, *extra, env=None, check=True, timeout=None):
     cmd = [sys.executable, str(REPO / "sft.py"), "--model", str(model_dir), "--data", str(stage_dir),
-           "--output_dir", str(out), "--lr", "1e-5", "--warmup_ratio", "0.0", *map(str, extra)]
+           "--out", str(out), "--lr", "1e-5", "--warmup_ratio", "0.0", *map(str, extra)]
     e = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout)
     if check and p.returncode != 0:
@@ -392,9 +392,9 @@ def stage_rl(spec) -> dict:
               {"charges": ["故意伤害"], "articles": [234], "term_months": 10}]
     utils.write_jsonl(prompts, [{"prompt": utils.judgment_prompt(f), "truth": t} for f, t in zip(facts, truths)])
     tiny = spec["tiny"]
-    argv = ["--model", str(out / "model_small"), "--prompts", str(prompts), "--output_dir", str(out / "rl"),
+    argv = ["--model", str(out / "model_small"), "--prompts", str(prompts), "--out", str(out / "rl"),
             "--backend", "hf", "--group_size", "8", "--prompts_per_step", "4", "--max_new_tokens",
-            "16" if tiny else "128", "--max_steps", "2" if tiny else "3", "--micro_batch", "8", "--dtype",
+            "16" if tiny else "128", "--max_steps", "2" if tiny else "3", "--micro_batch_size", "8", "--dtype",
             "float32" if dev.type == "cpu" else "bfloat16", "--save_every", "0", "--sample_every", "0"]
     cfg = utils.parse_config(rl.RLConfig, argv)
     shutil.rmtree(out / "rl", ignore_errors=True)

@@ -225,7 +225,7 @@ def test_train_on_batch_reduces_on_the_model_device(tiny_model, monkeypatch):
     batch = rl.build_batch([[5, 6], [7, 8, 9]], [[10, 11], [12]], pad_id=0)
     mask = rl.length_mask(batch["lengths"], 2)
     old = rl.batch_logprobs(model, batch, 2)
-    cfg = rl.RLConfig(model="-", prompts="-", output_dir="-", micro_batch=1)
+    cfg = rl.RLConfig(model="-", prompts="-", out="-", micro_batch_size=1)
     rl.train_on_batch(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.tensor([1.0, -1.0]), old,
                       None, mask, cfg)
     assert devices and all(d == model.device for d in devices)
@@ -233,7 +233,7 @@ def test_train_on_batch_reduces_on_the_model_device(tiny_model, monkeypatch):
 
 
 def test_vllm_engine_kwargs_per_rank_and_device():
-    cfg = rl.RLConfig(model="m", prompts="-", output_dir="-", dtype="float32", vllm_gpu_util=0.4)
+    cfg = rl.RLConfig(model="m", prompts="-", out="-", dtype="float32", gpu_memory_utilization=0.4)
     gpu = [rl.vllm_engine_kwargs(cfg, r, 8, cuda=True, max_model_len=2560) for r in range(8)]
     for r, kw in enumerate(gpu):
         assert kw["distributed_executor_backend"] == "external_launcher"  # each rank's engine on its own GPU
@@ -353,7 +353,7 @@ prompts = [[5 + i, 6, 7 + i % 3][: 2 + i % 2] for i in range(N)]
 comps = [[10 + (i * 7 + j) % 50 for j in range(1 + (i * 3) % 6)] for i in range(N)]
 model = rl.build_policy(model_dir, "float32", device)
 opt = torch.optim.SGD(model.parameters(), lr=1.0)  # update == gradient: compared exactly, no Adam noise
-cfg = rl.RLConfig(model=model_dir, prompts="-", output_dir="-", micro_batch=3, loss_agg=mode, beta=0.1, grad_clip=0,
+cfg = rl.RLConfig(model=model_dir, prompts="-", out="-", micro_batch_size=3, loss_agg=mode, beta=0.1, max_grad_norm=0,
                   max_new_tokens=6)
 full = rl.build_batch(prompts, comps, pad_id=0)
 adv = rl.group_advantages(torch.arange(N, dtype=torch.float32) % 3, 4)
@@ -447,7 +447,7 @@ def warm_model(tmp_path_factory):
 
 
 def _cfg(model, prompts, out, **kw):
-    return rl.RLConfig(model=str(model), prompts=str(prompts), output_dir=str(out), group_size=8, prompts_per_step=4,
+    return rl.RLConfig(model=str(model), prompts=str(prompts), out=str(out), group_size=8, prompts_per_step=4,
                        lr=1e-3, max_new_tokens=5, response_prefix=PREFIX, sample_every=10, log_every=10, **kw)
 
 
@@ -504,7 +504,7 @@ import rl, utils
 if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)  # the in-process engine and rl.train reuse it
-    kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
+    kw = dict(prompts="-", out="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
     roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0, 1, 80, device)
     model = rl.build_policy(mdir, "float32", device)  # FSDP2-sharded, as in training
     with torch.no_grad():
@@ -520,7 +520,7 @@ if __name__ == "__main__":
     json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
     utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
         "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
-    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", out=work + "/run", group_size=4,
                          prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
                          vllm_kv_bytes=1 << 26, lr=1e-3))
 '''
@@ -559,7 +559,7 @@ import rl, utils
 if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)  # torchrun, 2 gloo ranks: each rank's engine via external_launcher
-    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", out=work + "/run", group_size=4,
                          prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
                          vllm_kv_bytes=1 << 26, lr=1e-3, temperature=0.8))
 '''

@@ -116,7 +116,7 @@ def stage(tiny_model, tmp_path_factory):
 def sft(tiny_model, stage, out, *extra):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     return subprocess.run([sys.executable, str(REPO / "sft.py"), "--model", str(tiny_model), "--data", str(stage),
-                           "--output_dir", str(out), "--max_steps", "2", *map(str, extra)],
+                           "--out", str(out), "--max_steps", "2", *map(str, extra)],
                           capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
 
 
@@ -152,7 +152,7 @@ def test_sft_second_run_refused_overwrite_clean_resume_same_config_only(tiny_mod
 
 def rl_cfg(model, prompts, out, **kw):
     import rl
-    base = dict(model=str(model), prompts=str(prompts), output_dir=str(out), group_size=2, prompts_per_step=2,
+    base = dict(model=str(model), prompts=str(prompts), out=str(out), group_size=2, prompts_per_step=2,
                 max_steps=2, max_new_tokens=4, lr=1e-4, sample_every=1, log_every=0)
     return rl.RLConfig(**{**base, **kw})
 
@@ -202,7 +202,7 @@ def test_rl_cli_refusal_is_one_line_exit_2(tiny_model, prompts, tmp_path):
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     p = subprocess.run([sys.executable, str(REPO / "rl.py"), "--model", str(tiny_model), "--prompts", str(prompts),
-                        "--output_dir", str(out)], capture_output=True, text=True, timeout=600,
+                        "--out", str(out)], capture_output=True, text=True, timeout=600,
                        env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")})
     assert p.returncode == 2 and error_line(p).startswith("rl.py: error: ") and "already holds a run" in p.stderr
     assert sorted(x.name for x in out.iterdir()) == ["metrics.jsonl"]

@@ -68,7 +68,7 @@ def free_port() -> int:
 
 def run_sft(tiny_model, stage, out, *extra, nproc: int = 1, env=None, check=True):
     """Run sft.py (plain python for 1 process, torchrun for more); returns CompletedProcess."""
-    base = ["--model", str(tiny_model), "--data", str(stage), "--output_dir", str(out), "--lr", "1e-3",
+    base = ["--model", str(tiny_model), "--data", str(stage), "--out", str(out), "--lr", "1e-3",
             "--warmup_ratio", "0.2", "--seed", "0", *map(str, extra)]
     if nproc == 1:
         cmd = [sys.executable, str(REPO / "sft.py"), *base]
@@ -475,7 +475,7 @@ def test_two_nodes_over_loopback_hybrid_shard(baseline, tiny_model, stage, tmp_p
     """Two torchrun 'nodes' (--nnodes 2, 1 process each, static rendezvous on 127.0.0.1), hybrid shard."""
     out = tmp_path / "nodes2"
     port = free_port()
-    base = ["--model", str(tiny_model), "--data", str(stage), "--output_dir", str(out), "--lr", "1e-3",
+    base = ["--model", str(tiny_model), "--data", str(stage), "--out", str(out), "--lr", "1e-3",
             "--warmup_ratio", "0.2", "--seed", "0", "--max_steps", str(STEPS), "--grad_accum", "2",
             "--hybrid_shard", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
