@@ -21,7 +21,6 @@ import json
 import math
 import os
 import resource
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -225,11 +224,7 @@ class PackedCausalLM(nn.Module):
     def forward(self, input_ids, position_ids, targets, cu_seqlens: list[int], rows=None):
         """input_ids / position_ids / targets [1, T] on the device, cu_seqlens python ints, rows [n] the supervised
         positions (on the device; None: found here, a host sync). No step here waits for the GPU."""
-        cu_t = to_device(torch.tensor(cu_seqlens, dtype=torch.int32), input_ids.device)
-        max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
-        hidden = self.hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                               lexlab_cu_seqlens=cu_seqlens, lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len,
-                               lexlab_backend=self.backend).last_hidden_state
+        hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
         return chunked_cross_entropy_sum(hidden[0], self.hf.lm_head.weight, targets[0], self.loss_chunk, rows)
 
 
@@ -256,21 +251,14 @@ def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096, r
 
 
 
-def to_device(t, device):
-    """Host tensor -> device without a host-device sync (pinned memory, non-blocking copy) on GPU."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
-
-
 def load_model(cfg: SFTConfig, device):
     """-> (sharded PackedCausalLM in train mode, its HF model, attention backend). Built on the meta device; rank 0
     reads the weights once and broadcasts them shard by shard (utils.load_sharded_model)."""
-    utils.register_packed_attention()
     backend = utils.pick_attention_backend(device) if cfg.attention == "auto" else cfg.attention
     model, hf = utils.load_sharded_model(cfg.init_from or cfg.model, device,
                                          wrap=lambda hf: PackedCausalLM(hf, backend, cfg.loss_chunk),
                                          hybrid_shard=cfg.hybrid_shard, cpu_offload=cfg.cpu_offload,
-                                         activation_checkpointing=cfg.activation_checkpointing,
-                                         attn_implementation=utils.PACKED_ATTENTION)
+                                         activation_checkpointing=cfg.activation_checkpointing)
     return model, hf, backend
 
 
@@ -316,14 +304,14 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     for m, b in enumerate(batches):
         if not cfg.reduce_every_micro_batch:
             model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, after the last one
-        ce = model(*(to_device(b[k], device) for k in ("input_ids", "position_ids", "targets")), b["cu_seqlens"],
-                   to_device(b["rows"], device))
+        ids, pos, targets, rows = (utils.to_device(b[k], device) for k in ("input_ids", "position_ids", "targets",
+                                                                            "rows"))
+        ce = model(ids, pos, targets, b["cu_seqlens"], rows)
         (ce * (world / n_sup)).backward()
         loss_sum += ce.detach().double()
     dist.all_reduce(loss_sum)
     loss = loss_sum.item() / n_sup
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    grad_norm = utils.clip_grad_norm(model, cfg.max_grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise FloatingPointError(f"step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); stopping "
                                  f"before the optimizer step. The last good checkpoint is kept; lower --lr or check "
@@ -378,7 +366,6 @@ def datasheet_tflops(device) -> float | None:
 
 def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> float:
     """Measured dense matmul rate of this device, TFLOP/s (bf16 on GPU, fp32 on CPU): MFU's second denominator."""
-
     gpu = device.type == "cuda"
     n, reps = n or (8192 if gpu else 1024), reps or (30 if gpu else 5)
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -445,7 +432,6 @@ def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_s
       loss_chunk: one chunk x vocab of logits (compute dtype, fp32 upcast, fp32 and compute-dtype gradients) plus
         the supervised hidden rows (all tokens, an upper bound).
     Returns a dict of bytes plus 'total' (peak estimate = the sum; the allocator's fragmentation is not included)."""
-
     from transformers import AutoModelForCausalLM
     cb = 2 if mixed_precision else 4  # compute dtype bytes
     with torch.device("meta"):
@@ -483,24 +469,51 @@ MEMORY_PLAN_PARTS = ("params", "grads", "optimizer", "unsharded_params", "activa
                      "loss_chunk")
 
 
+class MetaFlashAttention(torch.autograd.Function):
+    """Shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
+    kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
+        lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+META_ATTENTION = "lexlab_meta"
+
+
+def meta_attention(module, query, key, value, attention_mask, **kwargs):
+    """The transformers attention function META_ATTENTION: MetaFlashAttention (no mask used, no T x T matrix)."""
+    return MetaFlashAttention.apply(query, key, value), None
+
+
+def register_meta_attention():
+    from transformers import AttentionInterface
+    AttentionInterface.register(META_ATTENTION, meta_attention)
+
+
 def _meta_forward_saved_bytes(config, n_layers: int, n_tokens: int, dtype) -> int:
     """Bytes saved for backward by the decoder (embeddings .. final norm) of a copy of `config` with n_layers
-    layers, on the meta device, one packed sequence of n_tokens."""
-
+    layers, on the meta device, one sequence of n_tokens (flash-style attention: MetaFlashAttention)."""
     from transformers import AutoModelForCausalLM
-    utils.register_packed_attention()
+    register_meta_attention()
     cfg = copy.deepcopy(config)
     cfg.num_hidden_layers = n_layers
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = cfg.layer_types[:n_layers]
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=utils.PACKED_ATTENTION).train()
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=META_ATTENTION).train()
         ids = torch.zeros((1, n_tokens), dtype=torch.long)
         pos = torch.arange(n_tokens)[None]
-        cu = torch.tensor([0, n_tokens], dtype=torch.int32)
     with SavedTensorBytes() as c:
-        model.model(input_ids=ids, position_ids=pos, use_cache=False, lexlab_cu_seqlens=[0, n_tokens],
-                    lexlab_cu_seqlens_t=cu, lexlab_max_seqlen=n_tokens, lexlab_backend="meta")
+        model.model(input_ids=ids, position_ids=pos, use_cache=False)
     return c.bytes
 
 
@@ -626,19 +639,15 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
     peak = cfg.peak_tflops or datasheet_tflops(device)
 
     start = 0
-    if cfg.resume == "auto" and (last := utils.latest_checkpoint(ckpt_root)) is not None:
-        extra = utils.load_checkpoint(last, model, optimizer)
+    if cfg.resume == "auto" and (extra := utils.resume_checkpoint(ckpt_root, model, optimizer)) is not None:
         scheduler.load_state_dict(extra["scheduler"])
         start = extra["step"]
-        print0(f"resumed from {last} (step {start})")
     metrics_path = out / "metrics.jsonl"
     if rank == 0:  # keep the history up to the resume point only
-        old = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
-        metrics_path.write_text("".join(l + "\n" for l in old if json.loads(l)["step"] <= start))
+        utils.truncate_logs([metrics_path], start)
     print0(f"sft: {data.n} packs x {data.seq_len} tokens, {total_steps} steps of {packs_per_step} packs, world {world},"
            f" attention={backend}, device={device.type}")
 
-    kill_at = os.environ.get("LEXLAB_TEST_KILL_AT_STEP")  # test hook: SIGKILL after this step
     bar = tqdm(range(start, total_steps), disable=rank != 0, desc="sft", initial=start, total=total_steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -665,8 +674,6 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
             utils.save_checkpoint(ckpt_root, step + 1, model, optimizer,
                                   {"step": step + 1, "scheduler": scheduler.state_dict(),
                                    "config": dataclasses.asdict(cfg)}, cfg.keep_last)
-        if kill_at == str(step + 1):
-            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,

@@ -1116,11 +1116,11 @@ def close_vllm() -> None:
 DIST_TIMEOUT_MIN = 120  # process-group timeout: checkpoint saves / rank-0 exports on slow shared disks exceed 10 min
 
 
-def dist_init(seed: int = 0, timeout_min: float | None = None):
+def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN):
     """Initialise torch.distributed for torchrun (env://) or, when run as a plain `python script.py`, as a world of
     one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU (hide the GPUs with
-    CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min, else $LEXLAB_DIST_TIMEOUT_MIN, else
-    DIST_TIMEOUT_MIN (NCCL's own default, 10 minutes, is shorter than a 7B save on a shared filesystem)."""
+    CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min (NCCL's own default, 10 minutes, is shorter than a
+    7B save on a shared filesystem)."""
     import socket
     from datetime import timedelta
 
@@ -1133,7 +1133,7 @@ def dist_init(seed: int = 0, timeout_min: float | None = None):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    timeout = timedelta(minutes=float(timeout_min or os.environ.get("LEXLAB_DIST_TIMEOUT_MIN", DIST_TIMEOUT_MIN)))
+    timeout = timedelta(minutes=timeout_min)
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -1190,14 +1190,14 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
 
 
 def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = False, cpu_offload: bool = False,
-                       activation_checkpointing: bool = False, trainable: bool = True, attn_implementation=None):
+                       activation_checkpointing: bool = False, trainable: bool = True):
     """Build a Hugging Face causal LM from src/config.json on the META device (no memory), optionally wrap it
     (`wrap(hf) -> nn.Module`, e.g. sft.PackedCausalLM: its state-dict keys get the wrapper's prefix), FSDP2-shard it
     (shard_model), allocate only this rank's shards on `device`, then load the weights ONCE: rank 0 reads src with
     from_pretrained (host RAM: one full copy on one rank) and broadcasts tensor by tensor, each rank keeping its
     shard (set_model_state_dict(broadcast_from_rank0=True), as torchtitan). Other ranks never hold the full model.
-    Returns (model, hf): the sharded module, in train() mode when trainable (Hugging Face only recomputes
-    checkpointed layers in training mode), else eval() with requires_grad off (a frozen reference)."""
+    Returns (model, hf): the sharded module with PACKED_ATTENTION (packed_hidden), in train() mode when trainable
+    (Hugging Face only recomputes checkpointed layers in training mode), else eval() with requires_grad off."""
     import torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -1207,9 +1207,9 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
         raise DataError(Path(src) / "config.json", None, None, "file not found (not a Hugging Face model folder)",
                         "missing_file")
     config = AutoConfig.from_pretrained(src)
-    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    register_packed_attention()
     with torch.device("meta"):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, **kw)
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=PACKED_ATTENTION)
     model = wrap(hf) if wrap is not None else hf
     prefix = next((n + "." for n, m in model.named_modules() if m is hf and n), "")
     shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing)
@@ -1217,9 +1217,8 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
     init_nonpersistent_buffers(hf, device)
     full = {}
     if dist.get_rank() == 0:
-        kw["attn_implementation"] = "eager"  # any: only the tensors are used
-        full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
-                .state_dict().items()}
+        full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(
+            src, dtype=dtype, attn_implementation="eager").state_dict().items()}  # eager: any, only tensors are used
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
                                                                cpu_offload=cpu_offload))
     del full
@@ -1341,50 +1340,38 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     elif backend == "torch_varlen":
         out = attention_torch_varlen(query, key, value, kwargs["lexlab_cu_seqlens_t"], kwargs["lexlab_max_seqlen"],
                                      scaling)
-    elif backend == "meta":
-        out = _MetaFlashAttention.apply(query, key, value)
     else:
         out = attention_exact(query, key, value, cu, scaling)
     return out, None
-
-
-def _meta_flash_attention():
-    import torch
-
-    class MetaFlashAttention(torch.autograd.Function):
-        """Shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
-        kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
-
-        @staticmethod
-        def forward(ctx, q, k, v):
-            out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
-            lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
-            ctx.save_for_backward(q, k, v, out, lse)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            q, k, v, _, _ = ctx.saved_tensors
-            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    return MetaFlashAttention
-
-
-class _LazyMeta:
-    fn = None
-
-    @classmethod
-    def apply(cls, *args):
-        cls.fn = cls.fn or _meta_flash_attention()
-        return cls.fn.apply(*args)
-
-
-_MetaFlashAttention = _LazyMeta
 
 
 def register_packed_attention():
     """Make `attn_implementation=PACKED_ATTENTION` available to every transformers model (no mask is built for it)."""
     from transformers import AttentionInterface
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+
+
+def packed_hidden(hf, input_ids, position_ids, cu_seqlens: list[int], backend: str):
+    """The last hidden states [1, T, H] of a Hugging Face causal LM (`hf`, PACKED_ATTENTION) on a packed micro-batch:
+    input_ids / position_ids [1, T] on the device, cu_seqlens python ints [0, ..., T]; no sample sees another.
+    The forward of sft.PackedCausalLM and rl.PolicyLM, which then apply lm_head each their own way."""
+    import torch
+    cu_t = to_device(torch.tensor(cu_seqlens, dtype=torch.int32), input_ids.device)
+    max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+    return hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, lexlab_cu_seqlens=cu_seqlens,
+                    lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len, lexlab_backend=backend).last_hidden_state
+
+
+def to_device(t, device):
+    """Host tensor -> device without a host-device sync (pinned memory, non-blocking copy) on GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+def clip_grad_norm(model, max_norm: float) -> float:
+    """Clip the gradients to a total L2 norm of max_norm (sharded: the global norm); -> the norm before clipping."""
+    import torch
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 # ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----
@@ -1420,9 +1407,6 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_la
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    if os.environ.get("LEXLAB_TEST_KILL_DURING_SAVE") == str(step):  # test hook: die with the save half done
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
     dist.barrier()
     if rank == 0:
         torch.save(extra, tmp / "trainer_state.pt")  # written last: marks the folder complete
@@ -1449,6 +1433,25 @@ def load_checkpoint(path, model, optimizer) -> dict:
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def resume_checkpoint(ckpt_root, model, optimizer) -> dict | None:
+    """--resume auto: load the newest complete checkpoint into model and optimizer (and this rank's RNG states) and
+    return its extra dict; None when there is none yet (a fresh start)."""
+    last = latest_checkpoint(ckpt_root)
+    if last is None:
+        return None
+    extra = load_checkpoint(last, model, optimizer)
+    print0(f"resumed from {last} (step {extra['step']})")
+    return extra
+
+
+def truncate_logs(paths, step: int) -> None:
+    """Keep the rows of each JSONL log (metrics, samples) with "step" <= step: a resumed run writes again what came
+    after its checkpoint (step 0: every log emptied). Rank 0 only."""
+    for path in map(Path, paths):
+        old = path.read_text(encoding="utf-8").splitlines() if step and path.is_file() else []
+        path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= step), encoding="utf-8")
 
 
 def rng_state() -> dict:

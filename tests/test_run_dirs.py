@@ -148,7 +148,7 @@ def test_sft_second_run_refused_overwrite_clean_resume_same_config_only(tiny_mod
     assert (out / "final" / "model.safetensors").read_bytes() != before["final/model.safetensors"]
 
 
-# ---- rl.py (in process: rl.train) -----------------------------------------------------------------------------------
+# ---- rl.py (in process: rl.train in a world of one) ------------------------------------------------------------------
 
 def rl_cfg(model, prompts, out, **kw):
     import rl
@@ -166,11 +166,11 @@ def prompts(tmp_path):
     return path
 
 
-def test_rl_refuses_overwrites_resumes_and_samples_stand_alone(tiny_model, prompts, tmp_path):
+def test_rl_refuses_overwrites_resumes_and_samples_stand_alone(tiny_model, prompts, tmp_path, world_of_one):
     import rl
     import torch
     out = tmp_path / "run"
-    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5))
+    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5), world_of_one)
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     prompts_all = [json.loads(x) for x in prompts.read_text(encoding="utf-8").splitlines()]
     assert [s["step"] for s in samples] == [1, 1, 2, 2]
@@ -180,18 +180,18 @@ def test_rl_refuses_overwrites_resumes_and_samples_stand_alone(tiny_model, promp
     before = snapshot(out)
 
     with pytest.raises(RunDirError, match="already holds a run"):
-        rl.train(rl_cfg(tiny_model, prompts, out))
+        rl.train(rl_cfg(tiny_model, prompts, out), world_of_one)
     with pytest.raises(RunDirError, match=r"different config \(group_size: 2 -> 4\)"):
-        rl.train(rl_cfg(tiny_model, prompts, out, group_size=4, resume="auto"))
+        rl.train(rl_cfg(tiny_model, prompts, out, group_size=4, resume="auto"), world_of_one)
     assert snapshot(out) == before
 
     # resume from step 1 (the step-2 checkpoint lost): samples and metrics of step 2 are not kept twice
     shutil.rmtree(out / "checkpoints" / "step_00000002")
-    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5, resume="auto"))
+    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5, resume="auto"), world_of_one)
     assert [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()] == [1, 1, 2, 2]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
-    rl.train(rl_cfg(tiny_model, prompts, out, max_steps=1, overwrite=True))  # clean: no old checkpoints or samples
+    rl.train(rl_cfg(tiny_model, prompts, out, max_steps=1, overwrite=True), world_of_one)  # clean: no old checkpoints
     assert [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()] == [1, 1]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
     assert torch.load(out / "checkpoints" / "step_00000001" / "trainer_state.pt", weights_only=False)["step"] == 1

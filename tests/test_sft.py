@@ -16,7 +16,7 @@ import torch
 
 import sft
 import utils
-from conftest import cpu_env, requires_cuda
+from conftest import cpu_env, kill_when, requires_cuda
 from utils import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,15 +66,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_sft(tiny_model, stage, out, *extra, nproc: int = 1, env=None, check=True):
-    """Run sft.py (plain python for 1 process, torchrun for more); returns CompletedProcess."""
+def sft_cmd(tiny_model, stage, out, *extra, nproc: int = 1, script=(REPO / "sft.py",)) -> list:
+    """sft.py's command line (plain python for 1 process, torchrun for more); script: what runs it."""
     base = ["--model", str(tiny_model), "--data", str(stage), "--out", str(out), "--lr", "1e-3",
             "--warmup_ratio", "0.2", "--seed", "0", *map(str, extra)]
     if nproc == 1:
-        cmd = [sys.executable, str(REPO / "sft.py"), *base]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port()), str(REPO / "sft.py"), *base]
+        return [sys.executable, *map(str, script), *base]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), *map(str, script), *base]
+
+
+def run_sft(tiny_model, stage, out, *extra, nproc: int = 1, env=None, check=True, script=(REPO / "sft.py",)):
+    """Run sft.py; returns CompletedProcess."""
+    cmd = sft_cmd(tiny_model, stage, out, *extra, nproc=nproc, script=script)
     p = subprocess.run(cmd, capture_output=True, text=True, env=cpu_env(env), timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"sft.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
@@ -196,7 +200,7 @@ def test_varlen_call_adapts_to_the_installed_signature(signature):
 
 def test_dist_init_sets_a_long_timeout(monkeypatch):
     """Checkpoint saves and rank-0 exports of a 7B model on a shared filesystem outlast NCCL's 10-minute default;
-    dist_init passes DIST_TIMEOUT_MIN (or $LEXLAB_DIST_TIMEOUT_MIN). Before: no timeout was passed."""
+    dist_init passes DIST_TIMEOUT_MIN (or timeout_min). Before: no timeout was passed."""
     import torch.distributed as dist
     seen = {}
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
@@ -205,8 +209,7 @@ def test_dist_init_sets_a_long_timeout(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     utils.dist_init(0)
     assert seen["backend"] == "gloo" and seen["timeout"].total_seconds() == 60 * utils.DIST_TIMEOUT_MIN >= 3600
-    monkeypatch.setenv("LEXLAB_DIST_TIMEOUT_MIN", "240")
-    utils.dist_init(0)
+    utils.dist_init(0, timeout_min=240)
     assert seen["timeout"].total_seconds() == 240 * 60
 
 
@@ -216,10 +219,10 @@ def test_micro_batch_forward_backward_has_no_host_sync(tiny_model):
     there. Negative control: without the host-computed supervised rows, the loss's boolean mask cannot run on meta
     (that was sft.py before: one sync per micro-batch)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    utils.register_packed_attention()
+    sft.register_meta_attention()  # the memory plan's shape-only flash kernel: it runs on meta
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model),
-                                              attn_implementation=utils.PACKED_ATTENTION).train()
+                                              attn_implementation=sft.META_ATTENTION).train()
     model = sft.PackedCausalLM(hf, "meta", loss_chunk=64)
     T = 300
     ids, pos = torch.zeros(1, T, dtype=torch.long, device="meta"), torch.zeros(1, T, dtype=torch.long, device="meta")
@@ -303,7 +306,7 @@ def test_cuda_micro_batch_has_no_host_sync(tiny_model, world_of_one_cuda):
     T = 512
     b = {"input_ids": torch.randint(0, 100, (1, T)), "position_ids": torch.arange(T)[None] % 256,
          "targets": torch.randint(0, 100, (1, T)), "rows": torch.arange(T)}
-    dev = [sft.to_device(b[k], world_of_one_cuda) for k in ("input_ids", "position_ids", "targets", "rows")]
+    dev = [utils.to_device(b[k], world_of_one_cuda) for k in ("input_ids", "position_ids", "targets", "rows")]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -490,21 +493,25 @@ def test_two_nodes_over_loopback_hybrid_shard(baseline, tiny_model, stage, tmp_p
 
 
 def test_resume_after_sigkill_is_bitwise_equal(baseline, tiny_model, stage, tmp_path):
-    """Killed (SIGKILL) after step 5, resumed with --resume auto from step 4 -> final weights bitwise equal.
-    Then: killed in the middle of the step-4 save -> resumes from step 2 -> bitwise equal as well."""
+    """Killed (SIGKILL, from outside) once step 5 is logged, resumed with --resume auto from step 4 -> final weights
+    bitwise equal. Then: killed in the middle of the step-4 save -> resumes from step 2 -> bitwise equal as well."""
     args = ["--max_steps", STEPS, "--micro_batch_size", 1, "--grad_accum", 4, "--save_every", 2, "--keep_last", 2]
     ref = final_weights(baseline)
-    for hook, value, resumed_from in [("LEXLAB_TEST_KILL_AT_STEP", "5", 4), ("LEXLAB_TEST_KILL_DURING_SAVE", "4", 2)]:
-        out = tmp_path / hook
-        p = run_sft(tiny_model, stage, out, *args, env={hook: value}, check=False)
-        assert p.returncode != 0 and not (out / "final").exists()
-        if hook == "LEXLAB_TEST_KILL_DURING_SAVE":
-            assert (out / "checkpoints" / ".tmp_step_00000004").is_dir()  # the half-written save
-            assert utils.latest_checkpoint(out / "checkpoints").name == "step_00000002"
+    out = tmp_path / "killed_after_step_5"
+    log = out / "metrics.jsonl"
+    kill_when(sft_cmd(tiny_model, stage, out, *args), cpu_env(), lambda: log.is_file() and
+              log.read_text().count("\n") >= 5)
+    p = run_sft(tiny_model, stage, tmp_path / "killed_in_save", *args, check=False,
+                script=(REPO / "tests" / "sft_probe.py", "kill_in_save", 4))  # dies with the step-4 save half done
+    assert p.returncode != 0
+    assert (tmp_path / "killed_in_save" / "checkpoints" / ".tmp_step_00000004").is_dir()  # the half-written save
+    for out, resumed_from in ((out, 4), (tmp_path / "killed_in_save", 2)):
+        assert not (out / "final").exists()
+        assert utils.latest_checkpoint(out / "checkpoints").name == f"step_{resumed_from:08d}"
         p = run_sft(tiny_model, stage, out, *args, "--resume", "auto")
         assert f"(step {resumed_from})" in p.stdout
         got = final_weights(out)
-        assert all(torch.equal(got[k], ref[k]) for k in ref), hook
+        assert all(torch.equal(got[k], ref[k]) for k in ref), out
         assert [r["step"] for r in metrics(out)] == list(range(1, STEPS + 1))
         assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(baseline)]
 
