@@ -568,8 +568,7 @@ class PolicyLM(nn.Module):
         if generate is not None:
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
         hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
-        return chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
-                                            self.chunk)
+        return chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature, self.chunk)
 
 
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,

@@ -557,8 +557,8 @@ def write_memory_report(path, cfg: SFTConfig, world: int, seq_len: int, hf_confi
                         peak_gb: float, device):
     """memory_rankR.json: memory_plan for this run next to the bytes this rank holds after its first step."""
     plan = memory_plan(hf_config, world, seq_len, cfg.micro_batch_size, cfg.activation_checkpointing,
-                             cfg.loss_chunk, mixed_precision=device.type == "cuda", grad_accum=cfg.grad_accum,
-                             reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+                       cfg.loss_chunk, mixed_precision=device.type == "cuda", grad_accum=cfg.grad_accum,
+                       reduce_every_micro_batch=cfg.reduce_every_micro_batch)
     Path(path).write_text(json.dumps({"plan": plan, "measured": measured, "measured_peak_gb": peak_gb,
                                       "plan_total_gb": plan["total"] / 2 ** 30, "device": device.type}, indent=1))
 
@@ -579,8 +579,8 @@ def dry_run(cfg: SFTConfig) -> dict:
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
     plan = memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
-                             cfg.activation_checkpointing, cfg.loss_chunk, mixed_precision=True,
-                             grad_accum=cfg.grad_accum, reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+                       cfg.activation_checkpointing, cfg.loss_chunk, mixed_precision=True,
+                       grad_accum=cfg.grad_accum, reduce_every_micro_batch=cfg.reduce_every_micro_batch)
     print(format_memory_plan(
         plan, cfg.gpu_memory_gb, f"memory plan: {cfg.model} ({plan['n_params'] / 1e9:.2f}B params), {world} GPUs, "
         f"seq_len {seq_len} x micro_batch {cfg.micro_batch_size}, activation_checkpointing "
@@ -588,30 +588,10 @@ def dry_run(cfg: SFTConfig) -> dict:
     return plan
 
 
-def main(argv=None):
-    cfg = utils.parse_config(SFTConfig, argv)
-    try:
-        if cfg.dry_run:
-            dry_run(cfg)
-            return
-        preflight(cfg)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    rank, _, world, device = utils.dist_init(cfg.seed)
-    try:
-        run(cfg, rank, world, device)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
-        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run(cfg: SFTConfig, rank: int, world: int, device):
+def train(cfg: SFTConfig, device):
+    """SFT in an initialised process group (main: torchrun or a world of one)."""
     from tqdm import tqdm
+    rank, world = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     data = PackedStage(cfg.data)
@@ -629,8 +609,7 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
 
     model, hf, backend = load_model(cfg, device)
     optimizer = build_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
     if rank == 0:
         utils.save_config(cfg, out)
     n_body, n_head = flop_params(hf)  # DTensor numel = global size
@@ -658,7 +637,7 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         flops = train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
-                                  r["n_supervised"])  # lm_head runs on the supervised rows only
+                            r["n_supervised"])  # lm_head runs on the supervised rows only
         mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
         row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
                "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
@@ -680,6 +659,28 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
              "float32": torch.float32}[cfg.export_dtype]
     utils.export_hf(model, hf, cfg.model, out / "final", dtype=dtype, prefix="hf.")
     print0(f"exported {out / 'final'}")
+
+
+def main(argv=None):
+    cfg = utils.parse_config(SFTConfig, argv)
+    try:
+        if cfg.dry_run:
+            dry_run(cfg)
+            return
+        preflight(cfg)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    device = utils.dist_init(cfg.seed)[3]
+    try:
+        train(cfg, device)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
+        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

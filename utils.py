@@ -358,7 +358,7 @@ def save_config(cfg, out_dir) -> Path:
 
 
 # ---- run folders: one run per folder, never two mixed ----
-# A run folder (sft.py / rl.py OUTPUT_DIR, evaluate.py judgment / longdoc OUT) holds one run. Its identity (the config
+# A run folder (the OUT of sft.py, rl.py, evaluate.py judgment / longdoc) holds one run. Its identity (the config
 # fields that define the run, plus fingerprints of the model / data it read) is written to OUT/run_identity.json
 # before any work. A later invocation into the same folder is refused unless it says what to do with the old run:
 # --overwrite (remove the old run's files, start clean) or --resume auto (continue it: allowed only when the
