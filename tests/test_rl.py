@@ -580,6 +580,8 @@ if __name__ == "__main__":
     json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
     utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
         "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
+    if not torch.distributed.is_initialized():  # the fresh engine's shutdown took the process group with it
+        utils.dist_init(0)
     rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", out=work + "/run", group_size=4,
                          prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
                          vllm_kv_bytes=1 << 26, lr=1e-3), device)
