@@ -1,7 +1,7 @@
 """
 GRPO on judgment facts with legal rewards (LexPro-1.0's RL stage), in one file.
 
-    torchrun --nproc_per_node N rl.py --model DIR --prompts RL_PROMPTS.jsonl --output_dir OUT \
+    torchrun --nproc_per_node N rl.py --model DIR --prompts RL_PROMPTS.jsonl --out OUT \
         [--group_size G] [--max_steps K] [--backend vllm|hf] ...
 
 Per step: sample `prompts_per_step` prompts (per rank), G completions each (vLLM colocated, or HF generate), score
@@ -18,7 +18,7 @@ Sections:
   4. Trainer              - FSDP2 via utils section 9 (as sft.py): policy and frozen reference sharded per decoder
                             block + root, loss x world_size because FSDP2 averages gradients; padding-free packed
                             forward, chunked log-probs at the sampling temperature, collectives on the device
-  5. Loop                 - metrics, samples, DCP checkpoint / resume, export
+  5. Loop                 - one step = sample -> score -> advantages -> train -> sync -> log -> save; export
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import utils
 
@@ -48,7 +48,8 @@ class RLConfig:
     """GRPO with legal rewards (charge / statute / sentence / format)."""
     model: str = field(metadata={"help": "Hugging Face model folder (policy init and reference)"})
     prompts: str = field(metadata={"help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py)"})
-    output_dir: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, ckpt/, final/"})
+    out: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, checkpoints/, final/",
+                               "alias": "--output_dir"})
     group_size: int = field(default=8, metadata={"help": "G completions per prompt", "min": 2})
     prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step", "min": 1})
     max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)",
@@ -56,8 +57,8 @@ class RLConfig:
     mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch", "min": 1})
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate", "gt": 0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
-    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)", "min": 0})
-    micro_batch: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2; 0 = off)", "min": 0})
+    micro_batch_size: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
     micro_batch_tokens: int = field(default=0, metadata={
         "help": "also cap a micro-batch at this many packed tokens (prompt + completion; 0 = rows only)", "min": 0})
     logprob_chunk: int = field(default=4096, metadata={
@@ -88,8 +89,8 @@ class RLConfig:
     backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)",
                                                  "choices": ("hf", "vllm")})
     vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes (CPU only)", "min": 1})
-    vllm_gpu_util: float = field(default=0.3, metadata={"help": "vLLM gpu_memory_utilization (GPU only)",
-                                                        "min": 0.01, "max": 1})
+    gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM's share of GPU memory (GPU only)",
+                                                                 "min": 0.01, "max": 1})
     vllm_dtype: str = field(default="auto", metadata={
         "help": "engine dtype; auto = bfloat16 on GPU whatever the trainer's dtype, the trainer's dtype on CPU",
         "choices": ("auto", "bfloat16", "float16", "float32")})
@@ -106,10 +107,10 @@ class RLConfig:
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)",
                                                  "min": 0})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUT from its newest "
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
-    overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
@@ -119,9 +120,10 @@ class RLConfig:
 # constant, so a run can be extended). Every other field (model, prompts, seed, group_size x prompts_per_step, lr,
 # clipping, loss, sampling, rewards, ...) and the
 # fingerprints of the model and the prompt file define the run (utils.prepare_run_dir).
-RUN_SETTINGS = ("output_dir", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
-                "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch",
-                "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "vllm_gpu_util", "vllm_sleep")
+RUN_SETTINGS = ("out", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
+                "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch_size",
+                "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "gpu_memory_utilization",
+                "vllm_sleep")
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
 
 
@@ -130,7 +132,7 @@ def preflight(cfg: RLConfig) -> None:
     choices, reward weights, the charge list, every rl_prompts.jsonl record, the model folder."""
     utils.check_fields(cfg)
     utils.check_backend(cfg.backend)
-    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    utils.check_out_dir(cfg.out, "--out")
     parse_weights(cfg.reward_weights)
     if cfg.charge_list is not None:
         utils.load_charge_list(cfg.charge_list)
@@ -171,14 +173,33 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return (torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]).float()
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
-    """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T]) of
-    the sampling distribution softmax(logits / temperature). The reference formula (full log-softmax); the trainer uses
-    utils.chunked_token_logprobs, which never materialises [N, T, V] and is tested equal to this."""
-    logp_all = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
-    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chunk_size: int = 4096):
+    """Log-probs of given tokens under softmax(logits / temperature), and the entropy, without the full
+    [tokens x vocab] log-softmax ever existing (logsumexp + gather per chunk; tests/test_rl.py checks it against
+    the full log-softmax).
+
+    hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] ->
+    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As sft.chunked_cross_entropy_sum, each
+    chunk's logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
+
+    def chunk(hc, tc, w):
+        logits = hc @ w.t()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 kept
+        lse = torch.logsumexp(logits, dim=-1)
+        with torch.no_grad():  # entropy = lse - sum p * logits, a metric only
+            ent = lse.detach() - (torch.softmax(logits.detach(), -1) * logits.detach()).sum(-1)
+        return logits.gather(-1, tc[:, None]).squeeze(-1) - lse, ent
+
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
+        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
+        logps.append(lp)
+        ents.append(ent)
+    if not logps:
+        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(logps), torch.cat(ents)
+
 
 
 LOG_RATIO_CLAMP = 20.0  # verl's guard: |log pi - log pi_old| and |log ref - log pi| are clamped before exp
@@ -368,6 +389,15 @@ def load_prompts(path, tokenizer=None, budget: int = 2048, response_prefix: str 
     return out, n_cut
 
 
+@dataclass
+class Completion:
+    """One sampled completion: its token ids (through the first EOS), the sampler's log-probs of them (vLLM; None
+    for HF generate) and whether it hit max_new_tokens."""
+    ids: list[int]
+    sampler_logp: list[float] | None
+    truncated: bool
+
+
 def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
     """Generated ids -> (length including the first EOS, truncated?). Later ids (padding) are not part of it."""
     for i, t in enumerate(tokens):
@@ -390,7 +420,7 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int, generator_seed: int):
-        """-> list over prompts*n of (completion ids, sampler log-probs or None, truncated)."""
+        """-> [Completion] over prompts x n (the n of a prompt consecutive)."""
         cfg, dev = self.cfg, self.model.device
         flat = [p for p in prompt_ids for _ in range(n)]
         width = max(map(len, flat))
@@ -409,7 +439,7 @@ class HFRollout:
             out = self.model(ids, attention_mask=attn, generate=dict(
                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
-                synced_gpus=dist_info()[1] > 1))
+                synced_gpus=dist.get_world_size() > 1))
         finally:
             self.model.hf.set_attn_implementation(attn_impl)
             for b in blocks:
@@ -419,7 +449,7 @@ class HFRollout:
         res = []
         for row in out[:, width:].tolist():
             n_tok, trunc = completion_length(row, self.eos)
-            res.append((row[:n_tok], None, trunc))
+            res.append(Completion(row[:n_tok], None, trunc))
         return res
 
     def sleep(self) -> float:
@@ -457,7 +487,7 @@ def vllm_engine_kwargs(cfg: RLConfig, rank: int, world: int, cuda: bool, max_mod
               max_model_len=max_model_len, worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True,
               logprobs_mode="processed_logprobs", trust_remote_code=False)
     if cuda:
-        kw.update(gpu_memory_utilization=cfg.vllm_gpu_util, enable_sleep_mode=cfg.vllm_sleep)
+        kw.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.vllm_sleep)
     else:
         kw["kv_cache_memory_bytes"] = cfg.vllm_kv_bytes
     if world > 1:
@@ -506,7 +536,7 @@ class VLLMRollout:
             for c in o.outputs:
                 ids = list(c.token_ids)
                 lps = [d[t].logprob for d, t in zip(c.logprobs, ids)] if c.logprobs else None
-                res.append((ids, lps, c.finish_reason == "length"))
+                res.append(Completion(ids, lps, c.finish_reason == "length"))
         return res
 
     def sleep(self) -> float:
@@ -538,12 +568,6 @@ class VLLMRollout:
         runs at exit, after the trainer's groups are gone, and fails."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def greedy(self, prompt_ids, max_tokens: int):
-        from vllm import SamplingParams
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids],
-                                 SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs]
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. Trainer: FSDP2 with the shared pieces of utils section 9 (as sft.py)
@@ -555,7 +579,7 @@ class VLLMRollout:
 # The forward is padding-free: the rows of a micro-batch (prompt + completion each) are laid end to end in one
 # sequence with per-row positions, and utils' packed attention (flash varlen on GPU, exact per-row sdpa on CPU)
 # keeps them apart, as in sft.py (and TRL's / verl's padding-free trainers). Log-probs come from
-# utils.chunked_token_logprobs on the completion positions only, at the sampling temperature.
+# chunked_token_logprobs on the completion positions only, at the sampling temperature.
 # Every collective runs on the compute device (NCCL has no CPU tensors).
 
 def dist_info() -> tuple[int, int]:
@@ -600,23 +624,8 @@ class PolicyLM(nn.Module):
                 generate: dict | None = None):
         if generate is not None:
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
-        cu_t = torch.tensor(cu_seqlens, dtype=torch.int32, device=input_ids.device)
-        max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
-        hidden = self.hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                               lexlab_cu_seqlens=cu_seqlens, lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len,
-                               lexlab_backend=self.backend).last_hidden_state
-        return utils.chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
-                                            self.chunk)
-
-
-def load_model(path, dtype: str, packed: bool = True):
-    """The plain Hugging Face model (what PolicyLM wraps), with utils' packed attention for the trainer."""
-    from transformers import AutoModelForCausalLM
-    if not packed:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    utils.register_packed_attention()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                attn_implementation=utils.PACKED_ATTENTION)
+        hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
+        return chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature, self.chunk)
 
 
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
@@ -626,11 +635,10 @@ def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offlo
     meta device and loaded once by rank 0, which broadcasts the weights shard by shard (utils.load_sharded_model,
     as sft.py): no rank but 0 ever holds the full model in host RAM. trainable=False gives the frozen reference:
     sharded the same way (no full copy per rank), eval mode."""
-    utils.register_packed_attention()
     model, _ = utils.load_sharded_model(
         path, device, wrap=lambda hf: PolicyLM(hf, device, temperature, chunk), dtype=getattr(torch, dtype),
         hybrid_shard=hybrid_shard, cpu_offload=cpu_offload, trainable=trainable,
-        activation_checkpointing=activation_checkpointing and trainable, attn_implementation=utils.PACKED_ATTENTION)
+        activation_checkpointing=activation_checkpointing and trainable)
     return model
 
 
@@ -662,15 +670,10 @@ def pack_rows(batch: dict, rows: list[int]) -> dict:
         cu.append(off + len(seq))
         gather += range(off + s - 1, off + s - 1 + n)
         index += range(r_i * Tc, r_i * Tc + n)
-    tokens = batch["tokens"][rows][:, :Tc]
+    tokens = batch["tokens"][rows][:, :Tc][length_mask(batch["lengths"][rows], Tc).bool()]  # completion tokens only
     return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "cu_seqlens": cu,
-            "gather": torch.tensor(gather, dtype=torch.long), "tokens": tokens[batch_mask(batch, rows)],
+            "gather": torch.tensor(gather, dtype=torch.long), "tokens": tokens,
             "index": torch.tensor(index, dtype=torch.long)}
-
-
-def batch_mask(batch: dict, rows: list[int]) -> torch.Tensor:
-    """bool [len(rows), Tc]: True on the completion tokens of those rows."""
-    return length_mask(batch["lengths"][rows], batch["tokens"].shape[1]).bool()
 
 
 def completion_logprobs(model: PolicyLM, batch: dict, rows) -> tuple[torch.Tensor, torch.Tensor]:
@@ -731,7 +734,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     n_seqs = all_reduce_sum(torch.tensor(float(mask.shape[0])), dev).item()
     stats = torch.zeros(5, device=dev)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
     optimizer.zero_grad(set_to_none=True)
-    mbs = aligned_micro_batches(batch, cfg.micro_batch, cfg.micro_batch_tokens, dev)
+    mbs = aligned_micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, dev)
     for rows in mbs:  # gradients are reduce-scattered after every micro-batch: only sharded gradients are kept
         weight = 1.0 if rows else 0.0  # an empty micro-batch (rank alignment): row 0, no contribution
         rows = rows or [0]
@@ -749,8 +752,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
         (loss * world).backward()
         stats += torch.stack([loss.detach(), (kl.detach() * m).sum(), (clipped.float() * m).sum(),
                               (ent.detach() * m).sum(), m.sum()])
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+    gnorm = utils.clip_grad_norm(model, cfg.max_grad_norm or float("inf"))
     optimizer.step()
     stats = all_reduce_sum(stats, dev).cpu()
     tok = max(stats[4].item(), 1.0)
@@ -759,34 +761,44 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Loop
+# 5. Loop: one step = sample -> score -> advantages -> train -> sync -> log -> save (as sft.py's)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def train(cfg: RLConfig, reward_fn=None) -> Path:
-    """Run GRPO; returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default legal_reward).
-
-    Under torchrun: one rank per process. Called in-process (tests, bench) without a process group: a world of one
-    is set up here and torn down at the end (an existing group, e.g. an in-process vLLM engine's, is reused)."""
-    preflight(cfg)
-    if dist.is_initialized():
-        rank, world = dist_info()
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
-            torch.device("cpu")
-        return run(cfg, reward_fn, rank, world, device)
-    env = set(os.environ)
-    rank, _, world, device = utils.dist_init(cfg.seed)
-    try:
-        return run(cfg, reward_fn, rank, world, device)
-    finally:
-        utils.dist_close()
-        for k in set(os.environ) - env:  # dist_init's RANK / MASTER_PORT / ... must not leak into the caller
-            del os.environ[k]
+def take_prompts(order: list[int], sampler: random.Random, n_prompts: int, n: int) -> list[int]:
+    """The next n indices of the global prompt order (one shuffle per pass, the same on every rank), removed from
+    `order` (saved with checkpoints, as the sampler's state)."""
+    while len(order) < n:
+        perm = list(range(n_prompts))
+        sampler.shuffle(perm)
+        order += perm
+    picked = order[:n]
+    del order[:n]
+    return picked
 
 
-def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
+def sampler_logprobs(comps: list[Completion], shape) -> torch.Tensor | None:
+    """The sampler's log-probs [N, Tc] (0 after each completion); None when it reports none (HF generate)."""
+    if not comps or comps[0].sampler_logp is None:
+        return None
+    out = torch.zeros(shape)
+    for i, c in enumerate(comps):
+        out[i, :len(c.sampler_logp)] = torch.tensor(c.sampler_logp)
+    return out
+
+
+def mean_over_ranks(values: dict, device) -> dict:
+    """{name: this rank's number} -> {name: the mean over ranks}, one all-reduce (float32)."""
+    t = all_reduce_sum(torch.tensor(list(values.values())), device).cpu() / dist.get_world_size()
+    return dict(zip(values, t.tolist()))
+
+
+def train(cfg: RLConfig, device, reward_fn=None) -> Path:
+    """GRPO in an initialised process group (main: torchrun or a world of one; tests: conftest.world_of_one);
+    returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default legal_reward)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
-    out = Path(cfg.output_dir)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
                                                       "prompts_fingerprint": utils.fingerprint(cfg.prompts)})
@@ -809,28 +821,20 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
     ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False,
                        temperature=cfg.temperature, chunk=cfg.logprob_chunk) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = random.Random(cfg.seed)  # the prompt order (same on every rank); saved with checkpoints
-    order: list[int] = []
-    start = 0
-    if cfg.resume == "auto" and (last := utils.latest_checkpoint(ckpt_root)) is not None:
-        extra = utils.load_checkpoint(last, model, optimizer)  # + this rank's RNG states
+    sampler, order, start = random.Random(cfg.seed), [], 0  # the prompt order (same on every rank)
+    if cfg.resume == "auto" and (extra := utils.resume_checkpoint(ckpt_root, model, optimizer)) is not None:
         sampler.setstate(extra["sampler"])
         order, start = extra["order"], extra["step"]
-        utils.print0(f"resumed from {last} (step {start})")
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:  # keep the history (metrics and samples) up to the resume point only
-        for path in (metrics_path, out / "samples.jsonl"):
-            old = path.read_text(encoding="utf-8").splitlines() if start and path.is_file() else []
-            path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= start), encoding="utf-8")
+    if rank == 0:
+        utils.truncate_logs([out / "metrics.jsonl", out / "samples.jsonl"], start)
 
     max_model_len = max(len(p["ids"]) for p in prompts) + cfg.max_new_tokens
     roll = VLLMRollout(cfg, rank, world, max_model_len, device) if cfg.backend == "vllm" else \
         HFRollout(model, tok, cfg)
     sync_s = roll.sync(model) if (cfg.backend == "vllm" and start > 0) else 0.0
-    metrics_f = open(metrics_path, "a", encoding="utf-8") if rank == 0 else None
+    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
     samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
-    n_global = cfg.prompts_per_step * world
-    G = cfg.group_size
+    G, P = cfg.group_size, cfg.prompts_per_step
 
     def save(step: int):
         utils.save_checkpoint(ckpt_root, step, model, optimizer, {"step": step, "sampler": sampler.getstate(),
@@ -840,89 +844,77 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
         t_step = time.time()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        # -- pick this step's prompts (same global order on every rank; each rank takes its slice)
-        while len(order) < n_global:
-            perm = list(range(len(prompts)))
-            sampler.shuffle(perm)
-            order += perm
-        picked, order = order[:n_global], order[n_global:]
-        mine = [prompts[i] for i in picked[rank * cfg.prompts_per_step:(rank + 1) * cfg.prompts_per_step]]
-
-        # -- rollouts
+        # -- sample: this rank's slice of the step's prompts, G completions each
+        mine = [prompts[i] for i in take_prompts(order, sampler, len(prompts), P * world)[rank * P:(rank + 1) * P]]
         t0 = time.time()
-        res = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
+        comps = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
         t_rollout = time.time() - t0
         sleep_freed = roll.sleep()  # GPU vLLM: weights and KV cache freed until the push
-        completions = [r[0] for r in res]
-        truncated = torch.tensor([r[2] for r in res])
-        texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
-        rewards_d = [reward_fn(cfg.response_prefix + t, mine[j // G]["truth"]) for j, t in enumerate(texts)]
-        rewards = torch.tensor([r["total"] for r in rewards_d], dtype=torch.float32)
 
-        # -- advantages (per group, so per rank) and dynamic sampling
-        adv = group_advantages(rewards, G, cfg.scale_std)
-        zero_var = zero_variance_groups(rewards, G)
-        keep = torch.ones(len(completions), dtype=torch.bool)
+        # -- score
+        texts = [cfg.response_prefix + tok.decode(c.ids, skip_special_tokens=True) for c in comps]
+        scores = [reward_fn(text, mine[j // G]["truth"]) for j, text in enumerate(texts)]
+        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
+
+        # -- advantages (per group, so per rank); dynamic sampling and --mask_truncated take rows out of the loss
+        adv, zero_var = group_advantages(rewards, G, cfg.scale_std), zero_variance_groups(rewards, G)
+        truncated = torch.tensor([c.truncated for c in comps])
+        batch = build_batch([p["ids"] for p in mine for _ in range(G)], [c.ids for c in comps], tok.pad_token_id)
+        mask = length_mask(batch["lengths"], batch["tokens"].shape[1])
         if cfg.dynamic_sampling:
-            keep = ~zero_var.repeat_interleave(G)
-        batch = build_batch([p["ids"] for p in mine for _ in range(G)], completions, tok.pad_token_id)
-        mask = length_mask(batch["lengths"], batch["tokens"].shape[1]) * keep[:, None].float()
+            mask = mask * (~zero_var.repeat_interleave(G))[:, None].float()
         if cfg.mask_truncated:
             mask = mask * (~truncated)[:, None].float()
 
-        # -- old (and reference) log-probs recomputed by the trainer
+        # -- train: old (and reference) log-probs recomputed by the trainer, then mu epochs of clipped updates
         t0 = time.time()
-        old_logp = batch_logprobs(model, batch, cfg.micro_batch, cfg.micro_batch_tokens)
-        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch, cfg.micro_batch_tokens) if ref is not None else None
+        old_logp = batch_logprobs(model, batch, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch_size, cfg.micro_batch_tokens) if ref is not None else None
         t_logp = time.time() - t0
-        lp_diff = lp_diff_max = vl = None  # only with a sampler that reports log-probs (vLLM)
-        if res and res[0][1] is not None:
-            vl = torch.zeros_like(old_logp)
-            for i, r in enumerate(res):
-                vl[i, :len(r[1])] = torch.tensor(r[1])
-            lm = length_mask(batch["lengths"], vl.shape[1])
-            lp_diff = ((vl - old_logp).abs() * lm).sum().item() / max(lm.sum().item(), 1)
-            lp_diff_max = ((vl - old_logp).abs() * lm).max().item()
-
-        # -- mu inner epochs of clipped updates
+        vllm_logp = sampler_logprobs(comps, old_logp.shape)
         t0 = time.time()
         for _ in range(cfg.mu):
-            st = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg, sampler_logp=vl)
+            stats = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg, vllm_logp)
         t_train = time.time() - t0
+
+        # -- sync: the new weights into the engine (vLLM)
         sync_s = roll.sync(model)
 
-        # -- metrics (global over ranks)
-        comp = {k: torch.tensor([r[k] for r in rewards_d]).mean() for k in rewards_d[0]}
-        glob = all_reduce_sum(torch.tensor([comp[k].item() for k in comp] + [
-            zero_var.float().mean().item(), batch["lengths"].float().mean().item(), truncated.float().mean().item(),
-            float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
-            sum(len(c) for c in completions) / max(t_rollout, 1e-9)]), device).cpu() / world
-        keys = list(comp)
-        rec = {"step": step + 1, "reward": glob[keys.index("total")].item()}
-        rec.update({f"reward_{k}": glob[i].item() for i, k in enumerate(keys) if k != "total"})
-        j = len(keys)
-        rec.update({"zero_var_frac": glob[j].item(), "completion_len": glob[j + 1].item(),
-                    "truncated_frac": glob[j + 2].item(), "dropped_groups": glob[j + 3].item() * world,
-                    "rollout_tok_s": glob[j + 4].item() * world, "logprob_diff_vllm": lp_diff,
-                    "logprob_diff_vllm_max": lp_diff_max,
-                    **st, "t_rollout": t_rollout, "t_logprobs": t_logp, "t_train": t_train, "weight_sync_s": sync_s,
+        # -- log: means over ranks (dropped_groups and rollout_tok_s: sums)
+        means = {k: torch.tensor([s[k] for s in scores]).mean().item() for k in scores[0]}
+        row = {"step": step + 1, **mean_over_ranks({
+            "reward": means.pop("total"), **{f"reward_{k}": v for k, v in means.items()},
+            "zero_var_frac": zero_var.float().mean().item(), "completion_len": batch["lengths"].float().mean().item(),
+            "truncated_frac": truncated.float().mean().item(),
+            "dropped_groups": float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
+            "rollout_tok_s": sum(len(c.ids) for c in comps) / max(t_rollout, 1e-9)}, device)}
+        row["dropped_groups"] *= world
+        row["rollout_tok_s"] *= world
+        diff = None
+        if vllm_logp is not None:
+            lm = length_mask(batch["lengths"], vllm_logp.shape[1])
+            diff = (vllm_logp - old_logp).abs() * lm
+        row.update({"logprob_diff_vllm": None if diff is None else diff.sum().item() / max(lm.sum().item(), 1),
+                    "logprob_diff_vllm_max": None if diff is None else diff.max().item(), **stats,
+                    "t_rollout": t_rollout, "t_logprobs": t_logp, "t_train": t_train, "weight_sync_s": sync_s,
                     "vllm_sleep_freed_gb": sleep_freed, "step_time": time.time() - t_step,
                     "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
                     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
         if rank == 0:
-            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                tqdm.write(f"step {step + 1} reward {rec['reward']:.3f} kl {rec['kl']:.4f} "
-                           f"clip {rec['clip_frac']:.3f} len {rec['completion_len']:.1f} {rec['step_time']:.2f}s")
+                tqdm.write(f"step {step + 1} reward {row['reward']:.3f} kl {row['kl']:.4f} "
+                           f"clip {row['clip_frac']:.3f} len {row['completion_len']:.1f} {row['step_time']:.2f}s")
             if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
-                for j2 in range(0, len(texts), G):
-                    # the whole prompt and the gold truth: a sample can be judged on its own
-                    samples_f.write(json.dumps({"step": step + 1, "prompt": mine[j2 // G]["prompt"],
-                                                "truth": mine[j2 // G]["truth"],
-                                                "completion": cfg.response_prefix + texts[j2],
-                                                "reward": rewards_d[j2]}, ensure_ascii=False) + "\n")
+                for j in range(0, len(texts), G):  # the whole prompt and the gold truth: judged on its own
+                    p = mine[j // G]
+                    sample = {"step": step + 1, "prompt": p["prompt"], "truth": p["truth"], "completion": texts[j],
+                              "reward": scores[j]}
+                    samples_f.write(json.dumps(sample, ensure_ascii=False) + "\n")
                 samples_f.flush()
+
+        # -- save
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
             save(step + 1)
 
@@ -939,9 +931,17 @@ def run(cfg: RLConfig, reward_fn, rank: int, world: int, device) -> Path:
 def main(argv=None):
     cfg = utils.parse_config(RLConfig, argv)
     try:
-        train(cfg)
+        preflight(cfg)
     except utils.DataError as e:
         utils.fail("rl.py", e)
+    device = utils.dist_init(cfg.seed)[3]
+    try:
+        train(cfg, device)
+    except utils.DataError as e:
+        utils.fail("rl.py", e)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

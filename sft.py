@@ -1,9 +1,9 @@
 """
 sft.py - supervised fine-tuning on packed sequences (InternLM-Law two-stage recipe), FSDP2, one readable file.
 
-    torchrun --nproc_per_node 8 sft.py --model Qwen2.5-7B --data out/stage1 --output_dir runs/stage1
+    torchrun --nproc_per_node 8 sft.py --model Qwen2.5-7B --data out/stage1 --out runs/stage1
     torchrun --nproc_per_node 8 sft.py --model Qwen2.5-7B --init_from runs/stage1/final --data out/stage2 \
-        --output_dir runs/stage2
+        --out runs/stage2
 
 Reads a packed stage written by prepare_data.py (input_ids / labels / position_ids / cu_seqlens / cu_offsets .npy +
 meta.json), trains with the loss summed over assistant tokens and divided by the GLOBAL number of supervised tokens of
@@ -11,16 +11,16 @@ the optimizer step (so micro-batch size, gradient accumulation and world size do
 OUT/metrics.jsonl, OUT/config.json, OUT/checkpoints/step_N (DCP, atomic, last K kept) and OUT/final/ (a Hugging Face
 folder). Plain `python sft.py ...` runs as a world of one; on CPU everything runs over gloo.
 
-Sections: 1. config  2. data  3. model  4. training step  5. main loop
+Sections: 1. config  2. data  3. model  4. training step  5. FLOPs and memory plan  6. main loop
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
 import resource
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import utils
 from utils import IGNORE_INDEX, DataError, print0
@@ -45,8 +47,9 @@ class SFTConfig:
     model: str = field(metadata={"help": "Hugging Face causal-LM folder (architecture + tokenizer)"})
     data: str | None = field(default=None, metadata={"help": "packed stage folder written by prepare_data.py "
                                                              "(required, except with --dry_run)"})
-    output_dir: str | None = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/ "
-                                                                   "(required, except with --dry_run)"})
+    out: str | None = field(default=None, metadata={"help": "run folder: metrics.jsonl, checkpoints/, final/ "
+                                                            "(required, except with --dry_run)",
+                                                    "alias": "--output_dir"})
     init_from: str | None = field(default=None, metadata={"help": "start from these weights (stage 2: stage 1's final/)"})
     lr: float = field(default=1e-5, metadata={"help": "peak learning rate (paper: 1e-5)", "gt": 0})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this", "min": 0, "max": 1})
@@ -65,10 +68,10 @@ class SFTConfig:
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only the final export)",
                                                  "min": 0})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept", "min": 1})
-    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUTPUT_DIR from its newest "
+    resume: str | None = field(default=None, metadata={"help": "'auto': continue the run in OUT from its newest "
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
-    overwrite: bool = field(default=False, metadata={"help": "OUTPUT_DIR holds a run: delete it and start clean"})
+    overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
     reduce_every_micro_batch: bool = field(default=True, metadata={
         "help": "reduce-scatter gradients after every micro-batch (sharded accumulation, as torchtitan); false: "
@@ -83,7 +86,7 @@ class SFTConfig:
     export_dtype: str = field(default="auto", metadata={"help": "final/ weights (auto: bfloat16 on GPU, float32 on "
                                                                 "CPU)", "choices": ("auto", "bfloat16", "float32")})
     peak_tflops: float | None = field(default=None, metadata={
-        "help": "per-device dense bf16 peak for MFU (default: the datasheet's, utils.PEAK_TFLOPS)", "gt": 0})
+        "help": "per-device dense bf16 peak for MFU (default: the datasheet's, PEAK_TFLOPS)", "gt": 0})
     dry_run: bool = field(default=False, metadata={
         "help": "print the memory plan per GPU (needs only --model's config.json; no weights, no data) and exit"})
     world_size: int | None = field(default=None, metadata={"help": "dry_run: GPUs (default: $WORLD_SIZE or 1)",
@@ -96,7 +99,7 @@ class SFTConfig:
 # How a run runs, not what it computes: the only fields that may change on --resume auto. Every other field (model,
 # init_from, data, seed, lr and schedule, epochs / max_steps, micro_batch_size x grad_accum, ...) and the
 # fingerprints of the weights and packed data define the run (utils.prepare_run_dir).
-RUN_SETTINGS = ("output_dir", "resume", "overwrite", "save_every", "keep_last", "activation_checkpointing",
+RUN_SETTINGS = ("out", "resume", "overwrite", "save_every", "keep_last", "activation_checkpointing",
                 "cpu_offload", "hybrid_shard", "attention", "loss_chunk", "export_dtype", "peak_tflops",
                 "reduce_every_micro_batch", "dry_run", "world_size", "seq_len", "gpu_memory_gb")
 RUN_OUTPUTS = ("metrics.jsonl", "memory_rank*.json", "checkpoints", "final", "final.tmp")
@@ -105,12 +108,12 @@ RUN_OUTPUTS = ("metrics.jsonl", "memory_rank*.json", "checkpoints", "final", "fi
 def preflight(cfg: SFTConfig) -> None:
     """Every flag, folder and file checked before anything is loaded or written (DataError, one line)."""
     utils.check_fields(cfg)
-    for name in ("data", "output_dir"):
+    for name in ("data", "out"):
         if getattr(cfg, name) is None:
             raise DataError(f"--{name}", None, None, "required (only --dry_run runs without it)", reason="bad_flag")
     if cfg.attention in ("flash", "torch_varlen") and not torch.cuda.is_available():
         raise DataError("--attention", None, None, f"{cfg.attention} needs CUDA (use auto or exact)", reason="bad_flag")
-    utils.check_out_dir(cfg.output_dir, "--output_dir")
+    utils.check_out_dir(cfg.out, "--out")
     PackedStage(cfg.data)  # meta.json and the arrays: present, shapes consistent (memory-mapped, nothing read)
     utils.check_model_dir(cfg.model, "--model", weights=cfg.init_from is None)
     if cfg.init_from is not None:
@@ -158,12 +161,40 @@ class PackedStage:
         labels = torch.from_numpy(np.stack([self.labels[i] for i in idx]).astype(np.int64))
         pos = torch.from_numpy(np.stack([self.position_ids[i] for i in idx]).astype(np.int64))
         cus = [self.cu(i) for i in idx]
-        targets = utils.shift_labels_packed(labels, pos)
+        targets = shift_labels_packed(labels, pos)
         lengths = [b - a for cu in cus for a, b in zip(cu[:-1], cu[1:])]
         rows = (targets.reshape(-1) != IGNORE_INDEX).nonzero()[:, 0]  # supervised rows, found here on the host
         return {"input_ids": ids.reshape(1, -1), "position_ids": pos.reshape(1, -1), "targets": targets.reshape(1, -1),
-                "cu_seqlens": utils.packed_boundaries(cus, self.seq_len), "sample_lengths": lengths,
+                "cu_seqlens": packed_boundaries(cus, self.seq_len), "sample_lengths": lengths,
                 "n_tokens": sum(cu[-1] for cu in cus), "n_supervised": len(rows), "rows": rows}
+
+
+def shift_labels_packed(labels, position_ids):
+    """Next-token targets inside each sample. labels, position_ids [..., T] (unshifted, -100 = not supervised,
+    position 0 = a sample starts) -> targets [..., T] with targets[t] = labels[t+1] unless token t+1 starts a new
+    sample (or is padding), and -100 at the last position."""
+    nxt = torch.full_like(labels, IGNORE_INDEX)
+    nxt[..., :-1] = labels[..., 1:]
+    starts = torch.zeros_like(labels, dtype=torch.bool)
+    starts[..., :-1] = position_ids[..., 1:] == 0
+    return nxt.masked_fill(starts, IGNORE_INDEX)
+
+
+def packed_boundaries(cu_seqlens_per_pack: list, seq_len: int) -> list[int]:
+    """Per-pack cumulative sample lengths -> one flat boundary list for the micro-batch laid end to end.
+
+    cu_seqlens_per_pack: B lists [0, l0, l0+l1, ..., n_real]; the padding tail of a pack (n_real..seq_len) becomes a
+    segment of its own (it has no labels; it only keeps total length = B*seq_len, as flash-attn wants).
+    Returns [0, ..., B*seq_len] (strictly increasing)."""
+    out = [0]
+    for b, cu in enumerate(cu_seqlens_per_pack):
+        base = b * seq_len
+        for c in list(cu)[1:]:
+            if c > 0 and base + int(c) > out[-1]:
+                out.append(base + int(c))
+        if out[-1] < base + seq_len:
+            out.append(base + seq_len)
+    return out
 
 
 def pack_order(n_packs: int, packs_per_step: int, num_epochs: int, seed: int) -> np.ndarray:
@@ -193,29 +224,41 @@ class PackedCausalLM(nn.Module):
     def forward(self, input_ids, position_ids, targets, cu_seqlens: list[int], rows=None):
         """input_ids / position_ids / targets [1, T] on the device, cu_seqlens python ints, rows [n] the supervised
         positions (on the device; None: found here, a host sync). No step here waits for the GPU."""
-        cu_t = to_device(torch.tensor(cu_seqlens, dtype=torch.int32), input_ids.device)
-        max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
-        hidden = self.hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                               lexlab_cu_seqlens=cu_seqlens, lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len,
-                               lexlab_backend=self.backend).last_hidden_state
-        return utils.chunked_cross_entropy_sum(hidden[0], self.hf.lm_head.weight, targets[0], self.loss_chunk, rows)
+        hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
+        return chunked_cross_entropy_sum(hidden[0], self.hf.lm_head.weight, targets[0], self.loss_chunk, rows)
 
 
-def to_device(t, device):
-    """Host tensor -> device without a host-device sync (pinned memory, non-blocking copy) on GPU."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096, rows=None):
+    """Sum of next-token cross-entropy without the full [tokens x vocab] logits ever existing.
+
+    hidden [N, H] (final hidden states), weight [V, H] (lm_head), targets [N] (-100 = skip) -> scalar (fp32 sum).
+    Only supervised rows are projected; each chunk's logits are recomputed in backward (checkpoint), so peak extra
+    memory is one chunk_size x V block. rows: the supervised row indices [n] (int64, on hidden's device), computed
+    on the host by the caller; without it they are found here with a boolean mask (a host-device sync on GPU)."""
+    if rows is None:
+        keep = targets != IGNORE_INDEX
+        h, t = hidden[keep], targets[keep]
+    else:
+        h, t = hidden.index_select(0, rows), targets.index_select(0, rows)
+
+    def chunk_loss(hc, tc, w):
+        return F.cross_entropy((hc @ w.t()).float(), tc, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk_size):
+        total = total + checkpoint(chunk_loss, h[s:s + chunk_size], t[s:s + chunk_size], weight, use_reentrant=False)
+    return total
+
 
 
 def load_model(cfg: SFTConfig, device):
     """-> (sharded PackedCausalLM in train mode, its HF model, attention backend). Built on the meta device; rank 0
     reads the weights once and broadcasts them shard by shard (utils.load_sharded_model)."""
-    utils.register_packed_attention()
     backend = utils.pick_attention_backend(device) if cfg.attention == "auto" else cfg.attention
     model, hf = utils.load_sharded_model(cfg.init_from or cfg.model, device,
                                          wrap=lambda hf: PackedCausalLM(hf, backend, cfg.loss_chunk),
                                          hybrid_shard=cfg.hybrid_shard, cpu_offload=cfg.cpu_offload,
-                                         activation_checkpointing=cfg.activation_checkpointing,
-                                         attn_implementation=utils.PACKED_ATTENTION)
+                                         activation_checkpointing=cfg.activation_checkpointing)
     return model, hf, backend
 
 
@@ -230,6 +273,15 @@ def build_optimizer(model, cfg: SFTConfig, device):
 # 4. One optimizer step
 # ----------------------------------------------------------------------------------------------------------------------
 
+def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """LR multiplier for optimizer step `step` (0-based): linear warmup to 1 over warmup_steps, then cosine decay to
+    min_lr_ratio at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, rank: int, world: int, device,
                step: int) -> dict:
     """Forward/backward over this rank's micro-batches of the step's packs, then clip and (if finite) step.
@@ -239,7 +291,7 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     rank backpropagates its part times `world`, because FSDP averages (divides by world) when it reduces gradients.
     Gradients are reduce-scattered after every micro-batch unless --reduce_every_micro_batch false. The only host
     syncs are the step's three all-reduced counts / the loss / the gradient norm: none per micro-batch.
-    Gradients are left in place after the step (read by utils.state_bytes) and cleared at the start of the next."""
+    Gradients are left in place after the step (read by state_bytes) and cleared at the start of the next."""
     optimizer.zero_grad(set_to_none=True)
     per_rank = cfg.grad_accum * cfg.micro_batch_size
     mine = step_packs[rank * per_rank:(rank + 1) * per_rank]
@@ -252,14 +304,14 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     for m, b in enumerate(batches):
         if not cfg.reduce_every_micro_batch:
             model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, after the last one
-        ce = model(*(to_device(b[k], device) for k in ("input_ids", "position_ids", "targets")), b["cu_seqlens"],
-                   to_device(b["rows"], device))
+        ids, pos, targets, rows = (utils.to_device(b[k], device) for k in ("input_ids", "position_ids", "targets",
+                                                                            "rows"))
+        ce = model(ids, pos, targets, b["cu_seqlens"], rows)
         (ce * (world / n_sup)).backward()
         loss_sum += ce.detach().double()
     dist.all_reduce(loss_sum)
     loss = loss_sum.item() / n_sup
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    grad_norm = utils.clip_grad_norm(model, cfg.max_grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise FloatingPointError(f"step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); stopping "
                                  f"before the optimizer step. The last good checkpoint is kept; lower --lr or check "
@@ -270,15 +322,243 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Main loop
+# 5. Throughput (FLOPs, MFU) and the memory plan
+# ----------------------------------------------------------------------------------------------------------------------
+
+def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int,
+                lm_head_params: int = 0, n_lm_head_tokens: float = 0) -> float:
+    """Training FLOPs (forward + backward = 3x forward) of one step, torchtitan's convention:
+    6 * n_params * tokens for the matmuls of the decoder blocks (n_params WITHOUT the embedding and lm_head: an
+    embedding lookup is not a matmul), 6 * lm_head_params * n_lm_head_tokens for the output projection on the rows
+    where it is computed (sft.py: supervised tokens only), plus causal attention per sample:
+    2 matmuls (QK^T, AV) x 2 flops x L^2/2 x attn_dim x layers x 3 = 6 L^2 d layers.
+    sum_len_sq = sum over the step's samples of L^2: attention is counted per sample (packing does not pay for
+    cross-sample attention)."""
+    return 6.0 * n_params * n_tokens + 6.0 * lm_head_params * n_lm_head_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
+
+
+def flop_params(model) -> tuple[int, int]:
+    """-> (decoder parameters without embedding and lm_head, lm_head parameters) of a Hugging Face causal LM (real,
+    meta or sharded: DTensor numel is the global size). Tied embeddings: the lm_head matmul still runs, so
+    lm_head counts once although the weight is the embedding's."""
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    body = sum(p.numel() for p in model.parameters() if p is not emb and p is not head)
+    return body, head.numel()
+
+
+def attention_dim(config) -> int:
+    """Query heads x head_dim (the attention FLOPs' width)."""
+    return config.num_attention_heads * (getattr(config, "head_dim", None) or
+                                         config.hidden_size // config.num_attention_heads)
+
+
+# Dense bf16 datasheet peak per GPU, TFLOP/s (no sparsity): the MFU denominator.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0}
+
+
+def datasheet_tflops(device) -> float | None:
+    """Dense bf16 peak of this GPU from PEAK_TFLOPS (None on CPU / an unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> float:
+    """Measured dense matmul rate of this device, TFLOP/s (bf16 on GPU, fp32 on CPU): MFU's second denominator."""
+    gpu = device.type == "cuda"
+    n, reps = n or (8192 if gpu else 1024), reps or (30 if gpu else 5)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
+
+
+class SavedTensorBytes:
+    """Context manager counting the bytes autograd saves for backward (activations) inside it, each storage once;
+    parameters (and views of them) are not counted. Works on the meta device (the memory plan).
+        with SavedTensorBytes() as c: loss = model(x)
+        c.bytes"""
+
+    def __init__(self):
+        import torch
+        self.bytes, self._seen, self._hooks = 0, {}, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        import torch
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter) and id(base) not in self._seen:
+            self._seen[id(base)] = base  # keep it alive so the id stays unique
+            self.bytes += base.untyped_storage().nbytes() if base.device.type != "meta" else \
+                base.numel() * base.element_size()
+        return t
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self._seen = {}
+
+
+# ---- memory plan: expected peak memory per GPU of a training run, from config.json alone (meta device) ----
+
+def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_size: int = 1,
+                activation_checkpointing: bool = True, loss_chunk: int = 4096, mixed_precision: bool = True,
+                grad_accum: int = 1, reduce_every_micro_batch: bool = True) -> dict:
+    """Bytes per rank of an FSDP2 run as shard_model + sft.py set it up (fp32 master weights sharded over
+    world_size, bf16 compute when mixed_precision, AdamW), the way torchtitan's memory estimator splits them:
+      params / grads / optimizer: this rank's padded shards (FSDP2 cuts dim 0 in world_size chunks of
+        ceil(d0 / world)); optimizer = exp_avg + exp_avg_sq + one fp32 step scalar per tensor. Equal to what a run
+        allocates (tests/test_sft.py checks it on CPU). With reduce_every_micro_batch=False and grad_accum > 1, the
+        unsharded fp32 gradients FSDP2 accumulates between reductions are added to grads.
+      unsharded_params: gathered compute-dtype copies (the root's embeddings / lm_head / norm for the whole step,
+        plus two decoder blocks: the running one and the prefetched one).
+      activations / activations_no_ac / activations_ac: bytes autograd saves for backward, MEASURED by running the
+        real Hugging Face forward on the meta device (SavedTensorBytes; a flash-style attention that saves q, k, v,
+        out, logsumexp) with 1 and 2 layers -> per layer + the rest. With checkpointing each layer keeps its input
+        and one layer is recomputed at a time.
+      backward_transient: one block's unsharded gradients (compute dtype + fp32 for the reduce-scatter) and the
+        lm_head's unsharded gradient, held until the root's reduce-scatter at the end of backward.
+      loss_chunk: one chunk x vocab of logits (compute dtype, fp32 upcast, fp32 and compute-dtype gradients) plus
+        the supervised hidden rows (all tokens, an upper bound).
+    Returns a dict of bytes plus 'total' (peak estimate = the sum; the allocator's fragmentation is not included)."""
+    from transformers import AutoModelForCausalLM
+    cb = 2 if mixed_precision else 4  # compute dtype bytes
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    params = list({id(p): p for p in model.parameters()}.values())
+    shard = lambda p: math.ceil(p.shape[0] / world_size) * (p.numel() // p.shape[0])  # noqa: E731
+    n_shard = sum(shard(p) for p in params)
+    blocks = utils.decoder_blocks(model)
+    block_numel = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    root_numel = sum(p.numel() for p in params if id(p) not in in_blocks)
+    head = model.get_output_embeddings().weight.numel()
+    n_all = sum(p.numel() for p in params)
+    T, H, L = micro_batch_size * seq_len, config.hidden_size, config.num_hidden_layers
+
+    per = [_meta_forward_saved_bytes(config, n, T, torch.bfloat16 if mixed_precision else torch.float32)
+           for n in (1, 2)]
+    per_layer, rest = per[1] - per[0], 2 * per[0] - per[1]
+    act_no_ac = rest + L * per_layer
+    act_ac = rest + L * T * H * cb + per_layer
+    plan = {"params": 4 * n_shard, "grads": 4 * n_shard, "optimizer": 8 * n_shard + 4 * len(params),
+            "unsharded_params": cb * (root_numel + 2 * block_numel) if world_size > 1 or mixed_precision else 0,
+            "activations": act_ac if activation_checkpointing else act_no_ac,
+            "backward_transient": (cb + 4 if mixed_precision else 4) * block_numel + cb * head,
+            "loss_chunk": min(loss_chunk, T) * config.vocab_size * (2 * cb + 8) + T * H * cb,
+            "activations_no_ac": act_no_ac, "activations_ac": act_ac}
+    if not reduce_every_micro_batch and grad_accum > 1:
+        plan["grads"] += 4 * n_all
+    plan["total"] = sum(plan[k] for k in MEMORY_PLAN_PARTS)
+    plan["n_params"] = n_all
+    return plan
+
+
+MEMORY_PLAN_PARTS = ("params", "grads", "optimizer", "unsharded_params", "activations", "backward_transient",
+                     "loss_chunk")
+
+
+class MetaFlashAttention(torch.autograd.Function):
+    """Shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
+    kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
+        lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+META_ATTENTION = "lexlab_meta"
+
+
+def meta_attention(module, query, key, value, attention_mask, **kwargs):
+    """The transformers attention function META_ATTENTION: MetaFlashAttention (no mask used, no T x T matrix)."""
+    return MetaFlashAttention.apply(query, key, value), None
+
+
+def register_meta_attention():
+    from transformers import AttentionInterface
+    AttentionInterface.register(META_ATTENTION, meta_attention)
+
+
+def _meta_forward_saved_bytes(config, n_layers: int, n_tokens: int, dtype) -> int:
+    """Bytes saved for backward by the decoder (embeddings .. final norm) of a copy of `config` with n_layers
+    layers, on the meta device, one sequence of n_tokens (flash-style attention: MetaFlashAttention)."""
+    from transformers import AutoModelForCausalLM
+    register_meta_attention()
+    cfg = copy.deepcopy(config)
+    cfg.num_hidden_layers = n_layers
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:n_layers]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=META_ATTENTION).train()
+        ids = torch.zeros((1, n_tokens), dtype=torch.long)
+        pos = torch.arange(n_tokens)[None]
+    with SavedTensorBytes() as c:
+        model.model(input_ids=ids, position_ids=pos, use_cache=False)
+    return c.bytes
+
+
+def state_bytes(model, optimizer) -> dict:
+    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
+    the local shard). The measured side of memory_plan's params / grads / optimizer."""
+
+    def local(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    params = list({id(p): p for p in model.parameters()}.values())
+    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
+            "optimizer": opt}
+
+
+def format_memory_plan(plan: dict, gpu_gb: float, header: str = "") -> str:
+    """The plan as a table (GiB), ending with the line `total per GPU: X GiB (fits in Y GiB)` or
+    `(does not fit in Y GiB)`. gpu_gb: the GPU's memory in GiB as its datasheet says (80 for an H100)."""
+    gib = 2 ** 30
+    notes = {"params": "fp32 master weights, this rank's shard", "grads": "fp32, sharded",
+             "optimizer": "AdamW exp_avg + exp_avg_sq (+ step)", "unsharded_params": "gathered bf16: root + 2 blocks",
+             "activations": "saved for backward (measured on meta)",
+             "backward_transient": "one block's grads + lm_head grad", "loss_chunk": "chunked cross-entropy"}
+    lines = [header] if header else []
+    lines += [f"{'part':20s} {'GiB':>9s}  what", "-" * 72]
+    lines += [f"{k:20s} {plan[k] / gib:9.2f}  {notes[k]}" for k in MEMORY_PLAN_PARTS]
+    lines += [f"{'  (activations, AC off)':20s} {plan['activations_no_ac'] / gib:9.2f}",
+              f"{'  (activations, AC on)':20s} {plan['activations_ac'] / gib:9.2f}", "-" * 72]
+    fits = plan["total"] / gib <= gpu_gb
+    lines.append(f"total per GPU: {plan['total'] / gib:.1f} GiB ({'fits' if fits else 'does not fit'} in "
+                 f"{gpu_gb:g} GiB)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Main loop
 # ----------------------------------------------------------------------------------------------------------------------
 
 def write_memory_report(path, cfg: SFTConfig, world: int, seq_len: int, hf_config, measured: dict,
                         peak_gb: float, device):
-    """memory_rankR.json: utils.memory_plan for this run next to the bytes this rank holds after its first step."""
-    plan = utils.memory_plan(hf_config, world, seq_len, cfg.micro_batch_size, cfg.activation_checkpointing,
-                             cfg.loss_chunk, mixed_precision=device.type == "cuda", grad_accum=cfg.grad_accum,
-                             reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+    """memory_rankR.json: memory_plan for this run next to the bytes this rank holds after its first step."""
+    plan = memory_plan(hf_config, world, seq_len, cfg.micro_batch_size, cfg.activation_checkpointing,
+                       cfg.loss_chunk, mixed_precision=device.type == "cuda", grad_accum=cfg.grad_accum,
+                       reduce_every_micro_batch=cfg.reduce_every_micro_batch)
     Path(path).write_text(json.dumps({"plan": plan, "measured": measured, "measured_peak_gb": peak_gb,
                                       "plan_total_gb": plan["total"] / 2 ** 30, "device": device.type}, indent=1))
 
@@ -298,41 +578,21 @@ def dry_run(cfg: SFTConfig) -> dict:
                         reason="missing_file")
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
-    plan = utils.memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
-                             cfg.activation_checkpointing, cfg.loss_chunk, mixed_precision=True,
-                             grad_accum=cfg.grad_accum, reduce_every_micro_batch=cfg.reduce_every_micro_batch)
-    print(utils.format_memory_plan(
+    plan = memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
+                       cfg.activation_checkpointing, cfg.loss_chunk, mixed_precision=True,
+                       grad_accum=cfg.grad_accum, reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+    print(format_memory_plan(
         plan, cfg.gpu_memory_gb, f"memory plan: {cfg.model} ({plan['n_params'] / 1e9:.2f}B params), {world} GPUs, "
         f"seq_len {seq_len} x micro_batch {cfg.micro_batch_size}, activation_checkpointing "
         f"{str(cfg.activation_checkpointing).lower()}, bf16 compute, fp32 master weights + AdamW"), flush=True)
     return plan
 
 
-def main(argv=None):
-    cfg = utils.parse_config(SFTConfig, argv)
-    try:
-        if cfg.dry_run:
-            dry_run(cfg)
-            return
-        preflight(cfg)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    rank, _, world, device = utils.dist_init(cfg.seed)
-    try:
-        run(cfg, rank, world, device)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
-        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run(cfg: SFTConfig, rank: int, world: int, device):
+def train(cfg: SFTConfig, device):
+    """SFT in an initialised process group (main: torchrun or a world of one)."""
     from tqdm import tqdm
-    out = Path(cfg.output_dir)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     data = PackedStage(cfg.data)
     packs_per_step = world * cfg.grad_accum * cfg.micro_batch_size
@@ -349,29 +609,24 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
 
     model, hf, backend = load_model(cfg, device)
     optimizer = build_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: utils.lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
     if rank == 0:
         utils.save_config(cfg, out)
-    n_body, n_head = utils.flop_params(hf)  # DTensor numel = global size
+    n_body, n_head = flop_params(hf)  # DTensor numel = global size
     hc = hf.config
-    attn_dim = utils.attention_dim(hc)
-    peak = cfg.peak_tflops or utils.datasheet_tflops(device)
+    attn_dim = attention_dim(hc)
+    peak = cfg.peak_tflops or datasheet_tflops(device)
 
     start = 0
-    if cfg.resume == "auto" and (last := utils.latest_checkpoint(ckpt_root)) is not None:
-        extra = utils.load_checkpoint(last, model, optimizer)
+    if cfg.resume == "auto" and (extra := utils.resume_checkpoint(ckpt_root, model, optimizer)) is not None:
         scheduler.load_state_dict(extra["scheduler"])
         start = extra["step"]
-        print0(f"resumed from {last} (step {start})")
     metrics_path = out / "metrics.jsonl"
     if rank == 0:  # keep the history up to the resume point only
-        old = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
-        metrics_path.write_text("".join(l + "\n" for l in old if json.loads(l)["step"] <= start))
+        utils.truncate_logs([metrics_path], start)
     print0(f"sft: {data.n} packs x {data.seq_len} tokens, {total_steps} steps of {packs_per_step} packs, world {world},"
            f" attention={backend}, device={device.type}")
 
-    kill_at = os.environ.get("LEXLAB_TEST_KILL_AT_STEP")  # test hook: SIGKILL after this step
     bar = tqdm(range(start, total_steps), disable=rank != 0, desc="sft", initial=start, total=total_steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -381,15 +636,15 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        flops = utils.train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
-                                  r["n_supervised"])  # lm_head runs on the supervised rows only
+        flops = train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
+                            r["n_supervised"])  # lm_head runs on the supervised rows only
         mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
         row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
                "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
                "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"], "sum_len_sq": r["sum_len_sq"]}
         if step == start:  # the memory plan beside what this rank holds (and its peak) after the first step
             write_memory_report(out / f"memory_rank{rank}.json", cfg, world, data.seq_len, hf.config,
-                                utils.state_bytes(model, optimizer), row["peak_mem_gb"], device)
+                                state_bytes(model, optimizer), row["peak_mem_gb"], device)
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -398,14 +653,34 @@ def run(cfg: SFTConfig, rank: int, world: int, device):
             utils.save_checkpoint(ckpt_root, step + 1, model, optimizer,
                                   {"step": step + 1, "scheduler": scheduler.state_dict(),
                                    "config": dataclasses.asdict(cfg)}, cfg.keep_last)
-        if kill_at == str(step + 1):
-            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
              "float32": torch.float32}[cfg.export_dtype]
     utils.export_hf(model, hf, cfg.model, out / "final", dtype=dtype, prefix="hf.")
     print0(f"exported {out / 'final'}")
+
+
+def main(argv=None):
+    cfg = utils.parse_config(SFTConfig, argv)
+    try:
+        if cfg.dry_run:
+            dry_run(cfg)
+            return
+        preflight(cfg)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    device = utils.dist_init(cfg.seed)[3]
+    try:
+        train(cfg, device)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
+        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

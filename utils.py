@@ -362,7 +362,7 @@ def save_config(cfg, out_dir) -> Path:
 
 
 # ---- run folders: one run per folder, never two mixed ----
-# A run folder (sft.py / rl.py OUTPUT_DIR, evaluate.py judgment / longdoc OUT) holds one run. Its identity (the config
+# A run folder (the OUT of sft.py, rl.py, evaluate.py judgment / longdoc) holds one run. Its identity (the config
 # fields that define the run, plus fingerprints of the model / data it read) is written to OUT/run_identity.json
 # before any work. A later invocation into the same folder is refused unless it says what to do with the old run:
 # --overwrite (remove the old run's files, start clean) or --resume auto (continue it: allowed only when the
@@ -1028,18 +1028,18 @@ def close_vllm() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 9. Training: distributed, FSDP2, packed attention, loss, checkpoints (used by sft.py and rl.py)
+# 9. Training: distributed, FSDP2, packed attention, checkpoints, export (used by sft.py and rl.py)
 # ----------------------------------------------------------------------------------------------------------------------
 # Everything here runs on CPU (gloo) as well as on GPUs (nccl), so the tests exercise the real code paths.
 
 DIST_TIMEOUT_MIN = 120  # process-group timeout: checkpoint saves / rank-0 exports on slow shared disks exceed 10 min
 
 
-def dist_init(seed: int = 0, timeout_min: float | None = None):
+def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN):
     """Initialise torch.distributed for torchrun (env://) or, when run as a plain `python script.py`, as a world of
     one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU (hide the GPUs with
-    CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min, else $LEXLAB_DIST_TIMEOUT_MIN, else
-    DIST_TIMEOUT_MIN (NCCL's own default, 10 minutes, is shorter than a 7B save on a shared filesystem)."""
+    CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min (NCCL's own default, 10 minutes, is shorter than a
+    7B save on a shared filesystem)."""
     import socket
     from datetime import timedelta
 
@@ -1052,7 +1052,7 @@ def dist_init(seed: int = 0, timeout_min: float | None = None):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    timeout = timedelta(minutes=float(timeout_min or os.environ.get("LEXLAB_DIST_TIMEOUT_MIN", DIST_TIMEOUT_MIN)))
+    timeout = timedelta(minutes=timeout_min)
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -1109,14 +1109,14 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
 
 
 def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = False, cpu_offload: bool = False,
-                       activation_checkpointing: bool = False, trainable: bool = True, attn_implementation=None):
+                       activation_checkpointing: bool = False, trainable: bool = True):
     """Build a Hugging Face causal LM from src/config.json on the META device (no memory), optionally wrap it
     (`wrap(hf) -> nn.Module`, e.g. sft.PackedCausalLM: its state-dict keys get the wrapper's prefix), FSDP2-shard it
     (shard_model), allocate only this rank's shards on `device`, then load the weights ONCE: rank 0 reads src with
     from_pretrained (host RAM: one full copy on one rank) and broadcasts tensor by tensor, each rank keeping its
     shard (set_model_state_dict(broadcast_from_rank0=True), as torchtitan). Other ranks never hold the full model.
-    Returns (model, hf): the sharded module, in train() mode when trainable (Hugging Face only recomputes
-    checkpointed layers in training mode), else eval() with requires_grad off (a frozen reference)."""
+    Returns (model, hf): the sharded module with PACKED_ATTENTION (packed_hidden), in train() mode when trainable
+    (Hugging Face only recomputes checkpointed layers in training mode), else eval() with requires_grad off."""
     import torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -1126,9 +1126,9 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
         raise DataError(Path(src) / "config.json", None, None, "file not found (not a Hugging Face model folder)",
                         "missing_file")
     config = AutoConfig.from_pretrained(src)
-    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    register_packed_attention()
     with torch.device("meta"):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, **kw)
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=PACKED_ATTENTION)
     model = wrap(hf) if wrap is not None else hf
     prefix = next((n + "." for n, m in model.named_modules() if m is hf and n), "")
     shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing)
@@ -1136,9 +1136,8 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
     init_nonpersistent_buffers(hf, device)
     full = {}
     if dist.get_rank() == 0:
-        kw["attn_implementation"] = "eager"  # any: only the tensors are used
-        full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
-                .state_dict().items()}
+        full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(
+            src, dtype=dtype, attn_implementation="eager").state_dict().items()}  # eager: any, only tensors are used
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
                                                                cpu_offload=cpu_offload))
     del full
@@ -1180,23 +1179,6 @@ def decoder_blocks(model) -> list:
 # ---- packed (varlen) attention: one sample never attends to another ----
 
 PACKED_ATTENTION = "lexlab_packed"
-
-
-def packed_boundaries(cu_seqlens_per_pack: list, seq_len: int) -> list[int]:
-    """Per-pack cumulative sample lengths -> one flat boundary list for the micro-batch laid end to end.
-
-    cu_seqlens_per_pack: B lists [0, l0, l0+l1, ..., n_real]; the padding tail of a pack (n_real..seq_len) becomes a
-    segment of its own (it has no labels; it only keeps total length = B*seq_len, as flash-attn wants).
-    Returns [0, ..., B*seq_len] (strictly increasing)."""
-    out = [0]
-    for b, cu in enumerate(cu_seqlens_per_pack):
-        base = b * seq_len
-        for c in list(cu)[1:]:
-            if c > 0 and base + int(c) > out[-1]:
-                out.append(base + int(c))
-        if out[-1] < base + seq_len:
-            out.append(base + seq_len)
-    return out
 
 
 def attention_exact(query, key, value, cu_seqlens: list[int], scaling: float):
@@ -1277,44 +1259,9 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     elif backend == "torch_varlen":
         out = attention_torch_varlen(query, key, value, kwargs["lexlab_cu_seqlens_t"], kwargs["lexlab_max_seqlen"],
                                      scaling)
-    elif backend == "meta":
-        out = _MetaFlashAttention.apply(query, key, value)
     else:
         out = attention_exact(query, key, value, cu, scaling)
     return out, None
-
-
-def _meta_flash_attention():
-    import torch
-
-    class MetaFlashAttention(torch.autograd.Function):
-        """Shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
-        kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
-
-        @staticmethod
-        def forward(ctx, q, k, v):
-            out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
-            lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
-            ctx.save_for_backward(q, k, v, out, lse)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            q, k, v, _, _ = ctx.saved_tensors
-            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    return MetaFlashAttention
-
-
-class _LazyMeta:
-    fn = None
-
-    @classmethod
-    def apply(cls, *args):
-        cls.fn = cls.fn or _meta_flash_attention()
-        return cls.fn.apply(*args)
-
-
-_MetaFlashAttention = _LazyMeta
 
 
 def register_packed_attention():
@@ -1323,289 +1270,27 @@ def register_packed_attention():
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
 
 
-# ---- loss ----
-
-def shift_labels_packed(labels, position_ids):
-    """Next-token targets inside each sample. labels, position_ids [..., T] (unshifted, -100 = not supervised,
-    position 0 = a sample starts) -> targets [..., T] with targets[t] = labels[t+1] unless token t+1 starts a new
-    sample (or is padding), and -100 at the last position."""
+def packed_hidden(hf, input_ids, position_ids, cu_seqlens: list[int], backend: str):
+    """The last hidden states [1, T, H] of a Hugging Face causal LM (`hf`, PACKED_ATTENTION) on a packed micro-batch:
+    input_ids / position_ids [1, T] on the device, cu_seqlens python ints [0, ..., T]; no sample sees another.
+    The forward of sft.PackedCausalLM and rl.PolicyLM, which then apply lm_head each their own way."""
     import torch
-    nxt = torch.full_like(labels, IGNORE_INDEX)
-    nxt[..., :-1] = labels[..., 1:]
-    starts = torch.zeros_like(labels, dtype=torch.bool)
-    starts[..., :-1] = position_ids[..., 1:] == 0
-    return nxt.masked_fill(starts, IGNORE_INDEX)
+    cu_t = to_device(torch.tensor(cu_seqlens, dtype=torch.int32), input_ids.device)
+    max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+    return hf.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, lexlab_cu_seqlens=cu_seqlens,
+                    lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len, lexlab_backend=backend).last_hidden_state
 
 
-def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096, rows=None):
-    """Sum of next-token cross-entropy without the full [tokens x vocab] logits ever existing.
+def to_device(t, device):
+    """Host tensor -> device without a host-device sync (pinned memory, non-blocking copy) on GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
-    hidden [N, H] (final hidden states), weight [V, H] (lm_head), targets [N] (-100 = skip) -> scalar (fp32 sum).
-    Only supervised rows are projected; each chunk's logits are recomputed in backward (checkpoint), so peak extra
-    memory is one chunk_size x V block. rows: the supervised row indices [n] (int64, on hidden's device), computed
-    on the host by the caller; without it they are found here with a boolean mask (a host-device sync on GPU)."""
+
+def clip_grad_norm(model, max_norm: float) -> float:
+    """Clip the gradients to a total L2 norm of max_norm (sharded: the global norm); -> the norm before clipping."""
     import torch
-    import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
-    if rows is None:
-        keep = targets != IGNORE_INDEX
-        h, t = hidden[keep], targets[keep]
-    else:
-        h, t = hidden.index_select(0, rows), targets.index_select(0, rows)
-
-    def chunk_loss(hc, tc, w):
-        return F.cross_entropy((hc @ w.t()).float(), tc, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk_size):
-        total = total + checkpoint(chunk_loss, h[s:s + chunk_size], t[s:s + chunk_size], weight, use_reentrant=False)
-    return total
-
-
-def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chunk_size: int = 4096):
-    """Log-probs of given tokens under softmax(logits / temperature), and the entropy, without the full
-    [tokens x vocab] log-softmax ever existing (logsumexp + gather per chunk).
-
-    hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] ->
-    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As chunked_cross_entropy_sum, each chunk's
-    logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    def chunk(hc, tc, w):
-        logits = hc @ w.t()
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 kept
-        lse = torch.logsumexp(logits, dim=-1)
-        with torch.no_grad():  # entropy = lse - sum p * logits, a metric only
-            ent = lse.detach() - (torch.softmax(logits.detach(), -1) * logits.detach()).sum(-1)
-        return logits.gather(-1, tc[:, None]).squeeze(-1) - lse, ent
-
-    logps, ents = [], []
-    for s in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
-        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
-        logps.append(lp)
-        ents.append(ent)
-    if not logps:
-        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(logps), torch.cat(ents)
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
-    """LR multiplier for optimizer step `step` (0-based): linear warmup to 1 over warmup_steps, then cosine decay to
-    min_lr_ratio at total_steps."""
-    import math
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int,
-                lm_head_params: int = 0, n_lm_head_tokens: float = 0) -> float:
-    """Training FLOPs (forward + backward = 3x forward) of one step, torchtitan's convention:
-    6 * n_params * tokens for the matmuls of the decoder blocks (n_params WITHOUT the embedding and lm_head: an
-    embedding lookup is not a matmul), 6 * lm_head_params * n_lm_head_tokens for the output projection on the rows
-    where it is computed (sft.py: supervised tokens only), plus causal attention per sample:
-    2 matmuls (QK^T, AV) x 2 flops x L^2/2 x attn_dim x layers x 3 = 6 L^2 d layers.
-    sum_len_sq = sum over the step's samples of L^2: attention is counted per sample (packing does not pay for
-    cross-sample attention)."""
-    return 6.0 * n_params * n_tokens + 6.0 * lm_head_params * n_lm_head_tokens + 6.0 * sum_len_sq * attn_dim * n_layers
-
-
-def flop_params(model) -> tuple[int, int]:
-    """-> (decoder parameters without embedding and lm_head, lm_head parameters) of a Hugging Face causal LM (real,
-    meta or sharded: DTensor numel is the global size). Tied embeddings: the lm_head matmul still runs, so
-    lm_head counts once although the weight is the embedding's."""
-    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    body = sum(p.numel() for p in model.parameters() if p is not emb and p is not head)
-    return body, head.numel()
-
-
-def attention_dim(config) -> int:
-    """Query heads x head_dim (the attention FLOPs' width)."""
-    return config.num_attention_heads * (getattr(config, "head_dim", None) or
-                                         config.hidden_size // config.num_attention_heads)
-
-
-# Dense bf16 datasheet peak per GPU, TFLOP/s (no sparsity): the MFU denominator.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0}
-
-
-def datasheet_tflops(device) -> float | None:
-    """Dense bf16 peak of this GPU from PEAK_TFLOPS (None on CPU / an unknown GPU)."""
-    import torch
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> float:
-    """Measured dense matmul rate of this device, TFLOP/s (bf16 on GPU, fp32 on CPU): MFU's second denominator."""
-    import time
-
-    import torch
-    gpu = device.type == "cuda"
-    n, reps = n or (8192 if gpu else 1024), reps or (30 if gpu else 5)
-    dtype = torch.bfloat16 if gpu else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    if gpu:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if gpu:
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
-
-
-class SavedTensorBytes:
-    """Context manager counting the bytes autograd saves for backward (activations) inside it, each storage once;
-    parameters (and views of them) are not counted. Works on the meta device (the memory plan).
-        with SavedTensorBytes() as c: loss = model(x)
-        c.bytes"""
-
-    def __init__(self):
-        import torch
-        self.bytes, self._seen, self._hooks = 0, {}, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _pack(self, t):
-        import torch
-        base = t if t._base is None else t._base
-        if not isinstance(base, torch.nn.Parameter) and id(base) not in self._seen:
-            self._seen[id(base)] = base  # keep it alive so the id stays unique
-            self.bytes += base.untyped_storage().nbytes() if base.device.type != "meta" else \
-                base.numel() * base.element_size()
-        return t
-
-    def __enter__(self):
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-        self._seen = {}
-
-
-# ---- memory plan: expected peak memory per GPU of a training run, from config.json alone (meta device) ----
-
-def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_size: int = 1,
-                activation_checkpointing: bool = True, loss_chunk: int = 4096, mixed_precision: bool = True,
-                grad_accum: int = 1, reduce_every_micro_batch: bool = True) -> dict:
-    """Bytes per rank of an FSDP2 run as shard_model + sft.py set it up (fp32 master weights sharded over
-    world_size, bf16 compute when mixed_precision, AdamW), the way torchtitan's memory estimator splits them:
-      params / grads / optimizer: this rank's padded shards (FSDP2 cuts dim 0 in world_size chunks of
-        ceil(d0 / world)); optimizer = exp_avg + exp_avg_sq + one fp32 step scalar per tensor. Equal to what a run
-        allocates (tests/test_sft.py checks it on CPU). With reduce_every_micro_batch=False and grad_accum > 1, the
-        unsharded fp32 gradients FSDP2 accumulates between reductions are added to grads.
-      unsharded_params: gathered compute-dtype copies (the root's embeddings / lm_head / norm for the whole step,
-        plus two decoder blocks: the running one and the prefetched one).
-      activations / activations_no_ac / activations_ac: bytes autograd saves for backward, MEASURED by running the
-        real Hugging Face forward on the meta device (SavedTensorBytes; a flash-style attention that saves q, k, v,
-        out, logsumexp) with 1 and 2 layers -> per layer + the rest. With checkpointing each layer keeps its input
-        and one layer is recomputed at a time.
-      backward_transient: one block's unsharded gradients (compute dtype + fp32 for the reduce-scatter) and the
-        lm_head's unsharded gradient, held until the root's reduce-scatter at the end of backward.
-      loss_chunk: one chunk x vocab of logits (compute dtype, fp32 upcast, fp32 and compute-dtype gradients) plus
-        the supervised hidden rows (all tokens, an upper bound).
-    Returns a dict of bytes plus 'total' (peak estimate = the sum; the allocator's fragmentation is not included)."""
-    import math
-
-    import torch
-    from transformers import AutoModelForCausalLM
-    cb = 2 if mixed_precision else 4  # compute dtype bytes
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    params = list({id(p): p for p in model.parameters()}.values())
-    shard = lambda p: math.ceil(p.shape[0] / world_size) * (p.numel() // p.shape[0])  # noqa: E731
-    n_shard = sum(shard(p) for p in params)
-    blocks = decoder_blocks(model)
-    block_numel = max(sum(p.numel() for p in b.parameters()) for b in blocks)
-    in_blocks = {id(p) for b in blocks for p in b.parameters()}
-    root_numel = sum(p.numel() for p in params if id(p) not in in_blocks)
-    head = model.get_output_embeddings().weight.numel()
-    n_all = sum(p.numel() for p in params)
-    T, H, L = micro_batch_size * seq_len, config.hidden_size, config.num_hidden_layers
-
-    per = [_meta_forward_saved_bytes(config, n, T, torch.bfloat16 if mixed_precision else torch.float32)
-           for n in (1, 2)]
-    per_layer, rest = per[1] - per[0], 2 * per[0] - per[1]
-    act_no_ac = rest + L * per_layer
-    act_ac = rest + L * T * H * cb + per_layer
-    plan = {"params": 4 * n_shard, "grads": 4 * n_shard, "optimizer": 8 * n_shard + 4 * len(params),
-            "unsharded_params": cb * (root_numel + 2 * block_numel) if world_size > 1 or mixed_precision else 0,
-            "activations": act_ac if activation_checkpointing else act_no_ac,
-            "backward_transient": (cb + 4 if mixed_precision else 4) * block_numel + cb * head,
-            "loss_chunk": min(loss_chunk, T) * config.vocab_size * (2 * cb + 8) + T * H * cb,
-            "activations_no_ac": act_no_ac, "activations_ac": act_ac}
-    if not reduce_every_micro_batch and grad_accum > 1:
-        plan["grads"] += 4 * n_all
-    plan["total"] = sum(plan[k] for k in MEMORY_PLAN_PARTS)
-    plan["n_params"] = n_all
-    return plan
-
-
-MEMORY_PLAN_PARTS = ("params", "grads", "optimizer", "unsharded_params", "activations", "backward_transient",
-                     "loss_chunk")
-
-
-def _meta_forward_saved_bytes(config, n_layers: int, n_tokens: int, dtype) -> int:
-    """Bytes saved for backward by the decoder (embeddings .. final norm) of a copy of `config` with n_layers
-    layers, on the meta device, one packed sequence of n_tokens."""
-    import copy
-
-    import torch
-    from transformers import AutoModelForCausalLM
-    register_packed_attention()
-    cfg = copy.deepcopy(config)
-    cfg.num_hidden_layers = n_layers
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = cfg.layer_types[:n_layers]
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=PACKED_ATTENTION).train()
-        ids = torch.zeros((1, n_tokens), dtype=torch.long)
-        pos = torch.arange(n_tokens)[None]
-        cu = torch.tensor([0, n_tokens], dtype=torch.int32)
-    with SavedTensorBytes() as c:
-        model.model(input_ids=ids, position_ids=pos, use_cache=False, lexlab_cu_seqlens=[0, n_tokens],
-                    lexlab_cu_seqlens_t=cu, lexlab_max_seqlen=n_tokens, lexlab_backend="meta")
-    return c.bytes
-
-
-def state_bytes(model, optimizer) -> dict:
-    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
-    the local shard). The measured side of memory_plan's params / grads / optimizer."""
-    import torch
-
-    def local(t):
-        t = t.to_local() if hasattr(t, "to_local") else t
-        return t.numel() * t.element_size()
-    params = list({id(p): p for p in model.parameters()}.values())
-    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
-    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
-            "optimizer": opt}
-
-
-def format_memory_plan(plan: dict, gpu_gb: float, header: str = "") -> str:
-    """The plan as a table (GiB), ending with the line `total per GPU: X GiB (fits in Y GiB)` or
-    `(does not fit in Y GiB)`. gpu_gb: the GPU's memory in GiB as its datasheet says (80 for an H100)."""
-    gib = 2 ** 30
-    notes = {"params": "fp32 master weights, this rank's shard", "grads": "fp32, sharded",
-             "optimizer": "AdamW exp_avg + exp_avg_sq (+ step)", "unsharded_params": "gathered bf16: root + 2 blocks",
-             "activations": "saved for backward (measured on meta)",
-             "backward_transient": "one block's grads + lm_head grad", "loss_chunk": "chunked cross-entropy"}
-    lines = [header] if header else []
-    lines += [f"{'part':20s} {'GiB':>9s}  what", "-" * 72]
-    lines += [f"{k:20s} {plan[k] / gib:9.2f}  {notes[k]}" for k in MEMORY_PLAN_PARTS]
-    lines += [f"{'  (activations, AC off)':20s} {plan['activations_no_ac'] / gib:9.2f}",
-              f"{'  (activations, AC on)':20s} {plan['activations_ac'] / gib:9.2f}", "-" * 72]
-    fits = plan["total"] / gib <= gpu_gb
-    lines.append(f"total per GPU: {plan['total'] / gib:.1f} GiB ({'fits' if fits else 'does not fit'} in "
-                 f"{gpu_gb:g} GiB)")
-    return "\n".join(lines)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 # ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----
@@ -1641,9 +1326,6 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_la
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    if os.environ.get("LEXLAB_TEST_KILL_DURING_SAVE") == str(step):  # test hook: die with the save half done
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
     dist.barrier()
     if rank == 0:
         torch.save(extra, tmp / "trainer_state.pt")  # written last: marks the folder complete
@@ -1670,6 +1352,25 @@ def load_checkpoint(path, model, optimizer) -> dict:
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def resume_checkpoint(ckpt_root, model, optimizer) -> dict | None:
+    """--resume auto: load the newest complete checkpoint into model and optimizer (and this rank's RNG states) and
+    return its extra dict; None when there is none yet (a fresh start)."""
+    last = latest_checkpoint(ckpt_root)
+    if last is None:
+        return None
+    extra = load_checkpoint(last, model, optimizer)
+    print0(f"resumed from {last} (step {extra['step']})")
+    return extra
+
+
+def truncate_logs(paths, step: int) -> None:
+    """Keep the rows of each JSONL log (metrics, samples) with "step" <= step: a resumed run writes again what came
+    after its checkpoint (step 0: every log emptied). Rank 0 only."""
+    for path in map(Path, paths):
+        old = path.read_text(encoding="utf-8").splitlines() if step and path.is_file() else []
+        path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= step), encoding="utf-8")
 
 
 def rng_state() -> dict:
@@ -1699,7 +1400,6 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
     """Gather the full (unsharded) weights to rank 0 and save a Hugging Face folder: safetensors + config +
     generation config + tokenizer. `model` is the FSDP-wrapped module; its state dict keys are `hf_model`'s with
     `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM."""
-    import torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoTokenizer

@@ -13,6 +13,7 @@ only compare within one checkout (pass --model for a real one).
 """
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import utils  # noqa: E402
-import rl  # noqa: E402
 
 
 def main():
@@ -41,14 +41,15 @@ def main():
     utils.write_jsonl(work / "p.jsonl", [{"prompt": utils.judgment_prompt(f), "truth": truth} for f in facts])
 
     # ---- rl.py
-    cfg = rl.RLConfig(model=str(mdir), prompts=str(work / "p.jsonl"), output_dir=str(work / "ours"),
-                      group_size=a.group_size, prompts_per_step=a.prompts_per_step, max_steps=a.steps + 1,
-                      max_new_tokens=a.max_new_tokens, lr=1e-5, micro_batch=a.group_size * a.prompts_per_step,
-                      log_every=0, sample_every=0, backend=a.backend, vllm_kv_bytes=1 << 27)
+    argv = ["--model", str(mdir), "--prompts", str(work / "p.jsonl"), "--out", str(work / "ours"), "--group_size",
+            a.group_size, "--prompts_per_step", a.prompts_per_step, "--max_steps", a.steps + 1, "--max_new_tokens",
+            a.max_new_tokens, "--lr", 1e-5, "--micro_batch_size", a.group_size * a.prompts_per_step, "--log_every", 0,
+            "--sample_every", 0, "--backend", a.backend, "--vllm_kv_bytes", 1 << 27]
     cuda = torch.cuda.is_available()
-    rl.train(cfg)
-    peak_ours = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
-    m = [json.loads(x) for x in open(work / "ours" / "metrics.jsonl")][1:]
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "rl.py"), *map(str, argv)], check=True)  # as users run it
+    m = [json.loads(x) for x in open(work / "ours" / "metrics.jsonl")]
+    peak_ours = max(x["peak_mem_gb"] for x in m) if cuda else None
+    m = m[1:]
     ours = {k: sum(x[k] for x in m) / len(m) for k in ("step_time", "t_rollout", "t_logprobs", "t_train",
                                                        "weight_sync_s", "completion_len")}
 

@@ -1,6 +1,6 @@
 """
 bench_sft.py - SFT throughput of sft.py vs TRL's SFTTrainer (packing, padding-free), same model / data / hardware,
-one run, side by side: tokens/s (real tokens), MFU (same FLOP formula for both, utils.train_flops: 6 * decoder
+one run, side by side: tokens/s (real tokens), MFU (same FLOP formula for both, sft.train_flops: 6 * decoder
 params (no embeddings) * tokens + 6 * lm_head params * the tokens it is computed on (sft.py: supervised ones; TRL:
 all) + per-sample causal attention) against BOTH the datasheet dense bf16 peak (GPU) and the measured matmul rate,
 labelled; peak memory (GPU: max allocated; CPU: peak RSS of the training process).
@@ -28,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import prepare_data  # noqa: E402
+import sft  # noqa: E402
 import utils  # noqa: E402
 
 SHAPES = {  # config overrides on top of utils.TINY_CONFIG
@@ -128,7 +129,7 @@ def summarise(name, steps, n_params, n_head, n_layers, attn_dim, peak_tflops, da
     matmul rate; mfu_datasheet: vs the GPU's datasheet dense bf16 peak (None on CPU)."""
     import statistics
     s = steps[1:] or steps
-    flops = [utils.train_flops(n_params, x["n_tokens"], x["sum_len_sq"], n_layers, attn_dim, n_head, x["n_lm_head"])
+    flops = [sft.train_flops(n_params, x["n_tokens"], x["sum_len_sq"], n_layers, attn_dim, n_head, x["n_lm_head"])
              for x in s]
     secs = sum(x["time_s"] for x in s)
     rate = statistics.median(f / x["time_s"] for f, x in zip(flops, s))
@@ -165,9 +166,9 @@ def main():
     cfg = AutoConfig.from_pretrained(model_dir)
     from transformers import AutoModelForCausalLM
     with torch.device("meta"):
-        n_params, n_head = utils.flop_params(AutoModelForCausalLM.from_config(cfg))  # decoder only, lm_head
-    attn_dim = utils.attention_dim(cfg)
-    peak, datasheet = utils.matmul_tflops(device), utils.datasheet_tflops(device)
+        n_params, n_head = sft.flop_params(AutoModelForCausalLM.from_config(cfg))  # decoder only, lm_head
+    attn_dim = sft.attention_dim(cfg)
+    peak, datasheet = sft.matmul_tflops(device), sft.datasheet_tflops(device)
     meta = json.loads((stage / "meta.json").read_text())
     print(f"device {device}, torch threads {torch.get_num_threads()}, decoder params {n_params / 1e6:.1f}M, "
           f"{len(samples)} samples -> {meta['n_packs']} packs of {a.seq_len} (efficiency "
@@ -177,7 +178,7 @@ def main():
     env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     ours_dir = out / "sft_run"
     subprocess.run([sys.executable, str(REPO / "sft.py"), "--model", str(model_dir), "--data", str(stage),
-                    "--output_dir", str(ours_dir), "--max_steps", str(a.steps), "--grad_accum", str(a.grad_accum),
+                    "--out", str(ours_dir), "--max_steps", str(a.steps), "--grad_accum", str(a.grad_accum),
                     "--activation_checkpointing", str(a.activation_checkpointing).lower(),
                     "--peak_tflops", str(peak)], check=True, env=env)
     rows = [json.loads(l) for l in (ours_dir / "metrics.jsonl").read_text().splitlines()]
@@ -212,7 +213,7 @@ def main():
         print(f"{r['trainer']:45s} {r['tokens_per_s']:18.1f} {r['tokens_per_s_mean']:8.1f} {r['mfu']:14.2%} "
               f"{ds:>17s} {r['peak_mem_gb']:12.2f}")
     print(f"MFU vs matmul: against this device's measured dense matmul rate ({peak:.3f} TFLOP/s); MFU vs datasheet: "
-          f"against {datasheet or 'n/a'} TFLOP/s dense bf16 (utils.PEAK_TFLOPS)")
+          f"against {datasheet or 'n/a'} TFLOP/s dense bf16 (sft.PEAK_TFLOPS)")
     print(f"ratio sft.py / TRL: tokens/s x{result['ratio_tokens_per_s']:.2f}, peak memory "
           f"x{result['ratio_peak_mem']:.2f}   ({result['device']}, torch {torch.__version__}, trl {trl.__version__})")
 

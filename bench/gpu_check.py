@@ -130,11 +130,15 @@ def pack_lengths(seq_len: int, seed: int = 0) -> list[int]:
     return [x for x in out if x > 0]
 
 
+def sft_cmd(model_dir, stage_dir, out, *extra) -> list:
+    return [sys.executable, str(REPO / "sft.py"), "--model", str(model_dir), "--data", str(stage_dir), "--out",
+            str(out), "--lr", "1e-5", "--warmup_ratio", "0.0", *map(str, extra)]
+
+
 def run_sft(spec, model_dir, stage_dir, out, *extra, env=None, check=True, timeout=None):
-    cmd = [sys.executable, str(REPO / "sft.py"), "--model", str(model_dir), "--data", str(stage_dir),
-           "--output_dir", str(out), "--lr", "1e-5", "--warmup_ratio", "0.0", *map(str, extra)]
     e = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout)
+    p = subprocess.run(sft_cmd(model_dir, stage_dir, out, *extra), capture_output=True, text=True, env=e,
+                       timeout=timeout)
     if check and p.returncode != 0:
         raise RuntimeError(f"sft.py failed ({p.returncode}): {p.stderr[-2000:]}")
     return p
@@ -153,12 +157,13 @@ def stage_probe(spec) -> dict:
 
     import torch
     import transformers
+    import sft
     import utils
     dev = device()
     r = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
          "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
          "gpu_memory_gb": torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None,
-         "datasheet_tflops": utils.datasheet_tflops(dev), "matmul_tflops": utils.matmul_tflops(dev),
+         "datasheet_tflops": sft.datasheet_tflops(dev), "matmul_tflops": sft.matmul_tflops(dev),
          "attention_auto": utils.pick_attention_backend(dev)}
     try:
         import flash_attn
@@ -261,7 +266,7 @@ def stage_loss(spec) -> dict:
     """Chunked cross-entropy (the trainer's) vs the full logits at N tokens x V vocab: value and peak memory."""
     import torch
     import torch.nn.functional as F
-    import utils
+    import sft
     dev = device()
     N, V, H = (512, 4096, 128) if spec["tiny"] else (32768, 151936, 896)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -278,7 +283,7 @@ def stage_loss(spec) -> dict:
         base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
         t0 = time.perf_counter()
         if name == "chunked":
-            loss = utils.chunked_cross_entropy_sum(h, w, t, 4096, torch.arange(N, device=dev))
+            loss = sft.chunked_cross_entropy_sum(h, w, t, 4096, torch.arange(N, device=dev))
         else:
             loss = F.cross_entropy((h @ w.t()).float(), t, reduction="sum")
         loss.backward()
@@ -324,21 +329,21 @@ def stage_sft_speed(spec) -> dict:
     import statistics
 
     import torch
-    import utils
+    import sft
     from transformers import AutoConfig
     dev = device()
     out = Path(spec["out"])
     model_dir = out / "model_speed"
     steps = 4 if spec["tiny"] else 8
-    plan = utils.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
+    plan = sft.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
     gpu_gb = torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None
     ac = bool(gpu_gb and plan["total"] / 2 ** 30 > 0.9 * gpu_gb)
-    matmul = utils.matmul_tflops(dev)
+    matmul = sft.matmul_tflops(dev)
     run_dir = out / "sft_speed"
     run_sft(spec, model_dir, out / "stage_speed", run_dir, "--max_steps", steps, "--activation_checkpointing",
             str(ac).lower(), "--peak_tflops", matmul)  # metrics' mfu: vs the measured matmul rate
     m = metrics(run_dir)[1:]  # the first step warms up
-    datasheet = utils.datasheet_tflops(dev)
+    datasheet = sft.datasheet_tflops(dev)
     mfu_matmul = statistics.median(r["mfu"] for r in m)
     r = {"activation_checkpointing": ac, "steps_timed": len(m), "attention": "auto",
          "tokens_per_s": statistics.median(r["tokens_per_s"] for r in m), "matmul_tflops": matmul,
@@ -353,12 +358,16 @@ def stage_sft_speed(spec) -> dict:
 def stage_resume_export(spec) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import kill_when
     out = Path(spec["out"])
     run_dir = out / "sft_resume"
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun must not resume an earlier run's checkpoints
     args = ["--max_steps", 4, "--save_every", 2, "--export_dtype", "bfloat16"]
-    killed = run_sft(spec, out / "model_small", out / "stage_small", run_dir, *args,
-                     env={"LEXLAB_TEST_KILL_AT_STEP": "3"}, check=False)
+    log = run_dir / "metrics.jsonl"  # SIGKILLed from outside once step 3 is logged
+    killed_rc = kill_when(sft_cmd(out / "model_small", out / "stage_small", run_dir, *args),
+                          {**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                          lambda: log.is_file() and log.read_text().count("\n") >= 3)
     resumed = run_sft(spec, out / "model_small", out / "stage_small", run_dir, *args, "--resume", "auto")
     steps = [r["step"] for r in metrics(run_dir)]
     dev = device()
@@ -368,9 +377,9 @@ def stage_resume_export(spec) -> dict:
                                     add_generation_prompt=True), return_tensors="pt").to(dev)
     with torch.no_grad():
         y = model.generate(**x, max_new_tokens=8, do_sample=False, min_new_tokens=8)
-    return {"killed_rc": killed.returncode, "resumed_from_step_2": "(step 2)" in resumed.stdout,
+    return {"killed_rc": killed_rc, "resumed_from_step_2": "(step 2)" in resumed.stdout,
             "metrics_steps": steps, "export_dtype": str(model.dtype), "generated_tokens": y.shape[1] - x["input_ids"]
-            .shape[1], "ok": killed.returncode != 0 and "(step 2)" in resumed.stdout and steps == [1, 2, 3, 4] and
+            .shape[1], "ok": killed_rc != 0 and "(step 2)" in resumed.stdout and steps == [1, 2, 3, 4] and
             model.dtype == torch.bfloat16 and y.shape[1] - x["input_ids"].shape[1] == 8}
 
 
@@ -391,20 +400,19 @@ def stage_rl(spec) -> dict:
               {"charges": ["故意伤害"], "articles": [234], "term_months": 10}]
     utils.write_jsonl(prompts, [{"prompt": utils.judgment_prompt(f), "truth": t} for f, t in zip(facts, truths)])
     tiny = spec["tiny"]
-    argv = ["--model", str(out / "model_small"), "--prompts", str(prompts), "--output_dir", str(out / "rl"),
+    argv = ["--model", str(out / "model_small"), "--prompts", str(prompts), "--out", str(out / "rl"),
             "--backend", "hf", "--group_size", "8", "--prompts_per_step", "4", "--max_new_tokens",
-            "16" if tiny else "128", "--max_steps", "2" if tiny else "3", "--micro_batch", "8", "--dtype",
+            "16" if tiny else "128", "--max_steps", "2" if tiny else "3", "--micro_batch_size", "8", "--dtype",
             "float32" if dev.type == "cpu" else "bfloat16", "--save_every", "0", "--sample_every", "0"]
-    cfg = utils.parse_config(rl.RLConfig, argv)
     shutil.rmtree(out / "rl", ignore_errors=True)
-    rl.train(cfg)
+    rl.main(argv)  # as `python rl.py ARGV` (this stage runs in its own process)
     m = metrics(out / "rl")
     keys = ("t_rollout", "t_logprobs", "t_train", "step_time")
     r = {"steps": len(m), **{k: statistics.median(x[k] for x in m) for k in keys},
          # rl.py's own per-step peaks: GPU memory on CUDA, the process's RSS high-water mark on CPU
          "peak_mem_gb": max(x["peak_mem_gb"] if dev.type == "cuda" else x["peak_rss_gb"] for x in m),
          "rollout_tok_s": statistics.median(x["rollout_tok_s"] for x in m), "reward": [x["reward"] for x in m]}
-    r["ok"] = len(m) == int(cfg.max_steps) and all(x["reward"] == x["reward"] for x in m)
+    r["ok"] = len(m) == (2 if tiny else 3) and all(x["reward"] == x["reward"] for x in m)
     return r
 
 

@@ -26,15 +26,15 @@ python prepare_data.py --manifest data/sample/manifest.json --lawbench_dir data/
     --model "$RUN/model" --seq_len 1024 --workers 1 --out "$RUN/data" --overwrite
 
 step "3/8 SFT stage 1 (legal + general mix) -> $RUN/sft_stage1"
-python sft.py --model "$RUN/model" --data "$RUN/data/stage1" --output_dir "$RUN/sft_stage1" \
+python sft.py --model "$RUN/model" --data "$RUN/data/stage1" --out "$RUN/sft_stage1" \
     --lr 3e-3 --num_epochs 8 --warmup_ratio 0.05 --overwrite
 
 step "4/8 SFT stage 2 (high-quality set), from stage 1's export -> $RUN/sft_stage2"
 python sft.py --model "$RUN/model" --init_from "$RUN/sft_stage1/final" --data "$RUN/data/stage2" \
-    --output_dir "$RUN/sft_stage2" --lr 1e-3 --num_epochs 8 --warmup_ratio 0.05 --overwrite
+    --out "$RUN/sft_stage2" --lr 1e-3 --num_epochs 8 --warmup_ratio 0.05 --overwrite
 
 step "5/8 GRPO with the legal rewards (charge / article / term / format) -> $RUN/rl"
-python rl.py --model "$RUN/sft_stage2/final" --prompts "$RUN/data/rl_prompts.jsonl" --output_dir "$RUN/rl" \
+python rl.py --model "$RUN/sft_stage2/final" --prompts "$RUN/data/rl_prompts.jsonl" --out "$RUN/rl" \
     --backend hf --group_size 8 --prompts_per_step 8 --max_steps 80 --lr 5e-4 --max_new_tokens 64 --overwrite
 
 step "6/8 evaluate: LawBench sample items (generate + score; 3-7 also in code mode), judgment prediction (+/- retrieval), long documents"

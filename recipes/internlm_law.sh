@@ -46,12 +46,12 @@ else
 fi
 
 echo "== 2. SFT stage 1 (legal + 20 % general), one epoch, lr $LR"
-run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --output_dir "$RUN/sft1" \
+run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --out "$RUN/sft1" \
     --lr $LR --activation_checkpointing true --resume auto
 
 echo "== 3. SFT stage 2 (high-quality legal set) from stage 1's export, one epoch, lr $LR"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --init_from "$RUN/sft1/final" \
-    --data "$RUN/data/stage2" --output_dir "$RUN/sft2" --lr $LR --activation_checkpointing true --resume auto
+    --data "$RUN/data/stage2" --out "$RUN/sft2" --lr $LR --activation_checkpointing true --resume auto
 
 echo "== 4. LawBench zero- and one-shot (greedy, 1024 new tokens), scored like the official scorer (Table 1)"
 run python evaluate.py generate --model "$RUN/sft2/final" --model_name "$NAME" --lawbench_dir "$LAWBENCH" \

@@ -45,12 +45,12 @@ else
 fi
 
 echo "== 2. SFT on judgment records"
-run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --output_dir "$RUN/sft" \
+run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --out "$RUN/sft" \
     --lr "$SFT_LR" --resume auto
 
 echo "== 3. GRPO with the legal rewards (charge / article / term / format), vLLM rollouts"
 run torchrun --nproc_per_node "$NGPU" rl.py --model "$RUN/sft/final" --prompts "$RUN/data/rl_prompts.jsonl" \
-    --output_dir "$RUN/rl" --group_size "$GROUP_SIZE" --max_steps "$RL_STEPS" --lr "$RL_LR" --backend vllm \
+    --out "$RUN/rl" --group_size "$GROUP_SIZE" --max_steps "$RL_STEPS" --lr "$RL_LR" --backend vllm \
     --resume auto
 
 echo "== 4. judgment prediction on CAIL2018 test, without and with statute retrieval (BM25 top-k articles)"

@@ -45,6 +45,22 @@ def cpu_env(extra: dict | None = None) -> dict:
             if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
 
 
+def kill_when(cmd, env, ready, timeout: float = 600) -> int:
+    """Run cmd (a training run) and SIGKILL it from outside as soon as ready() is true (polled every 20 ms), as a
+    crash or a preempted node would; -> its return code. The run must not end on its own first."""
+    import signal
+    import subprocess
+    import time
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not ready():
+        assert p.poll() is None, f"the run ended (exit {p.returncode}) before it could be killed"
+        assert time.time() - t0 < timeout, "timed out waiting to kill the run"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    return p.wait()
+
+
 @pytest.fixture
 def world_of_one():
     """An in-process gloo world of one on the CPU (utils.dist_init with CUDA hidden); torn down after the test,

@@ -4,6 +4,8 @@
     probe.py grads MODEL_DIR STAGE_DIR true|false
                                             bytes of gradients this rank holds between the micro-batches of one
                                             sft.train_step (grad_accum 3), with --reduce_every_micro_batch true|false
+    probe.py kill_in_save STEP SFT_ARGS...  sft.main(SFT_ARGS), SIGKILLed right after the sharded write of the
+                                            step-STEP checkpoint (the save half done: not yet marked complete)
 """
 import json
 import resource
@@ -42,7 +44,24 @@ def held_grad_bytes(model) -> int:
     return total
 
 
+def kill_in_save(step: int, argv: list):
+    import os
+    import signal
+
+    import torch.distributed.checkpoint as dcp
+    save = dcp.save
+
+    def save_then_die(state, checkpoint_id):
+        save(state, checkpoint_id=checkpoint_id)
+        if checkpoint_id.endswith(f"step_{step:08d}"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    dcp.save = save_then_die  # utils.save_checkpoint calls dcp.save(..., checkpoint_id=the .tmp_ folder)
+    sft.main(argv)
+
+
 def main():
+    if sys.argv[1] == "kill_in_save":
+        return kill_in_save(int(sys.argv[2]), sys.argv[3:])
     mode, model_dir = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)
     if mode == "load":

@@ -69,9 +69,9 @@ def inp(tiny_model, tmp_path_factory) -> dict:
 
 def base_argv(script: str, inp: dict, out: Path, model: Path) -> list:
     if script == "sft.py":
-        return ["--model", model, "--data", inp["stage"], "--output_dir", out]
+        return ["--model", model, "--data", inp["stage"], "--out", out]
     if script == "rl.py":
-        return ["--model", model, "--prompts", inp["prompts"], "--output_dir", out]
+        return ["--model", model, "--prompts", inp["prompts"], "--out", out]
     if script == "evaluate.py generate":
         return ["generate", "--model", model, "--lawbench_dir", inp["lawbench"], "--out", out, "--tasks", "1-1"]
     if script == "evaluate.py judgment":
@@ -207,8 +207,9 @@ def test_judge_help_percent_and_sft_help_marks_required(capsys):
     _, out, _ = cli("sft.py", ["--help"], capsys)
     text = " ".join(out.split())
     assert text.split("--model MODEL", 2)[2].split(" --")[0].endswith("(required)")
-    for flag in ("--data DATA", "--output_dir OUTPUT_DIR"):  # not needed by --dry_run (the memory plan)
-        assert text.split(flag, 2)[2].split(" --")[0].endswith("(required, except with"), flag  # ... --dry_run)
+    for flag in ("--data DATA", "--out OUT"):  # not needed by --dry_run (the memory plan)
+        entry = text.split(flag, 2)[2].removeprefix(", --output_dir OUT")  # the alias, on the same line
+        assert entry.split(" --")[0].endswith("(required, except with"), flag  # ... --dry_run)
     for flag in ("--beta1", "--beta2", "--seed"):
         help_text = text.split(f"{flag} {flag[2:].upper()}", 2)[2].split(" --")[0].strip()
         assert help_text.startswith(("AdamW", "pack order")), (flag, help_text)
@@ -253,8 +254,8 @@ def test_judge_run_where_every_judgment_failed_is_an_error(inp, tmp_path, capsys
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["sft.py", "--model", "m", "--data", "d", "--output_dir", "o", "--export_dtype", "fp16"], "--export_dtype"),
-    (["rl.py", "--model", "m", "--prompts", "p", "--output_dir", "o", "--backend", "vlm"], "--backend"),
+    (["sft.py", "--model", "m", "--data", "d", "--out", "o", "--export_dtype", "fp16"], "--export_dtype"),
+    (["rl.py", "--model", "m", "--prompts", "p", "--out", "o", "--backend", "vlm"], "--backend"),
     (["evaluate.py", "scor"], "unknown command 'scor'"),
     (["judge.py", "--questions", "q", "--judge_base_url", "u", "--judge_model", "m", "--out", "o", "--max_items", "0"],
      "--max_items"),  # the older spellings of --llm_url / --llm_model are still accepted

@@ -9,7 +9,7 @@ import torch
 
 import rl
 import utils
-from conftest import cpu_env, requires_cuda
+from conftest import cpu_env, kill_when, requires_cuda
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +18,24 @@ def cpu_semantics(request, monkeypatch):
     too; the GPU checks (@pytest.mark.cuda + @requires_cuda) keep the GPU."""
     if request.node.get_closest_marker("cuda") is None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def hf_model(path, packed: bool = True):
+    """The plain Hugging Face model (what rl.PolicyLM wraps), fp32, with the trainer's packed attention."""
+    from transformers import AutoModelForCausalLM
+    utils.register_packed_attention()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                attn_implementation=utils.PACKED_ATTENTION if packed else None)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
+    """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T]) of
+    the sampling distribution softmax(logits / temperature). The reference formula (full log-softmax) that
+    rl.chunked_token_logprobs, the trainer's, is tested equal to."""
+    logp_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
 
 
 # ---- advantages ------------------------------------------------------------------------------------------------------
@@ -104,7 +122,7 @@ def test_micro_batches_sum_to_the_full_batch_loss(mode):
 
 def test_token_logprobs_and_entropy():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
-    logp, ent = rl.token_logprobs(logits, torch.tensor([[1]]))
+    logp, ent = token_logprobs(logits, torch.tensor([[1]]))
     assert logp.item() == pytest.approx(math.log(0.25))
     assert ent.item() == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
 
@@ -112,8 +130,8 @@ def test_token_logprobs_and_entropy():
 def test_build_batch_positions(tiny_model):
     """completion_logprobs reads the logits that predict each completion token (start - 1 + j), from one packed
     (padding-free) forward: equal to each row's own plain forward."""
-    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
-    plain = rl.load_model(tiny_model, "float32", packed=False)
+    model = rl.PolicyLM(hf_model(tiny_model))
+    plain = hf_model(tiny_model, packed=False)
     p, c = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
     b = rl.build_batch(p, c, pad_id=0)
     packed = rl.pack_rows(b, [0, 1])
@@ -130,19 +148,19 @@ def test_build_batch_positions(tiny_model):
 def test_scoring_uses_the_sampling_temperature(tiny_model):
     """Samples come from softmax(logits / T): the ratio and the KL must score the same distribution (TRL, verl)."""
     T = 0.7
-    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"), temperature=T)
-    plain = rl.load_model(tiny_model, "float32", packed=False)
+    model = rl.PolicyLM(hf_model(tiny_model), temperature=T)
+    plain = hf_model(tiny_model, packed=False)
     b = rl.build_batch([[5, 6, 7]], [[10, 11, 12]], pad_id=0)
     logp, ent = rl.completion_logprobs(model, b, [0])
     logits = plain(input_ids=torch.tensor([[5, 6, 7, 10, 11, 12]])).logits[0, 2:5]
-    ref_lp, ref_ent = rl.token_logprobs(logits[None], torch.tensor([[10, 11, 12]]), temperature=T)
+    ref_lp, ref_ent = token_logprobs(logits[None], torch.tensor([[10, 11, 12]]), temperature=T)
     assert torch.allclose(logp, ref_lp, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
     untempered = torch.log_softmax(logits, -1)[torch.arange(3), torch.tensor([10, 11, 12])]
     assert (logp[0] - untempered).abs().max() > 1e-3  # T really matters here
 
 
 def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
-    """utils.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
+    """rl.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
     keeps no [tokens x vocab] tensor (the full version saves its log-softmax output: N x V floats)."""
     torch.manual_seed(0)
     N, H, V = 96, 16, 1000
@@ -156,16 +174,16 @@ def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        lp, ent = utils.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32)
+        lp, ent = rl.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32)
     assert max(saved) < N * V and not ent.requires_grad
-    ref_lp, ref_ent = rl.token_logprobs((h @ w.t())[None], t[None], temperature=0.9)
+    ref_lp, ref_ent = token_logprobs((h @ w.t())[None], t[None], temperature=0.9)
     assert (lp - ref_lp[0]).abs().max() < 1e-6 and (ent - ref_ent[0]).abs().max() < 1e-6
     g_chunk = torch.autograd.grad(lp.sum(), (h, w))
     g_full = torch.autograd.grad(ref_lp.sum(), (h, w))
     assert all((a - b).abs().max() < 1e-6 for a, b in zip(g_chunk, g_full))
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        rl.token_logprobs((h @ w.t())[None], t[None])
+        token_logprobs((h @ w.t())[None], t[None])
     assert max(saved) >= N * V  # what the chunked version avoids
 
 
@@ -220,12 +238,12 @@ def test_train_on_batch_reduces_on_the_model_device(tiny_model, monkeypatch):
     real_sum, real_max = rl.all_reduce_sum, rl.all_reduce_max
     monkeypatch.setattr(rl, "all_reduce_sum", lambda x, device: devices.append(device) or real_sum(x, device))
     monkeypatch.setattr(rl, "all_reduce_max", lambda x, device: devices.append(device) or real_max(x, device))
-    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    model = rl.PolicyLM(hf_model(tiny_model))
     model.set_requires_gradient_sync = lambda flag: None  # FSDP2's method; the plain module has none
     batch = rl.build_batch([[5, 6], [7, 8, 9]], [[10, 11], [12]], pad_id=0)
     mask = rl.length_mask(batch["lengths"], 2)
     old = rl.batch_logprobs(model, batch, 2)
-    cfg = rl.RLConfig(model="-", prompts="-", output_dir="-", micro_batch=1)
+    cfg = rl.RLConfig(model="-", prompts="-", out="-", micro_batch_size=1)
     rl.train_on_batch(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.tensor([1.0, -1.0]), old,
                       None, mask, cfg)
     assert devices and all(d == model.device for d in devices)
@@ -233,7 +251,7 @@ def test_train_on_batch_reduces_on_the_model_device(tiny_model, monkeypatch):
 
 
 def test_vllm_engine_kwargs_per_rank_and_device():
-    cfg = rl.RLConfig(model="m", prompts="-", output_dir="-", dtype="float32", vllm_gpu_util=0.4)
+    cfg = rl.RLConfig(model="m", prompts="-", out="-", dtype="float32", gpu_memory_utilization=0.4)
     gpu = [rl.vllm_engine_kwargs(cfg, r, 8, cuda=True, max_model_len=2560) for r in range(8)]
     for r, kw in enumerate(gpu):
         assert kw["distributed_executor_backend"] == "external_launcher"  # each rank's engine on its own GPU
@@ -253,7 +271,7 @@ def test_stream_weights_holds_one_tensor_at_a_time(tiny_model):
     """The push streams: each full tensor is cast to the engine dtype and gone before the next is made, so the peak
     is the largest single tensor (bf16), not the full fp32 state dict the old push gathered on every rank."""
     import weakref
-    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    model = rl.PolicyLM(hf_model(tiny_model))
     sd = model.state_dict()
     alive, names, peak = [], [], 0
     for name, t in rl.stream_weights(model, torch.bfloat16, torch.device("cpu")):
@@ -273,7 +291,7 @@ def test_stream_weights_holds_one_tensor_at_a_time(tiny_model):
 @pytest.mark.cuda
 @requires_cuda
 def test_stream_weights_peak_gpu_memory(tiny_model):
-    model = rl.PolicyLM(rl.load_model(tiny_model, "float32")).cuda()
+    model = rl.PolicyLM(hf_model(tiny_model)).cuda()
     full = sum(v.numel() * 2 for v in model.state_dict().values())
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -306,7 +324,7 @@ def test_vllm_sleeps_after_generation_and_wakes_for_the_push(tiny_model, monkeyp
     free = iter([10 * 2 ** 30, 25 * 2 ** 30])
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (next(free), 80 * 2 ** 30))
     assert roll.sleep() == pytest.approx(15.0)  # GiB freed, logged per step as vllm_sleep_freed_gb
-    model = rl.PolicyLM(rl.load_model(tiny_model, "float32"))
+    model = rl.PolicyLM(hf_model(tiny_model))
     roll.sync(model)
     n = len(model.state_dict())
     assert roll.llm.calls == [("sleep", 2), ("wake_up", ("weights",)), ("lexlab_load_weights", n),
@@ -353,7 +371,7 @@ prompts = [[5 + i, 6, 7 + i % 3][: 2 + i % 2] for i in range(N)]
 comps = [[10 + (i * 7 + j) % 50 for j in range(1 + (i * 3) % 6)] for i in range(N)]
 model = rl.build_policy(model_dir, "float32", device)
 opt = torch.optim.SGD(model.parameters(), lr=1.0)  # update == gradient: compared exactly, no Adam noise
-cfg = rl.RLConfig(model=model_dir, prompts="-", output_dir="-", micro_batch=3, loss_agg=mode, beta=0.1, grad_clip=0,
+cfg = rl.RLConfig(model=model_dir, prompts="-", out="-", micro_batch_size=3, loss_agg=mode, beta=0.1, max_grad_norm=0,
                   max_new_tokens=6)
 full = rl.build_batch(prompts, comps, pad_id=0)
 adv = rl.group_advantages(torch.arange(N, dtype=torch.float32) % 3, 4)
@@ -383,7 +401,7 @@ def test_two_ranks_same_update_as_one_process(tiny_model, tmp_path, mode):
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                     str(script), str(tiny_model), str(two), mode], check=True, env=cpu_env())
     a, b = torch.load(one), torch.load(two)
-    init = rl.load_model(tiny_model, "float32").state_dict()
+    init = hf_model(tiny_model).state_dict()
     moved = max((a["params"][k] - init[k]).abs().max().item() for k in init)
     assert moved > 1e-4  # the update did something
     for k in init:
@@ -421,7 +439,7 @@ def warm_model(tmp_path_factory):
     texts = [f"被告人{n}实施{c}。" + PREFIX + c2 + "罪" for c in CHARGES for n in NAMES for c2 in CHARGES]
     mdir = utils.build_tiny_model(d / "init", texts=texts, vocab_size=400)
     tok = AutoTokenizer.from_pretrained(mdir)
-    model = rl.load_model(mdir, "float32", packed=False)
+    model = hf_model(mdir, packed=False)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = []
     for n in NAMES:
@@ -447,13 +465,13 @@ def warm_model(tmp_path_factory):
 
 
 def _cfg(model, prompts, out, **kw):
-    return rl.RLConfig(model=str(model), prompts=str(prompts), output_dir=str(out), group_size=8, prompts_per_step=4,
+    return rl.RLConfig(model=str(model), prompts=str(prompts), out=str(out), group_size=8, prompts_per_step=4,
                        lr=1e-3, max_new_tokens=5, response_prefix=PREFIX, sample_every=10, log_every=10, **kw)
 
 
-def test_learnability_reward_rises(warm_model, tmp_path):
+def test_learnability_reward_rises(warm_model, tmp_path, world_of_one):
     model, prompts = warm_model
-    out = rl.train(_cfg(model, prompts, tmp_path / "run", max_steps=30, seed=0), reward_fn=_charge_reward)
+    out = rl.train(_cfg(model, prompts, tmp_path / "run", max_steps=30, seed=0), world_of_one, _charge_reward)
     m = [json.loads(line) for line in open(out / "metrics.jsonl")]
     r = [x["reward"] for x in m]
     assert len(r) == 30
@@ -468,22 +486,55 @@ def test_learnability_reward_rises(warm_model, tmp_path):
     assert json.loads((out / "config.json").read_text())["group_size"] == 8
 
 
-def test_resume_continues_the_run(warm_model, tmp_path):
+def test_resume_continues_the_run(warm_model, tmp_path, world_of_one):
+    """A run extended from its last checkpoint (--max_steps may change on --resume auto) continues exactly."""
     model, prompts = warm_model
     out = tmp_path / "run"
-    rl.train(_cfg(model, prompts, out, max_steps=2, beta=0.05, loss_agg="seq_mean", mu=2), reward_fn=_charge_reward)
+    rl.train(_cfg(model, prompts, out, max_steps=2, beta=0.05, loss_agg="seq_mean", mu=2), world_of_one,
+             _charge_reward)
     last = utils.latest_checkpoint(out / "checkpoints")  # DCP folder (model, optimizer) + trainer state
     assert last.name == "step_00000002" and torch.load(last / "trainer_state.pt", weights_only=False)["step"] == 2
     rl.train(_cfg(model, prompts, out, max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2, resume="auto"),
-             reward_fn=_charge_reward)
+             world_of_one, _charge_reward)
     m = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [x["step"] for x in m] == [1, 2, 3]
     assert m[-1]["kl"] >= 0 and m[-1]["clip_frac"] >= 0
+    # the resumed run continues exactly: same prompts, samples, update
     straight = rl.train(_cfg(model, prompts, tmp_path / "straight", max_steps=3, beta=0.05, loss_agg="seq_mean", mu=2),
-                        reward_fn=_charge_reward)  # the resumed run continues exactly: same prompts, samples, update
+                        world_of_one, _charge_reward)
     s = [json.loads(line) for line in open(straight / "metrics.jsonl")]
     for k in ("reward", "kl", "loss", "grad_norm", "completion_len"):
         assert m[-1][k] == pytest.approx(s[-1][k], rel=1e-5, abs=1e-7), k
+
+
+def test_resume_after_sigkill_continues_exactly(warm_model, tmp_path):
+    """rl.py killed (SIGKILL, from outside) once its step-1 checkpoint is complete, resumed with --resume auto: the
+    same metrics at every step and the same final weights as an uninterrupted run."""
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+    model, prompts = warm_model
+
+    def cmd(out, *extra):
+        return [sys.executable, str(Path(rl.__file__)), "--model", str(model), "--prompts", str(prompts), "--out",
+                str(out), "--group_size", "4", "--prompts_per_step", "2", "--max_steps", "3", "--lr", "1e-3",
+                "--max_new_tokens", "5", "--response_prefix", PREFIX, "--beta", "0.05", "--save_every", "1",
+                "--keep_last", "3", *extra]
+    subprocess.run(cmd(tmp_path / "straight"), check=True, env=cpu_env(), capture_output=True)
+    out = tmp_path / "killed"
+    kill_when(cmd(out), cpu_env(), lambda: utils.latest_checkpoint(out / "checkpoints") is not None)
+    assert not (out / "final").exists()
+    resumed_from = int(utils.latest_checkpoint(out / "checkpoints").name.removeprefix("step_"))
+    p = subprocess.run(cmd(out, "--resume", "auto"), check=True, env=cpu_env(), capture_output=True, text=True)
+    assert f"(step {resumed_from})" in p.stdout and resumed_from < 3
+    a, b = ([json.loads(line) for line in open(d / "metrics.jsonl")] for d in (tmp_path / "straight", out))
+    assert [x["step"] for x in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for k in ("reward", "kl", "loss", "grad_norm", "completion_len", "entropy"):
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-7), (x["step"], k)
+    wa, wb = (load_file(str(d / "final" / "model.safetensors")) for d in (tmp_path / "straight", out))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_bad_prompt_file_is_a_one_line_error(tmp_path, tiny_model):
@@ -501,28 +552,39 @@ import json, os, sys, torch
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 sys.path.insert(0, {repo!r})
 import rl, utils
+from vllm import SamplingParams
+
+
+def greedy(roll, prompt_ids):
+    outs = roll.llm.generate([{{"prompt_token_ids": p}} for p in prompt_ids],
+                             SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
 if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)  # the in-process engine and rl.train reuse it
-    kw = dict(prompts="-", output_dir="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
+    kw = dict(prompts="-", out="-", max_prompt_tokens=64, max_new_tokens=16, vllm_kv_bytes=1 << 26)
     roll = rl.VLLMRollout(rl.RLConfig(model=mdir, **kw), 0, 1, 80, device)
     model = rl.build_policy(mdir, "float32", device)  # FSDP2-sharded, as in training
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
-    before = roll.greedy(prompts, 16)
+    before = greedy(roll, prompts)
     roll.sync(model)
-    after = roll.greedy(prompts, 16)
+    after = greedy(roll, prompts)
     utils.export_hf(model, model.hf, mdir, work + "/export", prefix="hf.")
     del roll
-    fresh = rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0, 1, 80, device).greedy(prompts, 16)
+    fresh = greedy(rl.VLLMRollout(rl.RLConfig(model=work + "/export", **{{**kw}}), 0, 1, 80, device), prompts)
     json.dump({{"before": before, "after": after, "fresh": fresh}}, open(work + "/push.json", "w"))
     utils.write_jsonl(work + "/p.jsonl", [{{"prompt": "被告人张三实施盗窃。", "truth": {{"charges": ["盗窃"],
         "articles": [264], "term_months": 12, "life": False, "death": False}}}}] * 2)
-    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+    if not torch.distributed.is_initialized():  # the fresh engine's shutdown took the process group with it
+        utils.dist_init(0)
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", out=work + "/run", group_size=4,
                          prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
-                         vllm_kv_bytes=1 << 26, lr=1e-3))
+                         vllm_kv_bytes=1 << 26, lr=1e-3), device)
 '''
 
 
@@ -559,9 +621,9 @@ import rl, utils
 if __name__ == "__main__":
     mdir, work = sys.argv[1], sys.argv[2]
     rank, _, world, device = utils.dist_init(0)  # torchrun, 2 gloo ranks: each rank's engine via external_launcher
-    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", output_dir=work + "/run", group_size=4,
+    rl.train(rl.RLConfig(model=mdir, prompts=work + "/p.jsonl", out=work + "/run", group_size=4,
                          prompts_per_step=2, max_steps=2, max_new_tokens=12, max_prompt_tokens=128, backend="vllm",
-                         vllm_kv_bytes=1 << 26, lr=1e-3, temperature=0.8))
+                         vllm_kv_bytes=1 << 26, lr=1e-3, temperature=0.8), device)
 '''
 
 

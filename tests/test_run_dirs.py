@@ -117,7 +117,7 @@ def stage(tiny_model, tmp_path_factory):
 def sft(tiny_model, stage, out, *extra):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     return subprocess.run([sys.executable, str(REPO / "sft.py"), "--model", str(tiny_model), "--data", str(stage),
-                           "--output_dir", str(out), "--max_steps", "2", *map(str, extra)],
+                           "--out", str(out), "--max_steps", "2", *map(str, extra)],
                           capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
 
 
@@ -149,11 +149,11 @@ def test_sft_second_run_refused_overwrite_clean_resume_same_config_only(tiny_mod
     assert (out / "final" / "model.safetensors").read_bytes() != before["final/model.safetensors"]
 
 
-# ---- rl.py (in process: rl.train) -----------------------------------------------------------------------------------
+# ---- rl.py (in process: rl.train in a world of one) ------------------------------------------------------------------
 
 def rl_cfg(model, prompts, out, **kw):
     import rl
-    base = dict(model=str(model), prompts=str(prompts), output_dir=str(out), group_size=2, prompts_per_step=2,
+    base = dict(model=str(model), prompts=str(prompts), out=str(out), group_size=2, prompts_per_step=2,
                 max_steps=2, max_new_tokens=4, lr=1e-4, sample_every=1, log_every=0)
     return rl.RLConfig(**{**base, **kw})
 
@@ -167,11 +167,11 @@ def prompts(tmp_path):
     return path
 
 
-def test_rl_refuses_overwrites_resumes_and_samples_stand_alone(tiny_model, prompts, tmp_path):
+def test_rl_refuses_overwrites_resumes_and_samples_stand_alone(tiny_model, prompts, tmp_path, world_of_one):
     import rl
     import torch
     out = tmp_path / "run"
-    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5))
+    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5), world_of_one)
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     prompts_all = [json.loads(x) for x in prompts.read_text(encoding="utf-8").splitlines()]
     assert [s["step"] for s in samples] == [1, 1, 2, 2]
@@ -181,18 +181,18 @@ def test_rl_refuses_overwrites_resumes_and_samples_stand_alone(tiny_model, promp
     before = snapshot(out)
 
     with pytest.raises(RunDirError, match="already holds a run"):
-        rl.train(rl_cfg(tiny_model, prompts, out))
+        rl.train(rl_cfg(tiny_model, prompts, out), world_of_one)
     with pytest.raises(RunDirError, match=r"different config \(group_size: 2 -> 4\)"):
-        rl.train(rl_cfg(tiny_model, prompts, out, group_size=4, resume="auto"))
+        rl.train(rl_cfg(tiny_model, prompts, out, group_size=4, resume="auto"), world_of_one)
     assert snapshot(out) == before
 
     # resume from step 1 (the step-2 checkpoint lost): samples and metrics of step 2 are not kept twice
     shutil.rmtree(out / "checkpoints" / "step_00000002")
-    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5, resume="auto"))
+    rl.train(rl_cfg(tiny_model, prompts, out, save_every=1, keep_last=5, resume="auto"), world_of_one)
     assert [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()] == [1, 1, 2, 2]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
-    rl.train(rl_cfg(tiny_model, prompts, out, max_steps=1, overwrite=True))  # clean: no old checkpoints or samples
+    rl.train(rl_cfg(tiny_model, prompts, out, max_steps=1, overwrite=True), world_of_one)  # clean: no old checkpoints
     assert [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()] == [1, 1]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
     assert torch.load(out / "checkpoints" / "step_00000001" / "trainer_state.pt", weights_only=False)["step"] == 1
@@ -203,7 +203,7 @@ def test_rl_cli_refusal_is_one_line_exit_2(tiny_model, prompts, tmp_path):
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     p = subprocess.run([sys.executable, str(REPO / "rl.py"), "--model", str(tiny_model), "--prompts", str(prompts),
-                        "--output_dir", str(out)], capture_output=True, text=True, timeout=600,
+                        "--out", str(out)], capture_output=True, text=True, timeout=600,
                        env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")})
     assert p.returncode == 2 and error_line(p).startswith("rl.py: error: ") and "already holds a run" in p.stderr
     assert sorted(x.name for x in out.iterdir()) == ["metrics.jsonl"]

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import prepare_data
+import sft
 import utils
-from conftest import cpu_env, requires_cuda
+from conftest import cpu_env, kill_when, requires_cuda
 from utils import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,15 +68,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_sft(tiny_model, stage, out, *extra, nproc: int = 1, env=None, check=True):
-    """Run sft.py (plain python for 1 process, torchrun for more); returns CompletedProcess."""
-    base = ["--model", str(tiny_model), "--data", str(stage), "--output_dir", str(out), "--lr", "1e-3",
+def sft_cmd(tiny_model, stage, out, *extra, nproc: int = 1, script=(REPO / "sft.py",)) -> list:
+    """sft.py's command line (plain python for 1 process, torchrun for more); script: what runs it."""
+    base = ["--model", str(tiny_model), "--data", str(stage), "--out", str(out), "--lr", "1e-3",
             "--warmup_ratio", "0.2", "--seed", "0", *map(str, extra)]
     if nproc == 1:
-        cmd = [sys.executable, str(REPO / "sft.py"), *base]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port()), str(REPO / "sft.py"), *base]
+        return [sys.executable, *map(str, script), *base]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), *map(str, script), *base]
+
+
+def run_sft(tiny_model, stage, out, *extra, nproc: int = 1, env=None, check=True, script=(REPO / "sft.py",)):
+    """Run sft.py; returns CompletedProcess."""
+    cmd = sft_cmd(tiny_model, stage, out, *extra, nproc=nproc, script=script)
     p = subprocess.run(cmd, capture_output=True, text=True, env=cpu_env(env), timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"sft.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
@@ -95,11 +100,11 @@ def final_weights(out) -> dict:
 def test_shift_labels_never_crosses_a_sample():
     labels = torch.tensor([[-100, 5, 6, -100, 7, 8, -100, -100]])
     pos = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 0]])  # samples [0,3), [3,6), then padding
-    assert utils.shift_labels_packed(labels, pos).tolist() == [[5, 6, -100, 7, 8, -100, -100, -100]]
+    assert sft.shift_labels_packed(labels, pos).tolist() == [[5, 6, -100, 7, 8, -100, -100, -100]]
 
 
 def test_packed_boundaries_adds_padding_segment():
-    assert utils.packed_boundaries([[0, 3, 5], [0, 8]], 8) == [0, 3, 5, 8, 16]
+    assert sft.packed_boundaries([[0, 3, 5], [0, 8]], 8) == [0, 3, 5, 8, 16]
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 100])
@@ -109,7 +114,7 @@ def test_chunked_cross_entropy_equals_full(chunk):
     w = torch.randn(13, 6, generator=g, requires_grad=True)
     t = torch.randint(0, 13, (10,), generator=g)
     t[[2, 5]] = IGNORE_INDEX
-    got = utils.chunked_cross_entropy_sum(h, w, t, chunk)
+    got = sft.chunked_cross_entropy_sum(h, w, t, chunk)
     gh, gw = torch.autograd.grad(got, (h, w))
     ref = torch.nn.functional.cross_entropy(h @ w.t(), t, reduction="sum")
     rh, rw = torch.autograd.grad(ref, (h, w))
@@ -119,19 +124,19 @@ def test_chunked_cross_entropy_equals_full(chunk):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    lrs = [utils.lr_at(s, 100, 10, 0.1) for s in range(100)]
+    lrs = [sft.lr_at(s, 100, 10, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] > 0.1 - 1e-9
-    assert utils.lr_at(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert sft.lr_at(100, 100, 10, 0.1) == pytest.approx(0.1)
 
 
 def test_train_flops_counts_attention_per_sample():
     # two samples of 100 cost less attention than one of 200
-    two = utils.train_flops(1000, 200, 100 ** 2 * 2, 2, 64)
-    one = utils.train_flops(1000, 200, 200 ** 2, 2, 64)
+    two = sft.train_flops(1000, 200, 100 ** 2 * 2, 2, 64)
+    one = sft.train_flops(1000, 200, 200 ** 2, 2, 64)
     assert two < one and two == 6 * 1000 * 200 + 6 * 20000 * 64 * 2
     # lm_head only on the rows where it runs (sft.py: supervised tokens)
-    assert utils.train_flops(1000, 200, 0, 2, 64, lm_head_params=50, n_lm_head_tokens=30) == 6 * 1000 * 200 + 6 * 50 * 30
+    assert sft.train_flops(1000, 200, 0, 2, 64, lm_head_params=50, n_lm_head_tokens=30) == 6 * 1000 * 200 + 6 * 50 * 30
 
 
 def test_flop_params_exclude_embeddings_known_configs(tiny_model, shared_dir):
@@ -140,21 +145,21 @@ def test_flop_params_exclude_embeddings_known_configs(tiny_model, shared_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
     c = AutoConfig.from_pretrained(tiny_model)
     with torch.device("meta"):
-        body, head = utils.flop_params(AutoModelForCausalLM.from_config(c))
+        body, head = sft.flop_params(AutoModelForCausalLM.from_config(c))
     H, I, L, kv = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_key_value_heads * 32
     per_layer = H * H + H + 2 * (H * kv + kv) + H * H + 3 * H * I + 2 * H
     assert (body, head) == (L * per_layer + H, c.vocab_size * H)
     c7 = AutoConfig.from_pretrained(shared_dir / "model_shapes" / "qwen2.5-7b")
     with torch.device("meta"):
         m7 = AutoModelForCausalLM.from_config(c7)
-    body7, head7 = utils.flop_params(m7)
+    body7, head7 = sft.flop_params(m7)
     assert round(body7 / 1e9, 2) == 6.53 and round(sum(p.numel() for p in m7.parameters()) / 1e9, 2) == 7.62
-    assert head7 == 152064 * 3584 and utils.attention_dim(c7) == 3584
+    assert head7 == 152064 * 3584 and sft.attention_dim(c7) == 3584
     # MFU of a known step: 8 x 32k tokens of 7B (samples of 4k, all supervised) in 10 s on 8 H100s:
     # 6 * 6.53e9 * 262144 (1.027e16) + 6 * 5.45e8 * 262144 (8.57e14) + 6 * 64 * 4096^2 * 3584 * 28 (6.47e14)
-    flops = utils.train_flops(body7, 8 * 32768, 64 * 4096 ** 2, 28, 3584, head7, 8 * 32768)
+    flops = sft.train_flops(body7, 8 * 32768, 64 * 4096 ** 2, 28, 3584, head7, 8 * 32768)
     assert flops == pytest.approx(1.177e16, rel=1e-3)
-    assert flops / 10 / (8 * utils.PEAK_TFLOPS["H100"] * 1e12) == pytest.approx(0.1488, abs=1e-3)
+    assert flops / 10 / (8 * sft.PEAK_TFLOPS["H100"] * 1e12) == pytest.approx(0.1488, abs=1e-3)
 
 
 @pytest.mark.parametrize("signature", ["torch_2_12", "torch_2_10"])
@@ -197,7 +202,7 @@ def test_varlen_call_adapts_to_the_installed_signature(signature):
 
 def test_dist_init_sets_a_long_timeout(monkeypatch):
     """Checkpoint saves and rank-0 exports of a 7B model on a shared filesystem outlast NCCL's 10-minute default;
-    dist_init passes DIST_TIMEOUT_MIN (or $LEXLAB_DIST_TIMEOUT_MIN). Before: no timeout was passed."""
+    dist_init passes DIST_TIMEOUT_MIN (or timeout_min). Before: no timeout was passed."""
     import torch.distributed as dist
     seen = {}
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
@@ -206,8 +211,7 @@ def test_dist_init_sets_a_long_timeout(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     utils.dist_init(0)
     assert seen["backend"] == "gloo" and seen["timeout"].total_seconds() == 60 * utils.DIST_TIMEOUT_MIN >= 3600
-    monkeypatch.setenv("LEXLAB_DIST_TIMEOUT_MIN", "240")
-    utils.dist_init(0)
+    utils.dist_init(0, timeout_min=240)
     assert seen["timeout"].total_seconds() == 240 * 60
 
 
@@ -216,12 +220,11 @@ def test_micro_batch_forward_backward_has_no_host_sync(tiny_model):
     boolean-mask indexing or other data-dependent step (a host-device sync on a GPU, per micro-batch) would raise
     there. Negative control: without the host-computed supervised rows, the loss's boolean mask cannot run on meta
     (that was sft.py before: one sync per micro-batch)."""
-    import sft
     from transformers import AutoConfig, AutoModelForCausalLM
-    utils.register_packed_attention()
+    sft.register_meta_attention()  # the memory plan's shape-only flash kernel: it runs on meta
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model),
-                                              attn_implementation=utils.PACKED_ATTENTION).train()
+                                              attn_implementation=sft.META_ATTENTION).train()
     model = sft.PackedCausalLM(hf, "meta", loss_chunk=64)
     T = 300
     ids, pos = torch.zeros(1, T, dtype=torch.long, device="meta"), torch.zeros(1, T, dtype=torch.long, device="meta")
@@ -238,7 +241,6 @@ def test_micro_batch_forward_backward_has_no_host_sync(tiny_model):
 def test_packed_loss_and_grads_equal_sum_over_samples(tiny_model, tok):
     """A packed micro-batch (2 packs, several samples each + padding) through the packed-attention path gives the
     same summed loss and the same gradients as running each sample alone through stock HF attention (sdpa)."""
-    import sft
     from transformers import AutoModelForCausalLM
     samples = encode_all(tok, conversations(12, seed=1))
     stage = prepare_data.write_packed_stage(Path(os.environ.get("TMPDIR", "/tmp")) / f"leak_{os.getpid()}", samples,
@@ -301,13 +303,12 @@ def test_cuda_attention_paths_match_exact(backend):
 @requires_cuda
 def test_cuda_micro_batch_has_no_host_sync(tiny_model, world_of_one_cuda):
     """On a GPU, one micro-batch forward + backward under torch.cuda.set_sync_debug_mode('error'): no sync."""
-    import sft
     cfg = sft.SFTConfig(model=str(tiny_model))
     model, hf, backend = sft.load_model(cfg, world_of_one_cuda)
     T = 512
     b = {"input_ids": torch.randint(0, 100, (1, T)), "position_ids": torch.arange(T)[None] % 256,
          "targets": torch.randint(0, 100, (1, T)), "rows": torch.arange(T)}
-    dev = [sft.to_device(b[k], world_of_one_cuda) for k in ("input_ids", "position_ids", "targets", "rows")]
+    dev = [utils.to_device(b[k], world_of_one_cuda) for k in ("input_ids", "position_ids", "targets", "rows")]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -322,14 +323,13 @@ def test_activation_checkpointing_cuts_saved_activations(tiny_model, stage, worl
     """sft.load_model's model is in train mode, so Hugging Face really recomputes each block: the bytes autograd
     saves for backward in one micro-batch drop by a large factor with --activation_checkpointing true.
     Before: from_pretrained left the model in eval mode, the layers skipped checkpointing, the bytes were equal."""
-    import sft
     data = sft.PackedStage(stage)
     b = data.batch([0, 1])
     saved = {}
     for ac in (False, True):
         model, hf, _ = sft.load_model(sft.SFTConfig(model=str(tiny_model), activation_checkpointing=ac), world_of_one)
         assert hf.training and model.training
-        with utils.SavedTensorBytes() as c:
+        with sft.SavedTensorBytes() as c:
             loss = model(b["input_ids"], b["position_ids"], b["targets"], b["cu_seqlens"], b["rows"])
         loss.backward()
         saved[ac] = c.bytes
@@ -339,7 +339,6 @@ def test_activation_checkpointing_cuts_saved_activations(tiny_model, stage, worl
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_step_collectives_run_on_the_compute_device(tiny_model, stage, device, request, monkeypatch):
     """Every collective of a training step gets tensors on the compute device (NCCL has no CPU tensors)."""
-    import sft
     import torch.distributed as dist
     dev = request.getfixturevalue("world_of_one" if device == "cpu" else "world_of_one_cuda")
     cfg = sft.SFTConfig(model=str(tiny_model), grad_accum=2)
@@ -481,7 +480,7 @@ def test_two_nodes_over_loopback_hybrid_shard(baseline, tiny_model, stage, tmp_p
     """Two torchrun 'nodes' (--nnodes 2, 1 process each, static rendezvous on 127.0.0.1), hybrid shard."""
     out = tmp_path / "nodes2"
     port = free_port()
-    base = ["--model", str(tiny_model), "--data", str(stage), "--output_dir", str(out), "--lr", "1e-3",
+    base = ["--model", str(tiny_model), "--data", str(stage), "--out", str(out), "--lr", "1e-3",
             "--warmup_ratio", "0.2", "--seed", "0", "--max_steps", str(STEPS), "--grad_accum", "2",
             "--hybrid_shard", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -496,21 +495,25 @@ def test_two_nodes_over_loopback_hybrid_shard(baseline, tiny_model, stage, tmp_p
 
 
 def test_resume_after_sigkill_is_bitwise_equal(baseline, tiny_model, stage, tmp_path):
-    """Killed (SIGKILL) after step 5, resumed with --resume auto from step 4 -> final weights bitwise equal.
-    Then: killed in the middle of the step-4 save -> resumes from step 2 -> bitwise equal as well."""
+    """Killed (SIGKILL, from outside) once step 5 is logged, resumed with --resume auto from step 4 -> final weights
+    bitwise equal. Then: killed in the middle of the step-4 save -> resumes from step 2 -> bitwise equal as well."""
     args = ["--max_steps", STEPS, "--micro_batch_size", 1, "--grad_accum", 4, "--save_every", 2, "--keep_last", 2]
     ref = final_weights(baseline)
-    for hook, value, resumed_from in [("LEXLAB_TEST_KILL_AT_STEP", "5", 4), ("LEXLAB_TEST_KILL_DURING_SAVE", "4", 2)]:
-        out = tmp_path / hook
-        p = run_sft(tiny_model, stage, out, *args, env={hook: value}, check=False)
-        assert p.returncode != 0 and not (out / "final").exists()
-        if hook == "LEXLAB_TEST_KILL_DURING_SAVE":
-            assert (out / "checkpoints" / ".tmp_step_00000004").is_dir()  # the half-written save
-            assert utils.latest_checkpoint(out / "checkpoints").name == "step_00000002"
+    out = tmp_path / "killed_after_step_5"
+    log = out / "metrics.jsonl"
+    kill_when(sft_cmd(tiny_model, stage, out, *args), cpu_env(), lambda: log.is_file() and
+              log.read_text().count("\n") >= 5)
+    p = run_sft(tiny_model, stage, tmp_path / "killed_in_save", *args, check=False,
+                script=(REPO / "tests" / "sft_probe.py", "kill_in_save", 4))  # dies with the step-4 save half done
+    assert p.returncode != 0
+    assert (tmp_path / "killed_in_save" / "checkpoints" / ".tmp_step_00000004").is_dir()  # the half-written save
+    for out, resumed_from in ((out, 4), (tmp_path / "killed_in_save", 2)):
+        assert not (out / "final").exists()
+        assert utils.latest_checkpoint(out / "checkpoints").name == f"step_{resumed_from:08d}"
         p = run_sft(tiny_model, stage, out, *args, "--resume", "auto")
         assert f"(step {resumed_from})" in p.stdout
         got = final_weights(out)
-        assert all(torch.equal(got[k], ref[k]) for k in ref), hook
+        assert all(torch.equal(got[k], ref[k]) for k in ref), out
         assert [r["step"] for r in metrics(out)] == list(range(1, STEPS + 1))
         assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(baseline)]
 
