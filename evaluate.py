@@ -1848,8 +1848,7 @@ def main(argv=None) -> int:
         got = f"unknown command {argv[0]!r}" if argv else "a command is required"
         close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1) if argv else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        print(f"evaluate.py: error: {got} (choose from {', '.join(COMMANDS)}{hint}; see --help)", file=sys.stderr)
-        return utils.BAD_INPUT_EXIT
+        utils.fail("evaluate.py", f"{got} (choose from {', '.join(COMMANDS)}{hint}; see --help)")
     cls, preflight, run = COMMANDS[argv[0]]
     cfg = utils.parse_config(cls, argv[1:], positional=("pred_dir",) if cls is ScoreConfig else (),
                              prog=f"evaluate.py {argv[0]}")
@@ -1857,8 +1856,7 @@ def main(argv=None) -> int:
         preflight(cfg)
         return run(cfg) or 0
     except DataError as e:  # bad input: one line naming file, line and field
-        print(f"evaluate.py {argv[0]}: error: {e}", file=sys.stderr)
-        return utils.BAD_INPUT_EXIT
+        utils.fail(f"evaluate.py {argv[0]}", e)
 
 
 if __name__ == "__main__":

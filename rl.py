@@ -27,6 +27,7 @@ import json
 import os
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -945,4 +946,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,9 +9,11 @@ Sections (banner comments below):
   5. Chat client                 - one OpenAI-compatible chat endpoint, retries with backoff (prepare_data / judge)
   6. Tiny offline model          - byte-level BPE tokenizer + random-init Qwen2, nothing downloaded
   7. Packed stages               - the files prepare_data writes and sft reads
-  8. Generation backends         - one `generate` call over Hugging Face or vLLM (evaluate / judge / demo)
-  9. Training                    - torch.distributed set-up, FSDP2, packed attention, chunked loss, DCP checkpoints
- 10. Legal answer parsing        - the correct charge / article / sentence parsers and the GRPO legal reward
+  8. Generation backends         - one `generate` call over Hugging Face or vLLM, prompt budgets (evaluate / judge;
+                                   rl.py its prompt budgets)
+  9. Training                    - torch.distributed set-up, FSDP2, packed attention, checkpoints, resume (sft / rl)
+ 10. Legal answer parsing        - the correct charge / article / sentence parsers, log distance of terms (rl / evaluate)
+ 11. LawBench tasks and scores   - task list, category means, scores CSV (evaluate / plots)
 
 Run `python utils.py tiny-model --out DIR` to build the tiny model used by the tests and the demo.
 """
@@ -20,12 +22,19 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gc
+import hashlib
 import http.client
 import importlib.util
+import inspect
 import io
 import json
+import math
 import os
 import random
+import re
+import shutil
+import socket
 import struct
 import sys
 import threading
@@ -33,6 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
@@ -386,7 +396,6 @@ def fingerprint(path, sample_bytes: int = 1 << 16) -> str | None:
     contents count, paths and mtimes do not (a copied model has the same fingerprint). None when `path` is missing.
     Two trained checkpoints of one architecture differ in every slice, so a changed model is detected without reading
     15 GB."""
-    import hashlib
     path = Path(path)
     if path.is_file():
         files = [path]
@@ -797,7 +806,7 @@ IGNORE_INDEX = -100  # the label of a token not trained on (prompt, role header,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py, rl.py and judge.py use it)
+# 8. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py and judge.py; rl.py its budgets)
 # ----------------------------------------------------------------------------------------------------------------------
 # Both backends decode the generated token ids with the same Hugging Face tokenizer (skip_special_tokens), so on
 # the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
@@ -817,7 +826,6 @@ def _cached(key: tuple, load):
             close_vllm()  # now, not at some later garbage collection: its process groups go with it
         for old in [k for k in _LOADED if (k[0] == "tokenizer") == is_tok]:
             del _LOADED[old]
-        import gc
         gc.collect()
         _LOADED[key] = load()
     return _LOADED[key]
@@ -1040,7 +1048,6 @@ def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN):
     one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU (hide the GPUs with
     CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min (NCCL's own default, 10 minutes, is shorter than a
     7B save on a shared filesystem)."""
-    import socket
     from datetime import timedelta
 
     import torch
@@ -1215,7 +1222,6 @@ def varlen_call(fn, q, k, v, cu_seqlens, max_seqlen: int, scaling: float):
     """Causal varlen attention through `fn` whatever its torch version: q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
     torch >= 2.12: keyword-only scale / window_size / enable_gqa. Older: `is_causal`, no scale (the default
     1/sqrt(D) is used; another scaling is folded into q) and no GQA (k/v heads are repeated, exact but more memory)."""
-    import inspect
     params = inspect.signature(fn).parameters
     kw = {}
     if "window_size" in params:
@@ -1310,7 +1316,6 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_la
     """Write model + optimizer (sharded, DCP) and extra (scheduler, data position, ...) and each rank's RNG states
     to ckpt_root/.tmp_step_N, then rename it to step_N (atomic: a crash midway leaves the previous checkpoint the
     newest complete one). Older checkpoints beyond keep_last are removed. Needs a filesystem all ranks share."""
-    import shutil
 
     import torch
     import torch.distributed as dist
@@ -1374,7 +1379,6 @@ def truncate_logs(paths, step: int) -> None:
 
 
 def rng_state() -> dict:
-    import random
 
     import numpy as np
     import torch
@@ -1385,7 +1389,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(s: dict):
-    import random
 
     import numpy as np
     import torch
@@ -1432,10 +1435,6 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
 # parse_answer(completion) reads the section-4 answer block tolerantly (Arabic or Chinese numerals, 罪 suffix or not,
 # 、/；/，/; separators); charges become canonical names (official list: strip 罪 and brackets; exact/alias/edit
 # distance), articles Criminal Law numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it).
-
-import math
-import re
-from functools import lru_cache
 
 CHARGE_LIST_PATH = REPO.parent / "shared" / "data" / "cail2018" / "accu.txt"
 CRIMINAL_LAW_ARTICLES = range(1, 453)  # 中华人民共和国刑法: articles 1..452

@@ -431,8 +431,6 @@ def main():
     spec = {"out": str(out), "tiny": a.tiny, "seq_len": 256 if a.tiny else 32768}
     if a._stage:  # inside a stage subprocess: run it, write its result
         t0 = time.perf_counter()
-        if os.environ.get("LEXLAB_TEST_FAIL_STAGE") == a._stage:  # test hook: this stage crashes
-            raise RuntimeError(f"stage {a._stage} made to fail (LEXLAB_TEST_FAIL_STAGE)")
         r = globals()[f"stage_{a._stage}"](spec)
         r["seconds"] = time.perf_counter() - t0
         (out / f"stage_{a._stage}.json").write_text(json.dumps(r, indent=1, ensure_ascii=False))
@@ -453,7 +451,7 @@ def main():
         res_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
-            p = subprocess.run([sys.executable, __file__, "--_stage", name, "--out", str(out)] +
+            p = subprocess.run([sys.executable, sys.argv[0], "--_stage", name, "--out", str(out)] +
                                (["--tiny"] if a.tiny else []), capture_output=True, text=True, env=env,
                                timeout=limit)
             res = json.loads(res_path.read_text()) if p.returncode == 0 and res_path.is_file() else \

@@ -597,8 +597,7 @@ def main(argv=None) -> int:
     try:
         written, skipped = draw_run(cfg)
     except utils.DataError as e:
-        print(f"plots: error: {e}", file=sys.stderr)
-        return utils.BAD_INPUT_EXIT
+        utils.fail("plots.py", e)
     for p in written:
         print(f"wrote   {p}")
     for s in skipped:

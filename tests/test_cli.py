@@ -153,7 +153,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(script, extra, message, in
 
 
 def test_bad_rl_prompt_records_fail_at_load(inp, tmp_path, capsys):
-    """truth.term_months "十九个月" used to load, then crash inside utils.term_score at the first parsed completion."""
+    """truth.term_months "十九个月" used to load, then crash inside rl.term_score at the first parsed completion."""
     good = {"charges": ["盗窃"], "articles": [264], "term_months": 6}
     for truth, field, what in (({**good, "term_months": "十九个月"}, "truth.term_months", "whole number of months"),
                                ({**good, "term_months": -3}, "truth.term_months", "whole number of months"),

@@ -11,7 +11,11 @@ from utils import LAWBENCH_TASKS
 
 
 def _run(argv, capsys):
-    rc = evaluate.main(argv)
+    """(exit status, captured output) of `evaluate.py ARGV` run in-process (bad input exits via utils.fail)."""
+    try:
+        rc = evaluate.main(argv) or 0
+    except SystemExit as e:
+        rc = e.code
     return rc, capsys.readouterr()
 
 

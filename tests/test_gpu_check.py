@@ -33,8 +33,12 @@ def test_gpu_check_fails_loudly(tmp_path):
     gc = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny", "--out", str(tmp_path)]
     p = subprocess.run(gc + ["--stages", "nope"], capture_output=True, text=True, env=cpu_env(), timeout=120)
     assert p.returncode != 0 and "unknown stage" in p.stderr
-    p = subprocess.run(gc + ["--stages", "probe,attention"], capture_output=True, text=True, timeout=600,
-                       env=cpu_env({"LEXLAB_TEST_FAIL_STAGE": "probe"}))
+    failing = tmp_path / "gpu_check_failing_probe.py"  # gpu_check with a probe stage that crashes (stages rerun argv[0])
+    failing.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'bench')!r})\nimport gpu_check\n\n\n"
+                       "def stage_probe(spec):\n    raise RuntimeError('stage probe made to fail')\n\n\n"
+                       "gpu_check.stage_probe = stage_probe\ngpu_check.main()\n")
+    p = subprocess.run([sys.executable, str(failing), "--tiny", "--out", str(tmp_path), "--stages", "probe,attention"],
+                       capture_output=True, text=True, timeout=600, env=cpu_env())
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert p.returncode == 1 and not report["ok"] and "SOME CHECKS FAILED" in p.stdout
     assert "made to fail" in report["stages"]["probe"]["error"] and report["stages"]["attention"]["ok"]

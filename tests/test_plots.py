@@ -288,7 +288,9 @@ def test_cli_partial_and_bad_runs(tmp_path, capsys):
     assert "skipped judge (judge): " in out and "summary.json:1: invalid JSON" in out
     (tmp_path / "empty").mkdir()
     assert P.main(["--run", str(tmp_path / "empty")]) == 1
-    assert P.main(["--run", str(tmp_path / "absent")]) == 2
+    with pytest.raises(SystemExit) as e:
+        P.main(["--run", str(tmp_path / "absent")])
+    assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
         P.main(["--run", str(run), "--format", "svg"])
     assert e.value.code == 2 and "--format: expected one of png | pdf, got 'svg'" in capsys.readouterr().err
