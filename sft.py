@@ -121,7 +121,7 @@ def preflight(cfg: SFTConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2. Data: a packed stage (see PACKED_FORMAT in the README), memory-mapped
+# 2. Data: a packed stage (layout: utils section 7), memory-mapped
 # ----------------------------------------------------------------------------------------------------------------------
 
 class PackedStage:

@@ -174,7 +174,7 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def sample_lengths(stage_dir) -> np.ndarray:
-    """Token length of every sample in a packed stage (PACKED_FORMAT: diffs of cu_seqlens inside each pack)."""
+    """Token length of every sample in a packed stage (utils section 7: diffs of cu_seqlens inside each pack)."""
     cu = np.load(Path(stage_dir) / "cu_seqlens.npy", mmap_mode="r")
     off = np.load(Path(stage_dir) / "cu_offsets.npy", mmap_mode="r")
     lengths = np.diff(np.asarray(cu, dtype=np.int64))

@@ -38,7 +38,7 @@ def check_file(path, magic=PNG_MAGIC):
 
 
 def write_stage(d: Path, packs: list[list[int]], seq_len: int = 64):
-    """A packed stage per PACKED_FORMAT.md holding the given sample lengths per pack."""
+    """A packed stage (the layout of utils section 7) holding the given sample lengths per pack."""
     d.mkdir(parents=True)
     cu, off = [], [0]
     for lengths in packs:
