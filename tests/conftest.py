@@ -35,6 +35,15 @@ def lawbench_dir() -> Path:
 requires_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def exit_status(main, argv) -> int:
+    """A script's main(argv) run in-process -> its exit status (bad input exits 2 through utils.fail)."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return rc if isinstance(rc, int) else 0
+
+
 def cpu_env(extra: dict | None = None) -> dict:
     """os.environ for a subprocess that must run the CPU (gloo, fp32) path even on a GPU machine: no GPU visible,
     no torchrun variables inherited, one thread per process (the tests run several ranks on few cores)."""

@@ -19,6 +19,7 @@ import prepare_data
 import rl
 import sft
 import utils
+from conftest import exit_status
 
 REPO = Path(__file__).resolve().parents[1]
 MAINS = {"sft.py": sft.main, "rl.py": rl.main, "evaluate.py": evaluate.main, "judge.py": judge.main,
@@ -27,11 +28,7 @@ MAINS = {"sft.py": sft.main, "rl.py": rl.main, "evaluate.py": evaluate.main, "ju
 
 def cli(script: str, argv, capsys) -> tuple[int, str, str]:
     """Run SCRIPT's main(argv) in-process -> (exit status, stdout, stderr)."""
-    try:
-        rc = MAINS[script]([str(a) for a in argv])
-        rc = rc if isinstance(rc, int) else 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
+    rc = exit_status(MAINS[script], argv)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 

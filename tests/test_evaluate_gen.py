@@ -8,15 +8,11 @@ import evaluate
 import utils
 from evaluate import SHOTS
 from utils import LAWBENCH_TASKS
+from conftest import exit_status
 
 
 def _run(argv, capsys):
-    """(exit status, captured output) of `evaluate.py ARGV` run in-process (bad input exits via utils.fail)."""
-    try:
-        rc = evaluate.main(argv) or 0
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr()
+    return exit_status(evaluate.main, argv), capsys.readouterr()
 
 
 # ---- generation: LawBench layout, resume ---------------------------------------------------------------------------

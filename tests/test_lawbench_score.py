@@ -14,6 +14,7 @@ import pytest
 import evaluate as E
 import utils
 from utils import DataError
+from conftest import exit_status
 
 warnings.filterwarnings("ignore", module="cn2an")
 
@@ -294,7 +295,7 @@ def test_2_1_resources_missing_is_one_error_line(tmp_path, capsys, monkeypatch):
     pred = tmp_path / "preds"
     E.write_predictions(pred / "m1" / "2-1.json", items(("句子", "句子")))
     (tmp_path / "nowhere").mkdir()  # a folder without the resources (a missing folder is refused before scoring)
-    rc = E.main(["score", str(pred), "--out", str(tmp_path / "s.csv"), "--workers", "1",
+    rc = exit_status(E.main, ["score", str(pred), "--out", str(tmp_path / "s.csv"), "--workers", "1",
                  "--lawbench_dir", str(tmp_path / "nowhere")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 1 and len(err) == 1 and "2-1.json" in err[0] and "cilin.txt" in err[0]
@@ -307,7 +308,7 @@ def test_cli_writes_csv_table_and_reports_bad_files(tmp_path, capsys):
     (pred / "m2").mkdir()
     (pred / "m2" / "3-6.json").write_text('{"0": {"prediction": "A"}}', encoding="utf-8")
     out = tmp_path / "out" / "scores.csv"
-    rc = E.main(["score", str(pred), "--out", str(out), "--workers", "1"])
+    rc = exit_status(E.main, ["score", str(pred), "--out", str(out), "--workers", "1"])
     captured = capsys.readouterr()
     assert rc == 1  # m2's file is bad: reported in one line, the rest is still written
     assert "error:" in captured.err and "origin_prompt': missing" in captured.err
@@ -315,5 +316,5 @@ def test_cli_writes_csv_table_and_reports_bad_files(tmp_path, capsys):
         "task,model_name,score,abstention_rate", "1-2,m1,0.5,0.0", "3-6,m1,1.0,0.0"]
     assert "m1: no score for 1-1, 2-1" in captured.out  # missing task files: blank averages and a note
     assert (tmp_path / "out" / "scores_table.md").is_file() and (tmp_path / "out" / "scores_table.csv").is_file()
-    assert E.main(["score", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert exit_status(E.main, ["score", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "prediction directory not found" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import pytest
 
 from plots import plots as P
 import utils
+from conftest import exit_status
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG", b"%PDF"
@@ -288,9 +289,7 @@ def test_cli_partial_and_bad_runs(tmp_path, capsys):
     assert "skipped judge (judge): " in out and "summary.json:1: invalid JSON" in out
     (tmp_path / "empty").mkdir()
     assert P.main(["--run", str(tmp_path / "empty")]) == 1
-    with pytest.raises(SystemExit) as e:
-        P.main(["--run", str(tmp_path / "absent")])
-    assert e.value.code == 2
+    assert exit_status(P.main, ["--run", str(tmp_path / "absent")]) == 2
     with pytest.raises(SystemExit) as e:
         P.main(["--run", str(run), "--format", "svg"])
     assert e.value.code == 2 and "--format: expected one of png | pdf, got 'svg'" in capsys.readouterr().err

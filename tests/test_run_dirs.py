@@ -14,18 +14,10 @@ import pytest
 import prepare_data
 import utils
 from utils import DataError, RunDirError
+from conftest import exit_status
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-
-
-def evaluate_rc(argv) -> int:
-    """Exit status of `evaluate.py ARGV` run in-process (bad input exits through utils.fail)."""
-    import evaluate
-    try:
-        return evaluate.main(argv) or 0
-    except SystemExit as e:
-        return e.code
 
 
 def snapshot(folder) -> dict:
@@ -225,7 +217,7 @@ def test_generate_detects_another_model(tiny_model, tmp_path, capsys):
     out = tmp_path / "preds"
     args = ["generate", "--lawbench_dir", str(SAMPLE / "lawbench"), "--out", str(out), "--tasks", "3-3",
             "--max_items", "2", "--max_new_tokens", "2", "--model_name", "demo"]
-    assert evaluate_rc([*args, "--model", str(tiny_model)]) == 0
+    assert exit_status(evaluate.main, [*args, "--model", str(tiny_model)]) == 0
     task = out / "zero_shot" / "demo" / "3-3.json"
     made = json.loads(task.with_suffix(".json.model").read_text())
     assert made["model"] == str(Path(tiny_model).resolve()) and made["model_fingerprint"] == utils.fingerprint(
@@ -234,21 +226,21 @@ def test_generate_detects_another_model(tiny_model, tmp_path, capsys):
     moved = tmp_path / "moved"  # the same weights elsewhere: nothing to regenerate
     shutil.copytree(tiny_model, moved)
     capsys.readouterr()
-    assert evaluate_rc([*args, "--model", str(moved)]) == 0
+    assert exit_status(evaluate.main, [*args, "--model", str(moved)]) == 0
     assert json.loads(capsys.readouterr().out)["generated"] == 0
 
     other = utils.build_tiny_model(tmp_path / "other", seed=1)  # other weights: refused, old predictions kept
     before = snapshot(out)
     capsys.readouterr()
-    assert evaluate_rc([*args, "--model", str(other)]) == 2
+    assert exit_status(evaluate.main, [*args, "--model", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(task) in err and "model_fingerprint" in err and "--overwrite" in err
     assert snapshot(out) == before
-    assert evaluate_rc([*args, "--model", str(other), "--overwrite"]) == 0  # regenerated for the new model
+    assert exit_status(evaluate.main, [*args, "--model", str(other), "--overwrite"]) == 0  # regenerated for the new model
     assert json.loads(task.with_suffix(".json.model").read_text())["model_fingerprint"] == utils.fingerprint(other)
 
     task.with_suffix(".json.model").unlink()  # predictions that do not say which model made them are not trusted
-    assert evaluate_rc([*args, "--model", str(other)]) == 2
+    assert exit_status(evaluate.main, [*args, "--model", str(other)]) == 2
     assert "says which model made it" in capsys.readouterr().err
 
 
@@ -260,7 +252,7 @@ def test_judgment_and_longdoc_on_empty_file_are_errors(tmp_path, capsys):
     empty.write_text("")
     for cmd in ("judgment", "longdoc"):
         out = tmp_path / cmd
-        assert evaluate_rc([cmd, "--model", "unused", "--data", str(empty), "--out", str(out)]) == 2
+        assert exit_status(evaluate.main, [cmd, "--model", "unused", "--data", str(empty), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.endswith(f"{empty}: no records (nothing to evaluate)") and "\n" not in err
         assert not out.exists()  # no metrics with F1 0.0, no config: nothing written
@@ -284,8 +276,8 @@ def test_judgment_rerun_replaces_and_never_mixes(tmp_path, fake_generate, tiny_m
     out = tmp_path / "jp"
     base = ["judgment", "--model", str(model), "--data", str(data), "--out", str(out), "--max_new_tokens", "8"]
     for _ in range(2):  # the same run twice: one line per tag, not two
-        assert evaluate_rc(base) == 0
-    assert evaluate_rc([*base, "--rag", str(SAMPLE / "statutes.jsonl"), "--rag_k", "2"]) == 0
+        assert exit_status(evaluate.main, base) == 0
+    assert exit_status(evaluate.main, [*base, "--rag", str(SAMPLE / "statutes.jsonl"), "--rag_k", "2"]) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["tag"] for r in lines] == ["plain", "rag_k2"]
     effect = json.loads((out / "rag_effect.json").read_text(encoding="utf-8"))
@@ -296,15 +288,15 @@ def test_judgment_rerun_replaces_and_never_mixes(tmp_path, fake_generate, tiny_m
     before = snapshot(out)
 
     # another item set, or other weights at the same path: refused (it would be compared with the runs here)
-    assert evaluate_rc([*base, "--max_items", "4"]) == 2
+    assert exit_status(evaluate.main, [*base, "--max_items", "4"]) == 2
     assert "different config (max_items: None -> 4)" in capsys.readouterr().err
     weights = (model / "model.safetensors").read_bytes()
     (model / "model.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))  # other weights, same path
-    assert evaluate_rc(base) == 2
+    assert exit_status(evaluate.main, base) == 2
     assert "model_fingerprint" in capsys.readouterr().err
     assert snapshot(out) == before
 
-    assert evaluate_rc([*base, "--max_items", "4", "--overwrite"]) == 0  # clean: no stale rag_effect.json
+    assert exit_status(evaluate.main, [*base, "--max_items", "4", "--overwrite"]) == 0  # clean: no stale rag_effect.json
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "metrics_plain.json",
                                                      "predictions_plain.jsonl", utils.RUN_IDENTITY]
     assert json.loads((out / "metrics.jsonl").read_text())["n"] == 4
@@ -315,10 +307,10 @@ def test_longdoc_rerun_replaces(tmp_path, fake_generate, tiny_model):
     out = tmp_path / "ld"
     base = ["longdoc", "--model", str(tiny_model), "--data", str(REPO / "data" / "longdoc_sample.jsonl"), "--out",
             str(out), "--max_new_tokens", "4"]
-    assert evaluate_rc(base) == 0 and evaluate_rc(base) == 0
+    assert exit_status(evaluate.main, base) == 0 and exit_status(evaluate.main, base) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    assert evaluate_rc([*base, "--max_new_tokens", "8"]) == 2
-    assert evaluate_rc([*base, "--max_new_tokens", "8", "--overwrite"]) == 0
+    assert exit_status(evaluate.main, [*base, "--max_new_tokens", "8"]) == 2
+    assert exit_status(evaluate.main, [*base, "--max_new_tokens", "8", "--overwrite"]) == 0
 
 
 # ---- prepare_data.py: required --out, refuse a built folder, build in a temporary folder ----------------------------
