@@ -497,10 +497,10 @@ def run(cfg: JudgeConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> dict:
+def main(argv=None):
     cfg = utils.parse_config(JudgeConfig, argv)
     try:
-        return run(cfg)
+        run(cfg)
     except DataError as e:
         utils.fail("judge.py", e)
 
