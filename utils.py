@@ -1379,7 +1379,6 @@ def truncate_logs(paths, step: int) -> None:
 
 
 def rng_state() -> dict:
-
     import numpy as np
     import torch
     out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -1389,7 +1388,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(s: dict):
-
     import numpy as np
     import torch
     random.setstate(s["python"])
