@@ -8,6 +8,7 @@
                                             step-STEP checkpoint (the save half done: not yet marked complete)
 """
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -59,6 +60,14 @@ def kill_in_save(step: int, argv: list):
     sft.main(argv)
 
 
+def report(row: dict) -> None:
+    """One JSON line on stdout in a single write() (atomic below PIPE_BUF): the ranks share the pipe, and print() under
+    PYTHONUNBUFFERED (as CI runs) writes the text and its newline separately, so two ranks' lines could run together."""
+    line = (json.dumps(row) + "\n").encode()
+    assert len(line) < 4096, len(line)
+    os.write(1, line)
+
+
 def main():
     if sys.argv[1] == "kill_in_save":
         return kill_in_save(int(sys.argv[2]), sys.argv[3:])
@@ -74,7 +83,7 @@ def main():
         model, hf, _ = sft.load_model(cfg, device)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         n = sum(p.numel() for p in hf.parameters())
-        print(json.dumps({"rank": rank, "rss_growth": peak - before, "fp32_bytes": 4 * n}), flush=True)
+        report({"rank": rank, "rss_growth": peak - before, "fp32_bytes": 4 * n})
     else:
         cfg = sft.SFTConfig(model=model_dir, grad_accum=3, reduce_every_micro_batch=sys.argv[4] == "true")
         model, hf, _ = sft.load_model(cfg, device)
@@ -84,7 +93,7 @@ def main():
         model.register_forward_pre_hook(lambda *a: held.append(held_grad_bytes(model)))
         r = sft.train_step(model, optimizer, data, list(range(world * 3)), cfg, rank, world, device, 0)
         n = sum(p.numel() for p in hf.parameters())
-        print(json.dumps({"rank": rank, "held": held, "fp32_bytes": 4 * n, "loss": r["loss"]}), flush=True)
+        report({"rank": rank, "held": held, "fp32_bytes": 4 * n, "loss": r["loss"]})
     utils.dist_close()
 
 
