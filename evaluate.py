@@ -522,11 +522,11 @@ def read_predictions(path) -> list[dict]:
         item = data[key]
         if not isinstance(item, dict):
             raise DataError(path, None, f'["{key}"]', f"expected an object, got {type(item).__name__}", "bad_schema")
-        for field in PRED_FIELDS:
-            if field not in item:
-                raise DataError(path, None, f'["{key}"].{field}', "missing", "missing_field")
-            if field != "origin_prompt" and not isinstance(item[field], str):
-                raise DataError(path, None, f'["{key}"].{field}', f"expected a string, got {type(item[field]).__name__}",
+        for name in PRED_FIELDS:
+            if name not in item:
+                raise DataError(path, None, f'["{key}"].{name}', "missing", "missing_field")
+            if name != "origin_prompt" and not isinstance(item[name], str):
+                raise DataError(path, None, f'["{key}"].{name}', f"expected a string, got {type(item[name]).__name__}",
                                 "bad_field")
         items.append(item)
     return items

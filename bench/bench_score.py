@@ -70,7 +70,6 @@ def main():
         total = time.perf_counter() - t0
         per_file = [json.loads(l) for l in Path(f"{tmp}/scores_metrics.jsonl").read_text().splitlines()][:-1]
         ours = {m["task"]: m["seconds"] for m in per_file}
-        scores = {r["task"]: float(r["score"]) for r in utils.iter_records(f"{tmp}/scores.csv") for r in [r[1]]}
 
     print(f"evaluate.py score, {cfg.model} {cfg.shot}, {len(ours)} task files, {cfg.workers} workers"
           + ("" if has_2_1 else "  [2-1 NOT included: cherrant.py is not in this checkout]"))

