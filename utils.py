@@ -12,7 +12,7 @@ Sections (banner comments below):
   8. Generation backends         - one `generate` call over Hugging Face or vLLM, prompt budgets (evaluate / judge;
                                    rl.py its prompt budgets)
   9. Training                    - torch.distributed set-up, FSDP2, packed attention, checkpoints, resume (sft / rl)
- 10. Legal answer parsing        - the correct charge / article / sentence parsers, log distance of terms (rl / evaluate)
+ 10. Legal answer parsing        - charge / article / sentence parsers, log distance of terms (rl / evaluate)
  11. LawBench tasks and scores   - task list, category means, scores CSV (evaluate / plots)
 
 Run `python utils.py tiny-model --out DIR` to build the tiny model used by the tests and the demo.
@@ -1316,7 +1316,6 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_la
     """Write model + optimizer (sharded, DCP) and extra (scheduler, data position, ...) and each rank's RNG states
     to ckpt_root/.tmp_step_N, then rename it to step_N (atomic: a crash midway leaves the previous checkpoint the
     newest complete one). Older checkpoints beyond keep_last are removed. Needs a filesystem all ranks share."""
-
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp

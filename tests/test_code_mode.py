@@ -12,6 +12,11 @@ from conftest import exit_status
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "lawbench"
 
+
+def generate_code_mode(model, out, *flags) -> int:
+    """`evaluate.py generate --code` on the sample LawBench tasks, in-process -> its exit status."""
+    return exit_status(E.main, ["generate", "--model", model, "--lawbench_dir", SAMPLE, "--out", out, "--code", *flags])
+
 # Hand-written reference programs: the built-in sample's 3-7 items, and items of ../shared's LawBench 3-7 (index ->
 # program, with the gold answer checked so a changed data file fails loudly).
 SAMPLE_PROGRAMS = [
@@ -90,8 +95,7 @@ def _fake_model(monkeypatch, calls):
 def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, capsys):
     calls = []
     _fake_model(monkeypatch, calls)
-    rc = exit_status(E.main, ["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
-                 "--tasks", "3-3,3-7", "--code", "--model_name", "m", "--code_wall_s", "3"])
+    rc = generate_code_mode(tiny_model, tmp_path, "--tasks", "3-3,3-7", "--model_name", "m", "--code_wall_s", "3")
     assert rc == 0
     rows = json.loads((tmp_path / "code_mode.json").read_text(encoding="utf-8"))
     assert list(rows) == ["zero_shot/3-7"]  # 3-3 has no code mode
@@ -111,7 +115,7 @@ def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, caps
     assert all(set(it) >= {"origin_prompt", "prediction", "refr", "completion", "code", "exec"} for it in items.values())
     # the same official-parity scorer reads both files (the `score` subcommand: one row per mode)
     assert E.score_file(code_file)["score"] == r["code"]
-    rc = exit_status(E.main, ["score", str(tmp_path / "zero_shot"), "--out", str(tmp_path / "scores.csv"), "--workers", "1"])
+    rc = exit_status(E.main, ["score", tmp_path / "zero_shot", "--out", tmp_path / "scores.csv", "--workers", "1"])
     assert rc == 0
     table = (tmp_path / "scores.csv").read_text(encoding="utf-8")
     assert "3-7,m,1.0," in table and "3-7,m-code,0.333" in table
@@ -125,8 +129,7 @@ def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, caps
 def test_code_flag_checked_before_work(tiny_model, tmp_path, monkeypatch, capsys):
     calls = []
     _fake_model(monkeypatch, calls)
-    rc = exit_status(E.main, ["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
-                 "--tasks", "1-1,3-3", "--code"])
+    rc = generate_code_mode(tiny_model, tmp_path, "--tasks", "1-1,3-3")
     assert rc == 2 and calls == []
     assert "--code: no task with a code mode" in capsys.readouterr().err
 
@@ -136,8 +139,7 @@ def test_code_prompt_over_budget_is_refused(tiny_model, tmp_path, monkeypatch):
     calls = []
     _fake_model(monkeypatch, calls)
     monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 0)
-    rc = exit_status(E.main, ["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
-                 "--tasks", "3-7", "--code", "--model_name", "m"])
+    rc = generate_code_mode(tiny_model, tmp_path, "--tasks", "3-7", "--model_name", "m")
     assert rc == 0 and calls == []
     r = json.loads((tmp_path / "code_mode.json").read_text(encoding="utf-8"))["zero_shot/3-7"]
     assert (r["n"], r["ran"], r["no_code"], r["refused"]) == (3, 0, 0, 3)
@@ -151,8 +153,8 @@ def test_exec_counts():
 
 def test_code_mode_tiny_model(tiny_model, tmp_path, capsys):
     """The real plumbing on the tiny model (its numbers are near zero; what matters is that both modes run)."""
-    rc = exit_status(E.main, ["generate", "--model", str(tiny_model), "--lawbench_dir", str(SAMPLE), "--out", str(tmp_path),
-                 "--tasks", "3-7", "--code", "--max_new_tokens", "8", "--model_name", "tiny", "--code_wall_s", "3"])
+    rc = generate_code_mode(tiny_model, tmp_path, "--tasks", "3-7", "--max_new_tokens", "8", "--model_name", "tiny",
+                            "--code_wall_s", "3")
     assert rc == 0
     r = json.loads((tmp_path / "code_mode.json").read_text(encoding="utf-8"))["zero_shot/3-7"]
     assert r["n"] == 3 and r["ran"] + r["no_code"] == 3

@@ -33,7 +33,7 @@ def test_gpu_check_fails_loudly(tmp_path):
     gc = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny", "--out", str(tmp_path)]
     p = subprocess.run(gc + ["--stages", "nope"], capture_output=True, text=True, env=cpu_env(), timeout=120)
     assert p.returncode != 0 and "unknown stage" in p.stderr
-    failing = tmp_path / "gpu_check_failing_probe.py"  # gpu_check with a probe stage that crashes (stages rerun argv[0])
+    failing = tmp_path / "failing_probe.py"  # gpu_check whose probe stage crashes (stages rerun argv[0])
     failing.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'bench')!r})\nimport gpu_check\n\n\n"
                        "def stage_probe(spec):\n    raise RuntimeError('stage probe made to fail')\n\n\n"
                        "gpu_check.stage_probe = stage_probe\ngpu_check.main()\n")

@@ -295,8 +295,8 @@ def test_2_1_resources_missing_is_one_error_line(tmp_path, capsys, monkeypatch):
     pred = tmp_path / "preds"
     E.write_predictions(pred / "m1" / "2-1.json", items(("句子", "句子")))
     (tmp_path / "nowhere").mkdir()  # a folder without the resources (a missing folder is refused before scoring)
-    rc = exit_status(E.main, ["score", str(pred), "--out", str(tmp_path / "s.csv"), "--workers", "1",
-                 "--lawbench_dir", str(tmp_path / "nowhere")])
+    rc = exit_status(E.main, ["score", pred, "--out", tmp_path / "s.csv", "--workers", "1",
+                              "--lawbench_dir", tmp_path / "nowhere"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 1 and len(err) == 1 and "2-1.json" in err[0] and "cilin.txt" in err[0]
 

@@ -236,7 +236,7 @@ def test_generate_detects_another_model(tiny_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(task) in err and "model_fingerprint" in err and "--overwrite" in err
     assert snapshot(out) == before
-    assert exit_status(evaluate.main, [*args, "--model", str(other), "--overwrite"]) == 0  # regenerated for the new model
+    assert exit_status(evaluate.main, [*args, "--model", other, "--overwrite"]) == 0  # regenerated for the new model
     assert json.loads(task.with_suffix(".json.model").read_text())["model_fingerprint"] == utils.fingerprint(other)
 
     task.with_suffix(".json.model").unlink()  # predictions that do not say which model made them are not trusted
@@ -296,7 +296,7 @@ def test_judgment_rerun_replaces_and_never_mixes(tmp_path, fake_generate, tiny_m
     assert "model_fingerprint" in capsys.readouterr().err
     assert snapshot(out) == before
 
-    assert exit_status(evaluate.main, [*base, "--max_items", "4", "--overwrite"]) == 0  # clean: no stale rag_effect.json
+    assert exit_status(evaluate.main, [*base, "--max_items", "4", "--overwrite"]) == 0  # clean: no stale rag_effect
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "metrics_plain.json",
                                                      "predictions_plain.jsonl", utils.RUN_IDENTITY]
     assert json.loads((out / "metrics.jsonl").read_text())["n"] == 4
