@@ -1194,7 +1194,9 @@ def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, mem
     import subprocess
     import tempfile
     t0 = time.monotonic()
-    cpu = cpu_s if cpu_s is not None else max(1, math.ceil(wall_s))
+    # without cpu_s the CPU rlimit is a backstop one second past the wall, so that the parent's wall check (which can
+    # wake late on a loaded machine) is what ends a busy loop: "timeout", never a race with "limit"
+    cpu = cpu_s if cpu_s is not None else math.ceil(wall_s) + 1
     limits = {"RLIMIT_CPU": cpu, "RLIMIT_AS": memory_mb << 20, "RLIMIT_NOFILE": max_files, "RLIMIT_NPROC": 1,
               "RLIMIT_FSIZE": max_file_mb << 20, "RLIMIT_CORE": 0}
     work = Path(tempfile.mkdtemp(prefix="lexlab-sandbox-"))

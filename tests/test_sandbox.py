@@ -284,6 +284,9 @@ def test_os_layer_uid_files(tmp_path):
 def test_os_layer_limits_without_hook():
     assert _os("x = bytearray(1 << 40)")["reason"] == "memory"
     assert _os("import time\ntime.sleep(60)", )["status"] == "timeout"
+    # without cpu_s, the CPU rlimit sits past the wall (a busy loop is a "timeout", not a race between the two)
+    cpu = _os("import resource\nprint(resource.getrlimit(resource.RLIMIT_CPU))")["stdout"].strip()
+    assert cpu == f"({int(WALL) + 1}, {int(WALL) + 2})"
     assert _os("while True:\n    print('x' * 65536)")["reason"].startswith("output")
     env = _os("import os\nprint(sorted(os.environ))")
     assert env["stdout"].strip() == "['HOME', 'LC_ALL', 'PATH']"
