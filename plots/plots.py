@@ -10,6 +10,7 @@ It looks in RUN_DIR for (any that exist; the rest is skipped with a message):
     rl*/metrics.jsonl                rl.py            -> GRPO curves (reward + components, KL, clip fraction, length)
     eval*/**/scores*.csv             evaluate.py      -> LawBench per task / per category, beside published baselines
     judge*/summary.json              judge.py         -> win rates by category with bootstrap intervals
+    judge*/rubric_summary.json       judge.py rubric  -> mean 1-5 score per criterion and system, with intervals
 
 Sections:
   1. CJK font            - find a font that has Chinese glyphs and make matplotlib use it
@@ -398,6 +399,40 @@ def plot_judge(summary: dict, out) -> Path:
     return _save(fig, out)
 
 
+def plot_rubric(summary: dict, out) -> Path:
+    """judge.py rubric's rubric_summary.json: mean 1-5 score per criterion, one bar per system with the bootstrap 95%
+    interval; one panel overall, one per category. Answers without a valid score are counted under the bars."""
+    setup_fonts()
+    crits = summary.get("criteria") or []
+    scores = summary.get("scores") or {}
+    if not crits or not scores:
+        raise ValueError("no criteria or no scores in the rubric summary: nothing to draw")
+    cats = sorted({c for s in scores.values() for c in s.get("by_category", {})})
+    panels = [("总体 overall", {n: s["overall"] for n, s in scores.items()})]
+    panels += [(c, {n: s["by_category"].get(c, {}) for n, s in scores.items()}) for c in cats] if len(cats) > 1 else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5, 0.9 * len(crits) * len(scores)) * len(panels) / 1.5 + 2,
+                                                      4.2), squeeze=False)
+    width = 0.8 / len(scores)
+    x = np.arange(len(crits))
+    for ax, (title, group) in zip(axes[0], panels):
+        for k, (name, cells) in enumerate(group.items()):
+            cell = [cells.get(c["name"]) or {} for c in crits]
+            mean = np.array([np.nan if c.get("mean") is None else c["mean"] for c in cell], dtype=float)
+            err = np.array([[max(m - c["ci95"][0], 0), max(c["ci95"][1] - m, 0)] if c.get("ci95") else [0, 0]
+                            for m, c in zip(mean, cell)]).T
+            bars = ax.bar(x + (k - (len(scores) - 1) / 2) * width, mean, width, yerr=err, capsize=3, label=name)
+            ax.bar_label(bars, labels=[f"n{c.get('n', 0)}" + (f" e{c['errors']}" if c.get("errors") else "")
+                                       for c in cell], fontsize=6, padding=2)
+        ax.set_xticks(x, [c.get("label") or c["name"] for c in crits])
+        ax.set_ylim(0, 5.6)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("score 1-5 (95% CI)")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"LLM 评审逐项评分 rubric grades ({summary.get('judge_model', '?')})")
+    return _save(fig, out)
+
+
 def plot_data_mix(report: dict, out) -> Path:
     """data_report.json: kept / dropped (by reason) per source; samples and tokens per stage; decontamination hits."""
     setup_fonts()
@@ -589,6 +624,9 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
         attempt(f"judge ({p.parent.name})", lambda p=p: plot_judge(utils.read_json(p), out / f"judge_{p.parent.name}{ext}"))
     if not summaries:
         skipped.append("judge: no judge*/summary.json (judge.py runs only with an endpoint configured)")
+    for p in _found(run, "judge*/rubric_summary.json"):  # judge.py rubric, beside the win rates
+        attempt(f"rubric ({p.parent.name})",
+                lambda p=p: plot_rubric(utils.read_json(p), out / f"rubric_{p.parent.name}{ext}"))
     return written, skipped
 
 
