@@ -28,6 +28,7 @@ Sections: 1. config  2. judging prompt and verdicts  3. inputs  4. judge client 
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -38,7 +39,8 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import utils
@@ -51,7 +53,7 @@ from utils import DataError
 
 @dataclass
 class JudgeConfig:
-    """Pairwise LLM judge with position swap."""
+    """Pairwise LLM judge with position swap. Also: judge.py rubric | human | agreement (each has --help)."""
     questions: str = field(metadata={"help": "questions JSONL: id, question (or input), optional category, reference"})
     llm_url: str = field(metadata={"help": "judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1",
                                    "alias": "--judge_base_url"})
@@ -971,8 +973,7 @@ class Study:
                "verdict": {"tie": "tie", "left": left, "right": right}[choice],
                "scores": {c: s if left == "b" else 6 - s for c, s in sorted(scores.items())},
                "comment": comment,
-               "at": __import__("datetime").datetime.now(__import__("datetime").timezone.utc)
-               .isoformat(timespec="milliseconds")}
+               "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
         with self.lock:
             fd = os.open(self.votes_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -1118,8 +1119,7 @@ button.chosen { background: #2a6; color: white; }
 </body></html>
 """
 PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-            "script-src 'sha256-" + __import__("base64").b64encode(hashlib.sha256(PAGE_SCRIPT.encode()).digest())
-            .decode() + "'")
+            "script-src 'sha256-" + base64.b64encode(hashlib.sha256(PAGE_SCRIPT.encode()).digest()).decode() + "'")
 
 
 def page_handler(study: Study):
@@ -1453,23 +1453,31 @@ def judge_human(votes: list[dict], judge_dir, n_boot: int, seed: int) -> dict:
 class AgreementConfig:
     """Agreement between experts (votes of `judge.py human`) and, with --judge, between experts and the LLM judge."""
     votes: str = field(metadata={"help": "votes JSONL in judge.py human's schema (OUT/votes.jsonl)"})
-    out: str = field(metadata={"help": "output folder (agreement.json)"})
+    out: str = field(metadata={"help": "output folder (agreement.json, config.json)"})
     judge: str | None = field(default=None, metadata={"help": "a pairwise judge.py output folder (summary.json + "
                                                                 "judgments.jsonl) to compare with"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the win-rate intervals (0: none)",
                                                    "min": 0})
     seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
+    overwrite: bool = field(default=False, metadata={"help": "replace the agreement of other inputs in --out"})
 
 
 def run_agreement(cfg: AgreementConfig) -> dict:
     utils.check_fields(cfg)
     utils.check_out_dir(cfg.out)
+    out = Path(cfg.out)
+    saved = out / "config.json"
+    if saved.is_file() and not cfg.overwrite:  # one agreement per folder: the same inputs may recompute it
+        old = {k: v for k, v in utils.read_json(saved).items() if k != "overwrite"}
+        if old != {k: v for k, v in asdict(cfg).items() if k != "overwrite"}:
+            raise DataError("--out", None, None, f"{out} holds the agreement of other inputs (config.json): use "
+                            "another --out or --overwrite", reason="bad_flag")
     votes = read_votes(cfg.votes)
     result = human_agreement(votes)
     if cfg.judge is not None:
         result.update(judge_human(votes, cfg.judge, cfg.bootstrap, cfg.seed))
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    utils.save_config(cfg, out)
     (out / "agreement.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     print_agreement(result, votes)
     return result

@@ -416,6 +416,23 @@ def test_agreement_bad_votes_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_our_sample_votes_and_one_agreement_per_folder(tmp_path, capsys):
+    """data/expert_votes_sample.jsonl (the demo's): in the schema, 3 experts on 10 items; a folder holds the agreement
+    of one set of inputs (rerun: recomputed; other inputs: refused unless --overwrite)."""
+    sample = REPO / "data" / "expert_votes_sample.jsonl"
+    args = ["agreement", "--votes", sample, "--out", tmp_path / "agr"]
+    assert exit_status(judge.main, args) == 0 and exit_status(judge.main, args) == 0
+    r = json.loads((tmp_path / "agr" / "agreement.json").read_text())
+    assert r["n_items"] == 10 and list(r["cohen_kappa_pairs"]) == ["expert_a|expert_b", "expert_a|expert_c",
+                                                                   "expert_b|expert_c"]
+    assert set(r["krippendorff_alpha_scores"]) == {"accuracy", "completeness", "clarity"}
+    assert all(v is not None for v in [r["cohen_kappa"], r["fleiss_kappa"], r["krippendorff_alpha_verdict"]])
+    assert "Fleiss kappa" in capsys.readouterr().out
+    assert exit_status(judge.main, args + ["--seed", "1"]) == 2
+    assert "holds the agreement of other inputs" in capsys.readouterr().err
+    assert exit_status(judge.main, args + ["--seed", "1", "--overwrite"]) == 0
+
+
 def test_agreement_with_the_judge_reads_what_the_judge_writes(tmp_path):
     """A real pairwise judge run (fake endpoint) -> its OUT folder; expert votes on the same questions; judge-human
     agreement with and without ties counted by hand (FastChat's definition)."""
