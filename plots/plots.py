@@ -365,6 +365,13 @@ def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
     return _save(fig, out)
 
 
+def win_rate_ci(row: dict) -> list | None:
+    """The win rate's 95% interval of one summary row: judge.py writes {"ci95": {"win_rate": [lo, hi], ...}}; a bare
+    "ci": [lo, hi] is read too. None when absent or undefined."""
+    ci = row.get("ci95", {}).get("win_rate") if isinstance(row.get("ci95"), dict) else row.get("ci")
+    return list(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+
+
 def plot_judge(summary: dict, out) -> Path:
     """Win rate per category (and overall) with the bootstrap 95% interval; adjusted win rate beside; counts on top."""
     setup_fonts()
@@ -380,8 +387,8 @@ def plot_judge(summary: dict, out) -> Path:
                     for n in names], dtype=float)
     err = np.full((2, len(names)), np.nan)
     for i, n in enumerate(names):
-        ci = rows[n].get("ci")
-        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        ci = win_rate_ci(rows[n])
+        if ci is not None:
             err[:, i] = [max(win[i] - ci[0], 0), max(ci[1] - win[i], 0)]
     has_ci = not np.all(np.isnan(err))
     bars = ax.bar(x - 0.2, win, 0.4, yerr=np.nan_to_num(err) if has_ci else None, capsize=4,

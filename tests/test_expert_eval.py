@@ -474,6 +474,9 @@ def test_agreement_with_the_judge_reads_what_the_judge_writes(tmp_path):
     assert (w["judge_on_human_items"]["wins"], w["judge_on_human_items"]["ties"],
             w["judge_on_human_items"]["losses"]) == (1, 2, 1)
     judge_summary = json.loads((tmp_path / "judge" / "summary.json").read_text())
+    import plots.plots as plots  # the win-rate figure reads the interval judge.py really writes
+    assert plots.win_rate_ci(judge_summary) == judge_summary["ci95"]["win_rate"] is not None
+    assert plots.win_rate_ci(judge_summary["by_category"]["X"]) == judge_summary["by_category"]["X"]["ci95"]["win_rate"]
     assert w["judge_all"]["win_rate"] == judge_summary["win_rate"] == 0.5  # W q1 q6, L q2, T q3
     assert w["human"]["ci95"]["win_rate"][0] <= 0.6 <= w["human"]["ci95"]["win_rate"][1]
 
