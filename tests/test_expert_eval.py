@@ -286,6 +286,27 @@ def test_page_binds_loopback_and_bad_flags_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "s").exists()  # nothing written before every input was checked
 
 
+def test_the_command_binds_loopback_prints_links_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    write_study_inputs(tmp_path, 3)
+    cmd = [sys.executable, str(REPO / "judge.py"), "human", "--questions", str(tmp_path / "q.jsonl"),
+           "--answers_a", str(tmp_path / f"{SYS_A}.jsonl"), "--answers_b", str(tmp_path / f"{SYS_B}.jsonl"),
+           "--annotators", "x,y", "--overlap", "1", "--port", "0", "--out", str(tmp_path / "s")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        urls = [re.search(r"(http://\S+)", line).group(1) for line in lines[1:]]
+        assert all(u.startswith("http://127.0.0.1:") for u in urls), lines
+        with urllib.request.urlopen(urls[0], timeout=20) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "", err
+
+
 def test_concurrent_annotators_lose_nothing(tmp_path):
     n_threads, m_votes = 8, 25
     page = Page(tmp_path, n_items=m_votes, annotators=",".join(f"e{i}" for i in range(n_threads)),
