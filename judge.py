@@ -773,7 +773,8 @@ def run_rubric(cfg: RubricConfig) -> dict:
     pool.shutdown()
     if failed and len(failed) == len(tasks):
         first = next(iter(failed.values()))["error"]
-        print(f"judge.py rubric: error: all {len(tasks)} gradings failed (first: {first}); nothing summarised: rerun when the judge answers", file=sys.stderr)
+        print(f"judge.py rubric: error: all {len(tasks)} gradings failed (first: {first}); nothing summarised: "
+              "rerun when the judge answers", file=sys.stderr)
         raise SystemExit(1)
 
     records = [cache.records.get(key) or failed[key] for key, *_ in tasks]

@@ -113,6 +113,23 @@ def test_rubric_against_fake_endpoint(tmp_path):
     assert [p.name for p in written] == ["rubric_judge_rubric.png"] and written[0].stat().st_size > 10_000
 
 
+def test_rubric_checks_inputs_and_endpoint_before_writing(tmp_path, capsys):
+    write_inputs(tmp_path, 2, ["X"])
+    (tmp_path / "crit.json").write_text('[{"name": "准确", "description": "x"}]', encoding="utf-8")
+    base = ["rubric", "--questions", tmp_path / "q.jsonl", "--answers", tmp_path / "sys_a.jsonl", "--llm_model", "m",
+            "--out", tmp_path / "o"]
+    base += ["--llm_url", "http://127.0.0.1:9/v1"]  # nothing listens on port 9
+    assert exit_status(judge.main, base) == 2
+    assert exit_status(judge.main, base + ["--criteria", tmp_path / "crit.json"]) == 2
+    assert exit_status(judge.main, base + ["--names", "a,b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("judge.py rubric: error: --llm_url: http://127.0.0.1:9/v1 does not answer")
+    assert err[1] == f"judge.py rubric: error: {tmp_path / 'crit.json'}:1: field 'name': '准确': letters, digits and _ " \
+        "only (it is a JSON key)"
+    assert err[2] == "judge.py rubric: error: --names: 2 name(s) for 1 answers file(s)"
+    assert not (tmp_path / "o").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. The expert page: design, access rules, bad input, concurrency, resume
 # ----------------------------------------------------------------------------------------------------------------------
