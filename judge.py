@@ -896,6 +896,7 @@ class Study:
         self.names = names
         self.items = {q["id"]: q for q in questions}
         self.answers = answers  # {'a': {id: text}, 'b': {id: text}}
+        self.cfg = None  # the HumanConfig (written to config.json beside study.json), set by open_study
         self.show_reference = show_reference
         self.by_token = {d["token"]: name for name, d in design["annotators"].items()}
         self.votes_path = out / "votes.jsonl"
@@ -1228,24 +1229,35 @@ def open_study(cfg: HumanConfig) -> Study:
         if design.get("inputs") != inputs:
             raise DataError(path, None, None, "this folder holds a study with other questions, answers, annotators "
                             "or design flags: use another --out", reason="bad_flag")
-    else:
+    else:  # a new study: written by serve_study once the address is bound (nothing written before that)
         per = make_study([q["id"] for q in questions], annotators, cfg.overlap, cfg.per_annotator, cfg.seed)
         design = {"inputs": inputs, "systems": [name_a, name_b],
                   "annotators": {a: {"token": secrets.token_urlsafe(18), **per[a]} for a in annotators}}
-        out.mkdir(parents=True, exist_ok=True)
-        utils.save_config(cfg, out)
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # tokens: owner only
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(design, f, ensure_ascii=False, indent=1)
-        os.replace(path.with_suffix(".tmp"), path)
-    return Study(out, design, questions, {"a": answers_a, "b": answers_b}, (name_a, name_b), criteria, show_ref)
+    study = Study(out, design, questions, {"a": answers_a, "b": answers_b}, (name_a, name_b), criteria, show_ref)
+    study.cfg = cfg
+    return study
+
+
+def save_study(study: Study) -> None:
+    """OUT/study.json (design and tokens, mode 600: readable by its owner only) and OUT/config.json, once."""
+    path = study.out / "study.json"
+    if path.exists():
+        return
+    study.out.mkdir(parents=True, exist_ok=True)
+    utils.save_config(study.cfg, study.out)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(study.design, f, ensure_ascii=False, indent=1)
+    os.replace(path.with_suffix(".tmp"), path)
 
 
 def serve_study(study: Study, host: str, port: int):
-    """-> a ThreadingHTTPServer (not yet serving) bound to (host, port)."""
+    """-> a ThreadingHTTPServer (not yet serving) bound to (host, port); then the study is saved (a port already
+    taken or an address not ours is an OSError before anything is written)."""
     from http.server import ThreadingHTTPServer
     server = ThreadingHTTPServer((host, port), page_handler(study))
     server.daemon_threads = True
+    save_study(study)
     return server
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -223,6 +224,7 @@ def test_page_access_rules(page):
     # the page and its data: no system name anywhere, only the annotator's own items
     status, html = page.request(f"/a/{alice}")
     assert status == 200 and b"<script>" in html
+    assert (page.study.out / "study.json").stat().st_mode & 0o777 == 0o600  # the tokens: their owner only
     _, raw = page.request(f"/api/{alice}/state")
     state = json.loads(raw)
     for text in (html.decode(), raw.decode()):
@@ -300,6 +302,12 @@ def test_page_binds_loopback_and_bad_flags_are_one_line(tmp_path, capsys):
                    "judge.py human: error: --annotators: expected distinct names (letters, digits, _ . -), got 'x,x'",
                    "judge.py human: error: --criteria: expected disc | chatlaw or a JSON file, got 'nope'"]
     assert judge.HumanConfig.__dataclass_fields__["host"].default == "127.0.0.1"
+    with socket.socket() as taken:  # a port in use: one line, nothing written
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert exit_status(judge.main, args + ["--annotators", "x", "--overlap", "1", "--port", port]) == 2
+    assert capsys.readouterr().err.startswith(f"judge.py human: error: --host 127.0.0.1 --port {port}: cannot listen")
     assert not (tmp_path / "s").exists()  # nothing written before every input was checked
 
 
