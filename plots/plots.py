@@ -10,6 +10,7 @@ It looks in RUN_DIR for (any that exist; the rest is skipped with a message):
     rl*/metrics.jsonl                rl.py            -> GRPO curves (reward + components, KL, clip fraction, length)
     eval*/**/scores*.csv             evaluate.py      -> LawBench per task / per category, beside published baselines
     judge*/summary.json              judge.py         -> win rates by category with bootstrap intervals
+    judge*/rubric_summary.json       judge.py rubric  -> mean 1-5 score per criterion and system, with intervals
 
 Sections:
   1. CJK font            - find a font that has Chinese glyphs and make matplotlib use it
@@ -364,6 +365,13 @@ def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
     return _save(fig, out)
 
 
+def win_rate_ci(row: dict) -> list | None:
+    """The win rate's 95% interval of one summary row: judge.py writes {"ci95": {"win_rate": [lo, hi], ...}}; a bare
+    "ci": [lo, hi] is read too. None when absent or undefined."""
+    ci = row.get("ci95", {}).get("win_rate") if isinstance(row.get("ci95"), dict) else row.get("ci")
+    return list(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+
+
 def plot_judge(summary: dict, out) -> Path:
     """Win rate per category (and overall) with the bootstrap 95% interval; adjusted win rate beside; counts on top."""
     setup_fonts()
@@ -379,8 +387,8 @@ def plot_judge(summary: dict, out) -> Path:
                     for n in names], dtype=float)
     err = np.full((2, len(names)), np.nan)
     for i, n in enumerate(names):
-        ci = rows[n].get("ci")
-        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        ci = win_rate_ci(rows[n])
+        if ci is not None:
             err[:, i] = [max(win[i] - ci[0], 0), max(ci[1] - win[i], 0)]
     has_ci = not np.all(np.isnan(err))
     bars = ax.bar(x - 0.2, win, 0.4, yerr=np.nan_to_num(err) if has_ci else None, capsize=4,
@@ -395,6 +403,41 @@ def plot_judge(summary: dict, out) -> Path:
     ax.set_ylabel("rate")
     ax.set_title("LLM 评审胜率 judge win rate by category")
     ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, out)
+
+
+def plot_rubric(summary: dict, out) -> Path:
+    """judge.py rubric's rubric_summary.json: mean 1-5 score per criterion, one bar per system with the bootstrap 95%
+    interval; one panel overall, one per category. Answers without a valid score are counted under the bars."""
+    setup_fonts()
+    crits = summary.get("criteria") or []
+    scores = summary.get("scores") or {}
+    if not crits or not scores:
+        raise ValueError("no criteria or no scores in the rubric summary: nothing to draw")
+    cats = sorted({c for s in scores.values() for c in s.get("by_category", {})})
+    panels = [("总体 overall", {n: s["overall"] for n, s in scores.items()})]
+    panels += [(c, {n: s["by_category"].get(c, {}) for n, s in scores.items()}) for c in cats] if len(cats) > 1 else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5, 0.9 * len(crits) * len(scores)) * len(panels) / 1.5 + 2,
+                                                      4.2), squeeze=False)
+    width = 0.8 / len(scores)
+    x = np.arange(len(crits))
+    for ax, (title, group) in zip(axes[0], panels):
+        for k, (name, cells) in enumerate(group.items()):
+            cell = [cells.get(c["name"]) or {} for c in crits]
+            mean = np.array([np.nan if c.get("mean") is None else c["mean"] for c in cell], dtype=float)
+            err = np.array([[max(m - c["ci95"][0], 0), max(c["ci95"][1] - m, 0)] if c.get("ci95") else [0, 0]
+                            for m, c in zip(mean, cell)]).T
+            bars = ax.bar(x + (k - (len(scores) - 1) / 2) * width, mean, width, yerr=err, capsize=3, label=name)
+            ax.bar_label(bars, labels=[f"n{c.get('n', 0)}" + (f" e{c['errors']}" if c.get("errors") else "")
+                                       for c in cell], fontsize=6, padding=2)
+        ax.set_xticks(x, [c.get("label") or c["name"] for c in crits])
+        ax.set_ylim(0, 6.2)
+        ax.set_yticks(range(6))
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("score 1-5 (95% CI)")
+    axes[0][0].legend(fontsize=8, loc="upper center", ncol=min(len(scores), 4))
+    fig.suptitle(f"LLM 评审逐项评分 rubric grades ({summary.get('judge_model', '?')})")
     return _save(fig, out)
 
 
@@ -589,6 +632,9 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
         attempt(f"judge ({p.parent.name})", lambda p=p: plot_judge(utils.read_json(p), out / f"judge_{p.parent.name}{ext}"))
     if not summaries:
         skipped.append("judge: no judge*/summary.json (judge.py runs only with an endpoint configured)")
+    for p in _found(run, "judge*/rubric_summary.json"):  # judge.py rubric, beside the win rates
+        attempt(f"rubric ({p.parent.name})",
+                lambda p=p: plot_rubric(utils.read_json(p), out / f"rubric_{p.parent.name}{ext}"))
     return written, skipped
 
 

@@ -6,10 +6,10 @@
 #
 # tiny model -> prepare_data (built-in sample) -> SFT stage 1 -> SFT stage 2 -> GRPO -> evaluate (LawBench sample
 # items, judgment prediction with and without statute retrieval, long documents) -> judge (only with an endpoint)
-# -> plots. The hyper-parameters are the tiny model's (lr 1e-3..3e-3, several epochs), not the papers': see
-# recipes/internlm_law.sh and recipes/lexpro.sh for those. A rerun replaces the previous demo (--overwrite below);
-# the scripts refuse to write into a folder holding another run without it. It ends with the headline numbers and
-# what to expect from a tiny random-init model (recipes/demo_summary.py).
+# and expert agreement (a sample votes file) -> plots. The hyper-parameters are the tiny model's (lr 1e-3..3e-3,
+# several epochs), not the papers': see recipes/internlm_law.sh and recipes/lexpro.sh for those. A rerun replaces
+# the previous demo (--overwrite below); the scripts refuse to write into a folder holding another run without it.
+# It ends with the headline numbers and what to expect from a tiny random-init model (recipes/demo_summary.py).
 set -euo pipefail
 command -v python >/dev/null || python() { python3 "$@"; }   # machines with only python3
 cd "$(dirname "$0")/.."
@@ -50,7 +50,7 @@ python evaluate.py judgment --model "$RUN/rl/final" --data data/judgments_test.j
 python evaluate.py longdoc --model "$RUN/rl/final" --data data/longdoc_sample.jsonl --out "$RUN/eval/longdoc" \
     --max_new_tokens 32 --overwrite
 
-step "7/8 judge"
+step "7/8 judge (LLM, only with an endpoint) and expert agreement -> $RUN/agreement"
 if [ -n "${LEXLAB_JUDGE_URL:-}" ] && [ -n "${LEXLAB_JUDGE_MODEL:-}" ]; then
   python judge.py --questions data/sample/consult_qa.jsonl --model_a "$RUN/rl/final" --answers_b reference \
       --llm_url "$LEXLAB_JUDGE_URL" --llm_model "$LEXLAB_JUDGE_MODEL" --out "$RUN/judge"
@@ -59,6 +59,9 @@ else
   echo "OpenAI-compatible server (key in OPENAI_API_KEY, never logged), e.g. a local 'vllm serve MODEL':"
   echo "  LEXLAB_JUDGE_URL=http://127.0.0.1:8000/v1 LEXLAB_JUDGE_MODEL=MODEL bash recipes/demo.sh"
 fi
+# expert evaluation: agreement between experts on a small votes file of ours (3 experts, 10 items), in the schema
+# `judge.py human` (the experts' page, interactive: not run here) writes
+python judge.py agreement --votes data/expert_votes_sample.jsonl --out "$RUN/agreement" --overwrite
 
 step "8/8 plots -> $RUN/plots"
 python plots/plots.py --run "$RUN"

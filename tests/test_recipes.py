@@ -66,6 +66,7 @@ def test_demo_evaluates_judges_and_plots(demo_run):
     assert all(s["prompt"].startswith(utils.JUDGMENT_INSTRUCTION) and s["truth"]["charges"] for s in samples)
     assert json.loads((run / "eval" / "longdoc" / "metrics.json").read_text())["questions"] == 10
     assert "skipped: no judge endpoint" in out and "LEXLAB_JUDGE_URL" in out
+    assert json.loads((run / "agreement" / "agreement.json").read_text())["n_items"] == 10  # data/expert_votes_sample
     for name in ("data_mix", "length_hist", "sft_curves", "grpo_curves_rl"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 10_000, name
 
