@@ -1,4 +1,4 @@
-"""LexEval (CSHaitao/LexEval, NeurIPS 2024 Datasets & Benchmarks, MIT): tasks, prompts and scores like the official code.
+"""LexEval (CSHaitao/LexEval, NeurIPS 2024 Datasets & Benchmarks, MIT): tasks, prompts and scores as its code.
 
 LexEval has 23 tasks (ids `i_j`, i = one of six abilities) and 14,150 questions. Its official code
 (`code/generation/model_gen.py`, `code/evaluation/{evaluate,process}.py`, snapshot in ../shared/lexeval/code) is the

@@ -131,7 +131,7 @@ def test_f1_equals_official(tmp_path):
         assert L.score_items(t, L.read_outputs(p), "F1")["score"] == want, (m, t)
 
 
-# ---- parsers: process.find_valid_substrings and normalize_zh_answer, edge cases ---------------------------------------
+# ---- parsers: process.find_valid_substrings and normalize_zh_answer, edge cases -------------------------------------
 
 CHOICE_CASES = [  # output -> letters the official reads (answer compared as a string)
     ("", ""),                                       # empty output: no letters, wrong
