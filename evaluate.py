@@ -799,8 +799,8 @@ class GenerateConfig:
                 "--lexeval_dir", "choices": ("lawbench", "lexeval")})
     lexeval_dir: str = field(default="", metadata={"help": "LexEval copy with data/ and examples/ (--benchmark "
                                                            "lexeval)"})
-    shots: str = field(default="zero", metadata={"help": "zero-shot, one-shot (LawBench), few-shot (LexEval) or both",
-                                                 "choices": ("zero", "one", "few", "both")})
+    shots: str = field(default="zero", metadata={"help": "LawBench: zero | one | both; LexEval: zero | few | both "
+                                                         "(checked per benchmark)"})
     tasks: str = field(default="all", metadata={"help": "'all' or comma-separated task ids, e.g. 1-1,3-3 (LexEval: "
                                                         "1_1,5_3; all = those with data)"})
     max_items: int | None = field(default=None, metadata={"help": "first N items per task (default: all)", "min": 1})
@@ -1800,8 +1800,9 @@ def _preflight_lexeval(cfg: GenerateConfig):
     if not cfg.lexeval_dir or not Path(cfg.lexeval_dir).is_dir():
         raise DataError("--lexeval_dir", None, None, f"LexEval folder not found: {cfg.lexeval_dir!r}",
                         reason="missing_file")
-    if cfg.shots == "one":
-        raise DataError("--shots", None, None, "LexEval has zero | few | both (one is LawBench's)", reason="bad_flag")
+    if cfg.shots not in ("zero", "few", "both"):
+        raise DataError("--shots", None, None, f"expected one of zero | few | both, got {cfg.shots!r}"
+                        + (" (one is LawBench's)" if cfg.shots == "one" else ""), reason="bad_flag")
     if cfg.rag or cfg.code:
         raise DataError("--rag" if cfg.rag else "--code", None, None, "LawBench only (not with --benchmark lexeval)",
                         reason="bad_flag")
@@ -1976,10 +1977,11 @@ def _preflight_generate(cfg: GenerateConfig):
     utils.check_out_dir(cfg.out)
     if cfg.benchmark == "lexeval":
         return _preflight_lexeval(cfg)  # section 5b
+    if cfg.shots not in ("zero", "one", "both"):
+        raise DataError("--shots", None, None, f"expected one of zero | one | both, got {cfg.shots!r}"
+                        + (" (few is LexEval's: --benchmark lexeval)" if cfg.shots == "few" else ""), "bad_flag")
     if not cfg.lawbench_dir:
         raise DataError("--lawbench_dir", None, None, "required with --benchmark lawbench", reason="bad_flag")
-    if cfg.shots == "few":
-        raise DataError("--shots", None, None, "LawBench has zero | one | both (few is LexEval's)", reason="bad_flag")
     for shot in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]):
         for task in parse_tasks(cfg.tasks):
             load_lawbench_task(cfg.lawbench_dir, shot, task, cfg.max_items)

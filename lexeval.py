@@ -223,22 +223,23 @@ def recon_lcs(x: list, y: list, max_calls: int | None = ROUGE_MAX_CALLS) -> list
     if max_calls is not None and min(n, m) + 1 > max_calls:  # every step lowers i or j by at most one
         return None
     cols = lcs_columns(x, y)
-
-    def table(i, j):
-        return i - (cols[j] & ((1 << i) - 1)).bit_count()
-
-    out, i, j, calls = [], n, m, 1
+    # T(i, j) = i - popcount(cols[j] & (2**i - 1)) is the table; the walk keeps t = T(i, j). Going up costs
+    # 1 - bit i-1 of cols[j] (O(1)); going left needs T(i, j-1), one popcount.
+    out, i, j, calls, t = [], n, m, 1, n - cols[m].bit_count()
     while i > 0 and j > 0:
         if max_calls is not None and calls >= max_calls:
             return None
         calls += 1
         if x[i - 1] == y[j - 1]:
             out.append(x[i - 1])
-            i, j = i - 1, j - 1
-        elif table(i - 1, j) > table(i, j - 1):
-            i -= 1
+            i, j, t = i - 1, j - 1, t - 1
+            continue
+        up = t - 1 + ((cols[j] >> (i - 1)) & 1)  # T(i-1, j)
+        left = i - (cols[j - 1] & ((1 << i) - 1)).bit_count()  # T(i, j-1)
+        if up > left:
+            i, t = i - 1, up
         else:
-            j -= 1
+            j, t = j - 1, left
     out.reverse()
     return out
 

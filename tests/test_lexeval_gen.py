@@ -140,7 +140,8 @@ def test_generate_bad_flags(tiny_model, small_lexeval, tmp_path, capsys):
     base = ["generate", "--model", tiny_model, "--out", tmp_path / "o"]
     for argv, msg in (([], "--lawbench_dir: required with --benchmark lawbench"),
                       (["--benchmark", "lexeval"], "LexEval folder not found"),
-                      (["--benchmark", "lexeval", "--lexeval_dir", small_lexeval, "--shots", "one"], "zero | few"),
+                      (["--benchmark", "lexeval", "--lexeval_dir", small_lexeval, "--shots", "one"],
+                       "zero | few | both, got 'one'"),
                       (["--benchmark", "lexeval", "--lexeval_dir", small_lexeval, "--tasks", "4_1"],
                        "4_1.json: file not found"),
                       (["--benchmark", "lexeval", "--lexeval_dir", small_lexeval, "--tasks", "7_1"],
