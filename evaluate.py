@@ -5,6 +5,8 @@ LexLab evaluation: one script, one subcommand per kind of evaluation.
                                 [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw]
                                 [--rag ARTICLES.jsonl] [--code]     # --code: 3-7 also by a sandboxed program
     python evaluate.py score    preds/zero_shot --out scores.csv      # LawBench scores identical to the official scorer
+    python evaluate.py generate --benchmark lexeval --model DIR --lexeval_dir ../shared/lexeval --out lx --shots both
+    python evaluate.py score    --benchmark lexeval lx/zero_shot --out lx_scores.csv   # LexEval, as its official scorer
     python evaluate.py judgment --model DIR --data ../shared/data/cail2018/test.jsonl --out runs/jp [--max_items N]
                                 [--rag ../shared/data/laws/articles.jsonl --rag_k 3]
     python evaluate.py longdoc  --model DIR --data data/longdoc_sample.jsonl --out runs/longdoc
@@ -17,6 +19,7 @@ Sections (banner comments below):
   3b. Tool use              - 3-7 code mode: the model writes Python, run_python runs it in a sandbox
   4. Judgment prediction    - CAIL2018 facts -> answer block -> charge / article / term / life-death metrics
   5. Long documents         - document + questions, middle truncation to the context, char-level F1
+  5b. LexEval               - the second benchmark: generation in LexEval's layout, its official scores (lexeval.py)
   6. Command line           - one subcommand per section; each has a config dataclass (utils.parse_config)
 
 The scoring section reproduces the official LawBench scorer (open-compass/LawBench, evaluation/, commit e30981b) as
