@@ -53,12 +53,17 @@ def _official_generator(lexeval_dir):
     """The official code/generation/model_gen.py (vllm stubbed: only its prompt code is used here)."""
     if not (LEXEVAL / "code" / "generation" / "model_gen.py").is_file():
         pytest.skip("../shared/lexeval is not present")
-    sys.modules.setdefault("vllm", types.SimpleNamespace(LLM=None, SamplingParams=None))
-    spec = importlib.util.spec_from_file_location("lexeval_official_model_gen",
-                                                  LEXEVAL / "code" / "generation" / "model_gen.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.model_generator
+    from test_lexeval_score import load_official
+    real = sys.modules.get("vllm")
+    sys.modules["vllm"] = types.SimpleNamespace(LLM=None, SamplingParams=None)
+    try:
+        return load_official("lexeval_official_model_gen", LEXEVAL / "code" / "generation" / "model_gen.py") \
+            .model_generator
+    finally:
+        if real is None:
+            del sys.modules["vllm"]
+        else:
+            sys.modules["vllm"] = real
 
 
 def test_prompts_equal_official_generation_code(tmp_path):
@@ -167,14 +172,8 @@ def test_generate_score_round_trip_tiny_model(tiny_model, tmp_path, capsys):
     assert "no data/<task>.json" in cap.out and "4_1, 5_1, 5_2" in cap.out
     official = None
     if importlib.util.find_spec("jsonlines") and importlib.util.find_spec("bert_score"):
-        sys.path.insert(0, str(LEXEVAL / "code" / "evaluation"))
-        try:
-            spec = importlib.util.spec_from_file_location("lexeval_official_evaluate",
-                                                          LEXEVAL / "code" / "evaluation" / "evaluate.py")
-            official = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(official)
-        finally:
-            sys.path.pop(0)
+        from test_lexeval_score import load_official
+        official = load_official("lexeval_official_evaluate", LEXEVAL / "code" / "evaluation" / "evaluate.py")
     for setting in ("zero_shot", "few_shot"):
         files = sorted((out / setting / "tiny").glob("*.jsonl"))
         assert len(files) == 20

@@ -33,6 +33,21 @@ def _need_official():
         pytest.skip(f"the official scorer needs {missing}")
 
 
+def load_official(name: str, path):
+    """Import a file of the official code in-process under its own name (its folder on sys.path for its imports),
+    writing no __pycache__ into ../shared."""
+    sys.path.insert(0, str(path.parent))
+    flag, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.dont_write_bytecode = flag
+        sys.path.remove(str(path.parent))
+
+
 def _official_csv(out_dir) -> dict:
     with open(out_dir / "evaluation_result.csv", encoding="utf-8") as f:
         return {(r["model"], r["task"]): float(r["score"]) for r in csv.DictReader(f)}
@@ -67,7 +82,8 @@ def official(tmp_path_factory):
                                                    encoding="utf-8")
     procs = {k: subprocess.Popen([sys.executable, "evaluate.py", "--input_dir", str(v), "--output_dir",
                                   str(tmp / f"out_{k}"), "--metrics_choice", "Accuracy", "--metrics_gen", "Rouge_L"],
-                                 cwd=OFFICIAL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 cwd=OFFICIAL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # nothing written in ../shared
              for k, v in inputs.items()}
     for k, p in procs.items():
         _, err = p.communicate(timeout=900)
@@ -116,13 +132,7 @@ def test_f1_equals_official(tmp_path):
     """--metric_choice F1: the official Evaluator (imported from ../shared) on every multiple-choice file of both
     models, few-shot."""
     _need_official()
-    sys.path.insert(0, str(OFFICIAL))
-    try:
-        spec = importlib.util.spec_from_file_location("lexeval_official_evaluate", OFFICIAL / "evaluate.py")
-        off = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(off)
-    finally:
-        sys.path.remove(str(OFFICIAL))
+    off = load_official("lexeval_official_evaluate", OFFICIAL / "evaluate.py")
     jobs, _ = L.find_output_files(LEXEVAL / "model_output" / "few_shot")
     mc = [(m, t, p) for m, t, p in jobs if not L.is_generation(t)]
     assert len(mc) == 36
@@ -153,11 +163,7 @@ CHOICE_CASES = [  # output -> letters the official reads (answer compared as a s
 def test_find_valid_substrings_edge_cases(output, letters):
     assert L.find_valid_substrings(output) == letters
     if (OFFICIAL / "process.py").is_file() and importlib.util.find_spec("jsonlines"):
-        sys.path.insert(0, str(OFFICIAL))
-        try:
-            import process
-        finally:
-            sys.path.remove(str(OFFICIAL))
+        process = load_official("lexeval_official_process", OFFICIAL / "process.py")
         assert process.find_valid_substrings(output) == letters
 
 
