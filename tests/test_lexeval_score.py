@@ -237,3 +237,57 @@ def test_score_cli(tmp_path, capsys):
         argv = ["score", pred, "--out", tmp_path / "u.csv", *(["--benchmark", "lexeval"] if "lawbench" not in argv
                                                               else []), *argv]
         assert exit_status(evaluate.main, argv) == 2 and msg in capsys.readouterr().err
+
+
+# ---- BERTScore / BARTScore: only with model weights given (--bert_model); tiny random models built here -------------
+
+def _tiny_bert_folder(path, bart: bool = False):
+    """A random 8-layer BERT (or a BART) with a character vocabulary, saved as a Hugging Face folder."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration, BertConfig, BertModel, BertTokenizer
+    path.mkdir(parents=True)
+    chars = sorted(set("法院判决被告人有期徒刑合同当事人应当承担违约责任ABCD"))
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n",
+                                    encoding="utf-8")
+    BertTokenizer(str(path / "vocab.txt"), model_max_length=64).save_pretrained(path)
+    torch.manual_seed(0)
+    n = len(chars) + 5
+    model = BartForConditionalGeneration(BartConfig(vocab_size=n, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                    encoder_attention_heads=2, decoder_attention_heads=2,
+                                                    encoder_ffn_dim=32, decoder_ffn_dim=32, pad_token_id=0,
+                                                    max_position_embeddings=64)) if bart else \
+        BertModel(BertConfig(vocab_size=n, hidden_size=16, num_hidden_layers=8, num_attention_heads=2,
+                             intermediate_size=32, max_position_embeddings=64))
+    model.save_pretrained(path)
+    return path
+
+
+def test_bertscore_and_bartscore_with_given_weights(tmp_path, capsys):
+    """--metric_gen Bertscore runs bert_score as the official eval_bertscore does (8 layers, lang zh, the given
+    weights); Bartscore equals the official BARTScorer (given the imports process.py lacks: as published it raises
+    NameError, and it would put the model on cuda:0)."""
+    pytest.importorskip("bert_score")
+    import torch
+    from transformers import BartForConditionalGeneration, BertTokenizer
+    pred = tmp_path / "zero_shot"
+    items = [{"input": "q", "output": o, "answer": a} for o, a in (("法院判决被告人有期徒刑", "判决被告人有期徒刑"),
+                                                                   ("当事人应当承担责任", "合同当事人应当承担违约责任"))]
+    _write_outputs(pred / "m" / "m_5_3.jsonl", items)
+    _write_outputs(pred / "m" / "m_1_1.jsonl", [{"input": "q", "output": "A", "answer": "A"}])
+    bert, bart = _tiny_bert_folder(tmp_path / "bert"), _tiny_bert_folder(tmp_path / "bart", bart=True)
+    out = tmp_path / "s.csv"
+    rc = exit_status(evaluate.main, ["score", "--benchmark", "lexeval", pred, "--out", out, "--metric_gen", "Bertscore",
+                                     "--bert_model", bert, "--workers", "1"])
+    assert rc == 0, capsys.readouterr().err
+    rows = {r["task"]: float(r["score"]) for r in csv.DictReader(open(out, encoding="utf-8"))}
+    import bert_score
+    _, _, f1 = bert_score.score([it["output"] for it in items], [it["answer"] for it in items], lang="zh",
+                                model_type=str(bert), num_layers=8, device="cpu", batch_size=10)
+    assert rows["1_1"] == 1.0 and rows["5_3"] == (sum(f1) / len(f1)).item()  # eval_bertscore's call
+    if (OFFICIAL / "process.py").is_file() and importlib.util.find_spec("jsonlines"):
+        process = load_official("lexeval_official_process", OFFICIAL / "process.py")
+        process.BertTokenizer, process.BartForConditionalGeneration = BertTokenizer, BartForConditionalGeneration
+        process.torch, process.nn = torch, torch.nn
+        scorer = process.BARTScorer(device="cpu", checkpoint=str(bart))
+        want = scorer.score([it["output"] for it in items], [it["answer"] for it in items], batch_size=10)
+        assert L.score_neural(items, "Bartscore", str(bart)) == pytest.approx(sum(want) / len(want), abs=1e-6)
