@@ -276,7 +276,7 @@ def score_items(task: str, items: list[dict], metric_choice: str = "Accuracy") -
                             "bad_field")
         scores, zeroed = [], 0
         for it in items:
-            hyp, ref = (_TOKENS.get(t) or rouge_tokens(t) for t in (it["output"], it["answer"]))
+            hyp, ref = (_TOKENS[t] if t in _TOKENS else rouge_tokens(t) for t in (it["output"], it["answer"]))
             f = rouge_l_101(hyp, ref)
             zeroed += f is None
             scores.append(0.0 if f is None else f)
@@ -372,7 +372,6 @@ def score_jobs(jobs, workers: int = 2, metric_choice: str = "Accuracy", progress
     Files are read and scored in this process; the one slow step, jieba on the 5_x texts, runs first on `workers`
     processes over the distinct texts of all files (every model's file of a task has the same answers)."""
     from tqdm import tqdm
-    _init_worker()  # jieba's dictionary loaded once, before fork
     loaded = []
     for model, task, path in jobs:
         try:
@@ -382,6 +381,8 @@ def score_jobs(jobs, workers: int = 2, metric_choice: str = "Accuracy", progress
     texts = {t for _, task, _, items, _ in loaded if items and is_generation(task)
              for it in items for t in (it["output"], it["answer"])}
     texts = sorted(texts, key=len, reverse=True)  # longest first, so that the workers finish together
+    if texts:
+        _init_worker()  # jieba's dictionary loaded once, before fork (the workers share it)
     if workers > 1 and len(texts) > 1:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(workers, initializer=_init_worker) as pool:
