@@ -66,19 +66,24 @@ def rouge_side_by_side(path: Path, task: str) -> tuple[float, float]:
 def lexeval_side_by_side(cfg) -> None:
     """Official LexEval scorer vs `evaluate.py score --benchmark lexeval` on <lexeval_dir>/model_output/<setting>."""
     import csv
+    import resource
+
+    def cpu():  # user + sys seconds of the finished child processes (the scorers and their workers)
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
     pred = Path(cfg.lexeval_dir) / "model_output" / cfg.lexeval_setting
     official_dir = Path(cfg.lexeval_dir) / "code" / "evaluation"
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         subprocess.run([sys.executable, "evaluate.py", "--input_dir", str(pred), "--output_dir", f"{tmp}/official",
                         "--metrics_choice", "Accuracy", "--metrics_gen", "Rouge_L"], cwd=official_dir, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t_official = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_official, c_official = time.perf_counter() - t0, cpu() - c0
+        t0, c0 = time.perf_counter(), cpu()
         subprocess.run([sys.executable, str(REPO / "evaluate.py"), "score", "--benchmark", "lexeval", str(pred),
                         "--out", f"{tmp}/ours/scores.csv", "--workers", str(cfg.workers)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t_ours = time.perf_counter() - t0
+        t_ours, c_ours = time.perf_counter() - t0, cpu() - c0
         with open(f"{tmp}/official/evaluation_result.csv", encoding="utf-8") as f:
             official = {(r["model"], r["task"]): float(r["score"]) for r in csv.DictReader(f)}
         with open(f"{tmp}/ours/scores.csv", encoding="utf-8") as f:
@@ -90,6 +95,8 @@ def lexeval_side_by_side(cfg) -> None:
           f"items zeroed by rouge's recursion limit: {zeroed}")
     print(f"  official evaluation/evaluate.py: {t_official:.1f} s   ours (--workers {cfg.workers}): {t_ours:.1f} s   "
           f"-> {t_official / t_ours:.1f}x (process start to exit, same files, same run)")
+    print(f"  CPU time (user + sys, workers included): official {c_official:.1f} s, ours {c_ours:.1f} s "
+          f"-> {c_official / c_ours:.1f}x")
 
 
 def main():
