@@ -379,7 +379,7 @@ def score_jobs(jobs, workers: int = 2, metric_choice: str = "Accuracy", progress
         except DataError as e:
             loaded.append((model, task, path, None, str(e)))
     texts = {t for _, task, _, items, _ in loaded if items and is_generation(task)
-             for it in items for t in (it["output"], it["answer"])}
+             for it in items for t in (it["output"], it["answer"]) if t is not None}
     texts = sorted(texts, key=len, reverse=True)  # longest first, so that the workers finish together
     if texts:
         _init_worker()  # jieba's dictionary loaded once, before fork (the workers share it)
@@ -393,7 +393,10 @@ def score_jobs(jobs, workers: int = 2, metric_choice: str = "Accuracy", progress
     try:
         for model, task, path, items, error in loaded:
             t0 = time.perf_counter()
-            result = None if items is None else {**score_items(task, items, metric_choice), "items": len(items)}
+            try:
+                result = None if items is None else {**score_items(task, items, metric_choice), "items": len(items)}
+            except DataError as e:  # e.g. a null answer in a 5_x file: that file is an error line, the rest scored
+                result, error = None, f"{path}: {e}"
             out.append({"model": model, "task": task, "path": path, "result": result, "error": error,
                         "seconds": round(time.perf_counter() - t0, 4)})
     finally:

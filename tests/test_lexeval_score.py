@@ -229,8 +229,12 @@ def test_score_cli(tmp_path, capsys):
     assert (tmp_path / "s.csv").read_text().splitlines() == ["task,model_name,score", "1_1,m,0.5",
                                                              f"5_3,m,{2.0 * (1.0 / (2.0 + 1e-8))}"]
     (pred / "m" / "m_2_1.jsonl").write_text('{"output": 3, "answer": "A"}\n', encoding="utf-8")
+    _write_outputs(pred / "m" / "m_5_4.jsonl", [{"input": "q", "output": "法院", "answer": None}])
     rc = exit_status(evaluate.main, ["score", "--benchmark", "lexeval", pred, "--out", tmp_path / "t.csv"])
-    assert rc == 1 and "m_2_1.jsonl:1: field 'output': expected a string, got int" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "m_2_1.jsonl:1: field 'output': expected a string, got int" in err
+    assert "m_5_4.jsonl: 5_4: field 'answer': null answer in a generation task" in err
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 3  # the good files are still scored
     for argv, msg in ((["--metric_gen", "Bertscore"], "Bertscore needs the model's weights: pass --bert_model"),
                       (["--metric_gen", "Bartscore", "--bert_model", tmp_path / "none"], "folder not found"),
                       (["--benchmark", "lawbench", "--metric_choice", "F1"], "are LexEval's")):
