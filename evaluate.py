@@ -5,6 +5,8 @@ LexLab evaluation: one script, one subcommand per kind of evaluation.
                                 [--tasks 1-1,3-3] [--max_items N] [--backend hf|vllm] [--raw]
                                 [--rag ARTICLES.jsonl] [--code]     # --code: 3-7 also by a sandboxed program
     python evaluate.py score    preds/zero_shot --out scores.csv      # LawBench scores identical to the official scorer
+    python evaluate.py generate --benchmark lexeval --model DIR --lexeval_dir ../shared/lexeval --out lx --shots both
+    python evaluate.py score    --benchmark lexeval lx/zero_shot --out lx_scores.csv   # LexEval, as its official scorer
     python evaluate.py judgment --model DIR --data ../shared/data/cail2018/test.jsonl --out runs/jp [--max_items N]
                                 [--rag ../shared/data/laws/articles.jsonl --rag_k 3]
     python evaluate.py longdoc  --model DIR --data data/longdoc_sample.jsonl --out runs/longdoc
@@ -17,6 +19,7 @@ Sections (banner comments below):
   3b. Tool use              - 3-7 code mode: the model writes Python, run_python runs it in a sandbox
   4. Judgment prediction    - CAIL2018 facts -> answer block -> charge / article / term / life-death metrics
   5. Long documents         - document + questions, middle truncation to the context, char-level F1
+  5b. LexEval               - the second benchmark: generation in LexEval's layout, its official scores (lexeval.py)
   6. Command line           - one subcommand per section; each has a config dataclass (utils.parse_config)
 
 The scoring section reproduces the official LawBench scorer (open-compass/LawBench, evaluation/, commit e30981b) as
@@ -41,6 +44,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lexeval
 import utils
 from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, LOG_216, DataError, plain_mean, plain_sum
 
@@ -667,7 +671,17 @@ def write_csv(path, rows: list[dict], fields: list[str]):
 @dataclasses.dataclass
 class ScoreConfig:
     """Score LawBench predictions (<pred_dir>/<model>/<task>.json) exactly like the official scorer."""
-    pred_dir: str = dataclasses.field(metadata={"help": "LawBench predictions/ layout: <model>/<task>.json"})
+    pred_dir: str = dataclasses.field(metadata={"help": "LawBench predictions/ layout: <model>/<task>.json (LexEval: "
+                                                        "<model>/<model>_<task>.jsonl)"})
+    benchmark: str = dataclasses.field(default="lawbench", metadata={"help": "lawbench or lexeval (section 5b)",
+                                                                     "choices": ("lawbench", "lexeval")})
+    metric_choice: str = dataclasses.field(default="Accuracy", metadata={
+        "help": "LexEval multiple-choice metric, as the official --metrics_choice", "choices": ("Accuracy", "F1")})
+    metric_gen: str = dataclasses.field(default="Rouge_L", metadata={
+        "help": "LexEval 5_x metric, as the official --metrics_gen (Bertscore / Bartscore need --bert_model)",
+        "choices": ("Rouge_L", "Bertscore", "Bartscore")})
+    bert_model: str = dataclasses.field(default="", metadata={
+        "help": "LexEval: BERT (Bertscore) or BART (Bartscore) model folder, the official --model_path"})
     out: str = dataclasses.field(default="scores.csv", metadata={"help": "per-task CSV; the table goes beside it"})
     models: str = dataclasses.field(default="", metadata={"help": "comma-separated model folders (default: all)"})
     skip_tasks: str = dataclasses.field(default="", metadata={"help": "comma-separated task ids not to score"})
@@ -681,6 +695,8 @@ class ScoreConfig:
 
 
 def cmd_score(cfg: ScoreConfig) -> int:
+    if cfg.benchmark == "lexeval":
+        return score_lexeval(cfg)  # section 5b
     t0 = time.perf_counter()
     models = [m for m in cfg.models.split(",") if m]
     skip = parse_tasks(cfg.skip_tasks, "--skip_tasks") if cfg.skip_tasks else []
@@ -778,11 +794,18 @@ SHOTS = {"zero": "zero_shot", "one": "one_shot"}
 class GenerateConfig:
     """LawBench generation: predictions in LawBench's layout <out>/<shot>_shot/<model_name>/<task>.json."""
     model: str = field(metadata={"help": "Hugging Face model folder"})
-    lawbench_dir: str = field(metadata={"help": "LawBench copy with data/zero_shot and data/one_shot"})
     out: str = field(metadata={"help": "output folder (predictions layout)"})
-    shots: str = field(default="zero", metadata={"help": "zero-shot, one-shot or both",
-                                                 "choices": ("zero", "one", "both")})
-    tasks: str = field(default="all", metadata={"help": "'all' or comma-separated task ids, e.g. 1-1,3-3"})
+    lawbench_dir: str = field(default="", metadata={"help": "LawBench copy with data/zero_shot and data/one_shot "
+                                                            "(required with --benchmark lawbench)"})
+    benchmark: str = field(default="lawbench", metadata={  # section 5b: LexEval
+        "help": "lawbench, or lexeval: <out>/<zero|few>_shot/<model_name>/<model_name>_<task>.jsonl from "
+                "--lexeval_dir", "choices": ("lawbench", "lexeval")})
+    lexeval_dir: str = field(default="", metadata={"help": "LexEval copy with data/ and examples/ (--benchmark "
+                                                           "lexeval)"})
+    shots: str = field(default="zero", metadata={"help": "LawBench: zero | one | both; LexEval: zero | few | both "
+                                                         "(checked per benchmark)"})
+    tasks: str = field(default="all", metadata={"help": "'all' or comma-separated task ids, e.g. 1-1,3-3 (LexEval: "
+                                                        "1_1,5_3; all = those with data)"})
     max_items: int | None = field(default=None, metadata={"help": "first N items per task (default: all)", "min": 1})
     model_name: str | None = field(default=None, metadata={"help": "folder name under <shot>; default: model dir name"})
     backend: str = field(default="hf", metadata={"help": "generation backend", "choices": ("hf", "vllm")})
@@ -848,7 +871,7 @@ def load_done(task_file: Path) -> dict[int, dict]:
     if task_file.is_file():
         for i, (_, rec) in enumerate(utils.iter_records(task_file)):
             done[i] = rec
-    partial = task_file.with_suffix(".json.partial")
+    partial = task_file.with_name(task_file.name + ".partial")  # <task>.json.partial (LexEval: <...>.jsonl.partial)
     if partial.is_file():
         for _, rec in utils.iter_records(partial, on_error="skip", errors={}):  # skips a cut-off last line
             if isinstance(rec.get("index"), int) and "item" in rec:
@@ -872,7 +895,7 @@ def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
     """Refuse (DataError naming the file and what differs) when an existing prediction file or its .partial was made
     by another model or with other settings (or nothing says which); with overwrite, remove them instead."""
     for task_file in task_files:
-        partial, record = task_file.with_suffix(".json.partial"), task_file.with_suffix(".json.model")
+        partial, record = (task_file.with_name(task_file.name + ext) for ext in (".partial", ".model"))
         if not (task_file.is_file() or partial.is_file()):
             continue
         had = utils.read_json(record) if record.is_file() else None
@@ -1746,6 +1769,207 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 5b. LexEval, the second benchmark: generation in LexEval's layout and the official scores (tasks, prompts and
+#     scoring functions in lexeval.py; the generation loop below is LawBench's, section 3, on LexEval's files)
+# ----------------------------------------------------------------------------------------------------------------------
+# Layout written (what LexEval's evaluation/evaluate.py and `evaluate.py score --benchmark lexeval` read):
+#   <out>/{zero_shot,few_shot}/<model_name>/<model_name>_<task>.jsonl, one line {"input", "output", "answer"} per item,
+# with "input" = the item's input + "\n" + label + ":" as the official main.py stores it; the prompt sent is the
+# instruction [+ "\n" + the few-shot block] + that input, one user turn through the chat template (--raw: plain).
+# A prompt over the budget has the middle of its input cut (utils.fit_prompt; the official cuts the middle of the
+# whole prompt's tokens), or is refused when even that does not fit (empty output, refused.jsonl). Resume, the
+# .model record and data parallelism are LawBench's (<file>.partial, <file>.model).
+
+LEXEVAL_SETTINGS = {"zero": "zero_shot", "few": "few_shot"}
+
+
+def lexeval_shots(cfg) -> list[str]:
+    return ["zero", "few"] if cfg.shots == "both" else [cfg.shots]
+
+
+def lexeval_tasks(cfg) -> tuple[list[str], list[str]]:
+    """(tasks to run, notes): 'all' = the 23 tasks that have data/<task>.json (the others named in a note); tasks
+    asked for by name must have their data file."""
+    tasks = lexeval.parse_tasks(cfg.tasks)
+    have, missing = lexeval.available_tasks(cfg.lexeval_dir, tasks)
+    if missing and cfg.tasks.strip() not in ("", "all"):
+        raise DataError(Path(cfg.lexeval_dir) / "data" / f"{missing[0]}.json", None, None, "file not found (--tasks "
+                        f"{', '.join(missing)})", reason="missing_file")
+    return have, ([f"no data/<task>.json in {cfg.lexeval_dir} for {', '.join(missing)}: not generated"]
+                  if missing else [])
+
+
+def _preflight_lexeval(cfg: GenerateConfig):
+    if not cfg.lexeval_dir or not Path(cfg.lexeval_dir).is_dir():
+        raise DataError("--lexeval_dir", None, None, f"LexEval folder not found: {cfg.lexeval_dir!r}",
+                        reason="missing_file")
+    if cfg.shots not in ("zero", "few", "both"):
+        raise DataError("--shots", None, None, f"expected one of zero | few | both, got {cfg.shots!r}"
+                        + (" (one is LawBench's)" if cfg.shots == "one" else ""), reason="bad_flag")
+    if cfg.rag or cfg.code:
+        raise DataError("--rag" if cfg.rag else "--code", None, None, "LawBench only (not with --benchmark lexeval)",
+                        reason="bad_flag")
+    tasks, _ = lexeval_tasks(cfg)
+    if not tasks:
+        raise DataError(Path(cfg.lexeval_dir) / "data", None, None, "no LexEval <task>.json files", "missing_file")
+    for task in tasks:
+        lexeval.load_task(cfg.lexeval_dir, task, cfg.max_items)
+        if "few" in lexeval_shots(cfg):
+            lexeval.load_examples(cfg.lexeval_dir, task)
+    utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
+
+
+def generate_lexeval(cfg: GenerateConfig) -> dict:
+    """Every (setting, task) file not already complete. -> {setting/task: items generated now, "cut": items whose
+    input was cut, "refused": ..., "per_rank": ...}. Data parallel under torchrun exactly as generate_lawbench."""
+    rank, world = _rank_world(cfg.backend)
+    shots = lexeval_shots(cfg)
+    tasks, notes = lexeval_tasks(cfg)
+    name = cfg.model_name or Path(cfg.model).resolve().name
+    want = made_by(cfg)
+    files = {(s, t): Path(cfg.out) / LEXEVAL_SETTINGS[s] / name / lexeval.output_name(name, t)
+             for s in shots for t in tasks}
+    if rank == 0:
+        check_made_by(list(files.values()), want, cfg.overwrite)
+        utils.save_config(cfg, cfg.out)
+        for line in notes:
+            print("note:", line, flush=True)
+    _sync(world)
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
+    tok = utils.load_tokenizer(cfg.model)
+    save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
+    report, mine_total, no_answer = {"cut": 0}, 0, {}
+    from tqdm import tqdm
+    for shot in shots:
+        for task in tasks:
+            items = lexeval.load_task(cfg.lexeval_dir, task, cfg.max_items)
+            examples = lexeval.load_examples(cfg.lexeval_dir, task) if shot == "few" else None
+            if rank == 0 and any(it["answer"] is None for it in items):
+                print(f"note: {task}: {sum(it['answer'] is None for it in items)} items have a null answer in the "
+                      f"data (generated; scored wrong, as the official does)", flush=True)
+            if examples and any("answer" not in ex for ex in examples):
+                no_answer[task] = sum("answer" not in ex for ex in examples)
+            parts = [lexeval.prompt_parts(it, task, examples) for it in items]
+            out_file = files[(shot, task)]
+            done = {i: r for i, r in load_done(out_file).items()
+                    if i < len(items) and (r.get("input"), r.get("answer")) == (parts[i][1], items[i]["answer"])}
+            todo = [i for i in range(len(items)) if i not in done]
+            report[f"{LEXEVAL_SETTINGS[shot]}/{task}"] = len(todo)
+            partial = out_file.with_name(out_file.name + ".partial")
+            if not todo and out_file.is_file() and not partial.is_file():
+                continue
+            if rank == 0:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                _write_json(out_file.with_name(out_file.name + ".model"), want)
+                if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
+                    with open(partial, "a", encoding="utf-8") as f:
+                        f.write("\n")
+            bar = tqdm(total=len(todo), desc=f"{LEXEVAL_SETTINGS[shot]} {task}", disable=not todo or rank > 0)
+            for start in range(0, len(todo), save_every):
+                chunk = todo[start:start + save_every]
+                mine = [i for i in chunk if i % world == rank]
+                mine_total += len(mine)
+                prompts, fits, refused, cut = {}, [], [], 0
+                for i in mine:  # the input's middle is cut until the rendered prompt fits (head and label kept)
+                    head, label = parts[i][0], parts[i][1][len(items[i]["input"]):]
+                    fit = utils.fit_prompt(tok, lambda t: utils.render_prompts(tok, [head + t + label],
+                                                                               chat=not cfg.raw)[0],
+                                           items[i]["input"], budget)
+                    if fit is None:
+                        refused.append({"setting": LEXEVAL_SETTINGS[shot], "task": task, "index": i, "budget": budget,
+                                        "reason": "prompt does not fit the budget even with its input cut"})
+                        continue
+                    prompts[i], cut = head + fit[0] + label, cut + (fit[1] > 0)
+                    fits.append(i)
+                gen, over = generate_within_budget(cfg, prompts, fits, budget, world)
+                refused += [{"setting": LEXEVAL_SETTINGS[shot], "task": task, "index": i, "prompt_tokens": n,
+                             "budget": budget, "reason": "prompt longer than the budget"} for i, n in over]
+                gen, refused = _gather_shares(world, gen, refused)
+                cut = sum(_gather_shares(world, {rank: cut}, [])[0].values()) if world > 1 else cut
+                if rank > 0:
+                    continue
+                report["cut"] += cut
+                refused.sort(key=lambda r: r["index"])
+                if refused:
+                    report["refused"] = report.get("refused", 0) + len(refused)
+                    with open(Path(cfg.out) / "refused.jsonl", "a", encoding="utf-8") as f:
+                        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in refused)
+                with open(partial, "a", encoding="utf-8") as f:
+                    for i in chunk:
+                        done[i] = {"input": parts[i][1], "output": gen.get(i, ""), "answer": items[i]["answer"]}
+                        f.write(json.dumps({"index": i, "item": done[i]}, ensure_ascii=False) + "\n")
+                bar.update(len(chunk))
+            bar.close()
+            if rank == 0:  # the official main.py writes the same lines (json.dumps, ensure_ascii=False)
+                utils.write_jsonl(out_file, [done[i] for i in range(len(items))])
+                partial.unlink(missing_ok=True)
+            _sync(world)
+    if no_answer and rank == 0:
+        print(f"note: few-shot examples without an 'answer' (rendered with an empty answer, as LexEval publishes "
+              f"them): {', '.join(f'{t}: {n}' for t, n in no_answer.items())}", flush=True)
+    if world > 1:
+        print(f"rank {rank}/{world}: generated {mine_total} items", flush=True)
+        report["per_rank"] = list(_gather_shares(world, {rank: mine_total}, [])[0].values())
+    return report
+
+
+def score_lexeval(cfg: ScoreConfig) -> int:
+    """`score --benchmark lexeval PRED_DIR`: scores.csv (task,model_name,score, 0-1 like the official
+    evaluation_result.csv), the ability table beside it (printed, _table.csv, _table.md) and _metrics.jsonl (per
+    file: metric, items, items the rouge recursion cut zeroed, seconds)."""
+    t0 = time.perf_counter()
+    models = [m for m in cfg.models.split(",") if m]
+    skip = lexeval.parse_tasks(cfg.skip_tasks, "--skip_tasks") if cfg.skip_tasks else []
+    jobs, notes = lexeval.find_output_files(cfg.pred_dir, models)
+    jobs = [j for j in jobs if j[1] not in skip]
+    if not jobs:
+        raise DataError(cfg.pred_dir, None, None, "no <model>/<model>_<task>.jsonl output files found", "missing_file")
+    results = lexeval.score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1), cfg.metric_choice)
+    if cfg.metric_gen != "Rouge_L":  # BERTScore / BARTScore with the given weights, in this process
+        for r in results:
+            if r["result"] is not None and lexeval.is_generation(r["task"]):
+                r["result"].update(score=lexeval.score_neural(lexeval.read_outputs(r["path"]), cfg.metric_gen,
+                                                              cfg.bert_model), metric=cfg.metric_gen, zeroed=0)
+    order = {t: k for k, t in enumerate(lexeval.LEXEVAL_TASKS)}
+    results.sort(key=lambda r: (r["model"], order[r["task"]]))
+    rows = [{"task": r["task"], "model_name": r["model"], "score": r["result"]["score"]} for r in results
+            if r["result"] is not None]
+    errors = [r["error"] for r in results if r["error"] is not None]
+    seconds = time.perf_counter() - t0
+
+    out = Path(cfg.out)
+    write_csv(out, rows, ["task", "model_name", "score"])
+    table, table_notes = lexeval.ability_table(rows)
+    stem = out.with_suffix("")
+    write_csv(f"{stem}_table.csv", table, ["model_name", *lexeval.TABLE_COLUMNS])
+    markdown = lexeval.table_markdown(table)
+    Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
+    Path(f"{stem}.config.json").write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2),
+                                           encoding="utf-8")
+    zeroed: dict[str, int] = {}
+    with open(f"{stem}_metrics.jsonl", "w", encoding="utf-8") as f:
+        for r in results:
+            res = r["result"] or {}
+            if res.get("zeroed"):
+                zeroed[r["model"]] = zeroed.get(r["model"], 0) + res["zeroed"]
+            f.write(json.dumps({"model": r["model"], "task": r["task"], "metric": res.get("metric"),
+                                "items": res.get("items"), "zeroed": res.get("zeroed"), "seconds": r["seconds"],
+                                "ok": r["error"] is None}, ensure_ascii=False) + "\n")
+        f.write(json.dumps({"total_seconds": round(seconds, 3), "files": len(jobs), "errors": len(errors),
+                            "zeroed_by_rouge_recursion": zeroed}) + "\n")
+    print(markdown, end="")
+    for line in notes + table_notes:
+        print("note:", line)
+    if zeroed:
+        print("note: items scored 0 because rouge 1.0.1's recursive LCS passed the recursion limit (as the official): "
+              + ", ".join(f"{m}: {n}" for m, n in zeroed.items()))
+    for line in errors:
+        print("error:", line, file=sys.stderr)
+    print(f"scored {len(rows)}/{len(jobs)} files in {seconds:.1f} s -> {out}, {stem}_table.csv, {stem}_table.md")
+    return 1 if errors else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # 6. Command line: python evaluate.py <subcommand> --flags   (each subcommand: a config dataclass via utils.parse_config)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -1754,6 +1978,13 @@ def _preflight_generate(cfg: GenerateConfig):
     utils.check_fields(cfg)
     utils.check_backend(cfg.backend)
     utils.check_out_dir(cfg.out)
+    if cfg.benchmark == "lexeval":
+        return _preflight_lexeval(cfg)  # section 5b
+    if cfg.shots not in ("zero", "one", "both"):
+        raise DataError("--shots", None, None, f"expected one of zero | one | both, got {cfg.shots!r}"
+                        + (" (few is LexEval's: --benchmark lexeval)" if cfg.shots == "few" else ""), "bad_flag")
+    if not cfg.lawbench_dir:
+        raise DataError("--lawbench_dir", None, None, "required with --benchmark lawbench", reason="bad_flag")
     for shot in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]):
         for task in parse_tasks(cfg.tasks):
             load_lawbench_task(cfg.lawbench_dir, shot, task, cfg.max_items)
@@ -1791,6 +2022,15 @@ def _preflight_longdoc(cfg: LongDocConfig):
 
 def _preflight_score(cfg: ScoreConfig):
     utils.check_fields(cfg)
+    if cfg.metric_gen != "Rouge_L" and not cfg.bert_model:
+        raise DataError("--metric_gen", None, None, f"{cfg.metric_gen} needs the model's weights: pass --bert_model "
+                        "DIR (not offered without them)", reason="bad_flag")
+    if cfg.bert_model and not Path(cfg.bert_model).is_dir():
+        raise DataError(cfg.bert_model, None, None, "folder not found (--bert_model)", reason="missing_file")
+    if cfg.benchmark == "lawbench" and (cfg.metric_choice, cfg.metric_gen, cfg.bert_model) != ("Accuracy", "Rouge_L",
+                                                                                              ""):
+        raise DataError("--metric_choice", None, None, "--metric_choice / --metric_gen / --bert_model are LexEval's "
+                        "(--benchmark lexeval)", reason="bad_flag")
     if Path(cfg.out).is_dir():
         raise DataError("--out", None, None, f"{cfg.out} is a folder (expected the path of the scores .csv)",
                         reason="bad_flag")
@@ -1802,7 +2042,8 @@ def _preflight_score(cfg: ScoreConfig):
 
 def cmd_generate(cfg: GenerateConfig):
     t0 = time.time()
-    report = generate_lawbench(cfg)
+    report = generate_lexeval(cfg) if cfg.benchmark == "lexeval" else generate_lawbench(cfg)
+    cut = report.pop("cut", None)  # LexEval items whose input was cut in the middle to fit the budget
     per_rank = report.pop("per_rank", None)
     utils.close_vllm()  # before dist_close: the engine's shutdown destroys the process groups
     utils.dist_close()
@@ -1816,6 +2057,8 @@ def cmd_generate(cfg: GenerateConfig):
            "seconds": round(time.time() - t0, 2), "model": cfg.model}
     if per_rank:
         rec["per_rank"] = per_rank  # items generated by each torchrun rank
+    if cfg.benchmark != "lawbench":
+        rec.update(benchmark=cfg.benchmark, cut=cut or 0)
     _append_metrics(cfg.out, rec)
     print(json.dumps(rec, ensure_ascii=False))
 

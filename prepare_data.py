@@ -57,6 +57,8 @@ class Config:
                                                                      "unless --decontaminate false"})
     decontaminate: bool = field(default=True, metadata={"help": "drop records overlapping LawBench (false: not run, "
                                                                 "and the report says so)"})
+    lexeval_dir: str | None = field(default=None, metadata={"help": "LexEval root (data/<task>.json): decontaminate "
+                                                                    "against LexEval too, with the same windows"})
     window: int = field(default=24, metadata={"help": "decontamination window (normalised chars)", "min": 1})
     short_window: int = field(default=12, metadata={"help": "window for short LawBench questions", "min": 1})
     short_below: int = field(default=48, metadata={"help": "LawBench questions shorter than this use short_window",
@@ -124,6 +126,9 @@ def preflight(cfg: Config) -> None:
         unknown = [t.strip() for t in cfg.answer_tasks.split(",") if t.strip() and t.strip() not in tasks]
         if unknown:
             raise DataError("--answer_tasks", None, None, f"unknown LawBench task(s) {unknown}", reason="bad_flag")
+    if cfg.lexeval_dir and cfg.decontaminate and not any((Path(cfg.lexeval_dir) / "data").glob("*.json")):
+        raise DataError(Path(cfg.lexeval_dir) / "data", None, None, "no LexEval <task>.json files (--lexeval_dir)",
+                        reason="missing_file")
     utils.check_model_dir(cfg.model, "--model", config=False, weights=False, chat_template=True)
 
 
@@ -489,7 +494,9 @@ def window_hashes(text: str, w: int) -> np.ndarray:
 
 
 class Decontaminator:
-    """Index of LawBench question (and long answer) windows: sorted hashes with the item each came from.
+    """Index of LawBench question (and long answer) windows: sorted hashes with the item each came from; with
+    `lexeval_dir` also LexEval's inputs (and the references of its generation tasks 5_x), the same way. Item i is
+    (task, index) of benchmark self.benchmarks[i] ("LawBench" or "LexEval"; LexEval ids are 1_1, LawBench's 1-1).
 
     Items shorter than `short_below` normalised chars use `short_window`; windows found in >= `boilerplate_items`
     items (template phrases) are ignored. A record is flagged when it contains min(`min_hits`, `min_frac` x n) of the
@@ -499,8 +506,9 @@ class Decontaminator:
     BITMAP_BITS = 25  # 32 MB per window size
 
     def __init__(self, lawbench_dir, window=24, short_window=12, short_below=48, min_hits=24, min_frac=0.5,
-                 boilerplate_items=5, answer_tasks=("1-1",)):
+                 boilerplate_items=5, answer_tasks=("1-1",), lexeval_dir=None):
         self.items: list[tuple[str, int]] = []  # item id -> (task, index)
+        self.benchmarks: list[str] = []  # item id -> "LawBench" | "LexEval"
         n_windows: list[int] = []  # item id -> how many distinct windows it has
         self.min_hits, self.min_frac, self.answer_tasks = min_hits, min_frac, tuple(answer_tasks)
         per_w = {window: ([], []), short_window: ([], [])}
@@ -509,23 +517,29 @@ class Decontaminator:
             raise DataError(Path(lawbench_dir) / "data" / "zero_shot", None, None, "no LawBench *.json files",
                             reason="missing_file")
         self.short_skipped = 0
-        for f in files:
-            for line, rec in utils.iter_records(f):
-                item = len(self.items)
-                self.items.append((f.stem, line - 1))
-                n_windows.append(0)
-                texts = [normalize(str(rec.get("question", "")))]
-                if f.stem in answer_tasks:
-                    texts.append(normalize(str(rec.get("answer", ""))))
-                for text in texts:
-                    w = window if len(text) >= short_below else short_window
-                    if len(text) < w:
-                        self.short_skipped += 1
-                        continue
-                    h = np.unique(window_hashes(text, w))
-                    n_windows[-1] += len(h)
-                    per_w[w][0].append(h)
-                    per_w[w][1].append(np.full(len(h), item, dtype=np.int32))
+        sources = [("LawBench", f.stem, i, rec.get("question", ""), rec.get("answer", "") if f.stem in answer_tasks
+                    else None) for f in files for i, (_, rec) in enumerate(utils.iter_records(f))]
+        if lexeval_dir:  # LexEval's data files are JSON lines (lexeval.read_lines); inputs, and 5_x references
+            import lexeval
+            for f in sorted((Path(lexeval_dir) / "data").glob("*.json")):
+                recs = lexeval.read_lines(f, ("input",), ("answer",), nullable=("answer",))
+                sources += [("LexEval", f.stem, i, rec["input"], rec.get("answer") if lexeval.is_generation(f.stem)
+                             else None) for i, rec in enumerate(recs)]
+        for bench, task, index, question, answer in sources:
+            item = len(self.items)
+            self.items.append((task, index))
+            self.benchmarks.append(bench)
+            n_windows.append(0)
+            texts = [normalize(str(question))] + ([normalize(str(answer))] if answer is not None else [])
+            for text in texts:
+                w = window if len(text) >= short_below else short_window
+                if len(text) < w:
+                    self.short_skipped += 1
+                    continue
+                h = np.unique(window_hashes(text, w))
+                n_windows[-1] += len(h)
+                per_w[w][0].append(h)
+                per_w[w][1].append(np.full(len(h), item, dtype=np.int32))
         self.need = np.maximum(1, np.minimum(min_hits, np.ceil(min_frac * np.asarray(n_windows)))).astype(np.int64)
         self.index, self.bits = {}, {}
         for w, (hs, ids) in per_w.items():
@@ -589,6 +603,8 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
     work.mkdir(parents=True, exist_ok=True)
     seen: set[bytes] = set()
     report: dict = {"sources": {}, "decontamination": {}, "duplicates": 0}
+    by_bench: dict = {}  # source -> {benchmark: records dropped that overlap it}
+    f_dropped = open(out / "contaminated.jsonl", "w", encoding="utf-8") if decon is not None else None
     f_legal = open(work / "legal.jsonl", "w", encoding="utf-8")
     f_general = open(work / "general.jsonl", "w", encoding="utf-8")
     f_rl = open(out / "rl_prompts.jsonl", "w", encoding="utf-8")
@@ -624,9 +640,18 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
                             hit |= decon.hits(sample_text(s), tasks)
                         if hit:
                             dec = report["decontamination"].setdefault(name, {})
-                            for item in hit:
+                            for item in hit:  # LawBench tasks as before ("3-1"); LexEval's named ("LexEval 1_1")
                                 task, idx = decon.items[item]
-                                dec.setdefault(task, set()).add(idx)
+                                key = task if decon.benchmarks[item] == "LawBench" else f"LexEval {task}"
+                                dec.setdefault(key, set()).add(idx)
+                            benches = sorted({decon.benchmarks[i] for i in hit})
+                            for b in benches:
+                                by_bench.setdefault(name, {})[b] = by_bench.get(name, {}).get(b, 0) + 1
+                            f_dropped.write(json.dumps({"source": name, "path": str(path), "line": line,
+                                                        "benchmarks": benches, "items": sorted(
+                                                            f"{decon.benchmarks[i]} {decon.items[i][0]} #"
+                                                            f"{decon.items[i][1]}" for i in hit)},
+                                                       ensure_ascii=False) + "\n")
                             raise Drop("contaminated")
                     seen.add(key)
                 except Drop as d:
@@ -656,10 +681,13 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
             rep["read"] += n
             dropped[reason] = dropped.get(reason, 0) + n
         assert rep["read"] == rep["kept"] + sum(dropped.values()), (name, rep)
-    for f in (f_legal, f_general, f_rl):
-        f.close()
+    for f in (f_legal, f_general, f_rl, f_dropped):
+        if f is not None:
+            f.close()
     report["decontamination"] = {s: {t: len(v) for t, v in sorted(d.items())}
                                  for s, d in report["decontamination"].items()}
+    if decon is not None:  # which benchmark each dropped record overlapped (one line per record: contaminated.jsonl)
+        report["decontamination_benchmarks"] = by_bench
     report["counts"] = counts
     return report
 
@@ -942,8 +970,9 @@ def run(cfg: Config, scorer=None) -> dict:
     if cfg.decontaminate:
         decon = Decontaminator(cfg.lawbench_dir, cfg.window, cfg.short_window, cfg.short_below, cfg.min_window_hits,
                                cfg.min_window_frac, cfg.boilerplate_items,
-                               tuple(t.strip() for t in cfg.answer_tasks.split(",") if t.strip()))
-        print(f"decontamination index: {len(decon.items)} LawBench items", flush=True)
+                               tuple(t.strip() for t in cfg.answer_tasks.split(",") if t.strip()), cfg.lexeval_dir)
+        print(f"decontamination index: {decon.benchmarks.count('LawBench')} LawBench items"
+              + (f" + {decon.benchmarks.count('LexEval')} LexEval items" if cfg.lexeval_dir else ""), flush=True)
 
     out = final.parent / f".{final.name}.tmp"
     cache = [p / "llm_scores.jsonl" for p in (final, out) if (p / "llm_scores.jsonl").is_file()]
@@ -980,9 +1009,14 @@ def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | N
         scorer = LLMScorer(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, cfg.llm_cache or out / "llm_scores.jsonl")
     timings = {}
     # what the decontamination numbers mean, or that there are none: an empty "decontamination" must not read as clean
-    check = ({"run": True, "lawbench_dir": str(cfg.lawbench_dir), "lawbench_items": len(decon.items),
+    check = ({"run": True, "lawbench_dir": str(cfg.lawbench_dir),
+              "lawbench_items": decon.benchmarks.count("LawBench"),
               "counts": "decontamination[source][task] = distinct LawBench items of that task that the source's "
-                        "records overlap; the training records removed are sources[source].dropped.contaminated"}
+                        "records overlap (LexEval tasks: 'LexEval 1_1'); the training records removed are "
+                        "sources[source].dropped.contaminated, by benchmark in decontamination_benchmarks[source], "
+                        "one line each in contaminated.jsonl",
+              **({"lexeval_dir": str(cfg.lexeval_dir), "lexeval_items": decon.benchmarks.count("LexEval")}
+                 if cfg.lexeval_dir else {})}
              if decon is not None else {"run": False, "reason": "--decontaminate false: LawBench items may be in "
                                                                 "the training data"})
 
@@ -1036,14 +1070,19 @@ def print_report(report: dict):
         fe = "  file_errors: " + ", ".join(f"{k}={v}" for k, v in r["file_errors"].items()) if r["file_errors"] else ""
         print(f"{name:<34}{r['kind']:<14}{r['read']:>8}{r['kept']:>8}  {drops}{fe}")
     check = report.get("decontamination_check") or {}
+    lex = f" + {check['lexeval_items']} LexEval items" if "lexeval_items" in check else ""
     if not check.get("run"):
         print(f"decontamination: NOT RUN ({check.get('reason', 'no record of it')})")
     else:
         removed = sum(r["dropped"].get("contaminated", 0) for r in report["sources"].values())
-        print(f"decontamination vs {check['lawbench_items']} LawBench items: {removed} records removed"
+        print(f"decontamination vs {check['lawbench_items']} LawBench items{lex}: {removed} records removed"
               + ("" if report["decontamination"] else " (no overlap found)"))
     for name, d in report["decontamination"].items():
-        print(f"  {name}: overlaps " + ", ".join(f"{t}: {n} LawBench items" for t, n in d.items()))
+        by = report.get("decontamination_benchmarks", {}).get(name)
+        hits = [f"{t}: {n} {'LexEval' if t.startswith('LexEval') else 'LawBench'} items" for t, n in d.items()]
+        print(f"  {name}: overlaps " + ", ".join(hits)
+              + (f"  (records dropped, by benchmark: {', '.join(f'{b} {n}' for b, n in by.items())})"
+                 if by and lex else ""))
     print(f"duplicates: {report['duplicates']}   overlong: {report['overlong']}   mix: {report['mix']}")
     print(f"seconds: {report['seconds']}  {report.get('timings', {})}")
     print(f"\n{'stage':<10}{'samples':>10}{'tokens':>14}{'packs':>8}{'efficiency':>12}  lengths")

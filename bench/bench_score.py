@@ -7,6 +7,11 @@ The official scorer is not in this repository, so its total is the measured refe
 (200-440 s per model on 2 CPU cores, 2-1 alone ~214 s). The slow non-2-1 part of it - jieba + rouge_chinese's
 Rouge().get_scores on the four ROUGE tasks - IS re-run here as the peer, in the same run, on the same files.
 Task 2-1 is scored only when cherrant.py is importable; otherwise this says so and leaves it out.
+
+LexEval (--lexeval true, default): the official code/evaluation/evaluate.py from ../shared/lexeval is run as its
+README says (a process in code/evaluation) and `evaluate.py score --benchmark lexeval` on the same folder (both models
+of one setting), one after the other in this run; both are timed from process start to exit, the scores are checked
+equal, and the ratio printed (goal >= 10x). --workers 1 gives the one-core comparison.
 """
 import dataclasses
 import json
@@ -33,6 +38,11 @@ class BenchConfig:
     model: str = dataclasses.field(default="GPT4", metadata={"help": "model folder under predictions/<shot>/"})
     workers: int = dataclasses.field(default=2, metadata={"help": "evaluate.py score --workers"})
     peer: bool = dataclasses.field(default=True, metadata={"help": "re-run rouge_chinese on the ROUGE tasks"})
+    lawbench: bool = dataclasses.field(default=True, metadata={"help": "time LawBench"})
+    lexeval: bool = dataclasses.field(default=True, metadata={"help": "time LexEval: ours vs the official scorer"})
+    lexeval_dir: str = dataclasses.field(default=str(REPO.parent / "shared" / "lexeval"),
+                                         metadata={"help": "LexEval copy with code/ and model_output/"})
+    lexeval_setting: str = dataclasses.field(default="zero_shot", metadata={"help": "zero_shot or few_shot"})
 
 
 def rouge_side_by_side(path: Path, task: str) -> tuple[float, float]:
@@ -53,8 +63,48 @@ def rouge_side_by_side(path: Path, task: str) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
+def lexeval_side_by_side(cfg) -> None:
+    """Official LexEval scorer vs `evaluate.py score --benchmark lexeval` on <lexeval_dir>/model_output/<setting>."""
+    import csv
+    import resource
+
+    def cpu():  # user + sys seconds of the finished child processes (the scorers and their workers)
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    pred = Path(cfg.lexeval_dir) / "model_output" / cfg.lexeval_setting
+    official_dir = Path(cfg.lexeval_dir) / "code" / "evaluation"
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, c0 = time.perf_counter(), cpu()
+        subprocess.run([sys.executable, "evaluate.py", "--input_dir", str(pred), "--output_dir", f"{tmp}/official",
+                        "--metrics_choice", "Accuracy", "--metrics_gen", "Rouge_L"], cwd=official_dir, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t_official, c_official = time.perf_counter() - t0, cpu() - c0
+        t0, c0 = time.perf_counter(), cpu()
+        subprocess.run([sys.executable, str(REPO / "evaluate.py"), "score", "--benchmark", "lexeval", str(pred),
+                        "--out", f"{tmp}/ours/scores.csv", "--workers", str(cfg.workers)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t_ours, c_ours = time.perf_counter() - t0, cpu() - c0
+        with open(f"{tmp}/official/evaluation_result.csv", encoding="utf-8") as f:
+            official = {(r["model"], r["task"]): float(r["score"]) for r in csv.DictReader(f)}
+        with open(f"{tmp}/ours/scores.csv", encoding="utf-8") as f:
+            ours = {(r["model_name"], r["task"]): float(r["score"]) for r in csv.DictReader(f)}
+        per_file = [json.loads(l) for l in Path(f"{tmp}/ours/scores_metrics.jsonl").read_text().splitlines()]
+    assert ours == official, "LexEval scores differ from the official"
+    zeroed = per_file[-1]["zeroed_by_rouge_recursion"]
+    print(f"LexEval {cfg.lexeval_setting}, {len(ours)} files ({len({m for m, _ in ours})} models), identical scores; "
+          f"items zeroed by rouge's recursion limit: {zeroed}")
+    print(f"  official evaluation/evaluate.py: {t_official:.1f} s   ours (--workers {cfg.workers}): {t_ours:.1f} s   "
+          f"-> {t_official / t_ours:.1f}x (process start to exit, same files, same run)")
+    print(f"  CPU time (user + sys, workers included): official {c_official:.1f} s, ours {c_ours:.1f} s "
+          f"-> {c_official / c_ours:.1f}x")
+
+
 def main():
     cfg = utils.parse_config(BenchConfig)
+    if cfg.lexeval:
+        lexeval_side_by_side(cfg)
+    if not cfg.lawbench:
+        return
     E._init_worker()  # jieba dictionary loaded (and quiet) before any timing
     pred = Path(cfg.lawbench_dir) / "predictions" / cfg.shot
     try:

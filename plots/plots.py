@@ -9,6 +9,7 @@ It looks in RUN_DIR for (any that exist; the rest is skipped with a message):
     sft*/metrics.jsonl               sft.py           -> SFT curves (loss, lr, tokens/s, MFU, ...)
     rl*/metrics.jsonl                rl.py            -> GRPO curves (reward + components, KL, clip fraction, length)
     eval*/**/scores*.csv             evaluate.py      -> LawBench per task / per category, beside published baselines
+                                                         (LexEval task ids 1_1..6_3: its ability chart beside them)
     judge*/summary.json              judge.py         -> win rates by category with bootstrap intervals
     judge*/rubric_summary.json       judge.py rubric  -> mean 1-5 score per criterion and system, with intervals
 
@@ -284,6 +285,40 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
     return _save(fig, out)
 
 
+def plot_lexeval_abilities(ours: dict[str, dict[str, float]], out, title: str = "LexEval") -> Path:
+    """LexEval's ability table as bars (the six LexCog abilities and Overall, x100; lexeval.ability_table), one bar
+    per model; an ability with tasks missing is drawn from those scored and says how many (k/n tasks)."""
+    import lexeval
+    setup_fonts()
+    zh = dict(zip([*lexeval.ABILITIES, "Overall"], ["记忆", "理解", "逻辑推理", "判别", "生成", "伦理", "总体"]))
+    cols = list(zh)
+    table, _ = lexeval.ability_table([{"task": t, "model_name": m, "score": v} for m, sc in ours.items()
+                                      for t, v in sc.items() if t in lexeval.LEXEVAL_TASKS])
+    if not table:
+        raise ValueError("no LexEval task scores")
+    width = 0.8 / len(table)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    values = []
+    for i, row in enumerate(table):
+        xs = np.arange(len(cols)) + (i - (len(table) - 1) / 2) * width
+        ys = [np.nan if row[c] is None else row[c] for c in cols]
+        values += [y for y in ys if not np.isnan(y)]
+        ax.bar(xs, ys, width, label=row["model_name"])
+        scores = ours[row["model_name"]]
+        for x, c, y in zip(xs, cols, ys):
+            tasks = list(lexeval.LEXEVAL_TASKS) if c == "Overall" else \
+                [t for t in lexeval.LEXEVAL_TASKS if lexeval.ability(t) == c]
+            have = sum(t in scores for t in tasks)
+            label = ("" if np.isnan(y) else f"{y:.1f}") + ("" if have == len(tasks) else f"\n{have}/{len(tasks)} tasks")
+            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=6)
+    _zero_axis(ax, values)
+    ax.set_xticks(np.arange(len(cols)), [f"{zh[c]}\n{c}" for c in cols], fontsize=8)
+    ax.set_ylabel("得分 score (x100)")
+    ax.set_title(f"{title}: 能力得分 by ability (LexCog)")
+    ax.legend(fontsize=7, ncol=min(len(table), 4), loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    return _save(fig, out)
+
+
 SFT_PANELS = [("loss", "损失 loss"), ("lr", "学习率 lr"), ("tokens_per_s", "吞吐 tokens/s"), ("mfu", "MFU"),
               ("grad_norm", "梯度范数 grad norm"), ("peak_mem", "峰值显存 peak memory")]
 
@@ -550,6 +585,13 @@ class PlotConfig:
     window: int = dataclasses.field(default=5, metadata={"help": "moving-average window for GRPO curves"})
 
 
+def _lexeval_scores(path) -> bool:
+    """A scores CSV whose task ids are LexEval's (1_1 ... 6_3; LawBench writes 1-1 ...)."""
+    import lexeval
+    tasks = {r["task"] for _, r in utils.iter_records(path)}
+    return bool(tasks) and tasks <= set(lexeval.LEXEVAL_TASKS)
+
+
 def _found(run: Path, pattern: str) -> list[Path]:
     return sorted(p for p in run.glob(pattern) if p.is_file())
 
@@ -609,6 +651,12 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
         else:
             skipped.append(f"{p.relative_to(run)}: not a per-task scores file (no task,model_name,score header)")
     for p in csvs:
+        if _lexeval_scores(p):  # LexEval's scores.csv (evaluate.py score --benchmark lexeval): its ability chart
+            setting = "few_shot" if "few_shot" in str(p.relative_to(run)) else "zero_shot"
+            tag = "_".join(p.relative_to(run).with_suffix("").parts[1:]) or "scores"
+            attempt(f"LexEval ({p.relative_to(run)})", lambda p=p, tag=tag, setting=setting: plot_lexeval_abilities(
+                utils.read_scores_csv(p), out / f"lexeval_abilities_{tag}{ext}", f"LexEval {setting}"))
+            continue
         shot = "one_shot" if "one_shot" in str(p.relative_to(run)) else "zero_shot"
         names = [b for b in cfg.baselines.split(",") if b]
         base = load_published(cfg.lawbench_dir, shot, names) if cfg.lawbench_dir else {}
