@@ -891,10 +891,6 @@ def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0,
     """Train a byte-level BPE tokenizer on `texts` (default: the built-in sample corpus), build a random-init Qwen2
     causal LM and save both as an ordinary Hugging Face folder. Deterministic for a given corpus and seed.
     A folder that holds anything is refused (RunDirError) unless overwrite; a run folder is refused always."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
     out = Path(out_dir)
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held and (not overwrite or (out / RUN_IDENTITY).is_file() or (out / "final").is_dir()):
@@ -903,6 +899,9 @@ def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0,
             f"already holds {', '.join(held[:4])}{' ...' if len(held) > 4 else ''}: refusing to replace it with a " \
             f"random model (--overwrite replaces it, or choose an empty folder)"
         raise RunDirError(out, what)
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
     out.mkdir(parents=True, exist_ok=True)
     texts = list(texts) if texts is not None else list(sample_corpus())
 
@@ -1521,7 +1520,8 @@ def write_failure(partial, error, what: str, folder) -> "RunDirError":
         pass
     if int(os.environ.get("RANK", "0")) == 0 and partial is not None:
         shutil.rmtree(partial, ignore_errors=True) if Path(partial).is_dir() else Path(partial).unlink(missing_ok=True)
-    if errno_.ENOSPC in codes or errno_.EDQUOT in codes or (free is not None and free < 16 << 20):
+    if errno_.ENOSPC in codes or errno_.EDQUOT in codes or "No space left" in str(error) or \
+            (free is not None and free < 16 << 20):
         cause = f"no space left on device ({free / 2 ** 20:.1f} MiB free)" if free is not None else \
             "no space left on device"
     elif errno_.EROFS in codes:
@@ -1690,6 +1690,7 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
     generation config + tokenizer. `model` is the FSDP-wrapped module; its state dict keys are `hf_model`'s with
     `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM."""
     import torch.distributed as dist
+    from safetensors import SafetensorError
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoTokenizer
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -1711,7 +1712,7 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
-    except (OSError, RuntimeError) as e:  # a full disk: one line, the partial final.tmp removed
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk: one line, the partial final.tmp removed
         error = e
     if not _all_ok(error is None):
         raise write_failure(tmp, error, f"the exported model {out.name}/", out.parent)
