@@ -1635,9 +1635,10 @@ def resume_command(script: str, argv=None) -> str:
         if a.startswith(("--overwrite=", "--resume=")):
             continue
         args.append(a)
+    path = sys.argv[0] if Path(sys.argv[0]).name == script else script  # as it was started (a path, maybe)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    head = ["python", script] if world <= 1 else \
-        ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", str(world)), script]
+    head = ["python", path] if world <= 1 else \
+        ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", str(world)), path]
     return shlex.join(head + args + ["--resume", "auto"])
 
 

@@ -59,7 +59,18 @@ def fresh_world():
 
 
 @pytest.fixture
-def in_process(monkeypatch):
+def one_thread():
+    """One torch thread, as the subprocesses get (cpu_env): tiny kernels on a shared 2-core machine run several
+    times slower with two threads each."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def in_process(monkeypatch, one_thread):
     """Scripts' main() run in this process on the CPU: the torch.distributed variables dist_init sets are dropped
     afterwards (as conftest.world_of_one does)."""
     import torch
@@ -177,14 +188,15 @@ def test_sft_second_run_refused_while_first_works_then_ctrl_c_saves_and_resumes(
     assert utils.latest_checkpoint(out / "checkpoints") == ckpt and not list((out / "checkpoints").glob(".tmp*"))
     assert not (out / utils.LOCK_NAME).exists()  # released on exit
 
-    resume = line[0].split("; resume: ", 1)[1].split()
-    assert resume[0] == "python" and resume[-2:] == ["--resume", "auto"]
-    p = subprocess.run([sys.executable, *resume[1:]], env=cpu_env(), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert f"(step {k})" in p.stdout
+    resume = line[0].split("; resume: ", 1)[1].split()  # the command it prints, run here (in this process)
+    assert resume[:2] == ["python", str(REPO / "sft.py")] and resume[-2:] == ["--resume", "auto"]
+    fresh_world()
+    assert exit_status(sft.main, resume[2:]) == 0
+    printed = capsys.readouterr()
+    assert f"(step {k})" in printed.out
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, 67))
-    assert f"sft.py: done: {out / 'final'}/" in p.stderr and f"next: python evaluate.py generate --model " \
-        f"{out / 'final'}" in p.stderr
+    assert f"sft.py: done: {out / 'final'}/" in printed.err and f"next: python evaluate.py generate --model " \
+        f"{out / 'final'}" in printed.err
 
 
 def test_every_writer_refuses_a_folder_another_run_holds(tiny_model, stage, prompts, preds, tmp_path, in_process,
@@ -240,20 +252,17 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
 # ---- 2. a read-only output folder -----------------------------------------------------------------------------------
 
 DRIVER = """
-import contextlib, io, json, os, sys
+import contextlib, importlib, io, json, os, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
-import evaluate, judge, prepare_data, rl, sft, utils
 from conftest import exit_status
-mains = {{"sft": sft.main, "rl": rl.main, "evaluate": evaluate.main, "judge": judge.main,
-          "prepare_data": prepare_data.main}}
 res = {{}}
 for name, (module, argv) in json.loads({calls!r}).items():
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR"):
         os.environ.pop(k, None)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = exit_status(mains[module], argv)
+        rc = exit_status(importlib.import_module(module).main, argv)
     res[name] = [rc, err.getvalue()]
 print("RESULT " + json.dumps(res))
 """
@@ -360,24 +369,29 @@ def test_failed_checkpoint_write_is_cleaned_up_without_a_mount(tmp_path, world_o
 
 # ---- 4. Ctrl-C: rl.py, a second Ctrl-C, --resume auto without a checkpoint -------------------------------------------
 
-def test_rl_ctrl_c_saves_and_says_how_to_resume(tiny_model, prompts, tmp_path):
+def test_rl_ctrl_c_saves_and_says_how_to_resume(tiny_model, prompts, tmp_path, in_process, monkeypatch, capsys):
+    """rl.py (in this process): Ctrl-C arrives while step 2 is scored -> step 2 ends, is saved, exit 130."""
+    import rl
     out = tmp_path / "rl"
-    cmd = [sys.executable, str(REPO / "rl.py"), "--model", str(tiny_model), "--prompts", str(prompts), "--out",
-           str(out), "--group_size", "2", "--prompts_per_step", "2", "--max_steps", "200", "--max_new_tokens", "4",
-           "--lr", "1e-4"]
-    p = subprocess.Popen(cmd, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "metrics.jsonl"
-    t0 = time.time()
-    while not (log.is_file() and log.read_text().count("\n") >= 1):
-        assert p.poll() is None and time.time() - t0 < 300, p.communicate()
-        time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
-    k = [json.loads(x)["step"] for x in log.read_text().splitlines()][-1]
-    ckpt = out / "checkpoints" / f"step_{k:08d}"
-    assert f"rl.py: interrupted after step {k}; checkpoint saved: {ckpt}; resume: python " in err
-    assert err.rstrip().endswith("--resume auto") and (ckpt / "trainer_state.pt").is_file()
+    argv = ["--model", tiny_model, "--prompts", prompts, "--out", out, "--group_size", 2, "--prompts_per_step", 2,
+            "--max_steps", 50, "--max_new_tokens", 4, "--lr", 1e-4]
+    calls = []
+    real = rl.legal_reward
+
+    def reward_then_ctrl_c(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:  # the first completion of step 2 (2 prompts x group 2 per step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+    monkeypatch.setattr(rl, "legal_reward", reward_then_ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["rl.py"])
+    assert exit_status(rl.main, argv) == 130
+    err = capsys.readouterr().err
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert f"rl.py: interrupted after step 2; checkpoint saved: {ckpt}; resume: python rl.py --model " in err
+    assert err.rstrip().endswith("--resume auto") and (ckpt / "trainer_state.pt").is_file() and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is gone with the run
 
 
 def test_second_ctrl_c_and_resume_without_checkpoint_say_so(tmp_path, capsys, monkeypatch):
@@ -401,11 +415,22 @@ def test_second_ctrl_c_and_resume_without_checkpoint_say_so(tmp_path, capsys, mo
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model, stage, tmp_path_factory):
+    """A finished sft run (1 step), made in this process."""
+    import sft
+    from unittest import mock
+
+    import torch
     out = tmp_path_factory.mktemp("done") / "sft2"
-    p = subprocess.run([sys.executable, str(REPO / "sft.py"), "--model", str(tiny_model), "--data", str(stage),
-                        "--out", str(out), "--max_steps", "1"], env=cpu_env(), capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    saved, threads = dict(os.environ), torch.get_num_threads()
+    fresh_world()
+    torch.set_num_threads(1)
+    try:
+        with mock.patch.object(torch.cuda, "is_available", return_value=False):
+            assert exit_status(sft.main, ["--model", tiny_model, "--data", stage, "--out", out, "--max_steps", 1]) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        torch.set_num_threads(threads)
     return out
 
 
@@ -529,7 +554,7 @@ def test_generate_names_a_runs_export_after_the_run_and_score_shows_tasks(tiny_m
     assert f"evaluate.py score: done: {out / 'scores.csv'}" in printed.err
 
 
-def test_rl_says_where_final_went(tiny_model, prompts, tmp_path, world_of_one, capsys):
+def test_rl_says_where_final_went(tiny_model, prompts, tmp_path, world_of_one, one_thread, capsys):
     import rl
     out = tmp_path / "rl"
     rl.train(rl.RLConfig(model=str(tiny_model), prompts=str(prompts), out=str(out), group_size=2, prompts_per_step=2,
