@@ -385,13 +385,20 @@ def test_rl_ctrl_c_saves_and_says_how_to_resume(tiny_model, prompts, tmp_path, i
         return real(*a, **kw)
     monkeypatch.setattr(rl, "legal_reward", reward_then_ctrl_c)
     monkeypatch.setattr(sys, "argv", ["rl.py"])
-    assert exit_status(rl.main, argv) == 130
+
+    def not_caught(signum, frame):  # the SIGINT reached this test's handler, not rl.py's: it would kill pytest
+        raise AssertionError("rl.py did not handle Ctrl-C")
+    old = signal.signal(signal.SIGINT, not_caught)
+    try:
+        assert exit_status(rl.main, argv) == 130
+        assert signal.getsignal(signal.SIGINT) is not_caught  # rl.py's handler is gone with the run
+    finally:
+        signal.signal(signal.SIGINT, old)
     err = capsys.readouterr().err
     ckpt = out / "checkpoints" / "step_00000002"
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert f"rl.py: interrupted after step 2; checkpoint saved: {ckpt}; resume: python rl.py --model " in err
     assert err.rstrip().endswith("--resume auto") and (ckpt / "trainer_state.pt").is_file() and "Traceback" not in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is gone with the run
 
 
 def test_second_ctrl_c_and_resume_without_checkpoint_say_so(tmp_path, capsys, monkeypatch):
@@ -507,13 +514,14 @@ def test_judge_refuses_another_judges_folder_and_stale_generated_answers(tiny_mo
             fake.url, "--out", out, "--max_new_tokens", 4, "--bootstrap", 20]
     try:
         assert exit_status(judge.main, [*base, "--llm_model", "judge-1"]) == 0
-        assert f"judge.py: done: {out / 'summary.json'}" in capsys.readouterr().err
+        first = capsys.readouterr().err
         summary = (out / "summary.json").read_bytes()
-        assert json.loads(summary)["system_a"] == "sft2"  # the run's name, not `final`
         assert exit_status(judge.main, [*base, "--llm_model", "judge-2"]) == 2
         line = one_error_line(capsys.readouterr().err)
         assert f"{out}: holds a run made with a different config (llm_model: 'judge-1' -> 'judge-2')" in line
         assert (out / "summary.json").read_bytes() == summary
+        assert json.loads(summary)["system_a"] == "sft2"  # the run's name, not `final`
+        assert f"judge.py: done: {out / 'summary.json'}" in first
 
         w = model / "model.safetensors"  # the model retrained at the same path: its answers in OUT are stale
         raw = bytearray(w.read_bytes())
