@@ -1636,9 +1636,9 @@ def resume_command(script: str, argv=None) -> str:
             continue
         args.append(a)
     path = sys.argv[0] if Path(sys.argv[0]).name == script else script  # as it was started (a path, maybe)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    head = ["python", path] if world <= 1 else \
-        ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", str(world)), path]
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    nodes = ["--nnodes", str(world // local)] if world > local else []  # plus the rendezvous flags, on every node
+    head = ["python", path] if world <= 1 else ["torchrun", *nodes, "--nproc_per_node", str(local), path]
     return shlex.join(head + args + ["--resume", "auto"])
 
 
