@@ -706,6 +706,7 @@ def cmd_score(cfg: ScoreConfig) -> int:
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
     if not jobs:
         raise DataError(cfg.pred_dir, None, None, "no <model>/<task>.json prediction files found", "missing_file")
+    utils.lock_run_dir(Path(cfg.out).parent, f".{Path(cfg.out).name}.lock")  # one scorer writes these files at a time
     rows, errors, metrics = score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1))
     seconds = time.perf_counter() - t0
 
@@ -724,12 +725,28 @@ def cmd_score(cfg: ScoreConfig) -> int:
         f.write(json.dumps({"total_seconds": round(seconds, 3), "files": len(jobs), "errors": len(errors)}) + "\n")
 
     print(markdown, end="")
+    if any(r["Average"] is None for r in table):  # averages left blank: the per-task scores that were computed
+        print(task_markdown(rows), end="")
     for line in notes + table_notes:
         print("note:", line)
     for line in errors:
         print("error:", line, file=sys.stderr)
-    print(f"scored {len(rows)}/{len(jobs)} files in {seconds:.1f} s -> {out}, {stem}_table.csv, {stem}_table.md")
+    print(f"scored {len(rows)}/{len(jobs)} files in {seconds:.1f} s")
+    utils.done("evaluate.py score", f"{out} (per task), {stem}_table.csv, {stem}_table.md",
+               "python plots/plots.py --run RUN (its LawBench bars read RUN/eval*/**/scores*.csv)")
     return 1 if errors else 0
+
+
+def task_markdown(rows: list[dict]) -> str:
+    """Per-task scores (x100), one column per model: what the category table cannot show when tasks are missing."""
+    models = list(dict.fromkeys(r["model_name"] for r in rows))
+    score = {(r["model_name"], r["task"]): r["score"] for r in rows}
+    tasks = [t for t in LAWBENCH_TASKS if any((m, t) in score for m in models)]
+    lines = ["| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join("" if (m, t) not in score else f"{100 * score[m, t]:.2f}"
+                                              for m in models) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -807,7 +824,9 @@ class GenerateConfig:
     tasks: str = field(default="all", metadata={"help": "'all' or comma-separated task ids, e.g. 1-1,3-3 (LexEval: "
                                                         "1_1,5_3; all = those with data)"})
     max_items: int | None = field(default=None, metadata={"help": "first N items per task (default: all)", "min": 1})
-    model_name: str | None = field(default=None, metadata={"help": "folder name under <shot>; default: model dir name"})
+    model_name: str | None = field(default=None, metadata={"help": "folder name under <shot>; default: the model "
+                                                                   "folder's name (a run's export: the run's, e.g. "
+                                                                   "sft2 for runs/sft2/final)"})
     backend: str = field(default="hf", metadata={"help": "generation backend", "choices": ("hf", "vllm")})
     raw: bool = field(default=False, metadata={"help": "raw completion instead of the chat template"})
     max_new_tokens: int = field(default=1024, metadata={"help": "papers' setting: 1024, greedy", "min": 1})
@@ -953,9 +972,10 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
     tasks = parse_tasks(cfg.tasks)
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
-    name = cfg.model_name or Path(cfg.model).resolve().name
+    name = cfg.model_name or utils.run_name(cfg.model)
     want = made_by(cfg)
     if rank == 0:  # a refusal here ends rank 0, and torchrun then stops the other ranks
+        utils.lock_run_dir(cfg.out)  # one run at a time writes OUT
         check_made_by([Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
                        ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want, cfg.overwrite)
         utils.save_config(cfg, cfg.out)
@@ -2034,6 +2054,7 @@ def _preflight_score(cfg: ScoreConfig):
     if Path(cfg.out).is_dir():
         raise DataError("--out", None, None, f"{cfg.out} is a folder (expected the path of the scores .csv)",
                         reason="bad_flag")
+    utils.check_out_dir(Path(cfg.out).parent, "--out")  # writable, checked before anything is scored
     if cfg.fill_from and not Path(cfg.fill_from).is_file():
         raise DataError(cfg.fill_from, None, None, "file not found (--fill_from)", reason="missing_file")
     if cfg.lawbench_dir and not Path(cfg.lawbench_dir).is_dir():
@@ -2061,17 +2082,27 @@ def cmd_generate(cfg: GenerateConfig):
         rec.update(benchmark=cfg.benchmark, cut=cut or 0)
     _append_metrics(cfg.out, rec)
     print(json.dumps(rec, ensure_ascii=False))
+    shots = ", ".join(str(Path(cfg.out) / SHOTS[s]) for s in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]))
+    utils.done("evaluate.py generate", f"{shots} (<model_name>/<task>.json), {Path(cfg.out) / 'metrics.jsonl'}",
+               f"python evaluate.py score {Path(cfg.out) / SHOTS['one' if cfg.shots == 'one' else 'zero']} --out "
+               f"{Path(cfg.out) / 'scores.csv'}")
 
 
-def _print_metrics(run):
-    return lambda cfg: print(json.dumps(run(cfg), ensure_ascii=False, indent=1))
+def _print_metrics(run, name: str, next_step: str):
+    def show(cfg):
+        print(json.dumps(run(cfg), ensure_ascii=False, indent=1))
+        utils.done(f"evaluate.py {name}", f"{cfg.out}/ (metrics.jsonl, predictions)", next_step.format(out=cfg.out))
+    return show
 
 
 COMMANDS = {  # name -> (config dataclass, preflight checks, run)
     "generate": (GenerateConfig, _preflight_generate, cmd_generate),
     "score": (ScoreConfig, _preflight_score, cmd_score),
-    "judgment": (JudgmentConfig, _preflight_judgment, _print_metrics(run_judgment)),
-    "longdoc": (LongDocConfig, _preflight_longdoc, _print_metrics(run_longdoc))}
+    "judgment": (JudgmentConfig, _preflight_judgment, _print_metrics(
+        run_judgment, "judgment", "the same with --rag ARTICLES.jsonl into {out} (with vs without retrieval: "
+                                  "{out}/rag_effect.json), then python plots/plots.py --run RUN")),
+    "longdoc": (LongDocConfig, _preflight_longdoc, _print_metrics(
+        run_longdoc, "longdoc", "python plots/plots.py --run RUN (RUN holding {out})"))}
 
 
 def usage() -> str:
@@ -2102,6 +2133,12 @@ def main(argv=None) -> int:
         return run(cfg) or 0
     except DataError as e:  # bad input: one line naming file, line and field
         utils.fail(f"evaluate.py {argv[0]}", e)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail(f"evaluate.py {argv[0]}", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    finally:
+        utils.unlock_run_dirs()
 
 
 if __name__ == "__main__":

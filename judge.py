@@ -83,6 +83,8 @@ class JudgeConfig:
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
                                                    "min": 0})
     seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
+    overwrite: bool = field(default=False, metadata={
+        "help": "OUT holds a comparison by another judge model / systems / questions: delete it and start clean"})
 
 
 def preflight(cfg: JudgeConfig) -> None:
@@ -226,7 +228,8 @@ def load_answers(path, questions: list[dict]) -> dict[str, str]:
 def system_name(side: str, cfg: JudgeConfig) -> str:
     """--name_x, else 'reference', the answers file's stem or the model folder's name."""
     path, model, name = getattr(cfg, f"answers_{side}"), getattr(cfg, f"model_{side}"), getattr(cfg, f"name_{side}")
-    return name or ("reference" if path == "reference" else Path(path).stem if path is not None else Path(model).name)
+    return name or ("reference" if path == "reference" else Path(path).stem if path is not None else
+                    utils.run_name(model))
 
 
 def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -> tuple[str, dict[str, str]]:
@@ -244,6 +247,15 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
     if path is not None:
         return name, load_answers(path, questions)
     saved = out / f"answers_{side}_{name}.jsonl"  # generated once; delete it to regenerate
+    record, made = saved.with_suffix(".jsonl.model"), answers_made_by(model, cfg)
+    if saved.exists():  # answers made by another model (retrained at the same path) are never judged as this one's
+        had = utils.read_json(record) if record.is_file() else None
+        diff = [f"{k} {had.get(k)!r} -> {made[k]!r}" for k in ANSWERS_MADE_BY if had and had.get(k) != made[k]]
+        if had is None or diff:
+            why = f"made by {had.get('model')} with other settings ({'; '.join(diff)})" if had else \
+                f"no {record.name} says which model made them"
+            raise DataError(saved, None, None, f"{why}: not judged as {model}'s answers; delete it to regenerate "
+                            f"them (or --overwrite: start {out} clean)", reason="other_model")
     if not saved.exists():
         # prompt budget: a question too long for the model's context is refused (empty answer, counted), not sent
         qs = [q["question"] for q in questions]
@@ -255,8 +267,19 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
         gen = dict(zip(fits, utils.generate(model, [qs[i] for i in fits], backend=cfg.backend,
                                             max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=budget)))
         texts = [gen.get(i, "") for i in range(len(qs))]
+        record.write_text(json.dumps(made, ensure_ascii=False, indent=1), encoding="utf-8")
         utils.write_jsonl(saved, [{"id": q["id"], "answer": t} for q, t in zip(questions, texts)])
     return name, load_answers(saved, questions)
+
+
+# Which model made generated answers: answers_<side>_<name>.jsonl.model beside them, as evaluate.py's <task>.json.model
+# (the model's fingerprint, utils.fingerprint, and the generation settings); what must match for them to be reused:
+ANSWERS_MADE_BY = ("model_fingerprint", "backend", "max_new_tokens")
+
+
+def answers_made_by(model, cfg: JudgeConfig) -> dict:
+    return {"model": str(Path(model).resolve()), "model_fingerprint": utils.fingerprint(model), "backend": cfg.backend,
+            "max_new_tokens": cfg.max_new_tokens}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -447,10 +470,19 @@ def print_table(summary: dict, name_a: str, name_b: str):
 # 7. Main
 # ----------------------------------------------------------------------------------------------------------------------
 
+# What a judge folder holds: one comparison (a judge model, prompt version, two systems, one question set). A rerun of
+# it resumes from the cache; another comparison is refused unless --overwrite (utils.prepare_run_dir, with its lock).
+JUDGE_OUTPUTS = ("judgments.jsonl", "summary.json", "answers_*.jsonl", "answers_*.jsonl.model", "*.tmp")
+
+
 def run(cfg: JudgeConfig) -> dict:
     preflight(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    utils.prepare_run_dir(out, {"llm_model": cfg.llm_model, "prompt_version": PROMPT_VERSION,
+                                "system_a": system_name("a", cfg), "system_b": system_name("b", cfg),
+                                "questions_fingerprint": utils.fingerprint(cfg.questions), "max_items": cfg.max_items,
+                                "category_field": cfg.category_field},
+                          resume=True, overwrite=cfg.overwrite, outputs=JUDGE_OUTPUTS)
     utils.save_config(cfg, out)  # holds the env var's name, never the key
     api_key = os.environ.get(cfg.llm_key_env, "")
     questions = load_questions(cfg.questions, cfg.category_field, cfg.max_items)
@@ -505,6 +537,8 @@ def run(cfg: JudgeConfig) -> dict:
     summary["judge_calls"], summary["cached"] = client.calls, len(tasks) - len(todo)
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     print_table(summary, name_a, name_b)
+    utils.done("judge.py", f"{out / 'summary.json'}, {out / 'judgments.jsonl'}",
+               f"python plots/plots.py --run RUN (RUN holding {out}); another judge model: another --out")
     return summary
 
 
@@ -517,6 +551,12 @@ def main(argv=None):
         run(cfg)
     except DataError as e:
         utils.fail("judge.py", e)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail("judge.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    finally:
+        utils.unlock_run_dirs()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

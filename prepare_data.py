@@ -368,7 +368,7 @@ def load_manifest(path) -> list[dict]:
     return sources
 
 
-def read_source(src: dict, on_error: str, errors: dict):
+def read_source(src: dict, on_error: str, errors: dict, skipped: list | None = None):
     """Yield (path, line, record) for every record of a source; cjrc SQuAD files are flattened to one per question."""
     for p in src["paths"]:
         if src["kind"] == "cail_task" and src["options"].get("format") == "cjrc":
@@ -384,7 +384,7 @@ def read_source(src: dict, on_error: str, errors: dict):
         elif Path(p).is_dir() or Path(p).suffix in (".parquet", ".arrow"):
             yield from ((p, line, rec) for line, rec in iter_hf_dataset(p, src["options"].get("split", "train")))
         else:
-            for line, rec in utils.iter_records(p, on_error=on_error, errors=errors):
+            for line, rec in utils.iter_records(p, on_error=on_error, errors=errors, skipped=skipped):
                 yield p, line, rec
 
 
@@ -605,6 +605,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
     report: dict = {"sources": {}, "decontamination": {}, "duplicates": 0}
     by_bench: dict = {}  # source -> {benchmark: records dropped that overlap it}
     f_dropped = open(out / "contaminated.jsonl", "w", encoding="utf-8") if decon is not None else None
+    skipped: list = []  # --on_error skip: every record left out, with its file, line and reason (OUT/skipped.jsonl)
     f_legal = open(work / "legal.jsonl", "w", encoding="utf-8")
     f_general = open(work / "general.jsonl", "w", encoding="utf-8")
     f_rl = open(out / "rl_prompts.jsonl", "w", encoding="utf-8")
@@ -618,7 +619,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
         report["sources"][name] = rep
         dropped = rep["dropped"]
         read_errors: dict = {}
-        it = read_source(src, cfg.on_error, read_errors)
+        it = read_source(src, cfg.on_error, read_errors, skipped)
         try:
             for path, line, rec in tqdm(it, desc=f"load {name}", unit="rec", leave=False, mininterval=2):
                 rep["read"] += 1
@@ -663,6 +664,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
                     if cfg.on_error == "raise":
                         raise
                     dropped[e.reason] = dropped.get(e.reason, 0) + 1
+                    skipped.append(utils.skipped_record(e))
                     continue
                 rep["kept"] += 1
                 rep["samples"] += len(got.samples)
@@ -677,6 +679,7 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
             if cfg.on_error == "raise":
                 raise
             rep["file_errors"][e.reason] = rep["file_errors"].get(e.reason, 0) + 1
+            skipped.append(utils.skipped_record(e))
         for reason, n in read_errors.items():  # unreadable lines counted by iter_records
             rep["read"] += n
             dropped[reason] = dropped.get(reason, 0) + n
@@ -689,7 +692,13 @@ def collect(cfg: Config, sources: list[dict], out: Path, scorer=None, decon: Dec
     if decon is not None:  # which benchmark each dropped record overlapped (one line per record: contaminated.jsonl)
         report["decontamination_benchmarks"] = by_bench
     report["counts"] = counts
+    if skipped:
+        utils.write_jsonl(out / SKIPPED, skipped)
+    report["skipped_records"] = len(skipped)
     return report
+
+
+SKIPPED = "skipped.jsonl"  # --on_error skip: one line per record left out: file, line, reason, error
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -965,6 +974,14 @@ def run(cfg: Config, scorer=None) -> dict:
     t0 = time.time()
     preflight(cfg)
     final = Path(cfg.out)
+    utils.lock_run_dir(final.parent, f".{final.name}.lock")  # one build of OUT at a time (OUT itself is swapped)
+    try:
+        return _run(cfg, final, scorer, t0)
+    finally:
+        utils.unlock_run_dirs()
+
+
+def _run(cfg: Config, final: Path, scorer, t0: float) -> dict:
     sources = load_manifest(cfg.manifest)
     decon = None
     if cfg.decontaminate:
@@ -1000,6 +1017,12 @@ def run(cfg: Config, scorer=None) -> dict:
     else:
         os.replace(out, final)
     print_report(report)
+    if report.get("skipped_records"):
+        print(f"skipped {report['skipped_records']} records (--on_error skip): each with its file, line and reason "
+              f"in {final / SKIPPED}")
+    stages = " ".join(str(final / s) for s in report["stages"])
+    utils.done("prepare_data.py", f"{final}/ (stages: {stages}; data_report.json, rl_prompts.jsonl)",
+               f"python sft.py --model {cfg.model} --data {final / 'stage1'} --out runs/sft1")
     return report
 
 
@@ -1097,6 +1120,10 @@ def main(argv=None):
         run(cfg)
     except DataError as e:
         utils.fail("prepare_data.py", e)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail("prepare_data.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
 
 
 if __name__ == "__main__":

@@ -837,10 +837,11 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
     G, P = cfg.group_size, cfg.prompts_per_step
 
-    def save(step: int):
-        utils.save_checkpoint(ckpt_root, step, model, optimizer, {"step": step, "sampler": sampler.getstate(),
-                              "order": order, "config": dataclasses.asdict(cfg)}, cfg.keep_last)
+    def save(step: int) -> Path:
+        return utils.save_checkpoint(ckpt_root, step, model, optimizer, {"step": step, "sampler": sampler.getstate(),
+                                     "order": order, "config": dataclasses.asdict(cfg)}, cfg.keep_last)
 
+    stop = utils.GracefulStop("rl.py").install()  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
     for step in tqdm(range(start, cfg.max_steps), disable=rank != 0, desc="grpo", initial=start, total=cfg.max_steps):
         t_step = time.time()
         if device.type == "cuda":
@@ -916,8 +917,12 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
                 samples_f.flush()
 
         # -- save
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+        scheduled = cfg.save_every and (step + 1) % cfg.save_every == 0
+        if scheduled and step + 1 < cfg.max_steps:
             save(step + 1)
+        if step + 1 < cfg.max_steps and stop.requested():
+            raise stop.interrupted(step + 1, utils.latest_checkpoint(ckpt_root) if scheduled else save(step + 1))
+    stop.uninstall()
 
     if cfg.max_steps > start:
         save(cfg.max_steps)
@@ -926,6 +931,9 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
         metrics_f.close()
         samples_f.close()
     roll.close()
+    utils.done("rl.py", f"{out / 'final'}/ (the trained policy), {out / 'metrics.jsonl'}, {out / 'samples.jsonl'}",
+               f"python evaluate.py judgment --model {out / 'final'} --data data/judgments_test.jsonl --out "
+               f"runs/{utils.run_name(out / 'final')}_judgment")
     return out
 
 
@@ -940,7 +948,14 @@ def main(argv=None):
         train(cfg, device)
     except utils.DataError as e:
         utils.fail("rl.py", e)
+    except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
+        utils.interrupted_exit("rl.py", e, Path(cfg.out), argv)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail("rl.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
     finally:
+        utils.unlock_run_dirs()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -285,6 +285,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 
 def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, rank: int, world: int, device,
                step: int) -> dict:
     """Forward/backward over this rank's micro-batches of the step's packs, then clip and (if finite) step.
+    step: 0-based (metrics.jsonl and messages say step + 1).
 
     step_packs: the global pack indices of this step [world * grad_accum * micro_batch_size]; rank r takes the r-th
     contiguous slice. Loss = sum of CE over the step's supervised tokens (all ranks) / their global count; each
@@ -313,9 +314,9 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     loss = loss_sum.item() / n_sup
     grad_norm = utils.clip_grad_norm(model, cfg.max_grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise FloatingPointError(f"step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); stopping "
-                                 f"before the optimizer step. The last good checkpoint is kept; lower --lr or check "
-                                 f"the data/weights.")
+        raise FloatingPointError(f"step {step + 1}: non-finite loss ({loss}) or gradient norm ({grad_norm}); "
+                                 f"stopping before the optimizer step. The last good checkpoint is kept; lower --lr "
+                                 f"or check the data/weights.")
     optimizer.step()
     return {"loss": loss, "grad_norm": grad_norm, "n_tokens": counts[1].item(), "sum_len_sq": counts[2].item(),
             "n_supervised": counts[0].item()}
@@ -572,10 +573,7 @@ def peak_memory_gb(device) -> float:
 def dry_run(cfg: SFTConfig) -> dict:
     """Print the memory plan per GPU for cfg (config.json only, meta device) and return it."""
     from transformers import AutoConfig
-    cfg_path = Path(cfg.model) / "config.json"
-    if not cfg_path.is_file():
-        raise DataError(cfg_path, None, None, "file not found (--dry_run needs the model's config.json)",
-                        reason="missing_file")
+    utils.check_model_dir(cfg.model, weights=False, tokenizer=False)  # --dry_run needs only config.json
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
     plan = memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
@@ -627,7 +625,12 @@ def train(cfg: SFTConfig, device):
     print0(f"sft: {data.n} packs x {data.seq_len} tokens, {total_steps} steps of {packs_per_step} packs, world {world},"
            f" attention={backend}, device={device.type}")
 
+    def save(step: int) -> Path:
+        return utils.save_checkpoint(ckpt_root, step, model, optimizer, {
+            "step": step, "scheduler": scheduler.state_dict(), "config": dataclasses.asdict(cfg)}, cfg.keep_last)
+
     bar = tqdm(range(start, total_steps), disable=rank != 0, desc="sft", initial=start, total=total_steps)
+    stop = utils.GracefulStop("sft.py").install()  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
     for step in bar:
         t0 = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
@@ -649,16 +652,20 @@ def train(cfg: SFTConfig, device):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=f"{r['loss']:.4f}", gn=f"{r['grad_norm']:.2f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            utils.save_checkpoint(ckpt_root, step + 1, model, optimizer,
-                                  {"step": step + 1, "scheduler": scheduler.state_dict(),
-                                   "config": dataclasses.asdict(cfg)}, cfg.keep_last)
+        scheduled = cfg.save_every and (step + 1) % cfg.save_every == 0
+        if scheduled and step + 1 < total_steps:
+            save(step + 1)
+        if step + 1 < total_steps and stop.requested():
+            raise stop.interrupted(step + 1, utils.latest_checkpoint(ckpt_root) if scheduled else save(step + 1))
+    stop.uninstall()
     bar.close()
 
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
              "float32": torch.float32}[cfg.export_dtype]
     utils.export_hf(model, hf, cfg.model, out / "final", dtype=dtype, prefix="hf.")
-    print0(f"exported {out / 'final'}")
+    utils.done("sft.py", f"{out / 'final'}/ (the trained model), {metrics_path}",
+               f"python evaluate.py generate --model {out / 'final'} --lawbench_dir LAWBENCH --out preds (or the next "
+               f"stage: sft.py --init_from {out / 'final'} ..., rl.py --model {out / 'final'} ...)")
 
 
 def main(argv=None):
@@ -678,7 +685,14 @@ def main(argv=None):
     except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
         print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1)
+    except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
+        utils.interrupted_exit("sft.py", e, Path(cfg.out), argv)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail("sft.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
     finally:
+        utils.unlock_run_dirs()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -20,6 +20,7 @@ Run `python utils.py tiny-model --out DIR` to build the tiny model used by the t
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import dataclasses
 import gc
@@ -90,9 +91,9 @@ def check_model_dir(path, flag: str = "--model", config: bool = True, weights: b
         try:
             conf = read_json(folder / "config.json")
         except DataError as e:
-            bad(f"config.json: {e.args[0].split(': ', 1)[-1]}")
+            bad(f"config.json: {e.args[0].split(': ', 1)[-1]}{_not_a_model(folder)}")
         if not isinstance(conf, dict) or not conf.get("model_type"):
-            bad("config.json: no 'model_type' (not a Hugging Face model config)")
+            bad(f"config.json: no 'model_type' (not a Hugging Face model config){_not_a_model(folder)}")
     if weights:
         _check_weights(folder, bad)
     if tokenizer:
@@ -113,6 +114,20 @@ def check_model_dir(path, flag: str = "--model", config: bool = True, weights: b
             bad("tokenizer has no chat template")
 
 
+def _not_a_model(folder: Path) -> str:
+    """What a folder given as a model is instead, when LexLab wrote it: a run folder (its model is in final/), a
+    packed stage or a prepare_data build (they are --data). '' otherwise."""
+    if (folder / RUN_IDENTITY).is_file() or (folder / "final").is_dir() or (folder / "checkpoints").is_dir():
+        final = folder / "final"
+        return (f"; {folder} is a run folder: its trained model is {final}/" if final.is_dir() else
+                f"; {folder} is a run folder whose run has not exported final/ yet (see its checkpoints/)")
+    if (folder / "meta.json").is_file() and (folder / "input_ids.npy").is_file():
+        return f"; {folder} is a packed data stage (prepare_data.py): it goes to sft.py --data"
+    if (folder / "data_report.json").is_file() or (folder / "stage1" / "meta.json").is_file():
+        return f"; {folder} is a data folder (prepare_data.py): pass {folder / 'stage1'} (or stage2) as sft.py --data"
+    return ""
+
+
 def check_backend(backend: str, flag: str = "--backend") -> None:
     """vllm (a `choices` value, checked by check_fields) only when the package is installed (said before any work)."""
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -121,9 +136,19 @@ def check_backend(backend: str, flag: str = "--backend") -> None:
 
 
 def check_out_dir(path, flag: str = "--out") -> None:
-    """An output folder argument must not name an existing file."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """An output folder argument must not name an existing file, and it must be writable: the folder, or the nearest
+    folder above it that exists (it is created there), checked with access(2), which says EROFS for a read-only
+    file system even to root. Checked before any work, so a run never computes everything and then fails to write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
         raise DataError(flag, None, None, f"{path} exists and is not a folder", reason="bad_flag")
+    where = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not where.is_dir():
+        raise DataError(f"{flag} {path}", None, None, f"{where} is not a folder", reason="bad_flag")
+    if not os.access(where, os.W_OK | os.X_OK):
+        cause = "read-only file system" if os.statvfs(where).f_flag & os.ST_RDONLY else "permission denied"
+        raise DataError(f"{flag} {path}", None, None, f"cannot write in {where} ({cause}); choose another output "
+                        "folder", reason="not_writable")
 
 
 def _check_weights(folder: Path, bad) -> None:
@@ -190,12 +215,13 @@ def read_json(path, reason: str = "bad_json"):
         raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}", reason) from None
 
 
-def iter_records(path, on_error: str = "raise", errors: dict | None = None) -> Iterator[tuple[int, dict]]:
+def iter_records(path, on_error: str = "raise", errors: dict | None = None,
+                 skipped: list | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record) from a .jsonl, .json (array or {"0": ...} dict) or .csv file.
 
     on_error="raise": the first bad record raises DataError. on_error="skip": bad records are counted in
-    `errors[reason]` (so the caller can report them) and skipped. Line numbers are 1-based; for a JSON array they
-    are the item index + 1.
+    `errors[reason]` (so the caller can report them), listed in `skipped` ({file, line, reason, error}) and skipped.
+    Line numbers are 1-based; for a JSON array they are the item index + 1.
     """
     assert on_error in ("raise", "skip"), on_error
     path = Path(path)
@@ -208,6 +234,8 @@ def iter_records(path, on_error: str = "raise", errors: dict | None = None) -> I
             raise err
         if errors is not None:
             errors[reason] = errors.get(reason, 0) + 1
+        if skipped is not None:
+            skipped.append(skipped_record(err))
 
     if suffix == ".csv":
         for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):  # line 1 is the header
@@ -233,6 +261,11 @@ def iter_records(path, on_error: str = "raise", errors: dict | None = None) -> I
                 yield i, rec
             else:
                 bad(i, f"expected a JSON object, got {type(rec).__name__}")
+
+
+def skipped_record(e: DataError) -> dict:
+    """A record left out under --on_error skip, as listed in OUT/skipped.jsonl: which file and line, and why."""
+    return {"file": e.path, "line": e.line, "reason": e.reason, "error": str(e)}
 
 
 def require(rec: dict, field: str, path, line: int, kind=str, allow_empty: bool = False):
@@ -427,6 +460,21 @@ def _identity_diff(old: dict, new: dict) -> list[str]:
             if not _same_path(old.get(k), new.get(k))]
 
 
+def run_name(model_dir) -> str:
+    """A model's default name (LawBench predictions, judge systems): its folder's name, or for a run's export its
+    run folder's (runs/sft2/final -> sft2), so that two runs' models are never both called `final`."""
+    p = Path(model_dir).resolve()
+    return p.parent.name if p.name == "final" and p.parent.name else p.name
+
+
+def done(script: str, where: str, next_step: str | None = None) -> None:
+    """The last lines of every script (rank 0): where its outputs went, and the natural next command. On stderr, as
+    the progress bars: stdout stays what a script reports as data (evaluate's JSON records, tables)."""
+    print0(f"{script}: done: {where}", file=sys.stderr)
+    if next_step:
+        print0(f"next: {next_step}", file=sys.stderr)
+
+
 def run_identity(cfg, ignore=(), extra: dict | None = None) -> dict:
     """The fields of config `cfg` that define a run (every field except `ignore`: how it runs, not what it computes)
     plus `extra` (fingerprints)."""
@@ -445,10 +493,13 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
                                   ckpt_dir must have saved the same config (trainer_state.pt 'config', on the
                                   identity's fields)
       otherwise, OUT not empty -> RunDirError naming what is there and the ways on
-    Checks run on every rank (read only); rank 0 removes and writes, between barriers."""
+    Checks run on every rank (read only); rank 0 removes and writes, between barriers. Rank 0 first takes the
+    folder's lock (lock_run_dir): a second run started into OUT while this one works is refused, whatever OUT holds."""
     out = Path(out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if rank0:  # a refusal here ends rank 0; torchrun then stops the ranks waiting at the barrier below
+        lock_run_dir(out)
+    present = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
     if set(present) <= {"config.json", RUN_IDENTITY}:
         present = []
     ours = {p.name for pat in (*outputs, "config.json", RUN_IDENTITY) for p in out.glob(pat)} if present else set()
@@ -490,6 +541,78 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
         (out / RUN_IDENTITY).write_text(json.dumps(new, ensure_ascii=False, indent=2), encoding="utf-8")
     _barrier()
     return bool(present) and not overwrite
+
+
+# ---- the run-folder lock: one writer per folder at a time ----
+# Every script that writes a run folder (sft, rl, evaluate generate / judgment / longdoc / score, judge, prepare_data)
+# takes OUT/.lock (fcntl.flock, exclusive, rank 0 only) before it writes anything and holds it until it exits. The
+# file names the holder (pid, host, start time, command). The kernel drops a flock when its process dies, so a lock
+# left by a killed run (SIGKILL, a crashed node) is stale by construction: the next run takes it over and says so.
+# A clean exit removes the file. (flock needs a local file system or an NFS that supports it, as torch's does.)
+
+LOCK_NAME = ".lock"
+_HELD_LOCKS: dict[str, tuple[int, Path]] = {}
+
+
+def lock_run_dir(out, name: str = LOCK_NAME) -> Path:
+    """Take the lock OUT/name for this process (OUT is created); re-entrant within one process. Raises RunDirError
+    (one line: the holder's pid, host, start and command) when another live process holds it."""
+    import fcntl
+    out = Path(out)
+    path = out / name
+    key = str(path.absolute())
+    if key in _HELD_LOCKS:
+        return path
+    out.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunDirError(out, f"in use by another run ({holder}): two runs never write one folder; wait for it "
+                                   f"to end, or choose another output folder") from None
+        try:  # the file we locked is still the one at `path` (not unlinked by a holder that just released it)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    stale = _lock_holder(fd) if os.fstat(fd).st_size else None
+    if stale:
+        print(f"note: {out}: taking over the lock left by a run that ended without releasing it ({stale})",
+              file=sys.stderr, flush=True)
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)[:300]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info, ensure_ascii=False).encode(), 0)
+    _HELD_LOCKS[key] = (fd, path)
+    return path
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        h = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def unlock_run_dirs() -> None:
+    """Release every run-folder lock this process holds (the lock file is removed). Each script's main calls it on
+    the way out; atexit too."""
+    for key, (fd, path) in list(_HELD_LOCKS.items()):
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+        del _HELD_LOCKS[key]
+
+
+atexit.register(unlock_run_dirs)
 
 
 def _jsonable(d: dict) -> dict:
@@ -763,14 +886,22 @@ def sample_corpus(sample_dir=REPO / "data" / "sample") -> Iterator[str]:
     yield JUDGMENT_INSTRUCTION + format_answer({"charges": ["盗窃"], "articles": [264], "term_months": 18})
 
 
-def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0, **config_overrides) -> Path:
+def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0, overwrite: bool = False,
+                     **config_overrides) -> Path:
     """Train a byte-level BPE tokenizer on `texts` (default: the built-in sample corpus), build a random-init Qwen2
-    causal LM and save both as an ordinary Hugging Face folder. Deterministic for a given corpus and seed."""
+    causal LM and save both as an ordinary Hugging Face folder. Deterministic for a given corpus and seed.
+    A folder that holds anything is refused (RunDirError) unless overwrite; a run folder is refused always."""
+    out = Path(out_dir)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and (not overwrite or (out / RUN_IDENTITY).is_file() or (out / "final").is_dir()):
+        what = f"is a run folder ({', '.join(held[:4])}): build the model in a folder of its own" if (
+            (out / RUN_IDENTITY).is_file() or (out / "final").is_dir()) else \
+            f"already holds {', '.join(held[:4])}{' ...' if len(held) > 4 else ''}: refusing to replace it with a " \
+            f"random model (--overwrite replaces it, or choose an empty folder)"
+        raise RunDirError(out, what)
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = list(texts) if texts is not None else list(sample_corpus())
 
@@ -1323,22 +1454,84 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_la
     root = Path(ckpt_root)
     rank = dist.get_rank()
     final, tmp = root / f"{CKPT_PREFIX}{step:08d}", root / f".tmp_{CKPT_PREFIX}{step:08d}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
+    error = None  # a failed write (a full disk) on any rank: every rank stops, the partial folder is removed
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+    except OSError as e:
+        error = e
+    if not _all_ok(error is None):
+        raise write_failure(tmp, error, f"checkpoint step {step}", root)
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    dist.barrier()
+    try:  # dcp.save gathers every rank's write result: all ranks raise together
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    except (OSError, RuntimeError, dcp.api.CheckpointException) as e:
+        error = e
+    if not _all_ok(error is None):
+        raise write_failure(tmp, error, f"checkpoint step {step}", root)
+    try:
+        if rank == 0:
+            torch.save(extra, tmp / "trainer_state.pt")  # written last: marks the folder complete
+            os.replace(tmp, final)
+    except (OSError, RuntimeError) as e:
+        error = e
+    if not _all_ok(error is None):
+        raise write_failure(tmp, error, f"checkpoint step {step}", root)
     if rank == 0:
-        torch.save(extra, tmp / "trainer_state.pt")  # written last: marks the folder complete
-        os.replace(tmp, final)
         done = sorted(root.glob(CKPT_PREFIX + "*"), key=lambda p: int(p.name[len(CKPT_PREFIX):]))
         for old in done[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _all_ok(ok: bool) -> bool:
+    """True when `ok` on every rank (a one-element all-reduce; no collective in a world of one)."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    flag = torch.tensor([0 if ok else 1], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0
+
+
+WRITE_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT: the output's fault, not the program's
+
+
+def write_failure(partial, error, what: str, folder) -> "RunDirError":
+    """A write of `what` into `folder` failed (a full disk, a file system turned read-only): remove the partial
+    output (rank 0), and return the one-line RunDirError naming the folder and the cause. torch.save reports a full
+    disk as `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`, so the cause is read off the
+    disk's free space too."""
+    import errno as errno_
+    codes, e = set(), error
+    while e is not None:  # the errno anywhere in the chain (DCP wraps each rank's exception)
+        codes.add(getattr(e, "errno", None))
+        for sub in (getattr(e, "failures", None) or {}).values():
+            codes.add(getattr(sub, "errno", None) or getattr(getattr(sub, "exc", None), "errno", None))
+        e = e.__cause__ or e.__context__
+    free = None
+    try:
+        free = shutil.disk_usage(folder if Path(folder).exists() else Path(folder).parent).free
+    except OSError:
+        pass
+    if int(os.environ.get("RANK", "0")) == 0 and partial is not None:
+        shutil.rmtree(partial, ignore_errors=True) if Path(partial).is_dir() else Path(partial).unlink(missing_ok=True)
+    if errno_.ENOSPC in codes or errno_.EDQUOT in codes or "No space left" in str(error) or \
+            (free is not None and free < 16 << 20):
+        cause = f"no space left on device ({free / 2 ** 20:.1f} MiB free)" if free is not None else \
+            "no space left on device"
+    elif errno_.EROFS in codes:
+        cause = "read-only file system"
+    elif errno_.EACCES in codes:
+        cause = "permission denied"
+    else:
+        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:200] if str(error).strip() else ''}"
+    removed = f"; the partial {Path(partial).name} was removed" if partial is not None else ""
+    return RunDirError(folder, f"writing {what} failed: {cause}{removed}")
 
 
 def load_checkpoint(path, model, optimizer) -> dict:
@@ -1360,13 +1553,110 @@ def load_checkpoint(path, model, optimizer) -> dict:
 
 def resume_checkpoint(ckpt_root, model, optimizer) -> dict | None:
     """--resume auto: load the newest complete checkpoint into model and optimizer (and this rank's RNG states) and
-    return its extra dict; None when there is none yet (a fresh start)."""
+    return its extra dict; None when there is none yet (a fresh start, said on rank 0)."""
     last = latest_checkpoint(ckpt_root)
     if last is None:
+        print0(f"--resume auto: no checkpoint in {ckpt_root}: starting from step 0")
         return None
     extra = load_checkpoint(last, model, optimizer)
     print0(f"resumed from {last} (step {extra['step']})")
     return extra
+
+
+# ---- Ctrl-C / SIGTERM: stop at the end of a step, save a checkpoint, say how to resume (sft / rl) ----
+
+class Interrupted(Exception):
+    """A training run stopped by a signal at the end of a step: the step reached, the checkpoint to resume from
+    (None: none), whether it was saved on the way out, and the signal."""
+
+    def __init__(self, step: int, checkpoint, saved: bool, signum: int):
+        super().__init__(f"interrupted after step {step}")
+        self.step, self.checkpoint, self.saved, self.signum = step, checkpoint, saved, signum
+
+
+class GracefulStop:
+    """`stop = GracefulStop("sft.py").install()`, then at each step's end `if stop.requested(): raise
+    stop.interrupted(step, save(step))`, and `stop.uninstall()` after the loop.
+
+    The first Ctrl-C (SIGINT) or SIGTERM only sets a flag; the ranks agree on it at the end of the step (one
+    one-element all-reduce per step, so all stop at the same step and can save together). A second Ctrl-C stops at
+    once (KeyboardInterrupt, nothing saved) - except under torchrun, whose agent passes the terminal's Ctrl-C on to
+    the workers a second time and kills them itself when they outlast its grace period (30 s by default: a very
+    large model's save may not make it; the previous checkpoint then stays the newest complete one)."""
+
+    def __init__(self, script: str):
+        self.script, self.signum, self._old = script, None, {}
+
+    def _handle(self, signum, frame):
+        import signal
+        if self.signum is not None:
+            if signum == signal.SIGINT and "TORCHELASTIC_RUN_ID" not in os.environ:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        print0(f"\n{self.script}: {signal.Signals(signum).name}: stopping at the end of this step and saving a "
+               f"checkpoint (Ctrl-C again stops at once, without saving)")
+
+    def install(self) -> "GracefulStop":
+        import signal
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def requested(self) -> bool:
+        return not _all_ok(self.signum is None)
+
+    def interrupted(self, step: int, checkpoint) -> Interrupted:
+        self.uninstall()
+        return Interrupted(step, checkpoint, True, self.signum or 2)
+
+
+def resume_command(script: str, argv=None) -> str:
+    """The command line that continues this run: the same flags with --resume auto (without --overwrite / --resume),
+    under torchrun when the run was."""
+    import shlex
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, skip = [], 0
+    for i, a in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if a in ("--overwrite", "--resume"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            skip = 1 if (a == "--resume" or nxt.lower() in ("true", "false", "1", "0", "yes", "no")) else 0
+            continue
+        if a.startswith(("--overwrite=", "--resume=")):
+            continue
+        args.append(a)
+    path = sys.argv[0] if Path(sys.argv[0]).name == script else script  # as it was started (a path, maybe)
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    nodes = ["--nnodes", str(world // local)] if world > local else []  # plus the rendezvous flags, on every node
+    head = ["python", path] if world <= 1 else ["torchrun", *nodes, "--nproc_per_node", str(local), path]
+    return shlex.join(head + args + ["--resume", "auto"])
+
+
+def interrupted_exit(script: str, e, out, argv=None) -> NoReturn:
+    """After Ctrl-C (an Interrupted, or a KeyboardInterrupt: a second Ctrl-C, or one before the first step): one line
+    on rank 0 with the step reached, the checkpoint and the command that resumes; exit 128 + signal (130)."""
+    if not isinstance(e, Interrupted):  # the step reached: the last one metrics.jsonl logged
+        log = Path(out) / "metrics.jsonl"
+        rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()] \
+            if log.is_file() else []
+        e = Interrupted(rows[-1]["step"] if rows else 0, latest_checkpoint(Path(out) / "checkpoints"), False, 2)
+    if e.checkpoint is None:
+        ckpt = "no checkpoint to resume from (the steps done are lost; --save_every N keeps some)"
+    else:
+        ckpt = f"{'checkpoint saved' if e.saved else 'last checkpoint'}: {e.checkpoint}"
+    print0(f"{script}: interrupted after step {e.step}; {ckpt}; resume: {resume_command(script, argv)}",
+           file=sys.stderr)
+    raise SystemExit(128 + e.signum)
 
 
 def truncate_logs(paths, step: int) -> None:
@@ -1401,27 +1691,32 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
     generation config + tokenizer. `model` is the FSDP-wrapped module; its state dict keys are `hf_model`'s with
     `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM."""
     import torch.distributed as dist
+    from safetensors import SafetensorError
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoTokenizer
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        if dtype is not None:
-            sd = {k: v.to(dtype) for k, v in sd.items()}
-        hf_model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
-        if dtype is not None:  # save_pretrained records the (fp32) module's dtype, not the weights' it was given
-            conf = json.loads((tmp / "config.json").read_text())
-            for key in ("dtype", "torch_dtype"):
-                if key in conf or key == "dtype":
-                    conf[key] = str(dtype).removeprefix("torch.")
-            (tmp / "config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False))
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-        if out.exists():
-            import shutil
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+    out = Path(out_dir)
+    tmp, error = out.with_name(out.name + ".tmp"), None
+    try:
+        if dist.get_rank() == 0:
+            if dtype is not None:
+                sd = {k: v.to(dtype) for k, v in sd.items()}
+            hf_model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+            if dtype is not None:  # save_pretrained records the (fp32) module's dtype, not the weights' it was given
+                conf = json.loads((tmp / "config.json").read_text())
+                for key in ("dtype", "torch_dtype"):
+                    if key in conf or key == "dtype":
+                        conf[key] = str(dtype).removeprefix("torch.")
+                (tmp / "config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False))
+            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk: one line, the partial final.tmp removed
+        error = e
+    if not _all_ok(error is None):
+        raise write_failure(tmp, error, f"the exported model {out.name}/", out.parent)
     dist.barrier()
 
 
@@ -1657,6 +1952,14 @@ if __name__ == "__main__":
     tm.add_argument("--out", required=True)
     tm.add_argument("--vocab_size", type=int, default=4096)
     tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--overwrite", action="store_true", help="replace what --out holds (never a run folder)")
     a = ap.parse_args()
     if a.cmd == "tiny-model":
-        print(build_tiny_model(a.out, vocab_size=a.vocab_size, seed=a.seed))
+        try:
+            check_out_dir(a.out)
+            path = build_tiny_model(a.out, vocab_size=a.vocab_size, seed=a.seed, overwrite=a.overwrite)
+        except DataError as e:
+            fail("utils.py tiny-model", e)
+        print(path)
+        print(f"next: python sft.py --model {path} --data DATA/stage1 --out runs/NAME (DATA from prepare_data.py "
+              f"--model {path})")

@@ -175,7 +175,7 @@ def main():
     args.work = str(work)
     if args.model is None:
         import utils
-        args.model = str(utils.build_tiny_model(work / "model"))
+        args.model = str(utils.build_tiny_model(work / "model", overwrite=True))
     manifest = make_mix(args.n, work / "mix")
     results = {}
     for mode in (["fast", "naive"] if args.only is None else [args.only]):

@@ -157,7 +157,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_dir = utils.build_tiny_model(out / f"model_{a.shape}", **SHAPES[a.shape])
+    model_dir = utils.build_tiny_model(out / f"model_{a.shape}", overwrite=True, **SHAPES[a.shape])
     tok = AutoTokenizer.from_pretrained(model_dir)
     samples = synthetic_samples(tok, a.n_samples, a.seq_len)
     stage = prepare_data.write_packed_stage(out / "stage", samples, a.seq_len, tok.pad_token_id, stage="bench",

@@ -89,7 +89,7 @@ def build_model(out, shape: str | None, dev) -> Path:
     import utils
     from transformers import AutoConfig, AutoModelForCausalLM
     out = Path(out)
-    utils.build_tiny_model(out)
+    utils.build_tiny_model(out, overwrite=True)
     if shape is None:
         return out
     cfg = AutoConfig.from_pretrained(out)

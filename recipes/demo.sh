@@ -19,7 +19,7 @@ START=$SECONDS
 step() { echo; echo "== [$((SECONDS - START)) s] $*"; }
 
 step "1/8 tiny model (byte-level BPE trained on data/sample + random-init Qwen2) -> $RUN/model"
-python utils.py tiny-model --out "$RUN/model"
+python utils.py tiny-model --out "$RUN/model" --overwrite
 
 step "2/8 prepare_data: built-in sample -> instructions, filtered, decontaminated, packed -> $RUN/data"
 python prepare_data.py --manifest data/sample/manifest.json --lawbench_dir data/sample/lawbench \

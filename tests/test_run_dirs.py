@@ -54,6 +54,7 @@ def test_prepare_run_dir_refuses_overwrites_and_resumes(tmp_path):
         utils.prepare_run_dir(out, ident, False, True, ("metrics.jsonl", "checkpoints"))
     (out / "notes.txt").unlink()
     assert utils.prepare_run_dir(out, {**ident, "lr": 2e-3}, False, True, ("metrics.jsonl", "checkpoints")) is False
+    utils.unlock_run_dirs()  # the run ends: its lock file goes
     assert sorted(p.name for p in out.iterdir()) == [utils.RUN_IDENTITY]  # clean: old metrics, checkpoints gone
 
 
