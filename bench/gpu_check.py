@@ -335,7 +335,7 @@ def stage_sft_speed(spec) -> dict:
     out = Path(spec["out"])
     model_dir = out / "model_speed"
     steps = 4 if spec["tiny"] else 8
-    plan = sft.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
+    plan = utils.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
     gpu_gb = torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None
     ac = bool(gpu_gb and plan["total"] / 2 ** 30 > 0.9 * gpu_gb)
     matmul = sft.matmul_tflops(dev)
