@@ -1613,6 +1613,16 @@ def _meta_forward_saved_bytes(config_json: str, n_layers: int, n_tokens: int, dt
     return c.bytes
 
 
+def saved_bytes(config_json: str, n_layers: int, n_tokens: int, dtype_name: str) -> int:
+    """_meta_forward_saved_bytes at any n_tokens from two measurements (1024 and 2048 tokens): with a flash-style
+    attention every saved tensor is [tokens, ...], so the bytes are exactly linear in the tokens (checked against
+    a direct measurement in tests/test_memory_plan.py); the plan's searches then cost two meta forwards."""
+    a, b = (_meta_forward_saved_bytes(config_json, n_layers, t, dtype_name) for t in (1024, 2048))
+    if (b - a) % 1024:  # not linear after all: measure this length itself
+        return _meta_forward_saved_bytes(config_json, n_layers, n_tokens, dtype_name)
+    return a + (b - a) // 1024 * (n_tokens - 1024)
+
+
 @lru_cache(maxsize=16)
 def _param_stats(config_json: str, shard_world: int) -> dict:
     """Parameter counts of the config's model built on the meta device: n_shard (numel of this rank's padded FSDP2
@@ -1671,7 +1681,7 @@ def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_s
     st = _param_stats(_config_json(config), shard_world)
     T, H, L = micro_batch_size * seq_len, config.hidden_size, config.num_hidden_layers
     dtype_name = "bfloat16" if mixed_precision else "float32"
-    per = [_meta_forward_saved_bytes(_config_json(config), n, T, dtype_name) for n in (1, 2)]
+    per = [saved_bytes(_config_json(config), n, T, dtype_name) for n in (1, 2)]
     per_layer, rest = per[1] - per[0], 2 * per[0] - per[1]
     act_no_ac = rest + L * per_layer
     act_ac = rest + L * T * H * cb + per_layer
@@ -1696,6 +1706,52 @@ def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_s
                                                                                        plan["host_export"])
     plan.update(n_params=st["n_all"], cpu_offload=cpu_offload, local_ranks=local)
     return plan
+
+
+def engine_plan(config, n_kv_tokens: int, dtype_bytes: int = 2) -> dict:
+    """A colocated vLLM engine holding the whole model (tensor parallel 1): weights, the KV cache for n_kv_tokens
+    tokens (the step's group: every prompt x G completions, prompt + max_new_tokens each, no prefix sharing counted)
+    and ENGINE_OVERHEAD_GIB. -> bytes: weights, kv_per_token, kv, overhead, need (their sum)."""
+    st = _param_stats(_config_json(config), 1)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    e = {"weights": dtype_bytes * st["n_all"], "kv_per_token": per_token, "kv": n_kv_tokens * per_token,
+         "overhead": int(ENGINE_OVERHEAD_GIB * GIB)}
+    e["need"] = e["weights"] + e["kv"] + e["overhead"]
+    return e
+
+
+def rl_memory_plan(config, world_size: int, micro_batch_tokens: int, activation_checkpointing: bool,
+                   logprob_chunk: int = 4096, param_bytes: int = 4, reference: bool = False,
+                   cpu_offload: bool = False, hybrid_shard: bool = False, local_world_size: int | None = None,
+                   engine: dict | None = None, engine_share: int = 0, sleep: bool = True) -> dict:
+    """rl.py's peak per GPU: the FSDP2 trainer (memory_plan at one micro-batch of micro_batch_tokens packed tokens,
+    logprob_chunk as the loss chunk; the frozen reference's shards when reference) and the colocated engine, which
+    takes engine_share bytes (gpu_memory_utilization x the GPU's memory: vLLM sizes its KV cache to fill it) while
+    awake. Two phases, the plan is the larger:
+      generate: the trainer's resident state (params + optimizer; gradients are freed before generation) + the
+        reference + the awake engine;
+      train:    the trainer's peak + the reference + the engine asleep (sleep: only its overhead stays; else all
+        of it).
+    engine=None (HF generate): no engine; the trainer's gathered weights are counted by memory_plan."""
+    t = memory_plan(config, world_size, micro_batch_tokens, 1, activation_checkpointing, logprob_chunk, True,
+                    cpu_offload=cpu_offload, hybrid_shard=hybrid_shard, local_world_size=local_world_size,
+                    param_bytes=param_bytes, export_bytes=param_bytes)
+    ref = t["params"] if reference else 0
+    if cpu_offload:
+        t["host_state"] += ref
+        t["host_per_node"] += t["local_ranks"] * ref
+    ref_gpu = 0 if cpu_offload else ref
+    resident = 0 if cpu_offload else t["params"] + t["optimizer"]
+    awake = engine_share if engine else 0
+    asleep = (engine["overhead"] if sleep else engine_share) if engine else 0
+    t.update(reference=ref_gpu, engine=awake, phase_generate=resident + ref_gpu + awake,
+             phase_train=t["total"] + ref_gpu + asleep)
+    t["trainer_total"] = t["total"]
+    t["total"] = max(t["phase_generate"], t["phase_train"])
+    return t
 
 
 def state_bytes(model, optimizer) -> dict:
@@ -1732,7 +1788,7 @@ def plan_rows(plan: dict) -> list[tuple[str, int, str]]:
 
 
 def format_plan(rows: list, total: int, gpu_gb: float, header: str = "", notes: list | None = None,
-                host: dict | None = None) -> str:
+                host: dict | None = None, ok: bool | None = None) -> str:
     """A plan as a table (GiB): rows (part, bytes, what), note lines, the host RAM line (host: a plan dict with
     host_per_node), ending with the line `total per GPU: X GiB (fits in Y GiB)` or `(does not fit in Y GiB)`.
     gpu_gb: the GPU's memory in GiB (80 for an H100 as its datasheet says; a real run: the device's)."""
@@ -1746,7 +1802,8 @@ def format_plan(rows: list, total: int, gpu_gb: float, header: str = "", notes: 
         lines.append(f"host RAM per node: {host['host_per_node'] / GIB:.0f} GiB ({host['local_ranks']} ranks x "
                      f"{per_rank:.1f} GiB{' incl. offloaded state' if host['host_state'] else ''} + rank 0's "
                      f"load/export {max(host['host_load'], host['host_export']) / GIB:.1f} GiB)")
-    lines.append(f"total per GPU: {total / GIB:.1f} GiB ({'fits' if total / GIB <= gpu_gb else 'does not fit'} in "
+    ok = total / GIB <= gpu_gb if ok is None else ok
+    lines.append(f"total per GPU: {total / GIB:.1f} GiB ({'fits' if ok else 'does not fit'} in "
                  f"{gpu_gb:g} GiB)")
     return "\n".join(lines)
 
