@@ -453,7 +453,7 @@ def plan_run(cfg: SFTConfig, hf_config, world: int, seq_len: int, gpu_gb: float 
 def dry_run(cfg: SFTConfig) -> dict:
     """Print the memory plan per GPU for cfg (config.json only, meta device) and return it."""
     from transformers import AutoConfig
-    cfg_path = Path(cfg.init_from or cfg.model) / "config.json"
+    cfg_path = Path(cfg.model) / "config.json"  # --init_from has the same architecture
     if not cfg_path.is_file():
         raise DataError(cfg_path, None, None, "file not found (--dry_run needs the model's config.json)",
                         reason="missing_file")
@@ -483,9 +483,10 @@ def train(cfg: SFTConfig, device):
                                      gpu_gb, mixed_precision=device.type == "cuda")
     if gpu_gb is not None and not utils.fits(plan["total"], gpu_gb):
         utils.refuse_plan("sft.py", table, fix, gpu_gb)
-    print0(f"sft: memory plan {plan['total'] / 2 ** 30:.1f} GiB per GPU"
-           + (f" of {gpu_gb:.1f}" if gpu_gb else "") + f", activation_checkpointing {cfg.activation_checkpointing}"
-           + (f", host RAM {plan['host_per_node'] / 2 ** 30:.0f} GiB per node" if cfg.cpu_offload else ""))
+    if gpu_gb is not None:
+        print0(f"sft: memory plan {plan['total'] / 2 ** 30:.1f} of {gpu_gb:.1f} GiB per GPU, activation_checkpointing "
+               f"{cfg.activation_checkpointing}" + (f", host RAM {plan['host_per_node'] / 2 ** 30:.0f} GiB per node"
+                                                    if cfg.cpu_offload else ""))
 
     identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
                                                       "init_fingerprint": utils.fingerprint(cfg.init_from or cfg.model),

@@ -1111,7 +1111,7 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
     if device.type == "cuda":
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
-        kw["offload_policy"] = CPUOffloadPolicy()
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")  # pinning needs a GPU
     if activation_checkpointing:  # on the Hugging Face model inside a LexLab wrapper (`.hf`), or the model itself
         hf = getattr(model, "hf", model)
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
