@@ -1310,13 +1310,18 @@ def varlen_call(fn, q, k, v, cu_seqlens, max_seqlen: int, scaling: float):
 
 
 def pick_attention_backend(device) -> str:
-    """'flash' (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU)."""
+    """'flash' (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU). flash-attn installed but not
+    importable (typically built against another torch: requirements-gpu.txt) is said, not silently skipped."""
     if device.type != "cuda":
         return "exact"
     try:
         import flash_attn  # noqa: F401
         return "flash"
-    except ImportError:
+    except ImportError as e:
+        if importlib.util.find_spec("flash_attn") is not None:
+            print0(f"warning: flash-attn is installed but does not import ({str(e).splitlines()[0][:200]}); using "
+                   f"PyTorch's varlen attention. Rebuild it against this torch (requirements-gpu.txt): pip install "
+                   f"--no-build-isolation --force-reinstall --no-deps flash-attn==2.8.3.post2")
         return "torch_varlen"
 
 

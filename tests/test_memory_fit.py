@@ -280,3 +280,41 @@ def test_cache_emptied_before_wake_and_grads_freed_after_step(tiny_model, monkey
     rl.train_on_batch(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.tensor([1.0, -1.0]), old,
                       None, mask, rl.RLConfig(model="-", prompts="-", out="-", micro_batch_size=1))
     assert all(p.grad is None for p in model.parameters())  # freed before the push and the next generation
+
+
+# ---------------------------------------------------------------- the recipes: every training command fits its plan
+
+RECIPE_MODELS = {"internlm_law.sh": {"MODEL": "internlm2-7b-llama-layout"},
+                 "lexpro.sh": {"MODEL": "r1-distill-qwen-14b", "MODEL_32B": "r1-distill-qwen-32b",
+                               "MODEL_70B": "r1-distill-llama-70b"}}
+
+
+@pytest.mark.parametrize("script", sorted(RECIPE_MODELS))
+def test_every_training_command_of_the_recipes_fits_its_plan(script, shared_dir, capsys):
+    """Each torchrun command of the recipe (its exact flags, the GPU memory it names with --gpu_memory_gb), run as
+    --dry_run on its GPU count with the model shapes and the recipe's seq_len, ends `fits`. A model folder that a
+    run writes (stage 1's or SFT's export) has the architecture of the MODEL it came from."""
+    import os
+    import shlex
+    env = {k: str(shapes(shared_dir, v)) for k, v in RECIPE_MODELS[script].items()}
+    r = subprocess.run(["bash", str(REPO / "recipes" / script)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "DRY_RUN": "1", **env})
+    assert r.returncode == 0, r.stderr
+    seq_len, checked = None, []
+    for argv in (shlex.split(x[2:]) for x in r.stdout.splitlines() if x.startswith("+ ")):
+        if "prepare_data.py" in argv:
+            seq_len = argv[argv.index("--seq_len") + 1]
+        if argv[0] != "torchrun":
+            continue
+        py = next(a for a in argv if a.endswith(".py"))
+        rest = argv[argv.index(py) + 1:]
+        i = rest.index("--model") + 1
+        if not Path(rest[i]).is_dir():
+            rest[i] = env["MODEL"]
+        extra = ["--world_size", argv[argv.index("--nproc_per_node") + 1]]
+        extra += ["--seq_len", seq_len] if py == "sft.py" else []
+        lines = plan_lines({"sft.py": sft.main, "rl.py": rl.main}[py], [*rest, *extra], capsys)
+        gb = float(rest[rest.index("--gpu_memory_gb") + 1])
+        assert verdict(lines)[1:] == ("fits", gb), (script, argv, lines)
+        checked.append(py)
+    assert checked == {"internlm_law.sh": ["sft.py"] * 2, "lexpro.sh": ["sft.py", "rl.py", "sft.py", "sft.py"]}[script]
