@@ -117,7 +117,8 @@ class RLConfig:
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
-    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
+    cpu_offload: bool = field(default=False, metadata={
+        "help": "FSDP2 CPU offload of params/grads/optimizer (host RAM; process group cuda:nccl,cpu:gloo)"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
     activation_checkpointing: str = field(default="auto", metadata={
         "help": "recompute each block in backward; auto: on when --micro_batch_size rows do not fit without it (memory "
@@ -971,7 +972,8 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     if n_cut:
         utils.print0(f"rl.py: {n_cut} of {len(prompts)} prompts cut in the middle to the {budget}-token budget")
     model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload,
-                         activation_checkpointing=cfg.activation_checkpointing, temperature=cfg.temperature,
+                         activation_checkpointing=cfg.activation_checkpointing in (True, "true"),
+                         temperature=cfg.temperature,
                          chunk=cfg.logprob_chunk)
     ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False,
                        temperature=cfg.temperature, chunk=cfg.logprob_chunk) if cfg.beta > 0 else None

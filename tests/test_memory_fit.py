@@ -318,3 +318,18 @@ def test_every_training_command_of_the_recipes_fits_its_plan(script, shared_dir,
         assert verdict(lines)[1:] == ("fits", gb), (script, argv, lines)
         checked.append(py)
     assert checked == {"internlm_law.sh": ["sft.py"] * 2, "lexpro.sh": ["sft.py", "rl.py", "sft.py", "sft.py"]}[script]
+
+
+def test_plan_counts_hybrid_shard_offload_and_rank0_load(tiny_model):
+    """--hybrid_shard shards over the node only (16 GPUs as 2 x 8 hold what 8 GPUs hold); --cpu_offload moves the
+    state to host RAM per node; rank 0's load is one tensor (streamed), its export the model in bf16."""
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(tiny_model)
+    eight = utils.memory_plan(c, 8, 512, 1, True)
+    hsdp = utils.memory_plan(c, 16, 512, 1, True, hybrid_shard=True, local_world_size=8)
+    assert hsdp["params"] == eight["params"] and utils.memory_plan(c, 16, 512, 1, True)["params"] < eight["params"]
+    off = utils.memory_plan(c, 8, 512, 1, True, cpu_offload=True)
+    assert off["host_state"] == off["params"] + off["grads"] + off["optimizer"] and eight["host_state"] == 0
+    assert off["host_per_node"] - eight["host_per_node"] == 8 * off["host_state"]
+    largest = max(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_config(c).parameters())
+    assert eight["host_load"] == 8 * largest and eight["host_export"] == 2 * eight["n_params"]
