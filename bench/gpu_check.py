@@ -335,6 +335,7 @@ def stage_sft_speed(spec) -> dict:
 
     import torch
     import sft
+    import utils
     from transformers import AutoConfig
     dev = device()
     out = Path(spec["out"])
