@@ -863,8 +863,9 @@ def plan_run(cfg: RLConfig, hf_config, world: int, gpu_gb: float | None):
     rows = utils.plan_rows(plan) + [("reference", plan["reference"], "frozen reference's shards (--beta > 0)")]
     e = plan["engine_detail"]
     if e:
-        rows.append(("engine", plan["engine"], f"vLLM awake: gpu_memory_utilization {cfg.gpu_memory_utilization:g}"
-                     f"{' (auto)' if 'gpu_memory_utilization' in how else ''}"))
+        share = "its needs (no GPU)" if cfg.gpu_memory_utilization is None else \
+            f"gpu_memory_utilization {cfg.gpu_memory_utilization:g}{' (auto)' if 'gpu_memory_utilization' in how else ''}"
+        rows.append(("engine", plan["engine"], f"vLLM awake: {share}"))
     notes = []
     if e:
         notes.append(f"engine needs {e['need'] / g:.1f} GiB: bf16 weights {e['weights'] / g:.1f} + KV cache "

