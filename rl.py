@@ -910,6 +910,7 @@ def plan_or_refuse(cfg: RLConfig, world: int, device) -> RLConfig:
     if gpu_gb is not None:
         if not fits:
             utils.refuse_plan("rl.py", table, fix, gpu_gb)
+        utils.check_host_ram("rl.py", table, plan)
         utils.print0(f"rl.py: memory plan {plan['total'] / utils.GIB:.1f} of {gpu_gb:.1f} GiB per GPU; "
                      f"activation_checkpointing {cfg.activation_checkpointing}, micro_batch_tokens "
                      f"{cfg.micro_batch_tokens}, gpu_memory_utilization {cfg.gpu_memory_utilization}")

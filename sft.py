@@ -484,6 +484,8 @@ def train(cfg: SFTConfig, device):
     if gpu_gb is not None and not utils.fits(plan["total"], gpu_gb):
         utils.refuse_plan("sft.py", table, fix, gpu_gb)
     if gpu_gb is not None:
+        utils.check_host_ram("sft.py", table, plan)
+    if gpu_gb is not None:
         print0(f"sft: memory plan {plan['total'] / 2 ** 30:.1f} of {gpu_gb:.1f} GiB per GPU, activation_checkpointing "
                f"{cfg.activation_checkpointing}" + (f", host RAM {plan['host_per_node'] / 2 ** 30:.0f} GiB per node"
                                                     if cfg.cpu_offload else ""))

@@ -1833,6 +1833,22 @@ def device_memory_gb(device, cap: float | None = None) -> float | None:
     return min(gb, cap) if cap else gb
 
 
+def host_memory_gb() -> float:
+    """This machine's RAM in GiB (the node's: what --cpu_offload's plan must fit)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def check_host_ram(script: str, table: str, plan: dict) -> None:
+    """With cpu_offload on a GPU node: the plan's host RAM per node must fit this machine's RAM, else the table and
+    one line (exit 2) before anything is loaded."""
+    have = host_memory_gb()
+    if plan["cpu_offload"] and plan["host_per_node"] / GIB > have:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(table, file=sys.stderr, flush=True)
+        fail(script, f"--cpu_offload needs {plan['host_per_node'] / GIB:.0f} GiB of host RAM per node (table above), "
+                     f"this node has {have:.0f} GiB: use more nodes (--hybrid_shard false shards over all of them)")
+
+
 def first_fit(try_plan, candidates: list[dict]) -> str | None:
     """The first of `candidates` (flag -> value changes, in order of preference) for which try_plan(changes) -> bool
     is true, as command-line flags ("--cpu_offload true ..."); None when none fits."""

@@ -344,3 +344,16 @@ def test_rl_plan_on_cpu_keeps_rows_only_and_no_engine_share(tiny_model):
         got, _, table, _, _ = rl.plan_run(cfg, AutoConfig.from_pretrained(tiny_model), 1, None)
         assert (got.activation_checkpointing, got.micro_batch_tokens, got.gpu_memory_utilization) == ("false", 0, None)
         assert table.splitlines()[-1].startswith("total per GPU:")
+
+
+def test_offload_run_checks_host_ram_first(tiny_model, stage, tmp_path, monkeypatch, capsys, cpu_world):
+    """GPU memory is plenty (mocked) but the node's RAM is not: --cpu_offload stops before loading, saying how much
+    host RAM the plan needs."""
+    monkeypatch.setattr(utils, "device_memory_gb", lambda device, cap=None: 1000.0)
+    monkeypatch.setattr(utils, "host_memory_gb", lambda: 1.0)
+    monkeypatch.setattr(utils, "load_sharded_model", lambda *a, **k: pytest.fail("loaded weights"))
+    out = tmp_path / "run"
+    assert exit_status(sft.main, ["--model", tiny_model, "--data", stage, "--out", out, "--cpu_offload", "true"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("sft.py: error: --cpu_offload needs") and "GiB of host RAM per node" in err[-1]
+    assert not out.exists()
