@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import resource
@@ -48,9 +49,11 @@ import utils
 class RLConfig:
     """GRPO with legal rewards (charge / statute / sentence / format)."""
     model: str = field(metadata={"help": "Hugging Face model folder (policy init and reference)"})
-    prompts: str = field(metadata={"help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py)"})
-    out: str = field(metadata={"help": "run folder: metrics.jsonl, samples.jsonl, checkpoints/, final/",
-                               "alias": "--output_dir"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "rl_prompts.jsonl: {prompt, truth} per line (prepare_data.py) (required, except with --dry_run)"})
+    out: str | None = field(default=None, metadata={
+        "help": "run folder: metrics.jsonl, samples.jsonl, checkpoints/, final/ (required, except with --dry_run)",
+        "alias": "--output_dir"})
     group_size: int = field(default=8, metadata={"help": "G completions per prompt", "min": 2})
     prompts_per_step: int = field(default=4, metadata={"help": "prompts per rank per step", "min": 1})
     max_steps: int = field(default=100, metadata={"help": "optimizer-step groups (one rollout batch each)",
@@ -60,8 +63,9 @@ class RLConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2; 0 = off)", "min": 0})
     micro_batch_size: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
-    micro_batch_tokens: int = field(default=0, metadata={
-        "help": "also cap a micro-batch at this many packed tokens (prompt + completion; 0 = rows only)", "min": 0})
+    micro_batch_tokens: int | None = field(default=None, metadata={
+        "help": "also cap a micro-batch at this many packed tokens (prompt + completion; 0 = rows only; default: the "
+                "largest cap the memory plan fits on GPU, rows only on CPU)", "min": 0})
     logprob_chunk: int = field(default=4096, metadata={
         "help": "completion tokens per lm_head chunk (logsumexp + gather; peak extra memory chunk x vocab)", "min": 1})
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip below: 1 - clip_low", "min": 0, "max": 1})
@@ -90,8 +94,9 @@ class RLConfig:
     backend: str = field(default="hf", metadata={"help": "rollouts: vllm (colocated) | hf (generate)",
                                                  "choices": ("hf", "vllm")})
     vllm_kv_bytes: int = field(default=1 << 30, metadata={"help": "vLLM KV cache size in bytes (CPU only)", "min": 1})
-    gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM's share of GPU memory (GPU only)",
-                                                                 "min": 0.01, "max": 1})
+    gpu_memory_utilization: float | None = field(default=None, metadata={
+        "help": "vLLM's share of GPU memory (GPU only; default: what the memory plan says the engine needs - weights, "
+                "KV cache for the step's group, overhead)", "min": 0.01, "max": 1})
     vllm_dtype: str = field(default="auto", metadata={
         "help": "engine dtype; auto = bfloat16 on GPU whatever the trainer's dtype, the trainer's dtype on CPU",
         "choices": ("auto", "bfloat16", "float16", "float32")})
@@ -112,9 +117,19 @@ class RLConfig:
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
-    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
+    cpu_offload: bool = field(default=False, metadata={
+        "help": "FSDP2 CPU offload of params/grads/optimizer (host RAM; process group cuda:nccl,cpu:gloo)"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
-    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
+    activation_checkpointing: str = field(default="auto", metadata={
+        "help": "recompute each block in backward; auto: on when --micro_batch_size rows do not fit without it (memory "
+                "plan; off on CPU)", "choices": ("auto", "true", "false")})
+    dry_run: bool = field(default=False, metadata={
+        "help": "print the memory plan per GPU, trainer + colocated engine (needs only --model's config.json), exit"})
+    world_size: int | None = field(default=None, metadata={"help": "dry_run: GPUs (default: $WORLD_SIZE or 1)",
+                                                           "min": 1})
+    gpu_memory_gb: float | None = field(default=None, metadata={
+        "help": "memory of one GPU in GiB the plan must fit (default: --dry_run 80; a real run the device's, and at "
+                "most this when given)", "gt": 0})
 
 
 # How a run runs, not what it computes: the only fields that may change on --resume auto (max_steps too: the LR is
@@ -124,7 +139,7 @@ class RLConfig:
 RUN_SETTINGS = ("out", "resume", "overwrite", "max_steps", "log_every", "sample_every", "save_every",
                 "keep_last", "cpu_offload", "hybrid_shard", "activation_checkpointing", "micro_batch_size",
                 "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "gpu_memory_utilization",
-                "vllm_sleep")
+                "vllm_sleep", "dry_run", "world_size", "gpu_memory_gb")
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
 
 
@@ -132,6 +147,10 @@ def preflight(cfg: RLConfig) -> None:
     """Every flag, file and folder checked before anything is loaded or written (DataError, one line): ranges and
     choices, reward weights, the charge list, every rl_prompts.jsonl record, the model folder."""
     utils.check_fields(cfg)
+    for name in ("prompts", "out"):
+        if getattr(cfg, name) is None:
+            raise utils.DataError(f"--{name}", None, None, "required (only --dry_run runs without it)",
+                                  reason="bad_flag")
     utils.check_backend(cfg.backend)
     utils.check_out_dir(cfg.out, "--out")
     parse_weights(cfg.reward_weights)
@@ -555,6 +574,7 @@ class VLLMRollout:
         two never sit next to a full extra copy."""
         t0 = time.time()
         if self.asleep:
+            torch.cuda.empty_cache()  # the trainer's freed blocks back to the driver first (TRL: "to avoid OOM")
             self.llm.wake_up(tags=["weights"])
         self.llm.collective_rpc("lexlab_load_weights", args=(stream_weights(model, self.dtype, self.device),))
         if self.asleep:
@@ -755,10 +775,146 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
                               (ent.detach() * m).sum(), m.sum()])
     gnorm = utils.clip_grad_norm(model, cfg.max_grad_norm or float("inf"))
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # gradients freed before the weight push and the next generation
     stats = all_reduce_sum(stats, dev).cpu()
     tok = max(stats[4].item(), 1.0)
     return {"loss": stats[0].item(), "kl": stats[1].item() / tok, "clip_frac": stats[2].item() / tok,
             "entropy": stats[3].item() / tok, "grad_norm": gnorm}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4b. Memory plan: trainer + colocated engine per GPU (utils section 9b), the automatic defaults read off it
+# ----------------------------------------------------------------------------------------------------------------------
+
+def row_tokens(cfg: RLConfig, hf_config) -> int:
+    """The longest packed row: prompt budget + max_new_tokens (within the model's context)."""
+    ctx = getattr(hf_config, "max_position_embeddings", None) or cfg.max_prompt_tokens + cfg.max_new_tokens
+    return min(cfg.max_prompt_tokens + cfg.max_new_tokens, ctx)
+
+
+def rl_plan(hf_config, cfg: RLConfig, world: int, gpu_gb: float | None, **changes) -> dict:
+    """utils.rl_memory_plan for cfg (with `changes`); auto values must be resolved. The engine's share is
+    gpu_memory_utilization x gpu_gb (unset: exactly what it needs)."""
+    c = dataclasses.replace(cfg, **changes)
+    row = row_tokens(c, hf_config)
+    cap = min(c.micro_batch_tokens or c.micro_batch_size * row, c.micro_batch_size * row)
+    engine = utils.engine_plan(hf_config, c.prompts_per_step * c.group_size * row,
+                               4 if c.vllm_dtype == "float32" else 2) if c.backend == "vllm" else None
+    share = (int(c.gpu_memory_utilization * gpu_gb * utils.GIB) if c.gpu_memory_utilization and gpu_gb
+             else engine["need"] if engine else 0)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None
+    p = utils.rl_memory_plan(hf_config, world, cap, c.activation_checkpointing in (True, "true"), c.logprob_chunk,
+                             4 if c.dtype == "float32" else 2, c.beta > 0, c.cpu_offload, c.hybrid_shard, local,
+                             engine, share, c.vllm_sleep)
+    p.update(row_tokens=row, micro_batch_tokens=cap, engine_detail=engine,
+             engine_short=bool(engine) and share < engine["need"])
+    return p
+
+
+def plan_run(cfg: RLConfig, hf_config, world: int, gpu_gb: float | None):
+    """-> (cfg with activation_checkpointing, micro_batch_tokens and gpu_memory_utilization resolved, plan, table,
+    flags that would fit or None, fits). On GPU (gpu_gb): the engine's share = what it needs; checkpointing on when
+    --micro_batch_size rows do not fit AUTO_TARGET without it; the token cap the largest that fits AUTO_TARGET
+    (at least one row). On CPU: checkpointing off, no token cap."""
+    how = {}
+    row = row_tokens(cfg, hf_config)
+    rows_cap = cfg.micro_batch_size * row
+    if gpu_gb is None:
+        ac = "true" if cfg.activation_checkpointing in (True, "true") else "false"
+        cfg = dataclasses.replace(cfg, activation_checkpointing=ac, micro_batch_tokens=cfg.micro_batch_tokens or 0)
+    else:
+        if cfg.gpu_memory_utilization is None and cfg.backend == "vllm":
+            need = utils.engine_plan(hf_config, cfg.prompts_per_step * cfg.group_size * row,
+                                     4 if cfg.vllm_dtype == "float32" else 2)["need"]
+            cfg = dataclasses.replace(cfg, gpu_memory_utilization=min(0.95, math.ceil(need / (gpu_gb * utils.GIB)
+                                                                                         * 100) / 100))
+            how["gpu_memory_utilization"] = "auto"
+
+        def ok(**ch):
+            return utils.fits(rl_plan(hf_config, cfg, world, gpu_gb, **ch)["total"], gpu_gb, utils.AUTO_TARGET)
+        if cfg.activation_checkpointing not in (True, False, "true", "false"):
+            fixed_cap = cfg.micro_batch_tokens or rows_cap
+            cfg = dataclasses.replace(cfg, activation_checkpointing="false" if ok(
+                activation_checkpointing="false", micro_batch_tokens=fixed_cap) else "true")
+            how["activation_checkpointing"] = "auto"
+        if cfg.micro_batch_tokens is None:
+            lo, hi = row, rows_cap
+            if ok(micro_batch_tokens=hi):
+                lo = hi
+            while hi - lo > 256:  # the largest cap that fits (a row is never split: at least one row)
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if ok(micro_batch_tokens=mid) else (lo, mid)
+            cfg = dataclasses.replace(cfg, micro_batch_tokens=lo)
+            how["micro_batch_tokens"] = "auto"
+    gb = gpu_gb or 0
+    plan = rl_plan(hf_config, cfg, world, gpu_gb)
+    fits = gpu_gb is not None and utils.fits(plan["total"], gpu_gb) and not plan["engine_short"]
+    fix = None
+    if gpu_gb is not None and not fits:
+        t = {"activation_checkpointing": True, "micro_batch_tokens": row}
+        o = {**t, "cpu_offload": True}
+        cands = [t, {**t, "logprob_chunk": 1024}, {**t, "vllm_sleep": True}, o, {**o, "logprob_chunk": 1024}]
+        if plan["engine_short"]:
+            cands = [{"gpu_memory_utilization": min(0.95, math.ceil(plan["engine_detail"]["need"] / (gpu_gb * utils.GIB)
+                                                                       * 100) / 100)}]
+        fix = utils.first_fit(lambda ch: not rl_plan(hf_config, cfg, world, gpu_gb, **ch)["engine_short"] and
+                              utils.fits(rl_plan(hf_config, cfg, world, gpu_gb, **ch)["total"], gpu_gb), cands)
+    g = utils.GIB
+    rows = utils.plan_rows(plan) + [("reference", plan["reference"], "frozen reference's shards (--beta > 0)")]
+    e = plan["engine_detail"]
+    if e:
+        share = "its needs (no GPU)" if cfg.gpu_memory_utilization is None else \
+            f"gpu_memory_utilization {cfg.gpu_memory_utilization:g}{' (auto)' if 'gpu_memory_utilization' in how else ''}"
+        rows.append(("engine", plan["engine"], f"vLLM awake: {share}"))
+    notes = []
+    if e:
+        notes.append(f"engine needs {e['need'] / g:.1f} GiB: bf16 weights {e['weights'] / g:.1f} + KV cache "
+                     f"{e['kv'] / g:.1f} ({cfg.prompts_per_step} prompts x {cfg.group_size} x {row} tokens) + "
+                     f"overhead {e['overhead'] / g:.1f}" + ("  <- MORE than its share" if plan["engine_short"] else ""))
+    notes += [f"phase generate: {plan['phase_generate'] / g:.1f} GiB (trainer params + optimizer, gradients freed, "
+              f"+ reference + engine awake)",
+              f"phase train:    {plan['phase_train'] / g:.1f} GiB (trainer rows above + reference + engine "
+              f"{'asleep: overhead only' if cfg.vllm_sleep else 'awake (--vllm_sleep false)'})"
+              if e else f"phase train:    {plan['phase_train'] / g:.1f} GiB"]
+    notes += [f"flags that fit: {fix}"] if fix else []
+    header = (f"memory plan: {cfg.model} ({plan['n_params'] / 1e9:.2f}B params), {world} GPUs, GRPO "
+              f"{cfg.prompts_per_step} prompts x {cfg.group_size} completions x {row} tokens per rank, backend "
+              f"{cfg.backend}, micro-batch <= {cfg.micro_batch_size} rows and {plan['micro_batch_tokens']} tokens"
+              f"{' (auto)' if 'micro_batch_tokens' in how else ''}, activation_checkpointing "
+              f"{cfg.activation_checkpointing}{' (auto)' if 'activation_checkpointing' in how else ''}, cpu_offload "
+              f"{str(cfg.cpu_offload).lower()}, vllm_sleep {str(cfg.vllm_sleep).lower()}, {cfg.dtype} master weights")
+    table = utils.format_plan(rows, plan["total"], gb, header, notes, host=plan,
+                              ok=None if not plan["engine_short"] else False)
+    return cfg, plan, table, fix, fits
+
+
+def dry_run(cfg: RLConfig) -> dict:
+    """Print the plan per GPU (trainer + colocated engine) from --model's config.json and return it."""
+    from transformers import AutoConfig
+    cfg_path = Path(cfg.model) / "config.json"
+    if not cfg_path.is_file():
+        raise utils.DataError(cfg_path, None, None, "file not found (--dry_run needs the model's config.json)",
+                              reason="missing_file")
+    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    _, plan, table, _, _ = plan_run(cfg, AutoConfig.from_pretrained(cfg.model), world, cfg.gpu_memory_gb or 80.0)
+    print(table, flush=True)
+    return plan
+
+
+def plan_or_refuse(cfg: RLConfig, world: int, device) -> RLConfig:
+    """A real run's plan before any weight is loaded: auto values resolved (returned in cfg); on GPU a plan that
+    does not fit stops the run with the table and the flags that would fit (exit 2)."""
+    from transformers import AutoConfig
+    gpu_gb = utils.device_memory_gb(device, cfg.gpu_memory_gb)
+    cfg, plan, table, fix, fits = plan_run(cfg, AutoConfig.from_pretrained(cfg.model), world, gpu_gb)
+    if gpu_gb is not None:
+        if not fits:
+            utils.refuse_plan("rl.py", table, fix, gpu_gb)
+        utils.check_host_ram("rl.py", table, plan)
+        utils.print0(f"rl.py: memory plan {plan['total'] / utils.GIB:.1f} of {gpu_gb:.1f} GiB per GPU; "
+                     f"activation_checkpointing {cfg.activation_checkpointing}, micro_batch_tokens "
+                     f"{cfg.micro_batch_tokens}, gpu_memory_utilization {cfg.gpu_memory_utilization}")
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -801,6 +957,7 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     rank, world = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
+    cfg = plan_or_refuse(cfg, world, device)  # before any weight is loaded; auto defaults resolved
     identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
                                                       "prompts_fingerprint": utils.fingerprint(cfg.prompts)})
     utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
@@ -817,7 +974,8 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     if n_cut:
         utils.print0(f"rl.py: {n_cut} of {len(prompts)} prompts cut in the middle to the {budget}-token budget")
     model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload,
-                         activation_checkpointing=cfg.activation_checkpointing, temperature=cfg.temperature,
+                         activation_checkpointing=cfg.activation_checkpointing in (True, "true"),
+                         temperature=cfg.temperature,
                          chunk=cfg.logprob_chunk)
     ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False,
                        temperature=cfg.temperature, chunk=cfg.logprob_chunk) if cfg.beta > 0 else None
@@ -940,10 +1098,13 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
 def main(argv=None):
     cfg = utils.parse_config(RLConfig, argv)
     try:
+        if cfg.dry_run:
+            dry_run(cfg)
+            return
         preflight(cfg)
     except utils.DataError as e:
         utils.fail("rl.py", e)
-    device = utils.dist_init(cfg.seed)[3]
+    device = utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3]
     try:
         train(cfg, device)
     except utils.DataError as e:

@@ -15,7 +15,6 @@ Sections: 1. config  2. data  3. model  4. training step  5. FLOPs and memory pl
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -72,12 +71,16 @@ class SFTConfig:
                                                                  "checkpoint (same config only, see RUN_SETTINGS)",
                                                        "choices": ("auto",)})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds a run: delete it and start clean"})
-    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
+    activation_checkpointing: str = field(default="auto", metadata={
+        "help": "recompute each block in backward; auto: on when the memory plan without it needs more than "
+                "utils.AUTO_TARGET (90%) of the GPU (off on CPU)", "choices": ("auto", "true", "false")})
     reduce_every_micro_batch: bool = field(default=True, metadata={
         "help": "reduce-scatter gradients after every micro-batch (sharded accumulation, as torchtitan); false: "
                 "reduce once per step, FSDP2 then holds full-size fp32 gradients between micro-batches (4 bytes x "
                 "params per GPU: 30 GB for 7B) - only for small models on slow interconnects"})
-    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of params/grads/optimizer"})
+    cpu_offload: bool = field(default=False, metadata={
+        "help": "FSDP2 CPU offload: fp32 params, grads and AdamW state in (pinned) host RAM, clipping and the optimizer "
+                "step on the CPU (process group cuda:nccl,cpu:gloo); --dry_run says the host RAM per node"})
     hybrid_shard: bool = field(default=False, metadata={"help": "shard inside a node, replicate across nodes"})
     attention: str = field(default="auto", metadata={"help": "packed attention kernel (auto: flash > torch_varlen on "
                                                              "GPU, exact on CPU)",
@@ -93,7 +96,9 @@ class SFTConfig:
                                                            "min": 1})
     seq_len: int | None = field(default=None, metadata={"help": "dry_run: tokens per pack (default: --data's, else "
                                                                 "32768)", "min": 1})
-    gpu_memory_gb: float = field(default=80.0, metadata={"help": "dry_run: memory of one GPU, GiB", "min": 0})
+    gpu_memory_gb: float | None = field(default=None, metadata={
+        "help": "memory of one GPU in GiB the plan must fit (default: --dry_run 80; a real run the device's, and at "
+                "most this when given)", "gt": 0})
 
 
 # How a run runs, not what it computes: the only fields that may change on --resume auto. Every other field (model,
@@ -258,7 +263,7 @@ def load_model(cfg: SFTConfig, device):
     model, hf = utils.load_sharded_model(cfg.init_from or cfg.model, device,
                                          wrap=lambda hf: PackedCausalLM(hf, backend, cfg.loss_chunk),
                                          hybrid_shard=cfg.hybrid_shard, cpu_offload=cfg.cpu_offload,
-                                         activation_checkpointing=cfg.activation_checkpointing)
+                                         activation_checkpointing=cfg.activation_checkpointing in (True, "true"))
     return model, hf, backend
 
 
@@ -266,7 +271,9 @@ def build_optimizer(model, cfg: SFTConfig, device):
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    # cpu_offload: the parameters (and so the optimizer state and step) live on the CPU, where fused CUDA AdamW can't
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=device.type == "cuda" and not cfg.cpu_offload)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -323,7 +330,7 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Throughput (FLOPs, MFU) and the memory plan
+# 5. Throughput (FLOPs, MFU) and the memory plan (the plan itself: utils section 9b, shared with rl.py)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int,
@@ -383,183 +390,12 @@ def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> floa
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
 
 
-class SavedTensorBytes:
-    """Context manager counting the bytes autograd saves for backward (activations) inside it, each storage once;
-    parameters (and views of them) are not counted. Works on the meta device (the memory plan).
-        with SavedTensorBytes() as c: loss = model(x)
-        c.bytes"""
-
-    def __init__(self):
-        import torch
-        self.bytes, self._seen, self._hooks = 0, {}, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _pack(self, t):
-        import torch
-        base = t if t._base is None else t._base
-        if not isinstance(base, torch.nn.Parameter) and id(base) not in self._seen:
-            self._seen[id(base)] = base  # keep it alive so the id stays unique
-            self.bytes += base.untyped_storage().nbytes() if base.device.type != "meta" else \
-                base.numel() * base.element_size()
-        return t
-
-    def __enter__(self):
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-        self._seen = {}
-
-
-# ---- memory plan: expected peak memory per GPU of a training run, from config.json alone (meta device) ----
-
-def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_size: int = 1,
-                activation_checkpointing: bool = True, loss_chunk: int = 4096, mixed_precision: bool = True,
-                grad_accum: int = 1, reduce_every_micro_batch: bool = True) -> dict:
-    """Bytes per rank of an FSDP2 run as shard_model + sft.py set it up (fp32 master weights sharded over
-    world_size, bf16 compute when mixed_precision, AdamW), the way torchtitan's memory estimator splits them:
-      params / grads / optimizer: this rank's padded shards (FSDP2 cuts dim 0 in world_size chunks of
-        ceil(d0 / world)); optimizer = exp_avg + exp_avg_sq + one fp32 step scalar per tensor. Equal to what a run
-        allocates (tests/test_sft.py checks it on CPU). With reduce_every_micro_batch=False and grad_accum > 1, the
-        unsharded fp32 gradients FSDP2 accumulates between reductions are added to grads.
-      unsharded_params: gathered compute-dtype copies (the root's embeddings / lm_head / norm for the whole step,
-        plus two decoder blocks: the running one and the prefetched one).
-      activations / activations_no_ac / activations_ac: bytes autograd saves for backward, MEASURED by running the
-        real Hugging Face forward on the meta device (SavedTensorBytes; a flash-style attention that saves q, k, v,
-        out, logsumexp) with 1 and 2 layers -> per layer + the rest. With checkpointing each layer keeps its input
-        and one layer is recomputed at a time.
-      backward_transient: one block's unsharded gradients (compute dtype + fp32 for the reduce-scatter) and the
-        lm_head's unsharded gradient, held until the root's reduce-scatter at the end of backward.
-      loss_chunk: one chunk x vocab of logits (compute dtype, fp32 upcast, fp32 and compute-dtype gradients) plus
-        the supervised hidden rows (all tokens, an upper bound).
-    Returns a dict of bytes plus 'total' (peak estimate = the sum; the allocator's fragmentation is not included)."""
-    from transformers import AutoModelForCausalLM
-    cb = 2 if mixed_precision else 4  # compute dtype bytes
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    params = list({id(p): p for p in model.parameters()}.values())
-    shard = lambda p: math.ceil(p.shape[0] / world_size) * (p.numel() // p.shape[0])  # noqa: E731
-    n_shard = sum(shard(p) for p in params)
-    blocks = utils.decoder_blocks(model)
-    block_numel = max(sum(p.numel() for p in b.parameters()) for b in blocks)
-    in_blocks = {id(p) for b in blocks for p in b.parameters()}
-    root_numel = sum(p.numel() for p in params if id(p) not in in_blocks)
-    head = model.get_output_embeddings().weight.numel()
-    n_all = sum(p.numel() for p in params)
-    T, H, L = micro_batch_size * seq_len, config.hidden_size, config.num_hidden_layers
-
-    per = [_meta_forward_saved_bytes(config, n, T, torch.bfloat16 if mixed_precision else torch.float32)
-           for n in (1, 2)]
-    per_layer, rest = per[1] - per[0], 2 * per[0] - per[1]
-    act_no_ac = rest + L * per_layer
-    act_ac = rest + L * T * H * cb + per_layer
-    plan = {"params": 4 * n_shard, "grads": 4 * n_shard, "optimizer": 8 * n_shard + 4 * len(params),
-            "unsharded_params": cb * (root_numel + 2 * block_numel) if world_size > 1 or mixed_precision else 0,
-            "activations": act_ac if activation_checkpointing else act_no_ac,
-            "backward_transient": (cb + 4 if mixed_precision else 4) * block_numel + cb * head,
-            "loss_chunk": min(loss_chunk, T) * config.vocab_size * (2 * cb + 8) + T * H * cb,
-            "activations_no_ac": act_no_ac, "activations_ac": act_ac}
-    if not reduce_every_micro_batch and grad_accum > 1:
-        plan["grads"] += 4 * n_all
-    plan["total"] = sum(plan[k] for k in MEMORY_PLAN_PARTS)
-    plan["n_params"] = n_all
-    return plan
-
-
-MEMORY_PLAN_PARTS = ("params", "grads", "optimizer", "unsharded_params", "activations", "backward_transient",
-                     "loss_chunk")
-
-
-class MetaFlashAttention(torch.autograd.Function):
-    """Shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
-    kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
-        lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, _, _ = ctx.saved_tensors
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-META_ATTENTION = "lexlab_meta"
-
-
-def meta_attention(module, query, key, value, attention_mask, **kwargs):
-    """The transformers attention function META_ATTENTION: MetaFlashAttention (no mask used, no T x T matrix)."""
-    return MetaFlashAttention.apply(query, key, value), None
-
-
-def register_meta_attention():
-    from transformers import AttentionInterface
-    AttentionInterface.register(META_ATTENTION, meta_attention)
-
-
-def _meta_forward_saved_bytes(config, n_layers: int, n_tokens: int, dtype) -> int:
-    """Bytes saved for backward by the decoder (embeddings .. final norm) of a copy of `config` with n_layers
-    layers, on the meta device, one sequence of n_tokens (flash-style attention: MetaFlashAttention)."""
-    from transformers import AutoModelForCausalLM
-    register_meta_attention()
-    cfg = copy.deepcopy(config)
-    cfg.num_hidden_layers = n_layers
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = cfg.layer_types[:n_layers]
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=META_ATTENTION).train()
-        ids = torch.zeros((1, n_tokens), dtype=torch.long)
-        pos = torch.arange(n_tokens)[None]
-    with SavedTensorBytes() as c:
-        model.model(input_ids=ids, position_ids=pos, use_cache=False)
-    return c.bytes
-
-
-def state_bytes(model, optimizer) -> dict:
-    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
-    the local shard). The measured side of memory_plan's params / grads / optimizer."""
-
-    def local(t):
-        t = t.to_local() if hasattr(t, "to_local") else t
-        return t.numel() * t.element_size()
-    params = list({id(p): p for p in model.parameters()}.values())
-    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
-    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
-            "optimizer": opt}
-
-
-def format_memory_plan(plan: dict, gpu_gb: float, header: str = "") -> str:
-    """The plan as a table (GiB), ending with the line `total per GPU: X GiB (fits in Y GiB)` or
-    `(does not fit in Y GiB)`. gpu_gb: the GPU's memory in GiB as its datasheet says (80 for an H100)."""
-    gib = 2 ** 30
-    notes = {"params": "fp32 master weights, this rank's shard", "grads": "fp32, sharded",
-             "optimizer": "AdamW exp_avg + exp_avg_sq (+ step)", "unsharded_params": "gathered bf16: root + 2 blocks",
-             "activations": "saved for backward (measured on meta)",
-             "backward_transient": "one block's grads + lm_head grad", "loss_chunk": "chunked cross-entropy"}
-    lines = [header] if header else []
-    lines += [f"{'part':20s} {'GiB':>9s}  what", "-" * 72]
-    lines += [f"{k:20s} {plan[k] / gib:9.2f}  {notes[k]}" for k in MEMORY_PLAN_PARTS]
-    lines += [f"{'  (activations, AC off)':20s} {plan['activations_no_ac'] / gib:9.2f}",
-              f"{'  (activations, AC on)':20s} {plan['activations_ac'] / gib:9.2f}", "-" * 72]
-    fits = plan["total"] / gib <= gpu_gb
-    lines.append(f"total per GPU: {plan['total'] / gib:.1f} GiB ({'fits' if fits else 'does not fit'} in "
-                 f"{gpu_gb:g} GiB)")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 6. Main loop
 # ----------------------------------------------------------------------------------------------------------------------
 
-def write_memory_report(path, cfg: SFTConfig, world: int, seq_len: int, hf_config, measured: dict,
-                        peak_gb: float, device):
-    """memory_rankR.json: memory_plan for this run next to the bytes this rank holds after its first step."""
-    plan = memory_plan(hf_config, world, seq_len, cfg.micro_batch_size, cfg.activation_checkpointing,
-                       cfg.loss_chunk, mixed_precision=device.type == "cuda", grad_accum=cfg.grad_accum,
-                       reduce_every_micro_batch=cfg.reduce_every_micro_batch)
+def write_memory_report(path, plan: dict, measured: dict, peak_gb: float, device):
+    """memory_rankR.json: the run's memory plan next to the bytes this rank holds after its first step."""
     Path(path).write_text(json.dumps({"plan": plan, "measured": measured, "measured_peak_gb": peak_gb,
                                       "plan_total_gb": plan["total"] / 2 ** 30, "device": device.type}, indent=1))
 
@@ -570,19 +406,60 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # peak RSS (KiB on Linux)
 
 
+def sft_plan(hf_config, cfg: SFTConfig, world: int, seq_len: int, mixed_precision: bool = True,
+             **changes) -> dict:
+    """utils.memory_plan for cfg (with `changes`: field -> value, e.g. cpu_offload=True); activation_checkpointing
+    must be resolved (true/false) in cfg or changes."""
+    c = dataclasses.replace(cfg, **changes)
+    assert c.activation_checkpointing in (True, False, "true", "false"), c.activation_checkpointing
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None
+    return utils.memory_plan(hf_config, world, seq_len, c.micro_batch_size, c.activation_checkpointing in (True, "true"),
+                             c.loss_chunk, mixed_precision, c.grad_accum, c.reduce_every_micro_batch, c.cpu_offload,
+                             c.hybrid_shard, local_world_size=local)
+
+
+def plan_run(cfg: SFTConfig, hf_config, world: int, seq_len: int, gpu_gb: float | None,
+             mixed_precision: bool = True) -> tuple[SFTConfig, dict, str, str | None]:
+    """The memory plan of this run -> (cfg with activation_checkpointing resolved, plan, table, flags that would fit
+    or None). auto checkpointing: on when the plan without it exceeds AUTO_TARGET of gpu_gb (no GPU: off)."""
+    ac = cfg.activation_checkpointing
+    if ac not in (True, False, "true", "false"):
+        off = sft_plan(hf_config, cfg, world, seq_len, mixed_precision, activation_checkpointing="false")
+        ac = "true" if gpu_gb is not None and not utils.fits(off["total"], gpu_gb, utils.AUTO_TARGET) else "false"
+        how = f"auto -> {ac}"
+    else:
+        ac = "true" if ac in (True, "true") else "false"
+        how = ac
+    cfg = dataclasses.replace(cfg, activation_checkpointing=ac)
+    plan = sft_plan(hf_config, cfg, world, seq_len, mixed_precision)
+    fix = None
+    if gpu_gb is not None and not utils.fits(plan["total"], gpu_gb):
+        t, o = {"activation_checkpointing": True}, {"activation_checkpointing": True, "cpu_offload": True}
+        cands = [t, {**t, "micro_batch_size": 1}, {**t, "loss_chunk": 1024}, o, {**o, "loss_chunk": 1024},
+                 {**o, "micro_batch_size": 1, "loss_chunk": 1024}]
+        cands = [c for c in cands if any(getattr(cfg, k) not in (v, str(v).lower()) for k, v in c.items())]
+        fix = utils.first_fit(lambda ch: utils.fits(sft_plan(hf_config, cfg, world, seq_len, mixed_precision,
+                                                             **ch)["total"], gpu_gb), cands)
+    notes = [f"(activations, AC off) {plan['activations_no_ac'] / 2 ** 30:9.2f}",
+             f"(activations, AC on)  {plan['activations_ac'] / 2 ** 30:9.2f}"] + \
+            ([f"flags that fit: {fix}"] if fix else [])
+    header = (f"memory plan: {cfg.model} ({plan['n_params'] / 1e9:.2f}B params), {world} GPUs, seq_len {seq_len} x "
+              f"micro_batch {cfg.micro_batch_size}, activation_checkpointing {how}, cpu_offload "
+              f"{str(cfg.cpu_offload).lower()}, {'bf16 compute' if mixed_precision else 'fp32'}, fp32 master weights "
+              f"+ AdamW")
+    table = utils.format_plan(utils.plan_rows(plan), plan["total"], gpu_gb or 0, header, notes, host=plan)
+    return cfg, plan, table, fix
+
+
 def dry_run(cfg: SFTConfig) -> dict:
     """Print the memory plan per GPU for cfg (config.json only, meta device) and return it."""
     from transformers import AutoConfig
     utils.check_model_dir(cfg.model, weights=False, tokenizer=False)  # --dry_run needs only config.json
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
-    plan = memory_plan(AutoConfig.from_pretrained(cfg.model), world, seq_len, cfg.micro_batch_size,
-                       cfg.activation_checkpointing, cfg.loss_chunk, mixed_precision=True,
-                       grad_accum=cfg.grad_accum, reduce_every_micro_batch=cfg.reduce_every_micro_batch)
-    print(format_memory_plan(
-        plan, cfg.gpu_memory_gb, f"memory plan: {cfg.model} ({plan['n_params'] / 1e9:.2f}B params), {world} GPUs, "
-        f"seq_len {seq_len} x micro_batch {cfg.micro_batch_size}, activation_checkpointing "
-        f"{str(cfg.activation_checkpointing).lower()}, bf16 compute, fp32 master weights + AdamW"), flush=True)
+    _, plan, table, _ = plan_run(cfg, AutoConfig.from_pretrained(cfg.model), world, seq_len,
+                                 cfg.gpu_memory_gb or 80.0)
+    print(table, flush=True)
     return plan
 
 
@@ -597,6 +474,20 @@ def train(cfg: SFTConfig, device):
     if data.n < packs_per_step:
         raise DataError(cfg.data, None, None, f"{data.n} packs < {packs_per_step} needed for one step "
                         f"(world {world} x grad_accum {cfg.grad_accum} x micro_batch_size {cfg.micro_batch_size})")
+    # the memory plan before any weight is loaded: auto checkpointing resolved, a run that cannot fit stops here
+    from transformers import AutoConfig
+    gpu_gb = utils.device_memory_gb(device, cfg.gpu_memory_gb)
+    cfg, plan, table, fix = plan_run(cfg, AutoConfig.from_pretrained(cfg.init_from or cfg.model), world, data.seq_len,
+                                     gpu_gb, mixed_precision=device.type == "cuda")
+    if gpu_gb is not None and not utils.fits(plan["total"], gpu_gb):
+        utils.refuse_plan("sft.py", table, fix, gpu_gb)
+    if gpu_gb is not None:
+        utils.check_host_ram("sft.py", table, plan)
+    if gpu_gb is not None:
+        print0(f"sft: memory plan {plan['total'] / 2 ** 30:.1f} of {gpu_gb:.1f} GiB per GPU, activation_checkpointing "
+               f"{cfg.activation_checkpointing}" + (f", host RAM {plan['host_per_node'] / 2 ** 30:.0f} GiB per node"
+                                                    if cfg.cpu_offload else ""))
+
     identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
                                                       "init_fingerprint": utils.fingerprint(cfg.init_from or cfg.model),
                                                       "data_fingerprint": utils.fingerprint(cfg.data)})
@@ -646,8 +537,8 @@ def train(cfg: SFTConfig, device):
                "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
                "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"], "sum_len_sq": r["sum_len_sq"]}
         if step == start:  # the memory plan beside what this rank holds (and its peak) after the first step
-            write_memory_report(out / f"memory_rank{rank}.json", cfg, world, data.seq_len, hf.config,
-                                state_bytes(model, optimizer), row["peak_mem_gb"], device)
+            write_memory_report(out / f"memory_rank{rank}.json", plan, utils.state_bytes(model, optimizer),
+                                row["peak_mem_gb"], device)
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -677,7 +568,7 @@ def main(argv=None):
         preflight(cfg)
     except DataError as e:
         utils.fail("sft.py", e)
-    device = utils.dist_init(cfg.seed)[3]
+    device = utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3]
     try:
         train(cfg, device)
     except DataError as e:

