@@ -802,7 +802,8 @@ def rl_plan(hf_config, cfg: RLConfig, world: int, gpu_gb: float | None, **change
                                4 if c.vllm_dtype == "float32" else 2) if c.backend == "vllm" else None
     share = (int(c.gpu_memory_utilization * gpu_gb * utils.GIB) if c.gpu_memory_utilization and gpu_gb
              else engine["need"] if engine else 0)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None
+    # ranks per node: torchrun's when the world comes from it; a dry run's --world_size plans full nodes of 8
+    local = None if cfg.world_size else (int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
     p = utils.rl_memory_plan(hf_config, world, cap, c.activation_checkpointing in (True, "true"), c.logprob_chunk,
                              4 if c.dtype == "float32" else 2, c.beta > 0, c.cpu_offload, c.hybrid_shard, local,
                              engine, share, c.vllm_sleep)

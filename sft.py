@@ -412,7 +412,8 @@ def sft_plan(hf_config, cfg: SFTConfig, world: int, seq_len: int, mixed_precisio
     must be resolved (true/false) in cfg or changes."""
     c = dataclasses.replace(cfg, **changes)
     assert c.activation_checkpointing in (True, False, "true", "false"), c.activation_checkpointing
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None
+    # ranks per node: torchrun's when the world comes from it; a dry run's --world_size plans full nodes of 8
+    local = None if cfg.world_size else (int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
     return utils.memory_plan(hf_config, world, seq_len, c.micro_batch_size, c.activation_checkpointing in (True, "true"),
                              c.loss_chunk, mixed_precision, c.grad_accum, c.reduce_every_micro_batch, c.cpu_offload,
                              c.hybrid_shard, local_world_size=local)
