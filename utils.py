@@ -883,35 +883,44 @@ def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str
                                           add_generation_prompt=True) for p in prompts]
 
 
-def end_of_turn_id(tokenizer) -> int | None:
-    """The special token the chat template writes right after an assistant message (<|im_end|> for ChatML and
-    InternLM2-chat, <|eot_id|> for Llama 3, R1-Distill's end of sentence), or None (no template, or text follows).
-    It need not be the tokenizer's eos: a converted InternLM2 has eos </s> but ends its turns with <|im_end|>."""
+END_OF_TURN_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>")  # ChatML / InternLM2, Llama 3, Phi, InternLM
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The tokens that end an assistant turn: the tokenizer's eos, the special token the chat template writes right
+    after an assistant message (<|im_end|> for ChatML and InternLM2-chat, <|eot_id|> for Llama 3, R1-Distill's end of
+    sentence, Gemma's <end_of_turn>) and the END_OF_TURN_NAMES the vocabulary has. Not only the eos: a converted
+    InternLM2 has eos </s> but ends its turns with <|im_end|>. SFT supervises an assistant turn up to the last of
+    them (prepare_data.encode_batch); generation stops at them (stop_token_ids)."""
+    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for name in END_OF_TURN_NAMES:
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            out.add(tid)
     marker = "LEXLAB_END_OF_TURN_PROBE"
     try:
         text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant",
                                               "content": marker}], tokenize=False)
     except Exception:  # no chat template (raw completion models), or one that refuses this conversation
-        return None
-    if marker not in text:
-        return None
-    after = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
+        return out
+    after = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"] if marker in text else []
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return after[0] if after and after[0] in special else None
+    if after and after[0] in special:
+        out.add(after[0])
+    return out
 
 
 def stop_token_ids(model_dir, tokenizer=None) -> list[int]:
     """Token ids that end a generation, in every generation path (HF, vLLM, rl.py's rollouts) and in an export's
-    generation_config: the model's own eos ids (generation_config.json, else config.json), the tokenizer's eos and
-    the chat template's end of turn (end_of_turn_id). Sorted, no duplicates."""
+    generation_config: the model's own eos ids (generation_config.json, else config.json) and end_of_turn_ids
+    (the tokenizer's eos, the chat template's end of turn). Sorted, no duplicates."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
     folder = Path(model_dir)
     conf = next((json.loads(read_text(f)) for f in (folder / "generation_config.json", folder / "config.json")
                  if f.is_file() and json.loads(read_text(f)).get("eos_token_id") is not None), {})
     eos = conf.get("eos_token_id")
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    ids |= {i for i in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if i is not None}
-    return sorted(ids)
+    return sorted(ids | end_of_turn_ids(tokenizer))
 
 
 # ---- prompt budgets: a prompt that does not fit the model's context is cut (where the task allows) or refused,

