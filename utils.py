@@ -915,10 +915,10 @@ def stop_token_ids(model_dir, tokenizer=None) -> list[int]:
     generation_config: the model's own eos ids (generation_config.json, else config.json) and end_of_turn_ids
     (the tokenizer's eos, the chat template's end of turn). Sorted, no duplicates."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
-    folder = Path(model_dir)
-    conf = next((json.loads(read_text(f)) for f in (folder / "generation_config.json", folder / "config.json")
-                 if f.is_file() and json.loads(read_text(f)).get("eos_token_id") is not None), {})
-    eos = conf.get("eos_token_id")
+    eos = None
+    for f in (Path(model_dir) / "generation_config.json", Path(model_dir) / "config.json"):
+        if f.is_file() and (eos := json.loads(read_text(f)).get("eos_token_id")) is not None:
+            break
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return sorted(ids | end_of_turn_ids(tokenizer))
 
