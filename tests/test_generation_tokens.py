@@ -193,6 +193,7 @@ def test_generate_lawbench_tensor_parallel_ranks_send_the_same_prompts(tiny_mode
     assert reported[1] == [0] and reported[0] == [sum(len(prompts) for prompts, _ in calls[0])]  # own counts
 
 
+@needs_vllm  # without vllm the flag check says that first
 def test_tensor_parallel_that_does_not_divide_the_world_is_refused(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     rc = exit_status(evaluate.main, ["generate", "--model", tiny_model, "--lawbench_dir", REPO / "data" / "sample" /
