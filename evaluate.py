@@ -944,10 +944,12 @@ def _rank_world(backend: str) -> tuple[int, int]:
 
 
 def generate_within_budget(cfg: GenerateConfig, prompts: list[str], indices: list[int], budget: int,
-                           world: int = 1) -> tuple[dict[int, str], list[tuple[int, int]]]:
+                           world: int = 1, max_model_len: int | None = None
+                           ) -> tuple[dict[int, str], list[tuple[int, int]]]:
     """Greedy completions of prompts[i] for i in indices whose rendered prompt fits `budget` tokens.
     -> ({i: completion}, [(i, prompt tokens) of the prompts over the budget, never sent]). With world > 1 every rank
-    calls the backend, an empty share too, so that vLLM's external_launcher engines start together."""
+    calls the backend, an empty share too, so that vLLM's external_launcher engines start together.
+    max_model_len: the vLLM engine's, fixed for the run (one engine for every call; default: from these prompts)."""
     n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in indices], chat=not cfg.raw)
     fits = [i for i, n in zip(indices, n_tok) if n <= budget]
     over = [(i, n) for i, n in zip(indices, n_tok) if n > budget]
@@ -958,7 +960,7 @@ def generate_within_budget(cfg: GenerateConfig, prompts: list[str], indices: lis
                           chat=not cfg.raw, seed=0, max_prompt_tokens=budget,
                           gpu_memory_utilization=cfg.gpu_memory_utilization,
                           tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes,
-                          max_model_len=utils.model_context(cfg.model) if world > 1 else None)
+                          max_model_len=max_model_len)
     return dict(zip(fits, outs)), over
 
 
@@ -967,8 +969,14 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
 
     Data parallel under torchrun (world > 1): every rank generates the items i with i % world == rank of each chunk
     on its own GPU; rank 0 gathers the shares and alone writes the files (.partial, task file, .json.model,
-    refused.jsonl, config), exactly as a single process would. The report gets "per_rank": items each rank made."""
+    refused.jsonl, config), exactly as a single process would. The report gets "per_rank": items each rank made.
+    With vLLM and --tensor_parallel_size N, the N consecutive ranks of an engine get the same items (their group's
+    first rank reports them) and the engine is sized once for the run: the longest prompt within the budget +
+    max_new_tokens, the same on every rank."""
     rank, world = _rank_world(cfg.backend)
+    tp = cfg.tensor_parallel_size if cfg.backend == "vllm" else 1
+    dp_rank, dp_world = utils.data_parallel_rank(rank, world, tp)
+    lead = rank % tp == 0  # the rank that reports its tensor-parallel group's completions
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
     tasks = parse_tasks(cfg.tasks)
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
@@ -984,13 +992,21 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
     report, mine_total = {}, 0
-    from tqdm import tqdm
+    work = {}  # every (shot, task)'s items and prompts first, to size the vLLM engine once for the whole run
     for shot in shots:
         for task in tasks:
             items = load_lawbench_task(cfg.lawbench_dir, shot, task, cfg.max_items)
             use_rag = index is not None and task.startswith("3-")
-            prompts = [lawbench_prompt(it, index.context(it["question"], cfg.rag_k) if use_rag else "")
-                       for it in items]
+            work[shot, task] = items, [lawbench_prompt(it, index.context(it["question"], cfg.rag_k) if use_rag else "")
+                                       for it in items]
+    max_model_len = None
+    if cfg.backend == "vllm":  # no engine rebuilt between tasks, no engine sized to the model's whole context
+        n_tok = utils.prompt_lengths(cfg.model, [p for _, ps in work.values() for p in ps], chat=not cfg.raw)
+        max_model_len = max([n for n in n_tok if n <= budget], default=1) + cfg.max_new_tokens
+    from tqdm import tqdm
+    for shot in shots:
+        for task in tasks:
+            items, prompts = work[shot, task]
             task_file = Path(cfg.out) / SHOTS[shot] / name / f"{task}.json"
             done = {i: r for i, r in load_done(task_file).items()
                     if i < len(items) and r.get("origin_prompt") == [{"role": "HUMAN", "prompt": prompts[i]}]}
@@ -1008,10 +1024,11 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
             bar = tqdm(total=len(todo), desc=f"{SHOTS[shot]} {task}", disable=not todo or rank > 0)
             for start in range(0, len(todo), save_every):
                 chunk = todo[start:start + save_every]
-                mine = [i for i in chunk if i % world == rank]  # this rank's share (all of it in a world of one)
-                mine_total += len(mine)
+                mine = [i for i in chunk if i % dp_world == dp_rank]  # this rank's share (all in a world of one)
+                mine_total += len(mine) if lead else 0
                 # a prompt over the budget is refused (LawBench items are not cut): empty prediction, reason recorded
-                gen, over = generate_within_budget(cfg, prompts, mine, budget, world)
+                gen, over = generate_within_budget(cfg, prompts, mine, budget, world, max_model_len)
+                gen, over = (gen, over) if lead else ({}, [])  # the group's other ranks: the same, reported once
                 refused = [{"shot": SHOTS[shot], "task": task, "index": i, "prompt_tokens": n, "budget": budget,
                             "reason": "prompt longer than the budget (context - max_new_tokens)"} for i, n in over]
                 gen, refused = _gather_shares(world, gen, refused)
@@ -2011,6 +2028,8 @@ def _preflight_generate(cfg: GenerateConfig):
     if cfg.rag:
         StatuteIndex(cfg.rag, cfg.rag_law)
     utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
+    if cfg.backend == "vllm":  # an engine spans tensor_parallel_size ranks: they must divide the world
+        utils.data_parallel_rank(0, int(os.environ.get("WORLD_SIZE", "1")), cfg.tensor_parallel_size)
     if cfg.code and cfg.backend == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DataError("--code", None, None, "code mode runs on rank 0 only: with --backend vllm run it without "
                         "torchrun", reason="bad_flag")

@@ -714,22 +714,13 @@ def _init_worker(model_dir: str):
     _TOK = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
 
 
-def end_of_turn_ids(tokenizer) -> set[int]:
-    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
-            out.add(tid)
-    return out
-
-
 def encode_batch(tokenizer, conversations: list[list[dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Tokenize conversations with the tokenizer's chat template, one batched tokenizer call for all their turns.
     Returns [(input_ids int32 [T], supervised uint8 [T])]: 1 on assistant tokens (content and the end-of-turn token,
     every assistant turn), 0 elsewhere (system/user turns, role headers, the newline after end-of-turn).
     Works for any template whose rendering of messages[:k] is a prefix of the rendering of messages[:k+1]
     (ChatML / Qwen / InternLM2 / Llama-3 all are). Each turn is tokenized on its own, so no token straddles turns."""
-    eot = end_of_turn_ids(tokenizer)
+    eot = utils.end_of_turn_ids(tokenizer)  # the tokens generation stops at (utils.stop_token_ids)
     pieces, owners = [], []
     for ci, msgs in enumerate(conversations):
         prev = ""

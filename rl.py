@@ -436,7 +436,7 @@ class HFRollout:
 
     def __init__(self, model, tokenizer, cfg: RLConfig):
         self.model, self.tok, self.cfg = model, tokenizer, cfg
-        self.eos = {tokenizer.eos_token_id}
+        self.eos = utils.stop_token_ids(cfg.model, tokenizer)  # eos and the chat template's end of turn
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int, generator_seed: int):
@@ -458,7 +458,7 @@ class HFRollout:
         try:
             out = self.model(ids, attention_mask=attn, generate=dict(
                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.tok.eos_token_id,
+                max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.eos,
                 synced_gpus=dist.get_world_size() > 1))
         finally:
             self.model.hf.set_attn_implementation(attn_impl)
@@ -543,13 +543,13 @@ class VLLMRollout:
         self.sleeps = bool(self.kwargs.get("enable_sleep_mode"))
         self.asleep = False
         self.llm = LLM(**self.kwargs)
-        self.eos = {self.llm.get_tokenizer().eos_token_id}
+        self.eos = utils.stop_token_ids(cfg.model)  # eos and the chat template's end of turn (<|im_end|>)
 
     def generate(self, prompt_ids, n: int, generator_seed: int):
         from vllm import SamplingParams
         cfg = self.cfg
         sp = SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k if cfg.top_k > 0 else -1,
-                            max_tokens=cfg.max_new_tokens, logprobs=0, seed=generator_seed)
+                            max_tokens=cfg.max_new_tokens, logprobs=0, seed=generator_seed, stop_token_ids=self.eos)
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], sp, use_tqdm=False)
         res = []
         for o in outs:

