@@ -14,7 +14,7 @@ network, IPC, UTS, cgroup and mount namespaces. Inside, the program sees:
   - its own work folder /tmp: a fresh tmpfs of `disk_mb`, the only writable place (HOME and the working directory);
     everything else (/, /dev) is read-only, so memory the program can hold is address space + disk_mb;
   - a /proc of its own PID namespace (itself and bubblewrap's init, nothing of the host), a minimal /dev;
-  - no network: a new network namespace with only a loopback that is down (no TCP, no UDP, no abstract unix
+  - no network: a new network namespace with only a loopback of its own (no TCP, no UDP, no abstract unix
     sockets of the host; filesystem unix sockets of the host are not in its mount namespace);
   - no capabilities, no new user namespaces (--disable-userns), its own session (no terminal injection), an
     environment of PATH / LC_ALL / HOME only; it is SIGKILLed with everything it started when the evaluating
@@ -55,6 +55,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from pathlib import Path
 
 EXEC_STATUSES = ("ok", "error", "timeout", "limit")
 WORK = "/tmp"  # the work folder inside the sandbox (a tmpfs of its own)
@@ -142,7 +143,8 @@ def python_mounts() -> tuple[tuple[str, ...], ...]:
     paths = sysconfig.get_paths()
     stdlibs = sorted({os.path.realpath(paths["stdlib"]), os.path.realpath(paths["platstdlib"])})
     dynload = [os.path.join(d, "lib-dynload") for d in stdlibs if os.path.isdir(os.path.join(d, "lib-dynload"))]
-    mods = sorted(f for d in dynload for f in glob.glob(os.path.join(d, "*.so")))
+    mods = sorted(f for d in dynload for f in glob.glob(os.path.join(d, "*.so"))
+                  if not os.path.basename(f).startswith("_tkinter"))  # no display inside: tk's X11 libraries left out
     args = [("--ro-bind", exe, exe)]
     for d in stdlibs:
         args.append(("--ro-bind", d, d))
@@ -251,8 +253,24 @@ def boundary() -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _kill(proc) -> None:
-    """SIGKILL bwrap (its sandbox dies with it) and its process group. Not proc.kill(): that reaps it first, and the
-    wait4 that follows must."""
+    """SIGKILL bwrap's sandbox and bwrap. Its children first (bwrap's init in the sandbox: the whole PID namespace
+    goes with it), so that bwrap reaps them itself instead of leaving zombies to the host's init; then bwrap and its
+    process group, if it has not exited within a second. Not proc.kill(): that reaps it, and the wait4 that follows
+    must."""
+    try:
+        kids = [int(k) for k in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        kids = []
+    for kid in kids:
+        try:
+            os.kill(kid, signal.SIGKILL)
+        except OSError:
+            pass
+    t0 = time.monotonic()
+    while kids and time.monotonic() - t0 < 1.0:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return  # exited: the caller's wait4 reaps it
+        time.sleep(0.005)
     for kill in (os.killpg, os.kill):
         try:
             kill(proc.pid, signal.SIGKILL)
@@ -369,6 +387,11 @@ def _remove_tree(path: str, timeout_s: float = 2.0) -> str:
     """Remove a work folder of the unsandboxed mode whatever the program left in it (mode-000 folders, symlink floods,
     3,000-deep chains: chmod -R and rm -rf walk them without recursion limits), never raising and never waiting more
     than about 2 x timeout_s: what is not gone by then is left to a background rm. -> "" or what happened."""
+    try:
+        os.rmdir(path)  # the usual case: the program left nothing
+        return ""
+    except OSError:
+        pass
     try:
         subprocess.run(["chmod", "-R", "u+rwx", path], capture_output=True, timeout=timeout_s)
         rm = subprocess.Popen(["rm", "-rf", "--one-file-system", path], stdout=subprocess.DEVNULL,

@@ -10,6 +10,7 @@ Harm is judged outside the program (files, sockets, processes), except "ESCAPED:
 something it must not see. The audit-hook bypasses (builtins.all, os.path.realpath, dir_fd) are kept in the programs
 so that they escape the old executor (evaluate.run_python before issue 20) and show what the OS boundary adds.
 """
+import inspect
 import json
 import os
 import socket
@@ -39,9 +40,11 @@ HOSTILE = [
     ("infinite_loop", "old", "while True:\n    pass", {"timeout"}, "wall"),
     ("sleep_forever", "old", "import time\ntime.sleep(3600)", {"timeout"}, "wall"),
     ("close_pipes_and_sleep", "old", "import os, time\nos.closerange(0, 64)\ntime.sleep(3600)", {"timeout"}, "wall"),
-    ("cpu_burn", "old", "x = 0\nwhile True:\n    x += 1", {"limit"}, "cpu"),  # cpu_s=1, wall 10 (see limits())
+    # cpu_s=1 at a 10 s wall (limits()): "limit" (cpu), unless the machine is so loaded that 1-2 CPU seconds take
+    # more than 10 s of wall time (the CPU rlimit itself is checked from inside in test_sandbox.py)
+    ("cpu_burn", "old", "x = 0\nwhile True:\n    x += 1", {"limit", "timeout"}, ""),
     ("cpu_burn_ignoring_sigxcpu", "old",
-     "import _signal\n_signal.signal(24, _signal.SIG_IGN)\nx = 0\nwhile True:\n    x += 1", {"limit"}, "cpu"),
+     "import _signal\n_signal.signal(24, _signal.SIG_IGN)\nx = 0\nwhile True:\n    x += 1", {"limit", "timeout"}, ""),
     ("memory_bomb", "old", "a = []\nwhile True:\n    a.append(bytearray(10 ** 7))", {"limit"}, "memory"),
     ("memory_one_block", "old", "x = bytearray(1 << 40)", {"limit"}, "memory"),
     ("fork_bomb", "old", "import os\nwhile True:\n    os.fork()", {"limit"}, "processes"),
@@ -116,12 +119,12 @@ HOSTILE = [
     ("bypass_all_list_home", "hook", BYPASS_ALL + "import os\nfor d in ('/home', REPO, SHARED, '/etc/passwd'):\n"
      "    if os.path.exists(d):\n        print('ESCAPED: sees', d)", {"ok"}, ""),
     # --- issue 20: reaching the evaluating process (same user): memory, signals, scheduling, sockets, site
-    ("proc_ppid_mem", "parent", BYPASS_ALL + "import os\npp = os.getppid()\nfor line in open(f'/proc/{pp}/maps'):\n"
+    ("proc_ppid_mem", "parent", BYPASS_ALL + "import os, re\npp = os.getppid()\nfor line in open(f'/proc/{pp}/maps'):\n"
      "    a, b = (int(x, 16) for x in line.split()[0].split('-'))\n"
      "    if 'rw' not in line.split()[1] or b - a > 1 << 27:\n        continue\n    try:\n"
      "        with open(f'/proc/{pp}/mem', 'rb') as m:\n            m.seek(a)\n            data = m.read(b - a)\n"
-     "    except (OSError, ValueError, OverflowError):\n        continue\n    i = data.find(b'lexlab-planted-')\n"
-     "    if i >= 0:\n        print(data[i:i + 60].decode('latin-1'))\n        break", {"ok", "error"}, ""),
+     "    except (OSError, ValueError, OverflowError):\n        continue\n"
+     "    print(set(re.findall(rb'lexlab-planted-[0-9a-f]{32}', data)))", {"ok", "error"}, ""),
     ("pidfd_stop_victim", "parent", "import _signal, os\n_signal.pidfd_send_signal(os.pidfd_open(VICTIM), 19)",
      {"error"}, ""),
     ("setpriority_victim", "parent", "import os\nos.setpriority(os.PRIO_PROCESS, VICTIM, 19)", {"error"}, ""),
@@ -136,8 +139,8 @@ HOSTILE = [
      "open(os.path.join(USER_SITE, PTH), 'w').write('import os\\n')", {"error"}, ""),
     # --- issue 20: state and resources outside the limits
     ("dev_shm_persist_write", "state", BYPASS_ALL + "open(SHM + 'persist', 'w').write(SECRET2)", {"error"}, ""),
-    ("dev_shm_persist_read", "state", BYPASS_ALL + "import glob\nfor f in glob.glob('/dev/shm/*'):\n"
-     "    print(open(f).read()[:100])", {"ok", "error"}, ""),  # run right after the writer
+    ("dev_shm_persist_read", "state", BYPASS_ALL + "import os\nfor f in os.listdir('/dev/shm'):\n"
+     "    print(open('/dev/shm/' + f).read()[:100])", {"ok", "error"}, ""),  # run right after the writer
     ("dev_shm_fill", "state", BYPASS_ALL + "for i in range(24):\n    open(SHM + str(i), 'wb').write(b'x' * (4 << 20))",
      {"error"}, ""),
     ("work_tmpfs_fill", "state", "f = open('big', 'wb')\nfor i in range(64):\n    f.write(b'x' * (1 << 20))\n"
@@ -148,13 +151,13 @@ HOSTILE = [
      "    os.symlink('s/' * 40 + str(i), f's/{i}')\nos.chmod('s', 0)", {"ok"}, ""),
     ("deep_dir_chain", "state", "import os\nfor i in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint(i)",
      {"ok"}, ""),
-    ("sees_host_processes", "view", "import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+    ("sees_host_processes", "view", BYPASS_ALL + "import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
      "print('ESCAPED: host pids' if len(pids) > 4 else 'own pids', len(pids))", {"ok"}, ""),
     # --- issue 20: results the program must not be able to affect
     ("gold_from_checkout", "results", BYPASS_ALL + "print(open(GOLD).read())", {"error"}, ""),
     ("gold_from_shared", "results",
-     BYPASS_ALL + "import glob\nfor f in glob.glob(SHARED + '/lawbench/data/*/3-7.json') or [P]:\n"
-     "    print(open(f).read()[:2000])", {"error"}, ""),
+     BYPASS_ALL + "import os\nf = SHARED + '/lawbench/data/zero_shot/3-7.json'\n"
+     "print(open(f if os.path.exists(SHARED) else P).read()[:2000])", {"error"}, ""),
     ("forge_report_then_raise", "results", "import os\nfor fd in range(3, 32):\n"
      "    for line in (b'error FORGED\\n', b'blocked FORGED\\n', b'limit FORGED\\n'):\n        try:\n"
      "            os.write(fd, line)\n        except OSError:\n            pass\nprint(2450)\n1 / 0", {"error"}, "exception"),
@@ -264,7 +267,7 @@ class World:
             harm.append("gold answers read")
         if "ESCAPED" in r.get("stdout", ""):
             harm.append("saw: " + r["stdout"].split("ESCAPED", 1)[1][:80])
-        if "FORGED" in r.get("reason", "") or r.get("status") == "blocked":
+        if "FORGED" in r.get("reason", ""):
             harm.append("status forged")
         if not self.planted.exists() or self.planted.read_text(encoding="utf-8") != self.secret \
                 or self._stat() != self.stat:
@@ -334,6 +337,7 @@ def run_all(run_python, names=None, plant_dir=None) -> list[dict]:
             if names and name not in names:
                 continue
             kw = limits(name)
+            kw = {k: v for k, v in kw.items() if k in inspect.signature(run_python).parameters}  # an older executor
             t0 = time.time()
             try:
                 r, raised = run_python(world.program(code), **kw), ""
