@@ -1502,7 +1502,7 @@ def _preflight_generate(cfg: GenerateConfig):
     if cfg.code and cfg.backend == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DataError("--code", None, None, "code mode runs on rank 0 only: with --backend vllm run it without "
                         "torchrun", reason="bad_flag")
-    if cfg.code and not cfg.code_unsandboxed and not sandbox.boundary()["ok"]:
+    if cfg.code and code_mode_tasks(cfg) and not cfg.code_unsandboxed and not sandbox.boundary()["ok"]:
         raise DataError("--code", None, None, f"no OS sandbox for the model's programs: {sandbox.boundary()['why']}; "
                         "or pass --code_unsandboxed to run them without one", reason="no_sandbox")
 

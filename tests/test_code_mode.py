@@ -11,6 +11,8 @@ import utils
 from conftest import exit_status
 
 REPO = Path(__file__).resolve().parents[1]
+NEEDS_SANDBOX = pytest.mark.skipif(not sandbox.boundary()["ok"], reason="no OS sandbox here (then --code stops; "
+                                   "test_code_mode_without_a_sandbox covers that)")
 SAMPLE = REPO / "data" / "sample" / "lawbench"
 
 
@@ -61,12 +63,14 @@ def _code_items(items, programs, wall_s=5.0):
     return out
 
 
+@NEEDS_SANDBOX
 def test_reference_programs_sample():
     items = E.load_lawbench_task(SAMPLE, "zero", "3-7")
     assert len(items) == len(SAMPLE_PROGRAMS)
     assert E.score_3_7(_code_items(items, SAMPLE_PROGRAMS)) == {"score": 1.0, "abstention_rate": 0.0}
 
 
+@NEEDS_SANDBOX
 @pytest.mark.parametrize("shot", ["zero", "one"])
 def test_reference_programs_shared(lawbench_dir, shot):
     items = E.load_lawbench_task(lawbench_dir, shot, "3-7", max_items=7)
@@ -96,6 +100,7 @@ def _fake_model(monkeypatch, calls):
     monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 10 ** 6)  # every prompt fits
 
 
+@NEEDS_SANDBOX
 def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, capsys):
     calls = []
     _fake_model(monkeypatch, calls)
@@ -159,6 +164,7 @@ def test_code_mode_without_a_sandbox(tiny_model, tmp_path, monkeypatch, capsys):
     assert all(it["exec"]["isolation"]["boundary"] == "none" for it in (items["0"], items["1"]))
 
 
+@NEEDS_SANDBOX
 def test_code_prompt_over_budget_is_refused(tiny_model, tmp_path, monkeypatch):
     """A code prompt longer than the budget is never sent to the model: recorded as refused, counted apart."""
     calls = []
@@ -176,6 +182,7 @@ def test_exec_counts():
         {"n": 7, "ran": 6, "ok": 1, "raised": 2, "timed_out": 1, "blocked": 1, "limit": 1, "no_code": 1, "refused": 0}
 
 
+@NEEDS_SANDBOX
 def test_code_mode_tiny_model(tiny_model, tmp_path, capsys):
     """The real plumbing on the tiny model (its numbers are near zero; what matters is that both modes run)."""
     rc = generate_code_mode(tiny_model, tmp_path, "--tasks", "3-7", "--max_new_tokens", "8", "--model_name", "tiny",
