@@ -65,8 +65,12 @@ def passes(executor_dir: str | None, names) -> dict:
     """{"root": rows, "user": rows}: root in a driver process of its own (it imports executor_dir's sandbox)."""
     cfg = Path(tempfile.mkdtemp(prefix="lexlab-iso-")) / "cfg.json"
     cfg.write_text(json.dumps({"path": [executor_dir or str(REPO), str(REPO / "tests")], "names": names}))
+    print(f"running {executor_dir or 'the checkout'}'s executor as root ...", file=sys.stderr, flush=True)
     out = subprocess.run([sys.executable, str(REPO / "tests" / "sandbox_hostile.py"), str(cfg)], capture_output=True,
-                         text=True, check=True)
+                         text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"sandbox_isolation: the root driver failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    print("... and as a new user", file=sys.stderr, flush=True)
     return {"root": json.loads(out.stdout), "user": H.run_as_new_user(executor_dir, names)}
 
 
