@@ -7,6 +7,7 @@ each in turn), so a load change on a shared machine hits all three alike; median
 """
 import argparse
 import importlib.util
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def old_executor(commit: str):
     spec = importlib.util.spec_from_file_location("old_executor", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    shutil.rmtree(path.parent)  # loaded: the file is no longer needed
     return mod.run_python
 
 

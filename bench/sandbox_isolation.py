@@ -9,6 +9,7 @@ OS layer alone, as after a bypass of the hook by crafted bytecode).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def passes(executor_dir: str | None, names) -> dict:
     print(f"running {executor_dir or 'the checkout'}'s executor as root ...", file=sys.stderr, flush=True)
     out = subprocess.run([sys.executable, str(REPO / "tests" / "sandbox_hostile.py"), str(cfg)], capture_output=True,
                          text=True)
+    shutil.rmtree(cfg.parent)
     if out.returncode != 0:
         raise SystemExit(f"sandbox_isolation: the root driver failed (exit {out.returncode}): {out.stderr[-2000:]}")
     print("... and as a new user", file=sys.stderr, flush=True)
@@ -78,7 +80,9 @@ def cell(rows, names) -> str:
     rows = {r["name"]: r for r in rows}
     present = [n for n in names if n in rows]
     bad = [n for n in present if rows[n]["harm"]]
-    return "n/a" if not present else f"ESCAPED {len(bad)}/{len(present)}" if bad else f"held {len(present)}/{len(present)}"
+    if not present:
+        return "n/a"
+    return f"ESCAPED {len(bad)}/{len(present)}" if bad else f"held {len(present)}/{len(present)}"
 
 
 def main():
@@ -91,11 +95,13 @@ def main():
     b = sandbox.boundary()
     names = [h[0] for h in H.HOSTILE]
     cols = {"new": passes(None, names)}
-    if args.old_commit:
-        cols["old"] = passes(old_executor_dir(args.old_commit, hook=True), names)
-        if args.hook_removed:
-            cols["old, hook removed"] = passes(old_executor_dir(args.old_commit, hook=False),
-                                               [n for n in names if n not in PARENT_KILLERS])
+    olds = [("old", True)] + [("old, hook removed", False)] * args.hook_removed if args.old_commit else []
+    for label, hook in olds:
+        d = old_executor_dir(args.old_commit, hook=hook)
+        try:
+            cols[label] = passes(d, [n for n in names if hook or n not in PARENT_KILLERS])
+        finally:
+            shutil.rmtree(d)
     print(f"bwrap {b.get('version')} ({b.get('bwrap')}); kernel {os.uname().release}; python {sys.version.split()[0]} "
           f"(root) and the user's (see tests/sandbox_hostile.py); {len(names)} programs")
     head = [f"{k} {w}" for k in cols for w in ("root", "user")]
