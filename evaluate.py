@@ -16,7 +16,7 @@ Sections (banner comments below):
                               prediction files in LawBench's layout, the paper-style table, the `score` subcommand
   2. Statute retrieval      - BM25 over jieba tokens of an articles.jsonl, the top-k prepended to a prompt
   3. Generation             - LawBench prompts -> predictions in LawBench's own layout, resumable
-  3b. Tool use              - 3-7 code mode: the model writes Python, run_python runs it in a sandbox
+  3b. Tool use              - 3-7 code mode: the model writes Python, sandbox.run_python runs it
   4. Judgment prediction    - CAIL2018 facts -> answer block -> charge / article / term / life-death metrics
   5. Long documents         - document + questions, middle truncation to the context, char-level F1
   5b. LexEval               - the second benchmark: generation in LexEval's layout, its official scores (lexeval.py)
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lexeval
+import sandbox
 import utils
 from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, LOG_216, DataError, plain_mean, plain_sum
 
@@ -850,6 +851,9 @@ class GenerateConfig:
                 "predictions under <model_name>-code, both modes side by side in <out>/code_mode.json"})
     code_wall_s: float = field(default=10.0, metadata={"help": "wall-time limit per program (code mode)",
                                                        "min": 0.5, "max": 600})
+    code_unsandboxed: bool = field(default=False, metadata={
+        "help": "code mode where no OS sandbox can be set up (no bubblewrap / user namespaces): run the programs as "
+                "plain child processes (rlimits only; they can read and write what you can). Off: --code stops"})
     overwrite: bool = field(default=False, metadata={
         "help": "regenerate the prediction files of --model_name (needed when another model made them)"})
 
@@ -1085,27 +1089,10 @@ def _gather_shares(world: int, gen: dict, refused: list) -> tuple[dict, list]:
 # code mode on the same items as the direct answers, into <out>/<shot>/<model_name>-code/<task>.json (LawBench's
 # layout; each item also keeps the completion, the program and its execution record), and reports both side by side.
 #
-# run_python(code) executes one program in a separate process. What it guarantees, and what it does not:
-#   OS layer (Linux; holds even if the Python layer is defeated):
-#     - an isolated interpreter: `python -I -S -X utf8` (no site-packages, no user paths, PYTHON* variables ignored)
-#     - a scrubbed environment (PATH, LC_ALL and HOME only: no API key or token of the evaluating process)
-#     - a fresh temporary working directory, removed afterwards
-#     - rlimits: CPU seconds, address space, open files, processes (no fork), written file size, no core dump (and
-#       the hook below allows 32 opens for writing: disk use stays under 32 x the file-size limit)
-#     - wall time and output size enforced by the parent (the whole process group is killed)
-#     - no network: a new network namespace (unshare(CLONE_NEWNET)) when root; `isolation.net` says whether it held
-#     - when root: the program runs as `nobody` (uid 65534), so it cannot signal the evaluating process, read
-#       root-only files or raise its own limits; `isolation.uid` says whether it held
-#   Python layer: an audit hook installed before the program runs ends the process (status "blocked") on: any
-#     import not preloaded (preloaded: the SANDBOX_MODULES the program's import statements name; so no ctypes,
-#     socket, subprocess, ..., nor __import__ of anything new), any ctypes or socket event, fork / exec /
-#     spawn / os.system / threads, kill / signalling, setrlimit, opening or changing files outside the working
-#     directory, frame and gc introspection (the way to reach the hook) and adding audit hooks.
-#   Not guaranteed: this is a benchmark harness, not a security boundary. A CPython bug (e.g. crafted bytecode) can
-#     escape the Python layer; without root there is no network namespace and no uid change, so the Python layer is
-#     all that stops sockets, and reading files the evaluating user can read; no filesystem namespace or seccomp
-#     filter is used (a program can still read world-readable files through an interpreter escape); CPU and memory
-#     are per process rlimits, not cgroups. Run evaluations of untrusted models in a container or VM as well.
+# Each program runs in sandbox.run_python (sandbox.py: an operating-system boundary, bubblewrap namespaces; what it
+# contains and what it does not is in its docstring and the README). Without a boundary, --code stops before generating
+# unless --code_unsandboxed accepts running the programs as plain child processes; every item's `exec` record keeps the
+# isolation it ran under.
 
 CODE_TASKS = {  # task -> the instruction that replaces LawBench's (the question is appended unchanged)
     "3-7": "请你编写一段Python程序，计算文书中涉及的犯罪总金额（单位：元）：把各笔金额写成数字，按文书计算总额，"
@@ -1115,255 +1102,6 @@ CODE_ONE_SHOT = {  # the one-shot example of LawBench 3-7 (its instruction holds
     "3-7": "下面是一个例子:\n文书:经审理查明，2017年8月7日凌晨，被告人潘洋在本市姑苏区现代花园X幢202室，趁同住的被害人陈某"
            "不备之际，盗窃其价值人民币2250元的苹果6Splus手机1部。\n```python\nphone = 2250\nprint(phone)\n```\n请你回答：",
 }
-SANDBOX_MODULES = ("math", "cmath", "decimal", "fractions", "numbers", "statistics", "random", "re", "json",
-                   "datetime", "time", "itertools", "functools", "collections", "heapq", "bisect", "copy",
-                   "string", "operator", "unicodedata")  # importable in the sandbox (preloaded; any other import ends it)
-EXEC_STATUSES = ("ok", "error", "timeout", "blocked", "limit")
-_BLOCKED_EXIT, _LIMIT_EXIT, _ERROR_EXIT = 120, 121, 122
-
-# The child's program (run as `python -I -S -X utf8 -c _SANDBOX_BOOT <report fd>`; the model's code comes on stdin).
-# Before the model's code: read it, preload its modules (sandbox_preloads), leave the network namespace, set limits,
-# drop to nobody, install the audit hook. Every line it writes to the report fd is "key value"; the parent reads them.
-_SANDBOX_BOOT = r'''
-import os, sys, resource
-def _boot(fd, limits, modules, root):
-    code = sys.stdin.buffer.read().decode("utf-8", "replace")
-    os.close(0); os.open(os.devnull, os.O_RDONLY)
-    for m in filter(None, modules):
-        __import__(m)
-    report = lambda line: os.write(fd, (line + "\n").encode())
-    if os.geteuid() == 0:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        report("net " + ("1" if libc.unshare(0x40000000) == 0 else "0 errno %d" % ctypes.get_errno()))  # CLONE_NEWNET
-        del libc, ctypes
-        for m in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-            del sys.modules[m]
-    else:
-        report("net 0 not root")
-    for name, value in limits:
-        try:
-            resource.setrlimit(getattr(resource, name), (value, value + (name == "RLIMIT_CPU")))  # SIGXCPU, then KILL
-        except (AttributeError, ValueError, OSError) as e:  # e.g. RLIMIT_AS on macOS: go on without it, say so
-            report("rlimit_missing %s %s" % (name, e))
-    if os.geteuid() == 0:
-        try:
-            os.setgroups([]); os.setgid(65534); os.setuid(65534)
-            report("uid 1")
-        except OSError as e:
-            report("uid 0 %s" % e)
-    else:
-        report("uid 0 not root")
-    root = os.path.realpath(root)
-    def inside(p):  # only exact str / bytes / int: a PathLike or a str subclass could answer differently later
-        if type(p) is int:  # an open descriptor: it was checked when opened
-            return True
-        if type(p) not in (str, bytes):
-            return False
-        p = os.path.realpath(os.fsdecode(p))
-        return p == root or p.startswith(root + os.sep)
-    deny = frozenset(("os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
-                      "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "resource.setrlimit",
-                      "resource.prlimit", "sys.addaudithook", "_thread.start_new_thread", "sys._getframe",
-                      "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects", "gc.get_referrers",
-                      "gc.get_referents", "object.__getattr__", "import", "os.setxattr", "os.removexattr",
-                      "os.chroot", "pty.spawn", "webbrowser.open", "winreg", "sys.remote_exec"))
-    paths = frozenset(("open", "os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod", "os.chown",
-                       "os.chflags", "os.lchflags", "os.lchmod", "os.link", "os.symlink", "os.mkdir", "os.utime",
-                       "os.listdir", "os.scandir", "os.chdir", "shutil.rmtree", "shutil.copyfile", "shutil.move",
-                       "os.mkfifo", "os.mknod", "os.listxattr", "os.getxattr"))
-    out, exit_, functions = sys.stdout, os._exit, (type(_boot), type(len))
-    writing, opened_for_writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND, [0]
-    def hook(event, args):
-        if event == "open" and type(args[2]) is int and args[2] & writing:  # disk use <= files x RLIMIT_FSIZE
-            opened_for_writing[0] += 1
-            if opened_for_writing[0] > @MAX_WRITTEN@:
-                report("limit files written > @MAX_WRITTEN@")
-                exit_(@LIMIT@)
-        if event in deny or event.startswith(("ctypes.", "socket.", "_ctypes")) or (
-                event in ("object.__setattr__", "object.__delattr__") and isinstance(args[0], functions)) or (
-                event in paths and not all(inside(a) for a in args[:2 if event in ("os.rename", "os.link",
-                                            "os.symlink", "shutil.copyfile", "shutil.move") else 1]
-                                            if a is not None)):
-            try:
-                report("blocked %s %s" % (event, repr(args)[:200]))
-                out.flush()
-            finally:
-                exit_(@BLOCKED@)
-    sys.addaudithook(hook)
-    try:
-        compiled = compile(code, "<model>", "exec")
-    except (SyntaxError, ValueError) as e:
-        report("error " + type(e).__name__)
-        sys.__excepthook__(type(e), e, None)
-        exit_(@ERROR@)
-    g = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        exec(compiled, g)
-    except MemoryError:
-        report("limit memory")
-        exit_(@LIMIT@)
-    except SystemExit:
-        raise
-    except (OSError, RuntimeError) as e:  # an rlimit as an errno (EFBIG, EMFILE, EAGAIN) or "can't start new thread"
-        what = {27: "file size", 24: "open files", 11: "processes"}.get(getattr(e, "errno", None)) or (
-            "processes" if "new thread" in str(e) else None)
-        report(("limit " + what) if what else ("error " + type(e).__name__))
-        sys.__excepthook__(type(e), e, e.__traceback__)
-        out.flush()
-        exit_(@LIMIT@ if what else @ERROR@)
-    except BaseException as e:
-        report("error " + type(e).__name__)
-        sys.__excepthook__(type(e), e, e.__traceback__)
-        out.flush()
-        exit_(@ERROR@)
-    out.flush()
-    exit_(0)
-_boot(int(sys.argv[1]), [(k, int(v)) for k, v in (x.split("=") for x in sys.argv[2].split(","))],
-      sys.argv[3].split(","), os.getcwd())
-'''.replace("@BLOCKED@", str(_BLOCKED_EXIT)).replace("@LIMIT@", str(_LIMIT_EXIT)).replace("@ERROR@", str(_ERROR_EXIT)).replace("@MAX_WRITTEN@", "32")
-
-
-def sandbox_preloads(code: str) -> list[str]:
-    """The SANDBOX_MODULES that `code` imports by name (import / from-import statements), preloaded before the audit
-    hook (an import after it ends the program). Only these: each costs start-up time. datetime and time bring
-    _strptime, which their strptime imports lazily."""
-    import ast
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-        return []
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    mods = [m for m in SANDBOX_MODULES if m in names]
-    return mods + ["_strptime"] * bool({"datetime", "time"} & names)
-
-
-def run_python(code: str, wall_s: float = 10.0, *, cpu_s: int | None = None, memory_mb: int = 512,
-               max_output: int = 65536, max_files: int = 32, max_file_mb: int = 16) -> dict:
-    """Run one untrusted program in a sandboxed child process (see the section comment for what that means).
-
-    Returns {status, reason, stdout, stderr, returncode, seconds, isolation: {net, uid, rlimits}} with status one of
-    EXEC_STATUSES: ok (exit 0), error (an exception / non-zero exit / crash), timeout (wall_s passed), blocked (the
-    audit hook ended it; reason names the event), limit (CPU seconds, memory, output or file size). stdout is the
-    first max_output bytes, decoded as UTF-8. Never raises for anything the program does.
-    """
-    import selectors
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-    t0 = time.monotonic()
-    # without cpu_s the CPU rlimit is a backstop one second past the wall, so that the parent's wall check (which can
-    # wake late on a loaded machine) is what ends a busy loop: "timeout", never a race with "limit"
-    cpu = cpu_s if cpu_s is not None else math.ceil(wall_s) + 1
-    limits = {"RLIMIT_CPU": cpu, "RLIMIT_AS": memory_mb << 20, "RLIMIT_NOFILE": max_files, "RLIMIT_NPROC": 1,
-              "RLIMIT_FSIZE": max_file_mb << 20, "RLIMIT_CORE": 0}
-    work = Path(tempfile.mkdtemp(prefix="lexlab-sandbox-"))
-    if os.geteuid() == 0:
-        os.chown(work, 65534, 65534)
-    read_fd, write_fd = os.pipe()
-    result = {"status": "error", "reason": "", "stdout": "", "stderr": "", "returncode": None, "seconds": 0.0,
-              "isolation": {"net": False, "uid": False, "rlimits": False}}
-    proc = None
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-X", "utf8", "-c", _SANDBOX_BOOT, str(write_fd),
-             ",".join(f"{k}={v}" for k, v in limits.items()), ",".join(sandbox_preloads(code))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,), cwd=work,
-            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(work)}, start_new_session=True)
-        os.close(write_fd)
-        write_fd = None
-        try:
-            proc.stdin.write(code.encode("utf-8", "replace"))
-            proc.stdin.close()
-        except OSError:  # the child died before reading (e.g. a limit at start-up): its exit status says why
-            pass
-        bufs = {proc.stdout: bytearray(), proc.stderr: bytearray(), read_fd: bytearray()}
-        caps = {proc.stdout: max_output, proc.stderr: max_output, read_fd: 65536}
-        with selectors.DefaultSelector() as sel:
-            for f in bufs:
-                sel.register(f, selectors.EVENT_READ)
-            killed = ""
-            while sel.get_map():
-                left = wall_s - (time.monotonic() - t0)
-                if left <= 0:
-                    killed = "timeout"
-                    break
-                for key, _ in sel.select(timeout=min(left, 0.5)):
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        sel.unregister(key.fileobj)
-                        continue
-                    buf = bufs[key.fileobj]
-                    buf += chunk[:max(0, caps[key.fileobj] - len(buf))]
-                    if len(chunk) and len(buf) >= caps[key.fileobj] and key.fileobj is not read_fd:
-                        killed = "output"
-                if killed:
-                    break
-        if not killed:  # every pipe closed: the program may still run (it can close them itself)
-            try:
-                proc.wait(timeout=max(0.0, wall_s - (time.monotonic() - t0)))
-            except subprocess.TimeoutExpired:
-                killed = "timeout"
-        if killed:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            proc.kill()
-        rc = proc.wait()
-        try:  # anything the program left behind in its process group (it cannot fork, but if it did)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        report = {}
-        for line in bufs[read_fd].decode("utf-8", "replace").splitlines():
-            key, _, value = line.partition(" ")
-            report.setdefault(key, value)  # the first line of a kind wins (the boot writes before the program)
-        result["isolation"] = {"net": report.get("net", "0").startswith("1"),
-                               "uid": report.get("uid", "0").startswith("1"),
-                               "rlimits": "rlimit_missing" not in report}
-        if killed == "timeout":
-            status, reason = "timeout", f"wall {wall_s:g} s"
-        elif killed == "output":
-            status, reason = "limit", f"output > {max_output} bytes"
-        elif rc == _BLOCKED_EXIT:
-            status, reason = "blocked", report.get("blocked", "audit hook")
-        elif rc == 0:
-            status, reason = "ok", ""
-        elif rc == _LIMIT_EXIT:
-            status, reason = "limit", report.get("limit", "")
-        elif rc == -signal.SIGXCPU:
-            status, reason = "limit", f"cpu {cpu} s"
-        elif rc == -signal.SIGKILL:  # not by us: the CPU hard limit (cpu + 1 s) or the kernel's OOM killer
-            status, reason = "limit", f"killed (cpu {cpu} s hard limit or out of memory)"
-        elif rc == -signal.SIGXFSZ:
-            status, reason = "limit", f"file size > {max_file_mb} MiB"
-        elif rc < 0:
-            status, reason = "error", f"signal {-rc}"
-        else:
-            status, reason = "error", report.get("error", f"exit {rc}")
-        result.update(status=status, reason=reason, returncode=rc,
-                      stdout=bytes(bufs[proc.stdout]).decode("utf-8", "replace"),
-                      stderr=bytes(bufs[proc.stderr]).decode("utf-8", "replace"))
-    except Exception as e:  # the evaluating side failed (e.g. no process could be started): recorded, not raised
-        result.update(status="error", reason=f"sandbox: {type(e).__name__}: {e}")
-    finally:
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            proc.wait()
-        for f in (proc.stdout, proc.stderr) if proc is not None else ():
-            f.close()
-        for fd in (read_fd, write_fd):
-            if fd is not None:
-                os.close(fd)
-        shutil.rmtree(work, ignore_errors=True)
-    result["seconds"] = round(time.monotonic() - t0, 3)
-    return result
 
 
 _CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
@@ -1432,7 +1170,8 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str, want:
                 for prompt, out, it in tqdm(list(zip(prompts, outs, items)), desc=f"{SHOTS[shot]} {task} code"):
                     code, found = extract_program(out or "")
                     run = {"status": "refused", "stdout": ""} if out is None else \
-                        run_python(code, wall_s=cfg.code_wall_s) if found else {"status": "no_code", "stdout": ""}
+                        sandbox.run_python(code, wall_s=cfg.code_wall_s, unsandboxed=cfg.code_unsandboxed) \
+                        if found else {"status": "no_code", "stdout": ""}
                     out = out or ""
                     done.append({"origin_prompt": [{"role": "HUMAN", "prompt": prompt}], "prediction": run["stdout"],
                                  "refr": it["answer"], "completion": out, "code": code if found else "",
@@ -2033,6 +1772,9 @@ def _preflight_generate(cfg: GenerateConfig):
     if cfg.code and cfg.backend == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DataError("--code", None, None, "code mode runs on rank 0 only: with --backend vllm run it without "
                         "torchrun", reason="bad_flag")
+    if cfg.code and code_mode_tasks(cfg) and not cfg.code_unsandboxed and not sandbox.boundary()["ok"]:
+        raise DataError("--code", None, None, f"no OS sandbox for the model's programs: {sandbox.boundary()['why']}; "
+                        "or pass --code_unsandboxed to run them without one", reason="no_sandbox")
 
 
 def _preflight_judgment(cfg: JudgmentConfig):

