@@ -34,7 +34,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import multiprocessing as mp
 import os
 import re
