@@ -39,7 +39,7 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -746,6 +746,12 @@ class RubricConfig:
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
                                                    "min": 0})
     seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
+    overwrite: bool = field(default=False, metadata={"help": "replace the grades of another grading in --out"})
+
+
+# What a rubric folder holds: one grading (judge model, prompt version, criteria, systems and their answers, one
+# question set). A rerun resumes from the cache; another grading is refused unless --overwrite (utils.prepare_run_dir).
+RUBRIC_OUTPUTS = ("rubric_grades.jsonl", "rubric_summary.json", "*.tmp")
 
 
 def rubric_systems(cfg: RubricConfig, questions: list[dict]) -> list[tuple[str, dict[str, str]]]:
@@ -780,7 +786,12 @@ def run_rubric(cfg: RubricConfig) -> dict:
     check_endpoint(cfg.llm_url, api_key, min(cfg.timeout, 30.0))
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    utils.prepare_run_dir(out, {"llm_model": cfg.llm_model, "prompt_version": RUBRIC_PROMPT_VERSION,
+                                "criteria": criteria, "systems": [name for name, _ in systems],
+                                "answers_fingerprints": [utils.fingerprint(p) for p in cfg.answers.split(",") if p],
+                                "questions_fingerprint": utils.fingerprint(cfg.questions), "max_items": cfg.max_items,
+                                "category_field": cfg.category_field},
+                          resume=True, overwrite=cfg.overwrite, outputs=RUBRIC_OUTPUTS)
     utils.save_config(cfg, out)  # the env var's name, never the key
     client = utils.ChatClient(cfg.llm_url, cfg.llm_model, api_key, cfg.timeout, cfg.max_retries, cfg.backoff,
                               cfg.backoff_max, cfg.judge_max_tokens)
@@ -854,6 +865,12 @@ def main_rubric(argv) -> None:
         run_rubric(cfg)
     except DataError as e:
         utils.fail("judge.py rubric", e)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail("judge.py rubric", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    finally:
+        utils.unlock_run_dirs()
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 9. The expert page (`judge.py human`): blind pairwise comparison by legal experts, served from this machine
@@ -1297,6 +1314,11 @@ def serve_study(study: Study, host: str, port: int):
     from http.server import ThreadingHTTPServer
     server = ThreadingHTTPServer((host, port), page_handler(study))
     server.daemon_threads = True
+    try:
+        utils.lock_run_dir(study.out)  # one server per study folder (utils' run-folder lock)
+    except DataError:
+        server.server_close()
+        raise
     save_study(study)
     return server
 
@@ -1323,6 +1345,7 @@ def main_human(argv) -> None:
         pass
     finally:
         server.server_close()
+        utils.unlock_run_dirs()
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 10. Agreement (`judge.py agreement`): between experts, and between experts and the LLM judge
@@ -1519,18 +1542,16 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     utils.check_fields(cfg)
     utils.check_out_dir(cfg.out)
     out = Path(cfg.out)
-    saved = out / "config.json"
-    if saved.is_file() and not cfg.overwrite:  # one agreement per folder: the same inputs may recompute it
-        old = {k: v for k, v in utils.read_json(saved).items() if k != "overwrite"}
-        if old != {k: v for k, v in asdict(cfg).items() if k != "overwrite"}:
-            raise DataError("--out", None, None, f"{out} holds the agreement of other inputs (config.json): use "
-                            "another --out or --overwrite", reason="bad_flag")
     votes = read_votes(cfg.votes)
+    # one agreement per folder (utils.prepare_run_dir): the same inputs recompute it, other inputs need --overwrite
+    extra = {"votes_fingerprint": utils.fingerprint(cfg.votes),
+             "judge_fingerprint": utils.fingerprint(cfg.judge) if cfg.judge else None}
+    utils.prepare_run_dir(out, utils.run_identity(cfg, ("out", "overwrite"), extra), resume=True,
+                          overwrite=cfg.overwrite, outputs=("agreement.json",))
+    utils.save_config(cfg, out)
     result = human_agreement(votes)
     if cfg.judge is not None:
         result.update(judge_human(votes, cfg.judge, cfg.bootstrap, cfg.seed))
-    out.mkdir(parents=True, exist_ok=True)
-    utils.save_config(cfg, out)
     (out / "agreement.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     print_agreement(result, votes)
     return result
@@ -1567,6 +1588,12 @@ def main_agreement(argv) -> None:
         run_agreement(cfg)
     except DataError as e:
         utils.fail("judge.py agreement", e)
+    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        if e.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail("judge.py agreement", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    finally:
+        utils.unlock_run_dirs()
 
 
 SUBCOMMANDS = {"rubric": main_rubric, "human": main_human, "agreement": main_agreement}

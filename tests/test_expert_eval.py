@@ -2,6 +2,7 @@
 OpenAI-compatible endpoint of test_judge.py), `human` (the expert page: design, every access rule, concurrent votes,
 a real headless Chromium driving two annotators) and `agreement` (the libraries' statistics on constructed cases with
 known answers, and the judge-human comparison read from what the pairwise judge really writes)."""
+import dataclasses
 import json
 import os
 import re
@@ -85,6 +86,8 @@ def test_rubric_against_fake_endpoint(tmp_path):
         s = judge.run_rubric(cfg)
         calls = dict(fake.calls)
         s2 = judge.run_rubric(cfg)
+        with pytest.raises(utils.RunDirError, match="llm_model: 'fake' -> 'other'"):  # one grading per folder
+            judge.run_rubric(dataclasses.replace(cfg, llm_model="other"))
     finally:
         os.environ.pop("LEXLAB_TEST_KEY")
         fake.close()
@@ -475,7 +478,7 @@ def test_our_sample_votes_and_one_agreement_per_folder(tmp_path, capsys):
     assert all(v is not None for v in [r["cohen_kappa"], r["fleiss_kappa"], r["krippendorff_alpha_verdict"]])
     assert "Fleiss kappa" in capsys.readouterr().out
     assert exit_status(judge.main, args + ["--seed", "1"]) == 2
-    assert "holds the agreement of other inputs" in capsys.readouterr().err
+    assert "holds a run made with a different config (seed: 0 -> 1)" in capsys.readouterr().err
     assert exit_status(judge.main, args + ["--seed", "1", "--overwrite"]) == 0
 
 
