@@ -161,3 +161,12 @@ def test_recipes_refuse_without_weights():
         r = subprocess.run(["bash", str(REPO / "recipes" / script)], capture_output=True, text=True, timeout=60,
                            env={k: v for k, v in os.environ.items() if k not in ("MODEL", "DRY_RUN")})
         assert r.returncode == 2 and "set MODEL=" in r.stderr
+
+
+def test_lawbench_table_without_lawbench(tmp_path):
+    """Without ../shared (a plain clone) the recipe ends with one line saying what it needs, not a realpath error."""
+    (tmp_path / "cwd").mkdir()  # ../shared/lawbench relative to it does not exist
+    r = subprocess.run(["bash", str(REPO / "recipes" / "lawbench_table.sh")], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path / "cwd")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("lawbench_table.sh: error: ../shared/lawbench: not a LawBench copy"), r.stderr
