@@ -216,10 +216,10 @@ def _note_empty_series(ax, ys, what: str = "", why: str | None = None) -> None:
     why: the reason it is zero by construction (e.g. '--beta 0: no reference model'), said instead of the count."""
     ys = np.asarray(ys, dtype=float)
     if why is not None:
-        ax.text(0.5, 0.5, f"0 by construction\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8,
-                color="gray")
+        ax.text(0.5, 0.75, f"0 by construction\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                color="gray")  # above the flat line (which sits mid-axis), not over it
     elif len(ys) == 0 or not np.any(ys):
-        ax.text(0.5, 0.5, f"{what}{'no data' if len(ys) == 0 else f'all {len(ys)} values are 0'}",
+        ax.text(0.5, 0.75, f"{what}{'no data' if len(ys) == 0 else f'all {len(ys)} values are 0'}",
                 transform=ax.transAxes, ha="center", va="center", fontsize=8, color="firebrick")
 
 
@@ -276,13 +276,19 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
         for x, c, y in zip(xs, cats, ys):
             label = f"{y:.1f}" if not np.isnan(y) else \
                 f"{sum(t in scores for t in utils.category_tasks(c))}/{len(utils.category_tasks(c))}\ntasks"
-            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=7)
-    partial = [f"{n}: {sum(t in ours[n] for t in utils.LAWBENCH_TASKS)} of 20 tasks" for n in ours
+            ax.annotate(label, (x, 0 if np.isnan(y) else y), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xlim(-0.6, len(cats) - 0.4)  # room for the labels of the outer groups, bars drawn or not
+    partial = [f"{n}: {sum(t in ours[n] for t in utils.LAWBENCH_TASKS)} of 20 tasks scored" for n in ours
                if not all(t in ours[n] for t in utils.LAWBENCH_TASKS)]
     if partial:
-        ax.text(0.5, 0.95, "; ".join(partial) + " scored: a category (and the Average) is drawn only when all its "
-                "tasks are", transform=ax.transAxes, ha="center", va="top", fontsize=8, color="firebrick")
+        import textwrap
+        ax.text(0.5, 0.95, textwrap.fill("; ".join(partial) + ". A category (and the Average) is drawn only when all "
+                                         "its tasks are scored.", 100), transform=ax.transAxes, ha="center",
+                va="top", fontsize=8, color="firebrick")
     _zero_axis(ax, values)
+    if partial:  # headroom for the note above the tallest bar and its label
+        ax.set_ylim(ax.get_ylim()[0], 1.3 * ax.get_ylim()[1])
     ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
     ax.set_ylabel("得分 score (x100)")
     ax.set_title(f"{title}: 分类得分 by category")
@@ -481,9 +487,11 @@ def plot_rag_effect(effect: dict, out) -> Path:
         x = np.arange(len(names))
         without = np.array([metrics[k]["without_rag"] for k in names], dtype=float)
         with_ = np.array([metrics[k]["with_rag"] for k in names], dtype=float)
-        ax.bar(x - 0.2, without, 0.4, label="无检索 without retrieval")
+        bars0 = ax.bar(x - 0.2, without, 0.4, label="无检索 without retrieval")
         bars = ax.bar(x + 0.2, with_, 0.4, label=f"检索 with retrieval ({tag})")
-        ax.bar_label(bars, labels=[f"{metrics[k]['change']:+.3f}" for k in names], fontsize=7, padding=2)
+        ax.bar_label(bars0, labels=[f"{v:.2f}" for v in without], fontsize=6, padding=1)
+        ax.bar_label(bars, labels=[f"{v:.2f}\n{metrics[k]['change']:+.3f}" for k, v in zip(names, with_)], fontsize=6,
+                     padding=1)
         ax.set_xticks(x, [k.replace("_", "\n", 1) for k in names], fontsize=7)
         ax.set_ylim(0, max(1.0, 1.15 * max(without.max(), with_.max())))
         recall = (effect["runs"][tag] or {}).get("rag_recall")
@@ -492,7 +500,8 @@ def plot_rag_effect(effect: dict, out) -> Path:
                      fontsize=9)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("判决预测 judgment prediction: 法条检索的作用 with vs without statute retrieval (change above)")
+    fig.suptitle("判决预测 judgment prediction: 法条检索的作用 with vs without statute retrieval\n(value; with: value "
+                 "and change)", fontsize=11)
     return _save(fig, out)
 
 
@@ -557,6 +566,7 @@ def plot_longdoc(metrics: dict, predictions: list[dict], out) -> Path:
                  f"context", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
+    _note_empty_series(ax, f1, "char F1: ")
     return _save(fig, out)
 
 
@@ -679,6 +689,7 @@ class PlotConfig:
                                        metadata={"help": "comma-separated LawBench model names drawn beside ours"})
     window: int = dataclasses.field(default=5, metadata={"help": "moving-average window (steps) of the SFT loss and "
                                                                  "the GRPO curves (1: raw)", "min": 1})
+    dpi: int = dataclasses.field(default=DPI, metadata={"help": "PNG resolution (dots per inch)", "min": 20})
 
 
 def _found(run: Path, pattern: str) -> list[Path]:
@@ -692,7 +703,9 @@ def _tag(run: Path, p: Path) -> str:
 
 def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     """Draw everything drawable from cfg.run. Returns (written files, skipped messages)."""
+    global DPI
     utils.check_fields(cfg)
+    DPI = cfg.dpi
     run = Path(cfg.run)
     if not run.is_dir():
         raise utils.DataError(run, None, None, "run folder not found")

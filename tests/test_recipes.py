@@ -66,7 +66,8 @@ def test_demo_evaluates_judges_and_plots(demo_run):
     assert all(s["prompt"].startswith(utils.JUDGMENT_INSTRUCTION) and s["truth"]["charges"] for s in samples)
     assert json.loads((run / "eval" / "longdoc" / "metrics.json").read_text())["questions"] == 10
     assert "skipped: no judge endpoint" in out and "LEXLAB_JUDGE_URL" in out
-    for name in ("data_mix", "length_hist", "sft_curves", "grpo_curves_rl"):
+    for name in ("data_mix", "length_hist", "sft_curves", "grpo_curves_rl", "code_mode_lawbench", "rag_effect_judgment",
+                 "longdoc_longdoc", "lawbench_categories_lawbench_scores"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 10_000, name
 
 
