@@ -1075,8 +1075,9 @@ def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN):
 
 # CPU threads. torch's default is one intra-op thread per core. The tiny model's kernels (hidden 128) are too small to
 # gain from a second thread, and on a busy machine every parallel op waits until all its threads have been scheduled:
-# the demo's GRPO went from ~1 s to 10-30 s per step at load 4 on 2 cores (bench/bench_demo_load.py; LOG.md). So a
-# small model on CPU runs one thread; a larger one keeps the default; OMP_NUM_THREADS, when set, always wins.
+# the demo's GRPO step on a shared 2-core machine took 62 s with two threads vs 2.6 s with one, 265-320 s vs 18 s
+# beside 4 busy processes (bench/bench_demo_load.py, LOG.md 2026-12-05). So a small model on CPU runs one thread; a
+# larger one keeps the default; OMP_NUM_THREADS, when set, always wins.
 CPU_THREADS_MAX_HIDDEN = 1024  # hidden_size below which a CPU run uses one intra-op thread
 
 

@@ -9,6 +9,7 @@ that each spin a core (`while True: pass`, what `stress --cpu N` does), for each
   all      OMP_NUM_THREADS = every core (torch's own default, what rl.py did before)
 and prints the mean step time (first step excluded), the wall time of the command and the ratio loaded / idle.
 The machine's load average is printed beside each number: on a shared machine "idle" means "no load added by us".
+The `all` runs are slow on a busy machine (minutes per step): `--threads default` alone times what users get.
 """
 import argparse
 import json
