@@ -316,7 +316,8 @@ def test_evaluate_figures(tmp_path, caplog, drawn, produced):
                                   tmp_path / "l.png"))
     tag, metrics = next(iter(effect["runs"].items()))
     assert any(t.startswith(f"{tag}: {effect['items']} items") for t in drawn)
-    assert f"{metrics['charge_micro_f1']['change']:+.3f}" in drawn
+    f1 = metrics["charge_micro_f1"]
+    assert f"{f1['without_rag']:.2f}" in drawn and f"{f1['with_rag']:.2f}\n{f1['change']:+.3f}" in drawn
     assert "zero_shot/3-7" in drawn and f"zero_shot/3-7\n(n={code['zero_shot/3-7']['n']})" in drawn
     assert any(f"{ld['questions']} questions on {ld['documents']} documents" in t for t in drawn)
     with pytest.raises(ValueError, match="no run to compare"):
