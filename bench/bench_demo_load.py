@@ -76,8 +76,8 @@ def main():
         print(f"threads {setting:>7}: loaded / idle step time {busy['step_s'] / idle['step_s']:.2f}x "
               f"({idle['step_s']:.2f} -> {busy['step_s']:.2f} s/step)")
     if "default" in a.threads.split(",") and "all" in a.threads.split(","):
-        print(f"under load: threads all / default {results['all', a.busy]['step_s'] / results['default', a.busy]['step_s']:.2f}x"
-              f"   idle: {results['all', 0]['step_s'] / results['default', 0]['step_s']:.2f}x")
+        ratio = {busy: results["all", busy]["step_s"] / results["default", busy]["step_s"] for busy in (0, a.busy)}
+        print(f"threads all / default: {ratio[a.busy]:.2f}x under load, {ratio[0]:.2f}x without added load")
 
 
 if __name__ == "__main__":

@@ -797,7 +797,8 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
                                          out / f"longdoc_{_tag(run, p)}{ext}"))
     for what, found, pattern in (("code mode", codes, "code_mode.json (evaluate.py generate --code)"),
                                  ("retrieval", effects, "rag_effect.json (evaluate.py judgment, plain and --rag)"),
-                                 ("long documents", longdocs, "metrics.json + predictions.jsonl (evaluate.py longdoc)")):
+                                 ("long documents", longdocs, "metrics.json + predictions.jsonl (evaluate.py "
+                                                              "longdoc)")):
         if not found:
             skipped.append(f"{what}: no eval*/**/{pattern}")
 
