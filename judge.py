@@ -32,6 +32,7 @@ import base64
 import hashlib
 import http.client
 import json
+import math
 import os
 import re
 import sys
@@ -406,8 +407,20 @@ def rates(outcomes: list[str]) -> tuple[float | None, float | None]:
     return win, adj
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval of a proportion k/n (None when n = 0). Unlike a bootstrap it is not degenerate for
+    small n: 1 win of 1 gives [0.207, 1.0], not [1.0, 1.0]."""
+    if n <= 0:
+        return None
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, mid - half), 4), round(min(1.0, mid + half), 4)]
+
+
 def bootstrap_ci(outcomes: list[str], n: int, seed: int) -> dict:
-    """95% percentile intervals of (win_rate, adjusted_win_rate); pairs resampled with replacement, errors left out."""
+    """95% intervals of (win_rate, adjusted_win_rate), errors left out: win_rate W/(W+T+L) gets the Wilson interval
+    (a proportion over the consistent pairs); adjusted_win_rate (half credits) a seeded percentile bootstrap, pairs
+    resampled with replacement."""
     import numpy as np
     pairs = np.array([c for c in outcomes if c != "E"])
     if len(pairs) == 0 or n <= 0:
@@ -415,12 +428,10 @@ def bootstrap_ci(outcomes: list[str], n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     sample = pairs[rng.integers(0, len(pairs), size=(n, len(pairs)))]  # (n, pairs)
     w, t, l, i = ((sample == c).sum(1) for c in "WTLI")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        win = w / (w + t + l)
-        adj = (w + 0.5 * (t + i)) / (w + t + l + i)
-    win = win[~np.isnan(win)]
-    ci = lambda x: [round(float(v), 4) for v in np.percentile(x, [2.5, 97.5])] if len(x) else None  # noqa: E731
-    return {"win_rate": ci(win), "adjusted_win_rate": ci(adj)}
+    adj = (w + 0.5 * (t + i)) / (w + t + l + i)
+    w, t, l = (outcomes.count(c) for c in "WTL")
+    return {"win_rate": wilson_interval(w, w + t + l),
+            "adjusted_win_rate": [round(float(v), 4) for v in np.percentile(adj, [2.5, 97.5])]}
 
 
 def score(outcomes: list[str], len_a: list[int], len_b: list[int], n_boot: int, seed: int) -> dict:

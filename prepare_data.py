@@ -777,10 +777,11 @@ def chunked(it, n):
         yield chunk
 
 
-def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) -> dict:
+def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int, n_legal: int) -> dict:
     """Tokenize the mix into work/tokens.bin (int32) + work/sup.bin (uint8); returns lengths, the samples of each
-    stage (indices into the store) and the overlong counts."""
-    lengths, members = [], {1: [], 2: []}
+    stage (indices into the store), which stored samples are general data (the mix's first n_legal are legal) and the
+    overlong counts."""
+    lengths, members, general, seen = [], {1: [], 2: []}, [], 0
     over = {"truncated": 0, "dropped": 0}
     from transformers import AutoTokenizer  # noqa: F401  imported once here, inherited by forked workers
     ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
@@ -795,6 +796,7 @@ def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) ->
         bar = tqdm(total=total, desc="tokenize", unit="sample", mininterval=2)
         for res in results:
             for ids, sup, st in res:
+                seen += 1
                 if len(ids) > cfg.seq_len:
                     if cfg.overlong == "drop":
                         over["dropped"] += 1
@@ -806,12 +808,13 @@ def tokenize_all(cfg: Config, work: Path, general_keep: set[int], total: int) ->
                 for stage in st:
                     members[stage].append(len(lengths))
                 lengths.append(len(ids))
+                general.append(seen > n_legal)
             bar.update(len(res))
         bar.close()
         if pool is not None:
             pool.close()
             pool.join()
-    return {"lengths": np.asarray(lengths, dtype=np.int64), "overlong": over,
+    return {"lengths": np.asarray(lengths, dtype=np.int64), "overlong": over, "general": np.asarray(general, bool),
             "members": {k: np.asarray(v, dtype=np.int64) for k, v in members.items()}}
 
 
@@ -1052,7 +1055,7 @@ def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | N
                      "general_available": c["general_samples"], "rl_prompts": c["rl_prompts"]}
 
     # 8: tokenize + pack
-    tok = tokenize_all(cfg, out / "work", general_keep, c["legal_samples"] + n_gen)
+    tok = tokenize_all(cfg, out / "work", general_keep, c["legal_samples"] + n_gen, c["legal_samples"])
     timings["tokenize"] = time.time() - t0 - sum(timings.values())
     from transformers import AutoTokenizer
     pad_id = AutoTokenizer.from_pretrained(cfg.model).pad_token_id or 0
@@ -1063,6 +1066,10 @@ def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | N
     for stage, index in tok["members"].items():
         name = f"stage{stage}"
         report["stages"][name] = write_stage(cfg, out / "work", out / name, name, index, lengths, offsets, pad_id)
+        gen = tok["general"][index]  # each stage's legal / general share (plots.py draws it)
+        report["stages"][name]["mix"] = {
+            "legal": {"samples": int((~gen).sum()), "tokens": int(lengths[index][~gen].sum())},
+            "general": {"samples": int(gen.sum()), "tokens": int(lengths[index][gen].sum())}}
     for f in ("tokens.bin", "sup.bin"):
         (out / "work" / f).unlink()
     timings["pack_write"] = time.time() - t0 - sum(timings.values())

@@ -995,6 +995,7 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
     samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
     G, P = cfg.group_size, cfg.prompts_per_step
+    no_signal_steps = 0  # steps where every group had equal rewards (warned once, counted at the end)
 
     def save(step: int) -> Path:
         return utils.save_checkpoint(ckpt_root, step, model, optimizer, {"step": step, "sampler": sampler.getstate(),
@@ -1051,6 +1052,10 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
             "rollout_tok_s": sum(len(c.ids) for c in comps) / max(t_rollout, 1e-9)}, device)}
         row["dropped_groups"] *= world
         row["rollout_tok_s"] *= world
+        # no learning signal: every group of the step (all ranks) had equal rewards, so every advantage is 0
+        row["equal_reward_groups"] = round(row["zero_var_frac"] * P * world)
+        row["no_learning_signal"] = row["equal_reward_groups"] == P * world
+        no_signal_steps += row["no_learning_signal"]
         diff = None
         if vllm_logp is not None:
             lm = length_mask(batch["lengths"], vllm_logp.shape[1])
@@ -1064,6 +1069,9 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
+            if row["no_learning_signal"] and no_signal_steps == 1:
+                tqdm.write(f"rl.py: warning: step {step + 1}: all {P * world} groups have equal rewards (no learning "
+                           "signal: every advantage is 0); counted per step as no_learning_signal in metrics.jsonl")
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 tqdm.write(f"step {step + 1} reward {row['reward']:.3f} kl {row['kl']:.4f} "
                            f"clip {row['clip_frac']:.3f} len {row['completion_len']:.1f} {row['step_time']:.2f}s")
@@ -1083,6 +1091,9 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
             raise stop.interrupted(step + 1, utils.latest_checkpoint(ckpt_root) if scheduled else save(step + 1))
     stop.uninstall()
 
+    if no_signal_steps:
+        utils.print0(f"rl.py: {no_signal_steps} of {cfg.max_steps - start} steps had no learning signal (every group's "
+                     "rewards equal): raise --group_size or the temperature, or check the reward")
     if cfg.max_steps > start:
         save(cfg.max_steps)
     utils.export_hf(model, model.hf, cfg.model, out / "final", prefix="hf.")

@@ -1217,6 +1217,8 @@ def _generate_hf(model_dir, tokenizer, prompt_ids, max_new_tokens, temperature, 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
     model = _cached(("hf", str(model_dir)),
                     lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval())
+    if device == "cpu":
+        set_cpu_threads(getattr(model.config, "hidden_size", CPU_THREADS_MAX_HIDDEN))
     tokenizer.padding_side = "left"  # new tokens then start at the same column for every row
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
@@ -1305,6 +1307,23 @@ def dist_backend(cuda: bool, cpu_offload: bool = False) -> str:
     return ("cuda:nccl,cpu:gloo" if cpu_offload else "nccl") if cuda else "gloo"
 
 
+# CPU threads. torch's default is one intra-op thread per core. The tiny model's kernels (hidden 128) are too small to
+# gain from a second thread, and on a busy machine every parallel op waits until all its threads have been scheduled:
+# the demo's GRPO step on a shared 2-core machine took 62 s with two threads vs 2.6 s with one, 265-320 s vs 18 s
+# beside 4 busy processes (bench/bench_demo_load.py, LOG.md 2026-12-05). So a small model on CPU runs one thread; a
+# larger one keeps the default; OMP_NUM_THREADS, when set, always wins.
+CPU_THREADS_MAX_HIDDEN = 1024  # hidden_size below which a CPU run uses one intra-op thread
+
+
+def set_cpu_threads(hidden_size: int) -> int:
+    """On CPU: torch.set_num_threads(1) for a model with hidden_size < CPU_THREADS_MAX_HIDDEN unless OMP_NUM_THREADS
+    is set (then torch already follows it). Returns the intra-op thread count now in use."""
+    import torch
+    if "OMP_NUM_THREADS" not in os.environ and hidden_size < CPU_THREADS_MAX_HIDDEN:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
 def dist_close():
     import torch.distributed as dist
     if dist.is_initialized():
@@ -1368,6 +1387,8 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
         raise DataError(Path(src) / "config.json", None, None, "file not found (not a Hugging Face model folder)",
                         "missing_file")
     config = AutoConfig.from_pretrained(src)
+    if torch.device(device).type == "cpu":
+        set_cpu_threads(getattr(config, "hidden_size", CPU_THREADS_MAX_HIDDEN))
     register_packed_attention()
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=PACKED_ATTENTION)

@@ -190,11 +190,14 @@ def sample_lengths(stage_dir) -> np.ndarray:
 # 4. Figures: each takes already-read data + an output path (suffix picks PNG or PDF) and returns the path
 # ----------------------------------------------------------------------------------------------------------------------
 
+DPI = 100  # PNG resolution: readable, and the demo's figures stay small enough for the README's gallery
+
+
 def _save(fig, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")  # keeps legends placed outside the axes
+    fig.savefig(out, dpi=DPI, bbox_inches="tight")  # keeps legends and notes placed outside the axes
     plt.close(fig)
     return out
 
@@ -210,11 +213,15 @@ def _zero_axis(ax, values) -> None:
     ax.set_ylim(min(0.0, *finite) if finite else 0.0, max(10.0, 1.15 * max(finite, default=0.0)))
 
 
-def _note_empty_series(ax, ys, what: str = "") -> None:
-    """Say on the panel when a curve is flat zero (or has no point), instead of leaving a blank-looking axis."""
+def _note_empty_series(ax, ys, what: str = "", why: str | None = None) -> None:
+    """Say on the panel when a curve is flat zero (or has no point), instead of leaving a blank-looking axis.
+    why: the reason it is zero by construction (e.g. '--beta 0: no reference model'), said instead of the count."""
     ys = np.asarray(ys, dtype=float)
-    if len(ys) == 0 or not np.any(ys):
-        ax.text(0.5, 0.5, f"{what}{'no data' if len(ys) == 0 else f'all {len(ys)} values are 0'}",
+    if why is not None:
+        ax.text(0.5, 0.75, f"0 by construction\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                color="gray")  # above the flat line (which sits mid-axis), not over it
+    elif len(ys) == 0 or not np.any(ys):
+        ax.text(0.5, 0.75, f"{what}{'no data' if len(ys) == 0 else f'all {len(ys)} values are 0'}",
                 transform=ax.transAxes, ha="center", va="center", fontsize=8, color="firebrick")
 
 
@@ -271,13 +278,19 @@ def plot_lawbench_categories(ours: dict[str, dict[str, float]], baselines: dict[
         for x, c, y in zip(xs, cats, ys):
             label = f"{y:.1f}" if not np.isnan(y) else \
                 f"{sum(t in scores for t in utils.category_tasks(c))}/{len(utils.category_tasks(c))}\ntasks"
-            ax.text(x, 0 if np.isnan(y) else y, label, ha="center", va="bottom", fontsize=7)
-    partial = [f"{n}: {sum(t in ours[n] for t in utils.LAWBENCH_TASKS)} of 20 tasks" for n in ours
+            ax.annotate(label, (x, 0 if np.isnan(y) else y), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xlim(-0.6, len(cats) - 0.4)  # room for the labels of the outer groups, bars drawn or not
+    partial = [f"{n}: {sum(t in ours[n] for t in utils.LAWBENCH_TASKS)} of 20 tasks scored" for n in ours
                if not all(t in ours[n] for t in utils.LAWBENCH_TASKS)]
     if partial:
-        ax.text(0.5, 0.95, "; ".join(partial) + " scored: a category (and the Average) is drawn only when all its "
-                "tasks are", transform=ax.transAxes, ha="center", va="top", fontsize=8, color="firebrick")
+        import textwrap
+        ax.text(0.5, 0.95, textwrap.fill("; ".join(partial) + ". A category (and the Average) is drawn only when all "
+                                         "its tasks are scored.", 100), transform=ax.transAxes, ha="center",
+                va="top", fontsize=8, color="firebrick")
     _zero_axis(ax, values)
+    if partial:  # headroom for the note above the tallest bar and its label
+        ax.set_ylim(ax.get_ylim()[0], 1.3 * ax.get_ylim()[1])
     ax.set_xticks(np.arange(len(cats)), [f"{zh[c]}\n{c}" for c in cats])
     ax.set_ylabel("得分 score (x100)")
     ax.set_title(f"{title}: 分类得分 by category")
@@ -320,7 +333,7 @@ def plot_lexeval_abilities(ours: dict[str, dict[str, float]], out, title: str = 
 
 
 SFT_PANELS = [("loss", "损失 loss"), ("lr", "学习率 lr"), ("tokens_per_s", "吞吐 tokens/s"), ("mfu", "MFU"),
-              ("grad_norm", "梯度范数 grad norm"), ("peak_mem", "峰值显存 peak memory")]
+              ("grad_norm", "梯度范数 grad norm"), ("peak_mem_gb", "峰值内存 peak memory (GB)")]  # sft.py's keys
 
 
 def _panels(n: int):
@@ -334,49 +347,99 @@ def _panels(n: int):
     return fig, list(axes.flat[:n])
 
 
-def plot_sft_curves(runs: dict[str, list[dict]], out, window: int = 1) -> Path:
-    """SFT metrics vs global step; stages (e.g. sft1, sft2) follow each other on one axis, a dotted line between."""
+def sft_stage_links(run_dirs: list[Path]) -> dict[str, str]:
+    """{run: the run it continues} among sft folders: B continues A only when B's config.json has init_from = A/final
+    (a real second stage of one pipeline). Independent runs are not chained."""
+    finals = {(d / "final").resolve(): d.name for d in run_dirs}
+    links = {}
+    for d in run_dirs:
+        cfg = d / "config.json"
+        init = utils.read_json(cfg).get("init_from") if cfg.is_file() else None
+        prev = finals.get(Path(init).resolve()) if init else None
+        if prev is None and init and Path(init).name == "final":  # a relative path written from another folder
+            prev = next((n.name for n in run_dirs if n.name == Path(init).parent.name), None)
+        if prev is not None and prev != d.name:
+            links[d.name] = prev
+    return links
+
+
+def plot_sft_curves(runs: dict[str, list[dict]], out, window: int = 1, links: dict[str, str] | None = None) -> Path:
+    """SFT metrics vs step. A stage that continues another (links: {run: previous run}, see sft_stage_links) follows
+    it on one axis, a dotted line between; independent runs each start at their own step 0. The loss is drawn raw
+    (thin) and as a moving average over `window` steps (thick)."""
     setup_fonts()
+    links = links or {}
     panels = [(k, lab) for k, lab in SFT_PANELS if any(len(series(r, k)[1]) for r in runs.values())]
     if not panels:
         raise ValueError("no SFT metric found (expected keys: " + ", ".join(k for k, _ in SFT_PANELS) + ")")
     fig, axes = _panels(len(panels))
-    offset = 0.0
+    offsets: dict[str, float] = {}
+
+    def offset(name: str, seen=()) -> float:  # where a run starts on the axis: after the stage it continues
+        if name not in offsets:
+            prev = links.get(name)
+            if prev in runs and prev not in seen:
+                steps = series(runs[prev], "loss")[0]
+                offsets[name] = offset(prev, seen + (name,)) + (float(steps.max()) if len(steps) else 0.0)
+            else:
+                offsets[name] = 0.0
+        return offsets[name]
+
     for name, recs in runs.items():
-        last = offset
+        off = offset(name)
         for ax, (key, label) in zip(axes, panels):
             x, y = series(recs, key)
-            if len(y):
-                ax.plot(x + offset, smooth(y, window), label=name, lw=1.2)
-                last = max(last, float(x.max()) + offset)
-        if offset > 0:
-            for ax in axes:
-                ax.axvline(offset, color="gray", ls=":", lw=0.8)
-        offset = last
+            if not len(y):
+                continue
+            if key == "loss" and window > 1:
+                line, = ax.plot(x + off, smooth(y, window), label=name, lw=1.5)
+                ax.plot(x + off, y, lw=0.5, alpha=0.3, color=line.get_color())
+            else:
+                ax.plot(x + off, y, label=name, lw=1.2)
+            if off > 0:
+                ax.axvline(off, color="gray", ls=":", lw=0.8)
     for ax, (key, label) in zip(axes, panels):
         _note_empty_series(ax, np.concatenate([series(r, key)[1] for r in runs.values()]))
-        ax.set_title(label)
+        ax.set_title(f"{label} (滑动平均 {window})" if key == "loss" and window > 1 else label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("SFT 训练曲线")
+    chained = [f"{b} continues {a}" for b, a in links.items() if a in runs and b in runs]
+    fig.suptitle("SFT 训练曲线" + (f" ({'; '.join(chained)})" if chained else ""))
     return _save(fig, out)
 
 
 RL_REWARDS = [("reward", "总奖励 total"), ("reward_charge", "罪名 charge"), ("reward_article", "法条 article"),
               ("reward_term", "刑期 term"), ("reward_format", "格式 format")]
 RL_PANELS = [("kl", "KL"), ("clip_frac", "裁剪比例 clip fraction"), ("entropy", "熵 entropy"),
-             ("completion_len", "回答长度 completion length")]
+             ("completion_len", "回答长度 completion length"),
+             ("zero_var_frac", "奖励全同的组 share of groups with equal rewards")]
 
 
-def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
-    """GRPO: reward and its components (raw thin, moving average thick), then KL / clip fraction / entropy / length."""
+def zero_by_construction(config: dict | None) -> dict[str, str]:
+    """{metric: why it is 0 whatever the model does} from rl.py's config.json."""
+    config = config or {}
+    why = {}
+    if config.get("beta") == 0:
+        why["kl"] = "--beta 0: no reference model, KL not computed"
+    if config.get("mu") == 1:
+        why["clip_frac"] = "--mu 1: one update per batch, the ratio is 1"
+    return why
+
+
+def plot_grpo_curves(records: list[dict], out, window: int = 5, config: dict | None = None) -> Path:
+    """GRPO: reward and its components (raw thin, moving average thick), then KL / clip fraction / entropy / length /
+    share of groups with equal rewards. Steps without any learning signal (rl.py's no_learning_signal: every group's
+    rewards equal) are marked on the reward panel. config: rl.py's config.json (panels that are 0 by construction
+    say so)."""
     setup_fonts()
     rewards = [(k, lab) for k, lab in RL_REWARDS if len(series(records, k)[1])]
     others = [(k, lab) for k, lab in RL_PANELS if len(series(records, k)[1])]
     if not rewards and not others:
         raise ValueError("no GRPO metric found (expected keys: reward, reward_*, kl, clip_frac, entropy, "
                          "completion_len)")
+    why = zero_by_construction(config)
+    no_signal = np.array([r.get("step", i) for i, r in enumerate(records) if r.get("no_learning_signal") is True])
     fig, axes = _panels((1 if rewards else 0) + len(others))
     if rewards:
         ax = axes[0]
@@ -384,6 +447,9 @@ def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
             x, y = series(records, key)
             line, = ax.plot(x, smooth(y, window), lw=2 if key == "reward" else 1.2, label=label)
             ax.plot(x, y, lw=0.5, alpha=0.3, color=line.get_color())
+        if len(no_signal):
+            ax.plot(no_signal, np.zeros(len(no_signal)), "x", color="firebrick", ms=5,
+                    label=f"无学习信号 no learning signal ({len(no_signal)} steps)")
         ax.set_title(f"奖励 reward (滑动平均 {window})")
         ax.legend(fontsize=7)
         _note_empty_series(ax, series(records, rewards[0][0])[1], f"{rewards[0][0]}: ")
@@ -391,8 +457,13 @@ def plot_grpo_curves(records: list[dict], out, window: int = 5) -> Path:
         x, y = series(records, key)
         ax.plot(x, y, lw=0.6, alpha=0.4)
         ax.plot(x, smooth(y, window), lw=1.5)
-        _note_empty_series(ax, y)
-        ax.set_title(label)
+        if key == "zero_var_frac":
+            ax.set_ylim(-0.05, 1.05)
+            if len(no_signal):
+                ax.plot(no_signal, np.ones(len(no_signal)), "x", color="firebrick", ms=5)
+        if key != "zero_var_frac":  # 0 there is good news (every group had a learning signal), not a missing curve
+            _note_empty_series(ax, y, why=why.get(key) if not np.any(y) else None)
+        ax.set_title(label, fontsize=9 if len(label) > 30 else None)
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -408,7 +479,9 @@ def win_rate_ci(row: dict) -> list | None:
 
 
 def plot_judge(summary: dict, out) -> Path:
-    """Win rate per category (and overall) with the bootstrap 95% interval; adjusted win rate beside; counts on top."""
+    """Win rate per category (and overall) with judge.py's 95% interval (summary ci95.win_rate: Wilson, over the
+    n = W+T+L consistent pairs, so one pair out of three is not a [1, 1] interval); adjusted win rate beside; counts
+    and n on top."""
     setup_fonts()
     rows = dict(summary.get("by_category") or {})
     rows["总体 overall"] = summary
@@ -430,10 +503,11 @@ def plot_judge(summary: dict, out) -> Path:
                   label="胜率 win rate" + (" (95% CI)" if has_ci else ""))
     ax.bar(x + 0.2, adj, 0.4, alpha=0.6, label="调整胜率 adjusted (ties+inconsistent = ½)")
     counts = [f"W{rows[n].get('wins', '?')} T{rows[n].get('ties', '?')} L{rows[n].get('losses', '?')}"
-              f" I{rows[n].get('inconsistent', '?')}" for n in names]
+              f" I{rows[n].get('inconsistent', '?')}\nn={sum(rows[n].get(k, 0) for k in ('wins', 'ties', 'losses'))}"
+              for n in names]
     ax.bar_label(bars, labels=counts, fontsize=7, padding=2)
     ax.axhline(0.5, color="gray", ls=":", lw=0.8)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.25)
     ax.set_xticks(x, names)
     ax.set_ylabel("rate")
     ax.set_title("LLM 评审胜率 judge win rate by category")
@@ -476,6 +550,104 @@ def plot_rubric(summary: dict, out) -> Path:
     return _save(fig, out)
 
 
+def plot_rag_effect(effect: dict, out) -> Path:
+    """evaluate.py judgment's rag_effect.json: each judgment metric without and with statute retrieval, side by side,
+    the change written above (one panel per retrieval run, e.g. rag_k2), with the items compared and the recall of
+    gold articles among the retrieved ones."""
+    setup_fonts()
+    runs = {tag: {k: v for k, v in r.items() if isinstance(v, dict)} for tag, r in (effect.get("runs") or {}).items()}
+    runs = {tag: r for tag, r in runs.items() if r}
+    if not runs:
+        raise ValueError("rag_effect.json has no run to compare (needs metrics_plain.json and a --rag run)")
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.8 * len(runs)), squeeze=False)
+    for ax, (tag, metrics) in zip(axes[:, 0], runs.items()):
+        names = list(metrics)
+        x = np.arange(len(names))
+        without = np.array([metrics[k]["without_rag"] for k in names], dtype=float)
+        with_ = np.array([metrics[k]["with_rag"] for k in names], dtype=float)
+        bars0 = ax.bar(x - 0.2, without, 0.4, label="无检索 without retrieval")
+        bars = ax.bar(x + 0.2, with_, 0.4, label=f"检索 with retrieval ({tag})")
+        ax.bar_label(bars0, labels=[f"{v:.2f}" for v in without], fontsize=6, padding=1)
+        ax.bar_label(bars, labels=[f"{v:.2f}\n{metrics[k]['change']:+.3f}" for k, v in zip(names, with_)], fontsize=6,
+                     padding=1)
+        ax.set_xticks(x, [k.replace("_", "\n", 1) for k in names], fontsize=7)
+        ax.set_ylim(0, max(1.0, 1.15 * max(without.max(), with_.max())))
+        recall = (effect["runs"][tag] or {}).get("rag_recall")
+        ax.set_title(f"{tag}: {effect.get('items', '?')} items" +
+                     (f", gold-article recall of retrieval {recall:.2f}" if isinstance(recall, (int, float)) else ""),
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("判决预测 judgment prediction: 法条检索的作用 with vs without statute retrieval\n(value; with: value "
+                 "and change)", fontsize=11)
+    return _save(fig, out)
+
+
+CODE_OUTCOMES = [("ok", "ran ok"), ("raised", "raised"), ("timed_out", "timed out"), ("blocked", "blocked"),
+                 ("limit", "limit"), ("no_code", "no code"), ("refused", "refused")]  # evaluate.exec_counts' keys
+
+
+def plot_code_mode(rows: dict, out) -> Path:
+    """evaluate.py generate --code's code_mode.json: per shot/task the official score answered directly vs by a
+    model-written program (x100), and what became of the programs (ran ok / raised / timed out / blocked / ...)."""
+    setup_fonts()
+    rows = {k: r for k, r in rows.items() if isinstance(r, dict) and "direct" in r and "code" in r}
+    if not rows:
+        raise ValueError("code_mode.json has no task (expected {shot/task: {direct, code, n, ran, ...}})")
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(9, 2.5 * len(names) + 5), 4))
+    direct = [100 * rows[n]["direct"] for n in names]
+    code = [100 * rows[n]["code"] for n in names]
+    for dx, ys, label in ((-0.2, direct, "直接回答 direct"), (0.2, code, "代码 code (sandbox)")):
+        bars = ax.bar(x + dx, ys, 0.4, label=label)
+        ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=2)
+    _zero_axis(ax, direct + code)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("得分 score (x100)")
+    ax.set_title("直接 vs 代码 direct vs code mode", fontsize=10)
+    ax.legend(fontsize=7)
+    bottom = np.zeros(len(names))
+    for key, label in CODE_OUTCOMES:
+        v = np.array([rows[n].get(key, 0) for n in names], dtype=float)
+        if v.any():
+            ax2.bar(x, v, 0.5, bottom=bottom, label=label)
+            bottom += v
+    ax2.set_xticks(x, [f"{n}\n(n={rows[n].get('n', '?')})" for n in names], fontsize=8)
+    ax2.set_ylabel("programs")
+    ax2.set_title("程序执行结果 what the programs did", fontsize=10)
+    ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("LawBench 代码模式 code mode (evaluate.py --code)")
+    return _save(fig, out)
+
+
+def plot_longdoc(metrics: dict, predictions: list[dict], out) -> Path:
+    """evaluate.py longdoc: character F1 of every question (grouped by document), the mean as a line; how many
+    documents had to be cut to the context."""
+    setup_fonts()
+    preds = [p for p in predictions if isinstance(p.get("char_f1"), (int, float))]
+    if not preds:
+        raise ValueError("no scored question (documents only: length statistics, no F1)")
+    f1 = np.array([p["char_f1"] for p in preds], dtype=float)
+    docs = [p.get("doc", 0) for p in preds]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(preds) + 2), 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order = {d: i for i, d in enumerate(dict.fromkeys(docs))}
+    ax.bar(np.arange(len(preds)), f1, color=[colors[order[d] % len(colors)] for d in docs])
+    mean = metrics.get("char_f1", float(f1.mean()))
+    ax.axhline(mean, color="k", ls="--", lw=1, label=f"mean {mean:.3f}")
+    ax.set_xticks(np.arange(len(preds)), [f"d{d}q{i}" for i, d in enumerate(docs)], fontsize=7, rotation=90)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("char F1")
+    ax.set_title(f"长文档 long documents: {len(preds)} questions on {len(order)} documents, "
+                 f"{metrics.get('truncated_documents', '?')} of {metrics.get('documents', '?')} documents cut to the "
+                 f"context", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    _note_empty_series(ax, f1, "char F1: ")
+    return _save(fig, out)
+
+
 def plot_data_mix(report: dict, out) -> Path:
     """data_report.json: kept / dropped (by reason) per source; samples and tokens per stage; decontamination hits."""
     setup_fonts()
@@ -508,14 +680,25 @@ def plot_data_mix(report: dict, out) -> Path:
         ax = next(axes)
         names = list(stages)
         tok = [stages[s].get("tokens", 0) for s in names]
-        bars = ax.bar(names, tok)
+        mix = [stages[s].get("mix") or {} for s in names]  # prepare_data.py: legal / general samples and tokens
+        if all(mix):
+            legal = [m["legal"]["tokens"] for m in mix]
+            general = [m["general"]["tokens"] for m in mix]
+            ax.bar(names, legal, label="法律 legal")
+            bars = ax.bar(names, general, bottom=legal, label="通用 general")
+            for i, (lg, g) in enumerate(zip(legal, general)):
+                if lg + g:
+                    ax.text(i, lg / 2, f"legal {lg / (lg + g):.0%}", ha="center", va="center", fontsize=7)
+            ax.legend(fontsize=6, loc="upper right")
+        else:
+            bars = ax.bar(names, tok)
         eff = [stages[s].get("packing_efficiency") for s in names]
         ax.bar_label(bars, labels=[f"{stages[s].get('samples', '?')} samples" +
                                    (f"\npack {e:.1%}" if isinstance(e, (int, float)) else "")
                                    for s, e in zip(names, eff)], fontsize=7)
         ax.set_ylabel("tokens")
         ax.margins(y=0.2)
-        ax.set_title("训练阶段 stages")
+        ax.set_title("训练阶段 stages: legal / general tokens" if all(mix) else "训练阶段 stages")
     if show_decon:
         ax = next(axes)
         tasks = sorted({t for v in decon.values() if isinstance(v, dict) for t in v},
@@ -582,7 +765,9 @@ class PlotConfig:
         metadata={"help": "LawBench copy with predictions/<shot>/results.csv for published baselines (none: off)"})
     baselines: str = dataclasses.field(default=",".join(DEFAULT_BASELINES),
                                        metadata={"help": "comma-separated LawBench model names drawn beside ours"})
-    window: int = dataclasses.field(default=5, metadata={"help": "moving-average window for GRPO curves"})
+    window: int = dataclasses.field(default=5, metadata={"help": "moving-average window (steps) of the SFT loss and "
+                                                                 "the GRPO curves (1: raw)", "min": 1})
+    dpi: int = dataclasses.field(default=DPI, metadata={"help": "PNG resolution (dots per inch)", "min": 20})
 
 
 def _lexeval_scores(path) -> bool:
@@ -596,9 +781,16 @@ def _found(run: Path, pattern: str) -> list[Path]:
     return sorted(p for p in run.glob(pattern) if p.is_file())
 
 
+def _tag(run: Path, p: Path) -> str:
+    """eval/judgment/rag_effect.json -> 'judgment': the folders between eval*/ and the file, for the figure's name."""
+    return "_".join(p.relative_to(run).parent.parts[1:]) or p.relative_to(run).parts[0]
+
+
 def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     """Draw everything drawable from cfg.run. Returns (written files, skipped messages)."""
+    global DPI
     utils.check_fields(cfg)
+    DPI = cfg.dpi
     run = Path(cfg.run)
     if not run.is_dir():
         raise utils.DataError(run, None, None, "run folder not found")
@@ -632,13 +824,16 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
     sft = _found(run, "sft*/metrics.jsonl")
     if sft:
         attempt("SFT curves", lambda: plot_sft_curves({p.parent.name: read_metrics(p) for p in sft},
-                                                      out / f"sft_curves{ext}"))
+                                                      out / f"sft_curves{ext}", cfg.window,
+                                                      sft_stage_links([p.parent for p in sft])))
     else:
         skipped.append("SFT curves: no sft*/metrics.jsonl")
     rl = _found(run, "rl*/metrics.jsonl")
     for p in rl:
+        config = utils.read_json(p.parent / "config.json") if (p.parent / "config.json").is_file() else None
         attempt(f"GRPO curves ({p.parent.name})",
-                lambda p=p: plot_grpo_curves(read_metrics(p), out / f"grpo_curves_{p.parent.name}{ext}", cfg.window))
+                lambda p=p, c=config: plot_grpo_curves(read_metrics(p), out / f"grpo_curves_{p.parent.name}{ext}",
+                                                       cfg.window, c))
     if not rl:
         skipped.append("GRPO curves: no rl*/metrics.jsonl")
 
@@ -666,13 +861,37 @@ def draw_run(cfg: PlotConfig) -> tuple[list[Path], list[str]]:
 
         def lawbench(p=p, base=base, shot=shot, tag=tag):
             ours = utils.read_scores_csv(p)
-            ours = {(f"{m} (ours)" if m in base else m): s for m, s in ours.items()}
+            # evaluate.py --code scores 3-7 a second time as <model_name>-code: a mode of the same model, drawn by
+            # the code-mode figure, not a model with 1 of 20 tasks
+            code = [m for m in ours if m.endswith("-code") and m[:-len("-code")] in ours]
+            ours = {(f"{m} (ours)" if m in base else m): s for m, s in ours.items() if m not in code}
             a = plot_lawbench_tasks(ours, base, out / f"lawbench_tasks_{tag}{ext}", f"LawBench {shot}")
             written.append(a)
             return plot_lawbench_categories(ours, base, out / f"lawbench_categories_{tag}{ext}", f"LawBench {shot}")
         attempt(f"LawBench ({p.relative_to(run)})", lawbench)
     if not csvs:
         skipped.append("LawBench: no eval*/**/scores*.csv")
+
+    # evaluate.py: code mode, retrieval, long documents
+    codes, effects = _found(run, "eval*/**/code_mode.json"), _found(run, "eval*/**/rag_effect.json")
+    longdocs = [p for p in _found(run, "eval*/**/metrics.json") if (p.parent / "predictions.jsonl").is_file()
+                and "char_f1" in utils.read_json(p)]
+    for p in codes:
+        attempt(f"code mode ({p.relative_to(run)})",
+                lambda p=p: plot_code_mode(utils.read_json(p), out / f"code_mode_{_tag(run, p)}{ext}"))
+    for p in effects:
+        attempt(f"retrieval ({p.relative_to(run)})",
+                lambda p=p: plot_rag_effect(utils.read_json(p), out / f"rag_effect_{_tag(run, p)}{ext}"))
+    for p in longdocs:
+        attempt(f"long documents ({p.relative_to(run)})",
+                lambda p=p: plot_longdoc(utils.read_json(p), read_metrics(p.parent / "predictions.jsonl"),
+                                         out / f"longdoc_{_tag(run, p)}{ext}"))
+    for what, found, pattern in (("code mode", codes, "code_mode.json (evaluate.py generate --code)"),
+                                 ("retrieval", effects, "rag_effect.json (evaluate.py judgment, plain and --rag)"),
+                                 ("long documents", longdocs, "metrics.json + predictions.jsonl (evaluate.py "
+                                                              "longdoc)")):
+        if not found:
+            skipped.append(f"{what}: no eval*/**/{pattern}")
 
     # judge
     summaries = _found(run, "judge*/summary.json")

@@ -103,3 +103,32 @@ def _world_of_one(cuda: bool):
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(saved)
+
+
+# ---------------------------------------------------------------- the README's CPU examples, run as written
+# README.md's ```bash blocks whose first line starts with "# CPU" run in order, as written, in a copy of the
+# repository (nothing lands in the working copy; no ../shared beside it). tests/test_readme.py checks each block;
+# tests/test_plots.py draws what they wrote (the scripts' own outputs: sft, rl, evaluate, prepare_data).
+CPU_MARK = "# CPU"
+
+
+def readme_bash_blocks(text: str) -> list[tuple[int, str]]:
+    """(line number, body) of every ```bash block of a markdown text."""
+    import re
+    return [(text[:m.start()].count("\n") + 1, m.group(1))
+            for m in re.finditer(r"^```bash\n(.*?)^```$", text, re.M | re.S)]
+
+
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory) -> tuple[Path, dict]:
+    """-> (the copy's root, {README line of a CPU block: CompletedProcess}); runs/cpu holds what the blocks wrote."""
+    import shutil
+    import subprocess
+    root = tmp_path_factory.mktemp("readme") / "repo"
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".git", "runs", "figs", "__pycache__", ".pytest_cache"))
+    results = {}
+    for line, body in readme_bash_blocks((REPO / "README.md").read_text(encoding="utf-8")):
+        if body.startswith(CPU_MARK):
+            results[line] = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=root, env=cpu_env(),
+                                           capture_output=True, text=True, timeout=900)
+    return root, results

@@ -53,60 +53,52 @@ def write_stage(d: Path, packs: list[list[int]], seq_len: int = 64):
     (d / "meta.json").write_text(json.dumps({"seq_len": seq_len, "n_packs": n, "stage": d.name}))
 
 
-REPORT = {
-    "sources": {"lawbench_style": {"read": 120, "kept": 100, "dropped": {"decontaminated": 15, "duplicate": 5}},
-                "咨询问答": {"read": 50, "kept": 30, "dropped": {"rule_filter": 20}}},
-    "decontamination": {"argument_mining": {"2-8": 180}, "fakao_gpt4": {"1-2": 60, "3-6": 35}},
-    "stages": {"stage1": {"samples": 130, "tokens": 60000, "packing_efficiency": 0.993},
-               "stage2": {"samples": 40, "tokens": 20000, "packing_efficiency": 0.991}},
-    "length_percentiles": {"p50": 300, "p99": 2000},
-}
-SUMMARY = {"wins": 30, "ties": 10, "losses": 20, "inconsistent": 5, "errors": 1, "win_rate": 0.5,
-           "adjusted_win_rate": 0.538, "ci": [0.38, 0.62],
-           "by_category": {"法律咨询": {"wins": 12, "ties": 3, "losses": 5, "inconsistent": 2, "errors": 0,
-                                    "win_rate": 0.6, "adjusted_win_rate": 0.59, "ci": [0.4, 0.8]},
-                           "案例分析": {"wins": 10, "ties": 4, "losses": 6, "inconsistent": 1, "errors": 1,
-                                    "win_rate": 0.5, "adjusted_win_rate": 0.52, "ci": [0.3, 0.7]},
-                           "法律推理": {"wins": 8, "ties": 3, "losses": 9, "inconsistent": 2, "errors": 0,
-                                    "win_rate": 0.4, "adjusted_win_rate": 0.43}}}  # no ci: drawn without a bar
+# ---- inputs written by the scripts themselves --------------------------------------------------------------------
+# The README's CPU examples (conftest.readme_run) run prepare_data.py, sft.py (two stages), rl.py, evaluate.py
+# (generate --code, score, judgment without / with --rag, longdoc) and plots.py into runs/cpu: the figures are tested
+# on what the producers really write, never on fixtures written to match the reader. judge.py needs an endpoint, so
+# its summary comes from judge.summarize, the function that writes summary.json.
+
+def judge_summary(outcomes: dict[str, str]) -> dict:
+    """summary.json as judge.py writes it, for {category: 'WTLIE' outcomes}."""
+    import judge
+    verdict = {"W": ("a", "a"), "L": ("b", "b"), "T": ("tie", "tie"), "I": ("a", "b"), "E": ("a", None)}
+    questions, results = [], {}
+    for cat, outs in outcomes.items():
+        for j, o in enumerate(outs):
+            qid = f"{cat}{j}"
+            questions.append({"id": qid, "category": cat})
+            results[qid] = {"ab": {"winner": verdict[o][0]}, "ba": {"winner": verdict[o][1]}}
+    answers = {q["id"]: "答" for q in questions}
+    return judge.summarize(questions, answers, answers, results, n_boot=200, seed=0)
 
 
-def sft_records(n, loss0):
-    return [{"step": i, "loss": loss0 * 0.97 ** i, "grad_norm": 1.0, "lr": 1e-5 * min(1, (i + 1) / 3),
-             "tokens_per_s": 1000 + i, "mfu": 0.01, "peak_mem": 1e9} for i in range(1, n + 1)]
+# 法律推理: one win and two inconsistent pairs: win rate 1.0 from n = 1 (a bootstrap said [1.0, 1.0])
+SUMMARY_OUTCOMES = {"法律咨询": "WWWWWWTTLLI", "案例分析": "WWWWTTTLLLIE", "法律推理": "WII"}
 
 
-def rl_records(n):
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(1, n + 1):
-        r = {"step": i, "reward": min(1, 0.1 + i / n + 0.05 * rng.standard_normal()), "reward_charge": i / n,
-             "reward_format": 1.0, "kl": 0.001 * i, "clip_frac": 0.02, "completion_len": 100 - i}
-        if i % 2:
-            r["entropy"] = 2.0  # a key present in some steps only
-        out.append(r)
-    return out
+@pytest.fixture(scope="module")
+def summary():
+    return judge_summary(SUMMARY_OUTCOMES)
+
+
+@pytest.fixture(scope="module")
+def produced(readme_run) -> Path:
+    """runs/cpu of the README's CPU examples (read only: tests that change it copy it first)."""
+    return readme_run[0] / "runs" / "cpu"
 
 
 @pytest.fixture
-def run_dir(tmp_path) -> Path:
+def run_dir(produced, summary, tmp_path) -> Path:
+    """A copy of the produced run + a judge summary, and a half-written last line in rl/metrics.jsonl (a run still
+    writing), without the figures the README's plots.py example already drew."""
+    import shutil
     run = tmp_path / "run"
-    (run / "data").mkdir(parents=True)
-    (run / "data" / "data_report.json").write_text(json.dumps(REPORT, ensure_ascii=False), encoding="utf-8")
-    write_stage(run / "data" / "stage1", [[10, 20, 30], [60], [5, 5]])
-    write_stage(run / "data" / "stage2", [[40, 20]])
-    utils.write_jsonl(run / "sft1" / "metrics.jsonl", sft_records(12, 8.0))
-    utils.write_jsonl(run / "sft2" / "metrics.jsonl", sft_records(6, 5.0))
-    utils.write_jsonl(run / "rl" / "metrics.jsonl", rl_records(30))
-    with open(run / "rl" / "metrics.jsonl", "a") as f:
-        f.write('{"step": 31, "rew')  # a run still writing: a half line must not break the plot
-    (run / "eval").mkdir()
-    rows = ["task,model_name,score,abstention_rate"] + [f"{t},tiny,{0.01 * i:.3f},0.0"
-                                                         for i, t in enumerate(utils.LAWBENCH_TASKS)]
-    (run / "eval" / "scores.csv").write_text("\n".join(rows) + "\n")
-    (run / "eval" / "scores_table.csv").write_text("model_name,Memorization,Understanding,Application,Average\n")
+    shutil.copytree(produced, run, ignore=shutil.ignore_patterns("plots", "final", "checkpoints", "model"))
     (run / "judge").mkdir()
-    (run / "judge" / "summary.json").write_text(json.dumps(SUMMARY, ensure_ascii=False), encoding="utf-8")
+    (run / "judge" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
+    with open(run / "rl" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 31, "rew')
     return run
 
 
@@ -118,13 +110,13 @@ def test_cjk_font_found():
     assert matplotlib.rcParams["font.sans-serif"][0] == fam
 
 
-def test_glyph_check_can_fail(tmp_path, caplog, monkeypatch):
+def test_glyph_check_can_fail(tmp_path, caplog, monkeypatch, summary):
     """Without a CJK font matplotlib does warn, and our check catches it (so the other tests mean something)."""
     monkeypatch.setattr(P, "find_cjk_font", lambda: None)
     with matplotlib.rc_context({"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"]}):
         with pytest.raises(AssertionError, match="missing from"):
             with no_missing_glyphs(caplog):
-                P.plot_judge(SUMMARY, tmp_path / "j.png")
+                P.plot_judge(summary, tmp_path / "j.png")
 
 
 # ---- pure helpers ----
@@ -141,14 +133,25 @@ def test_category_means_never_average_a_subset():
         {"Memorization": 30})
 
 
+class Drawn(list):
+    """The texts of the saved figures; .lines: (panel title, line label, x data) of every line."""
+    lines: list
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+
 @pytest.fixture
 def drawn(monkeypatch):
     """Every text drawn on the figures saved during a test (titles, labels, notes, bar labels)."""
-    texts = []
+    texts = Drawn()
     real = P._save
 
     def save(fig, out):
         texts.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        texts.lines += [(ax.get_title(), line.get_label(), np.asarray(line.get_xdata(), dtype=float))
+                        for ax in fig.axes for line in ax.get_lines()]
         return real(fig, out)
     monkeypatch.setattr(P, "_save", save)
     return texts
@@ -173,12 +176,15 @@ def test_all_zero_curves_say_so(tmp_path, drawn):
     assert "reward: all 5 values are 0" in drawn and "all 5 values are 0" in drawn
 
 
-def test_data_mix_decontamination_panel_says_what_it_counts(tmp_path, drawn):
-    P.plot_data_mix({**REPORT, "decontamination_check": {"run": True, "lawbench_items": 100}}, tmp_path / "d.png")
-    assert "LawBench items overlapped (distinct)" in drawn and "training records removed: 0 (sources panel: 丢弃 " \
-        "contaminated)" in drawn
+def test_data_mix_decontamination_panel_says_what_it_counts(tmp_path, drawn, produced):
+    report = utils.read_json(produced / "data" / "data_report.json")  # prepare_data.py's, on the built-in sample
+    removed = sum(s["dropped"].get("contaminated", 0) for s in report["sources"].values())
+    assert removed > 0  # the sample plants LawBench overlaps
+    P.plot_data_mix(report, tmp_path / "d.png")
+    assert "LawBench items overlapped (distinct)" in drawn and f"training records removed: {removed} (sources panel: " \
+        "丢弃 contaminated)" in drawn
     drawn.clear()
-    P.plot_data_mix({"sources": REPORT["sources"], "decontamination": {},
+    P.plot_data_mix({"sources": report["sources"], "decontamination": {},
                      "decontamination_check": {"run": False, "reason": "--decontaminate false"}}, tmp_path / "n.png")
     assert any("NOT RUN" in t and "--decontaminate false" in t for t in drawn)  # not an empty panel read as clean
 
@@ -223,42 +229,111 @@ def test_plot_lawbench(tmp_path, caplog):
         check_file(P.plot_lawbench_categories(ours, base, tmp_path / "c.pdf"), PDF_MAGIC)
 
 
-def test_plot_sft_curves(tmp_path, caplog):
+def test_plot_sft_curves_from_sft_py(tmp_path, caplog, drawn, produced):
+    """sft.py's metrics (peak_mem_gb, ...) are all drawn; the second stage (init_from = stage 1's final/) follows
+    stage 1 on the step axis, an independent run (same metrics, no init_from) starts at its own step 1."""
+    import shutil
+    dirs = [produced / "sft_stage1", produced / "sft_stage2"]
+    other = tmp_path / "sft_lr_sweep"  # an independent run: stage 1 again, its own config
+    shutil.copytree(dirs[0], other, ignore=shutil.ignore_patterns("final", "checkpoints"))
+    links = P.sft_stage_links(dirs + [other])
+    assert links == {"sft_stage2": "sft_stage1"}
+    runs = {d.name: P.read_metrics(d / "metrics.jsonl") for d in dirs + [other]}
+    n1 = len(runs["sft_stage1"])
     with no_missing_glyphs(caplog):
-        check_file(P.plot_sft_curves({"sft1": sft_records(10, 8), "sft2": sft_records(5, 5)}, tmp_path / "s.png"))
-        check_file(P.plot_sft_curves({"only_loss": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]},
-                                     tmp_path / "s2.png"))
+        check_file(P.plot_sft_curves(runs, tmp_path / "s.png", window=5, links=links))
+    assert {label for _, label in P.SFT_PANELS} - {"MFU"} <= {t.split(" (滑动")[0] for t in drawn}  # mfu: GPU only
+    assert "SFT 训练曲线 (sft_stage2 continues sft_stage1)" in drawn and "损失 loss (滑动平均 5)" in drawn
+    lr = {label: x for title, label, x in drawn.lines if title == "学习率 lr"}
+    assert lr["sft_stage1"][0] == 1 and lr["sft_lr_sweep"][0] == 1 and lr["sft_stage2"][0] == n1 + 1
     with pytest.raises(ValueError, match="no SFT metric"):
         P.plot_sft_curves({"x": [{"step": 1}]}, tmp_path / "none.png")
 
 
-def test_plot_grpo_curves(tmp_path, caplog):
+def test_plot_grpo_curves_from_rl_py(tmp_path, caplog, drawn, produced, readme_run):
+    """rl.py's metrics and config: KL (--beta 0) and clip fraction (--mu 1) say they are 0 by construction; steps
+    without a learning signal (every group's rewards equal) are counted per step, warned about and drawn."""
+    records = P.read_metrics(produced / "rl" / "metrics.jsonl")
+    config = utils.read_json(produced / "rl" / "config.json")
+    groups = config["prompts_per_step"]
+    for r in records:
+        assert r["no_learning_signal"] == (r["equal_reward_groups"] == groups)
+        assert r["equal_reward_groups"] == round(r["zero_var_frac"] * groups)
+    no_signal = sum(r["no_learning_signal"] for r in records)
+    log = next(r.stdout + r.stderr for r in readme_run[1].values() if "python rl.py" in r.args[-1])  # the block
+    assert ("no learning signal" in log) == (no_signal > 0)
     with no_missing_glyphs(caplog):
-        check_file(P.plot_grpo_curves(rl_records(20), tmp_path / "g.png"))
-        check_file(P.plot_grpo_curves([{"step": 1, "kl": 0.1}, {"step": 2, "kl": 0.2}], tmp_path / "g2.png"))
+        check_file(P.plot_grpo_curves(records, tmp_path / "g.png", config=config))
+    assert config["beta"] == 0 and config["mu"] == 1
+    assert "0 by construction\n--beta 0: no reference model, KL not computed" in drawn
+    assert "0 by construction\n--mu 1: one update per batch, the ratio is 1" in drawn
+    assert (f"无学习信号 no learning signal ({no_signal} steps)" in drawn) == (no_signal > 0)
+    # without the config (or with --beta > 0) a flat KL is only reported as such
+    drawn.clear()
+    P.plot_grpo_curves(records, tmp_path / "g2.png")
+    assert not any("by construction" in t for t in drawn) and f"all {len(records)} values are 0" in drawn
+    drawn.clear()
+    P.plot_grpo_curves([{"step": 1, "reward": 0.0, "no_learning_signal": True},
+                        {"step": 2, "reward": 0.5, "no_learning_signal": False}], tmp_path / "g3.png")
+    assert "无学习信号 no learning signal (1 steps)" in drawn
 
 
-def test_plot_judge(tmp_path, caplog):
+def test_plot_judge_interval_from_judge_py(tmp_path, caplog, drawn, summary):
+    """judge.py's ci95.win_rate is drawn; 1 win of 1 consistent pair gets a Wilson interval, not [1, 1]."""
+    few = summary["by_category"]["法律推理"]
+    assert few["win_rate"] == 1.0 and few["ci95"]["win_rate"][0] < 0.25 and few["ci95"]["win_rate"][1] == 1.0
     with no_missing_glyphs(caplog):
-        check_file(P.plot_judge(SUMMARY, tmp_path / "j.png"))
-        check_file(P.plot_judge({k: v for k, v in SUMMARY.items() if k != "by_category"}, tmp_path / "j2.png"))
+        check_file(P.plot_judge(summary, tmp_path / "j.png"))
+        check_file(P.plot_judge({k: v for k, v in summary.items() if k != "by_category"}, tmp_path / "j2.png"))
+    assert "胜率 win rate (95% CI)" in drawn and "W1 T0 L0 I2\nn=1" in drawn
 
 
-def test_plot_data_mix_and_lengths(tmp_path, caplog):
+def test_plot_data_mix_and_lengths(tmp_path, caplog, drawn, produced):
+    report = utils.read_json(produced / "data" / "data_report.json")
     with no_missing_glyphs(caplog):
-        check_file(P.plot_data_mix(REPORT, tmp_path / "d.png"))
-        check_file(P.plot_data_mix({"stages": REPORT["stages"]}, tmp_path / "d2.png"))
+        check_file(P.plot_data_mix(report, tmp_path / "d.png"))
+        check_file(P.plot_data_mix({"stages": report["stages"]}, tmp_path / "d2.png"))
         check_file(P.plot_length_hist({"stage1": np.array([10, 20, 30, 2000]), "stage2": [5]}, tmp_path / "h.png",
                                       seq_len=32768))
+    # each stage's legal / general share, from prepare_data.py's counts
+    for name, st in report["stages"].items():
+        legal, general = st["mix"]["legal"], st["mix"]["general"]
+        assert legal["samples"] + general["samples"] == st["samples"] and legal["tokens"] + general["tokens"] == \
+            st["tokens"]
+        assert f"legal {legal['tokens'] / st['tokens']:.0%}" in drawn
+    assert report["stages"]["stage1"]["mix"]["general"]["samples"] == report["mix"]["general_used"] > 0
+
+
+def test_evaluate_figures(tmp_path, caplog, drawn, produced):
+    """Retrieval (rag_effect.json), code mode (code_mode.json) and long documents, from evaluate.py's files."""
+    effect = utils.read_json(produced / "eval" / "judgment" / "rag_effect.json")
+    code = utils.read_json(produced / "eval" / "lawbench" / "code_mode.json")
+    ld = utils.read_json(produced / "eval" / "longdoc" / "metrics.json")
+    with no_missing_glyphs(caplog):
+        check_file(P.plot_rag_effect(effect, tmp_path / "r.png"))
+        check_file(P.plot_code_mode(code, tmp_path / "c.png"))
+        check_file(P.plot_longdoc(ld, P.read_metrics(produced / "eval" / "longdoc" / "predictions.jsonl"),
+                                  tmp_path / "l.png"))
+    tag, metrics = next(iter(effect["runs"].items()))
+    assert any(t.startswith(f"{tag}: {effect['items']} items") for t in drawn)
+    f1 = metrics["charge_micro_f1"]
+    assert f"{f1['without_rag']:.2f}" in drawn and f"{f1['with_rag']:.2f}\n{f1['change']:+.3f}" in drawn
+    assert "zero_shot/3-7" in drawn and f"zero_shot/3-7\n(n={code['zero_shot/3-7']['n']})" in drawn
+    assert any(f"{ld['questions']} questions on {ld['documents']} documents" in t for t in drawn)
+    with pytest.raises(ValueError, match="no run to compare"):
+        P.plot_rag_effect({"runs": {}}, tmp_path / "e.png")
+    with pytest.raises(ValueError, match="no scored question"):
+        P.plot_longdoc({"documents": 3}, [], tmp_path / "e.png")
 
 
 # ---- CLI ----
 
-EXPECTED = ["data_mix", "length_hist", "sft_curves", "grpo_curves_rl", "lawbench_tasks_scores",
-            "lawbench_categories_scores", "judge_judge"]
+EXPECTED = ["data_mix", "length_hist", "sft_curves", "grpo_curves_rl", "lawbench_tasks_lawbench_scores",
+            "lawbench_categories_lawbench_scores", "code_mode_lawbench", "rag_effect_judgment", "longdoc_longdoc",
+            "judge_judge"]
 
 
-def test_cli_draws_everything(run_dir, tmp_path, caplog, capsys):
+def test_cli_draws_everything(run_dir, tmp_path, caplog, capsys, drawn):
     out = tmp_path / "figs"
     with no_missing_glyphs(caplog):
         rc = P.main(["--run", str(run_dir), "--out", str(out), "--lawbench_dir", str(tmp_path / "no_lawbench")])
@@ -268,19 +343,22 @@ def test_cli_draws_everything(run_dir, tmp_path, caplog, capsys):
         check_file(p)
     text = capsys.readouterr()
     assert "skipped published baselines" in text.out  # said, not silently dropped
-    assert "eval/scores_table.csv: not a per-task scores file" in text.out
+    assert "eval/lawbench/scores_table.csv: not a per-task scores file" in text.out
     assert "rl/metrics.jsonl: skipped unreadable lines {'bad_json': 1}" in text.err
+    # the code mode's predictions (<model>-code, 3-7 only) are a mode of the model, not a model with 1 of 20 tasks
+    code = [m for m in utils.read_scores_csv(run_dir / "eval" / "lawbench" / "scores.csv") if m.endswith("-code")]
+    assert code and not any(code[0] in t for t in drawn), code
 
 
 def test_cli_with_published_baselines_pdf(run_dir, lawbench_dir, caplog):
     with no_missing_glyphs(caplog):
         assert P.main(["--run", str(run_dir), "--format", "pdf", "--lawbench_dir", str(lawbench_dir)]) == 0
-    check_file(run_dir / "plots" / "lawbench_categories_scores.pdf", PDF_MAGIC)
+    check_file(run_dir / "plots" / "lawbench_categories_lawbench_scores.pdf", PDF_MAGIC)
 
 
-def test_cli_partial_and_bad_runs(tmp_path, capsys):
+def test_cli_partial_and_bad_runs(tmp_path, capsys, produced):
     run = tmp_path / "partial"
-    utils.write_jsonl(run / "sft1" / "metrics.jsonl", sft_records(3, 4.0))
+    utils.write_jsonl(run / "sft1" / "metrics.jsonl", P.read_metrics(produced / "sft_stage1" / "metrics.jsonl"))
     (run / "judge").mkdir()
     (run / "judge" / "summary.json").write_text("{not json")
     assert P.main(["--run", str(run), "--lawbench_dir", "none"]) == 0
@@ -293,6 +371,8 @@ def test_cli_partial_and_bad_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         P.main(["--run", str(run), "--format", "svg"])
     assert e.value.code == 2 and "--format: expected one of png | pdf, got 'svg'" in capsys.readouterr().err
+    assert exit_status(P.main, ["--run", str(run), "--window", "0"]) == 2  # a 0-step moving average is no curve
+    assert "--window" in capsys.readouterr().err
 
 
 def test_script_entry_point(run_dir):

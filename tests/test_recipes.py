@@ -67,7 +67,8 @@ def test_demo_evaluates_judges_and_plots(demo_run):
     assert json.loads((run / "eval" / "longdoc" / "metrics.json").read_text())["questions"] == 10
     assert "skipped: no judge endpoint" in out and "LEXLAB_JUDGE_URL" in out
     assert json.loads((run / "agreement" / "agreement.json").read_text())["n_items"] == 10  # data/expert_votes_sample
-    for name in ("data_mix", "length_hist", "sft_curves", "grpo_curves_rl"):
+    for name in ("data_mix", "length_hist", "sft_curves", "grpo_curves_rl", "code_mode_lawbench", "rag_effect_judgment",
+                 "longdoc_longdoc", "lawbench_categories_lawbench_scores"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 10_000, name
 
 
@@ -162,3 +163,12 @@ def test_recipes_refuse_without_weights():
         r = subprocess.run(["bash", str(REPO / "recipes" / script)], capture_output=True, text=True, timeout=60,
                            env={k: v for k, v in os.environ.items() if k not in ("MODEL", "DRY_RUN")})
         assert r.returncode == 2 and "set MODEL=" in r.stderr
+
+
+def test_lawbench_table_without_lawbench(tmp_path):
+    """Without ../shared (a plain clone) the recipe ends with one line saying what it needs, not a realpath error."""
+    (tmp_path / "cwd").mkdir()  # ../shared/lawbench relative to it does not exist
+    r = subprocess.run(["bash", str(REPO / "recipes" / "lawbench_table.sh")], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path / "cwd")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("lawbench_table.sh: error: ../shared/lawbench: not a LawBench copy"), r.stderr

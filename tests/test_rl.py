@@ -480,10 +480,30 @@ def test_learnability_reward_rises(warm_model, tmp_path, world_of_one):
     assert last > first + 0.1 and last > 0.85
     for k in ("reward_charge", "reward_format", "zero_var_frac", "kl", "clip_frac", "entropy", "completion_len",
               "rollout_tok_s", "weight_sync_s", "step_time", "t_rollout", "t_logprobs", "t_train", "peak_mem_gb",
-              "peak_rss_gb", "vllm_sleep_freed_gb", "logprob_diff_vllm"):
+              "peak_rss_gb", "vllm_sleep_freed_gb", "logprob_diff_vllm", "equal_reward_groups", "no_learning_signal"):
         assert k in m[0], k
     assert (out / "final" / "config.json").is_file() and (out / "samples.jsonl").stat().st_size > 0
     assert json.loads((out / "config.json").read_text())["group_size"] == 8
+
+
+def test_steps_without_learning_signal_are_counted_and_warned(tiny_model, tmp_path, world_of_one, capsys):
+    """A step where every group's rewards are equal (all advantages 0) is counted per step in metrics.jsonl, warned
+    about once (rank 0) and summed up at the end."""
+    prompts = tmp_path / "p.jsonl"
+    utils.write_jsonl(prompts, [{"prompt": f"被告人{n}实施盗窃。", "truth": _truth("盗窃")} for n in NAMES])
+    calls = []
+
+    def reward(text, truth):  # 4 completions per step (2 groups of 2): step 2's first completion differs
+        calls.append(1)
+        return {"total": 1.0 if len(calls) == 5 else 0.0}
+    cfg = rl.RLConfig(model=str(tiny_model), prompts=str(prompts), out=str(tmp_path / "run"), group_size=2,
+                      prompts_per_step=2, max_steps=3, max_new_tokens=4, log_every=0, sample_every=0)
+    out = rl.train(cfg, world_of_one, reward)
+    m = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [(x["equal_reward_groups"], x["no_learning_signal"]) for x in m] == [(2, True), (1, False), (2, True)]
+    text = capsys.readouterr().out
+    assert text.count("rl.py: warning: step 1: all 2 groups have equal rewards (no learning signal") == 1
+    assert "warning: step 3" not in text and "rl.py: 2 of 3 steps had no learning signal" in text
 
 
 def test_resume_continues_the_run(warm_model, tmp_path, world_of_one):
