@@ -52,7 +52,12 @@ python evaluate.py longdoc --model "$RUN/rl/final" --data data/longdoc_sample.js
 
 step "7/8 judge (LLM, only with an endpoint) and expert agreement -> $RUN/agreement"
 if [ -n "${LEXLAB_JUDGE_URL:-}" ] && [ -n "${LEXLAB_JUDGE_MODEL:-}" ]; then
-  python judge.py --questions data/sample/consult_qa.jsonl --model_a "$RUN/rl/final" --answers_b reference \
+  # the sample consultations carry no ids (judge.py needs one per question): number them
+  python -c 'import json, sys
+for i, line in enumerate(open(sys.argv[1], encoding="utf-8"), 1):
+    print(json.dumps({"id": str(i), **json.loads(line)}, ensure_ascii=False))' data/sample/consult_qa.jsonl \
+      > "$RUN/judge_questions.jsonl"
+  python judge.py --questions "$RUN/judge_questions.jsonl" --model_a "$RUN/rl/final" --answers_b reference \
       --llm_url "$LEXLAB_JUDGE_URL" --llm_model "$LEXLAB_JUDGE_MODEL" --out "$RUN/judge"
 else
   echo "skipped: no judge endpoint. To compare the demo model with the reference answers, point it at any"
