@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing as mp
-import os
 import re
 import time
 import string

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import sft
 import utils
 from conftest import cpu_env
 
