@@ -557,15 +557,20 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0] in SUBCOMMANDS:  # judge.py rubric | human | agreement (sections 8-10)
         return SUBCOMMANDS[argv[0]](argv[1:])
-    cfg = utils.parse_config(JudgeConfig, argv)
+    run_command("judge.py", run, utils.parse_config(JudgeConfig, argv))
+
+
+def run_command(prog: str, run_fn, cfg) -> None:
+    """run_fn(cfg) as a command (the pairwise judge, rubric, agreement): bad input and a write that failed mid-run
+    (full disk, read-only file system) end in one line, exit 2; the run-folder locks are released."""
     try:
-        run(cfg)
+        run_fn(cfg)
     except DataError as e:
-        utils.fail("judge.py", e)
-    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
+        utils.fail(prog, e)
+    except OSError as e:
         if e.errno not in utils.WRITE_ERRNOS:
             raise
-        utils.fail("judge.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+        utils.fail(prog, utils.write_failure(None, e, e.filename or "a file", cfg.out))
     finally:
         utils.unlock_run_dirs()
 
@@ -871,17 +876,7 @@ def print_rubric(summary: dict):
 
 
 def main_rubric(argv) -> None:
-    cfg = utils.parse_config(RubricConfig, argv, prog="judge.py rubric")
-    try:
-        run_rubric(cfg)
-    except DataError as e:
-        utils.fail("judge.py rubric", e)
-    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
-        if e.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail("judge.py rubric", utils.write_failure(None, e, e.filename or "a file", cfg.out))
-    finally:
-        utils.unlock_run_dirs()
+    run_command("judge.py rubric", run_rubric, utils.parse_config(RubricConfig, argv, prog="judge.py rubric"))
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 9. The expert page (`judge.py human`): blind pairwise comparison by legal experts, served from this machine
@@ -1594,17 +1589,7 @@ def print_agreement(r: dict, votes: list[dict]):
 
 
 def main_agreement(argv) -> None:
-    cfg = utils.parse_config(AgreementConfig, argv, prog="judge.py agreement")
-    try:
-        run_agreement(cfg)
-    except DataError as e:
-        utils.fail("judge.py agreement", e)
-    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
-        if e.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail("judge.py agreement", utils.write_failure(None, e, e.filename or "a file", cfg.out))
-    finally:
-        utils.unlock_run_dirs()
+    run_command("judge.py agreement", run_agreement, utils.parse_config(AgreementConfig, argv, prog="judge.py agreement"))
 
 
 SUBCOMMANDS = {"rubric": main_rubric, "human": main_human, "agreement": main_agreement}
