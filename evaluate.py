@@ -1893,10 +1893,8 @@ def main(argv=None) -> int:
         return run(cfg) or 0
     except DataError as e:  # bad input: one line naming file, line and field
         utils.fail(f"evaluate.py {argv[0]}", e)
-    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
-        if e.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail(f"evaluate.py {argv[0]}", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
+        utils.fail_write(f"evaluate.py {argv[0]}", e, cfg.out)
     finally:
         utils.unlock_run_dirs()
 

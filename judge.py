@@ -567,10 +567,8 @@ def run_command(prog: str, run_fn, cfg) -> None:
         run_fn(cfg)
     except DataError as e:
         utils.fail(prog, e)
-    except OSError as e:
-        if e.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail(prog, utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
+        utils.fail_write(prog, e, cfg.out)
     finally:
         utils.unlock_run_dirs()
 

@@ -1118,10 +1118,8 @@ def main(argv=None):
         run(cfg)
     except DataError as e:
         utils.fail("prepare_data.py", e)
-    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
-        if e.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail("prepare_data.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
+        utils.fail_write("prepare_data.py", e, cfg.out)
 
 
 if __name__ == "__main__":

@@ -1123,10 +1123,8 @@ def main(argv=None):
         utils.fail("rl.py", e)
     except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
         utils.interrupted_exit("rl.py", e, Path(cfg.out), argv)
-    except OSError as e:  # a write that failed mid-run (full disk, read-only file system): one line
-        if e.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail("rl.py", utils.write_failure(None, e, e.filename or "a file", cfg.out))
+    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
+        utils.fail_write("rl.py", e, cfg.out)
     finally:
         utils.unlock_run_dirs()
         if dist.is_initialized():

@@ -72,6 +72,15 @@ def fail(script: str, message) -> NoReturn:
     raise SystemExit(BAD_INPUT_EXIT)
 
 
+def fail_write(script: str, e: OSError, out) -> NoReturn:
+    """A write that failed mid-run (full disk, read-only file system, no permission, quota): the one line of fail(),
+    naming the file, the cause and OUT. Any other OSError is re-raised: a bug, not the output's fault. Called from
+    each script's `except OSError`."""
+    if e.errno not in WRITE_ERRNOS:
+        raise e
+    fail(script, write_failure(None, e, e.filename or "a file", out))
+
+
 def check_model_dir(path, flag: str = "--model", config: bool = True, weights: bool = True, tokenizer: bool = True,
                     chat_template: bool = False) -> None:
     """Check a Hugging Face model folder before any work starts; each problem is one DataError naming the folder:
