@@ -314,6 +314,25 @@ def require(rec: dict, field: str, path, line: int, kind=str, allow_empty: bool 
     return cur
 
 
+def write_json(path, obj, indent: int = 2) -> Path:
+    """Write one JSON file atomically (tmp file then rename): an interrupted run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def append_jsonl(path, record: dict) -> None:
+    """Append one record as a JSON line (metrics.jsonl, samples.jsonl, caches). One write call per line, flushed on
+    return, so a crash leaves at most the last line torn, and readers (iter_records on_error='skip') skip it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def write_jsonl(path, records) -> int:
     """Write records as UTF-8 JSON lines (atomically: tmp file then rename). Returns the count."""
     path = Path(path)
