@@ -1777,7 +1777,7 @@ def _preflight_longdoc(cfg: LongDocConfig):
         frame = utils.prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
         if cfg.max_prompt_tokens <= frame:  # the rendered prompt without document and question
             raise DataError("--max_prompt_tokens", None, None, f"{cfg.max_prompt_tokens} tokens leave no room for the "
-                            f"document in the prompt", reason="bad_flag")
+                            "document in the prompt", reason="bad_flag")
 
 
 def _preflight_score(cfg: ScoreConfig):

@@ -10,7 +10,7 @@ Sections (banner comments below):
   6. Tiny offline model          - byte-level BPE tokenizer + random-init Qwen2, nothing downloaded
   7. Packed stages               - the files prepare_data writes and sft reads
   8. Generation backends         - one `generate` call over Hugging Face or vLLM, prompt budgets (evaluate / judge;
-                                   rl.py its prompt budgets)
+                                   rl.py its prompts, its vLLM engine, the cut at the stop token)
   9. Training                    - torch.distributed set-up, FSDP2, packed attention, checkpoints, resume (sft / rl)
  10. Legal answer parsing        - charge / article / sentence parsers, log distance of terms (rl / evaluate)
  11. LawBench tasks and scores   - task list, category means, scores CSV (evaluate / plots)
@@ -996,7 +996,7 @@ IGNORE_INDEX = -100  # the label of a token not trained on (prompt, role header,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py and judge.py; rl.py its budgets)
+# 8. Generation backends: one call, HF `generate` or vLLM (evaluate.py, judge.py); rl.py its prompts and engine
 # ----------------------------------------------------------------------------------------------------------------------
 # Both backends decode the generated token ids with the same Hugging Face tokenizer (skip_special_tokens), so on
 # the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
