@@ -835,9 +835,7 @@ class GenerateConfig:
     save_every: int | None = field(default=None, metadata={
         "help": "items per generate call / progress save within a task (default: 64 hf, 4096 vllm: the engine "
                 "schedules a whole task at once)", "min": 1})
-    max_prompt_tokens: int | None = field(default=None, metadata={
-        "help": "prompt budget in tokens (default: model context - max_new_tokens); longer items are refused "
-                "(empty prediction, listed in refused.jsonl), never cut", "min": 1})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": utils.MAX_PROMPT_TOKENS_HELP, "min": 1})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM on GPU: share of GPU memory for "
                                                                          "weights + KV cache", "min": 0.01, "max": 1})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on GPU: GPUs per engine", "min": 1})
@@ -946,25 +944,11 @@ def _rank_world(backend: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def generate_within_budget(cfg: GenerateConfig, prompts: list[str], indices: list[int], budget: int,
-                           world: int = 1, max_model_len: int | None = None
-                           ) -> tuple[dict[int, str], list[tuple[int, int]]]:
-    """Greedy completions of prompts[i] for i in indices whose rendered prompt fits `budget` tokens.
-    -> ({i: completion}, [(i, prompt tokens) of the prompts over the budget, never sent]). With world > 1 every rank
-    calls the backend, an empty share too, so that vLLM's external_launcher engines start together.
-    max_model_len: the vLLM engine's, fixed for the run (one engine for every call; default: from these prompts)."""
-    n_tok = utils.prompt_lengths(cfg.model, [prompts[i] for i in indices], chat=not cfg.raw)
-    fits = [i for i, n in zip(indices, n_tok) if n <= budget]
-    over = [(i, n) for i, n in zip(indices, n_tok) if n > budget]
-    if not fits and world == 1:
-        return {}, over
-    outs = utils.generate(cfg.model, [prompts[i] for i in fits], backend=cfg.backend,
-                          max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size,
-                          chat=not cfg.raw, seed=0, max_prompt_tokens=budget,
-                          gpu_memory_utilization=cfg.gpu_memory_utilization,
-                          tensor_parallel_size=cfg.tensor_parallel_size, kv_cache_bytes=cfg.vllm_kv_bytes,
-                          max_model_len=max_model_len)
-    return dict(zip(fits, outs)), over
+def generation_settings(cfg: GenerateConfig) -> dict:
+    """utils.generate_within_budget's settings from the flags (greedy, seed 0)."""
+    return dict(backend=cfg.backend, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, chat=not cfg.raw,
+                gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size,
+                kv_cache_bytes=cfg.vllm_kv_bytes)
 
 
 def generate_lawbench(cfg: GenerateConfig) -> dict:
@@ -1030,10 +1014,13 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                 mine = [i for i in chunk if i % dp_world == dp_rank]  # this rank's share (all in a world of one)
                 mine_total += len(mine) if lead else 0
                 # a prompt over the budget is refused (LawBench items are not cut): empty prediction, reason recorded
-                gen, over = generate_within_budget(cfg, prompts, mine, budget, world, max_model_len)
-                gen, over = (gen, over) if lead else ({}, [])  # the group's other ranks: the same, reported once
+                gen, over = utils.generate_within_budget(cfg.model, {i: prompts[i] for i in mine}, budget,
+                                                         world=world, max_model_len=max_model_len,
+                                                         **generation_settings(cfg))
+                gen, over = (gen, over) if lead else ({}, {})  # the group's other ranks: the same, reported once
                 refused = [{"shot": SHOTS[shot], "task": task, "index": i, "prompt_tokens": n, "budget": budget,
-                            "reason": "prompt longer than the budget (context - max_new_tokens)"} for i, n in over]
+                            "reason": "prompt longer than the budget (context - max_new_tokens)"}
+                           for i, n in over.items()]
                 gen, refused = _gather_shares(world, gen, refused)
                 if rank > 0:
                     continue
@@ -1164,7 +1151,8 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str, want:
                 if [it["origin_prompt"][0]["prompt"] for it in done] != prompts:
                     done = []
             if not done:  # a prompt over the budget is refused, as in the direct mode (never cut, never an OOM)
-                gen, _ = generate_within_budget(cfg, prompts, list(range(len(prompts))), budget)
+                gen, _ = utils.generate_within_budget(cfg.model, dict(enumerate(prompts)), budget,
+                                                      **generation_settings(cfg))
                 outs = [gen.get(i) for i in range(len(prompts))]
                 for prompt, out, it in tqdm(list(zip(prompts, outs, items)), desc=f"{SHOTS[shot]} {task} code"):
                     code, found = extract_program(out or "")
@@ -1308,9 +1296,7 @@ class JudgmentConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "new tokens per answer", "min": 1})
     batch_size: int = field(default=8, metadata={"help": "generation batch size (hf; prompts of similar length)",
                                                    "min": 1})
-    max_prompt_tokens: int | None = field(default=None, metadata={
-        "help": "prompt budget in tokens (default: model context - max_new_tokens); a longer fact is cut in the "
-                "middle (counted, recorded per item)", "min": 1})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": utils.MAX_PROMPT_TOKENS_HELP, "min": 1})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM on GPU: share of GPU memory",
                                                                  "min": 0.01, "max": 1})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on GPU: GPUs per engine", "min": 1})
@@ -1369,20 +1355,18 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
     contexts = [p[:len(p) - len(utils.judgment_prompt(d["fact"]))] for d, p in zip(data, prompts)]
     cut_chars, fits = [], []
     for i, (d, ctx) in enumerate(zip(data, contexts)):
-        fit = utils.fit_prompt(tok, lambda f: utils.render_prompts(tok, [ctx + utils.judgment_prompt(f)])[0],
-                               d["fact"], budget)
+        fit = utils.fit_prompt(tok, lambda f: utils.render_prompt(tok, ctx + utils.judgment_prompt(f)), d["fact"],
+                               budget)
         cut_chars.append(None if fit is None else fit[1])
         if fit is not None:
             prompts[i] = ctx + utils.judgment_prompt(fit[0])
             fits.append(i)
     t0 = time.time()
-    gen = utils.generate(cfg.model, [prompts[i] for i in fits], backend=cfg.backend,
-                         max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size, chat=True,
-                         seed=0, max_prompt_tokens=budget, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                         tensor_parallel_size=cfg.tensor_parallel_size) if fits else []
-    outs = [""] * len(prompts)
-    for i, o in zip(fits, gen):
-        outs[i] = o
+    gen, _ = utils.generate_within_budget(cfg.model, {i: prompts[i] for i in fits}, budget, backend=cfg.backend,
+                                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                          gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                          tensor_parallel_size=cfg.tensor_parallel_size)
+    outs = [gen.get(i, "") for i in range(len(prompts))]  # a refused fact: empty prediction
     t_gen = time.time() - t0
     preds = [parse_judgment(o) for o in outs]
     metrics = judgment_metrics(preds, [d["truth"] for d in data])
@@ -1465,10 +1449,9 @@ class LongDocConfig:
     data: str = field(default="data/longdoc_sample.jsonl", metadata={"help": "JSONL {document, questions}"})
     out: str = field(default="runs/longdoc", metadata={"help": "output folder"})
     doc_field: str = field(default="document", metadata={"help": "field holding the document text"})
-    max_context: int | None = field(default=None, metadata={"help": "tokens; default: max_position_embeddings",
-                                                             "min": 1})
     backend: str = field(default="hf", metadata={"help": "generation backend", "choices": ("hf", "vllm")})
     max_new_tokens: int = field(default=128, metadata={"help": "answers are short", "min": 1})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": utils.MAX_PROMPT_TOKENS_HELP, "min": 1})
     batch_size: int = field(default=4, metadata={"help": "generation batch size", "min": 1})
     overwrite: bool = field(default=False, metadata={"help": "OUT holds a long-document run of another model / data /"
                                                               " settings: delete it and start clean"})
@@ -1501,17 +1484,16 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
     docs = load_longdoc(cfg.data, cfg.doc_field)
     open_run_dir(cfg, LONGDOC_SETTINGS, LONGDOC_OUTPUTS)
     tok = utils.load_tokenizer(cfg.model)
-    context = cfg.max_context or utils.model_context(cfg.model)
     # the budget counts the whole rendered prompt (chat template, instructions, question): the document is cut in
     # the middle until it fits, per question; a question that cannot fit even so is refused (no prediction)
-    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, context - cfg.max_new_tokens)
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     prompts, golds, rows, truncated, doc_tokens, refused = [], [], [], 0, [], 0
     for d_i, d in enumerate(docs):
         doc_tokens.append(utils.count_tokens(tok, d["document"]))
         cut_doc = False
         for q in d["questions"]:
             def render(doc, q=q):
-                return utils.render_prompts(tok, [LONGDOC_TEMPLATE.format(document=doc, question=q["question"])])[0]
+                return utils.render_prompt(tok, LONGDOC_TEMPLATE.format(document=doc, question=q["question"]))
             fit = utils.fit_prompt(tok, render, d["document"], budget)
             if fit is None:
                 refused += 1
@@ -1521,19 +1503,19 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
             golds.append(q["answer"])
             rows.append({"doc": d_i, "question": q["question"], "answer": q["answer"], "removed_chars": fit[1]})
         if not d["questions"]:  # documents only: would the document have to be cut (length statistics)?
-            fit = utils.fit_prompt(tok, lambda doc: utils.render_prompts(
-                tok, [LONGDOC_TEMPLATE.format(document=doc, question="")])[0], d["document"], budget)
+            fit = utils.fit_prompt(tok, lambda doc: utils.render_prompt(
+                tok, LONGDOC_TEMPLATE.format(document=doc, question="")), d["document"], budget)
             cut_doc = fit is None or fit[1] > 0
         truncated += cut_doc
     t0 = time.time()
-    outs = utils.generate(cfg.model, prompts, backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
-                          temperature=0.0, batch_size=cfg.batch_size, chat=True, seed=0,
-                          max_prompt_tokens=budget) if prompts else []
+    gen, _ = utils.generate_within_budget(cfg.model, dict(enumerate(prompts)), budget, backend=cfg.backend,
+                                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    outs = [gen[i] for i in range(len(prompts))]  # every prompt fits (fit_prompt)
     scores = [char_f1(g, o) for g, o in zip(golds, outs)]
     metrics = {"documents": len(docs), "questions": len(prompts), "refused_questions": refused,
                "prompt_budget": budget, "documents_without_questions":
-               sum(not d["questions"] for d in docs), "truncated_documents": truncated, "context_tokens": context,
-               "max_document_tokens": max(doc_tokens, default=0),
+               sum(not d["questions"] for d in docs), "truncated_documents": truncated,
+               "context_tokens": budget + cfg.max_new_tokens, "max_document_tokens": max(doc_tokens, default=0),
                "char_f1": sum(scores) / len(scores) if scores else None, "generation_s": round(time.time() - t0, 2),
                "model": cfg.model, "data": cfg.data}
     utils.write_jsonl(Path(cfg.out) / "predictions.jsonl",
@@ -1644,21 +1626,20 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
                 chunk = todo[start:start + save_every]
                 mine = [i for i in chunk if i % world == rank]
                 mine_total += len(mine)
-                prompts, fits, refused, cut = {}, [], [], 0
+                prompts, refused, cut = {}, [], 0
                 for i in mine:  # the input's middle is cut until the rendered prompt fits (head and label kept)
                     head, label = parts[i][0], parts[i][1][len(items[i]["input"]):]
-                    fit = utils.fit_prompt(tok, lambda t: utils.render_prompts(tok, [head + t + label],
-                                                                               chat=not cfg.raw)[0],
+                    fit = utils.fit_prompt(tok, lambda t: utils.render_prompt(tok, head + t + label, not cfg.raw),
                                            items[i]["input"], budget)
                     if fit is None:
                         refused.append({"setting": LEXEVAL_SETTINGS[shot], "task": task, "index": i, "budget": budget,
                                         "reason": "prompt does not fit the budget even with its input cut"})
                         continue
                     prompts[i], cut = head + fit[0] + label, cut + (fit[1] > 0)
-                    fits.append(i)
-                gen, over = generate_within_budget(cfg, prompts, fits, budget, world)
+                gen, over = utils.generate_within_budget(cfg.model, prompts, budget, world=world,
+                                                         **generation_settings(cfg))
                 refused += [{"setting": LEXEVAL_SETTINGS[shot], "task": task, "index": i, "prompt_tokens": n,
-                             "budget": budget, "reason": "prompt longer than the budget"} for i, n in over]
+                             "budget": budget, "reason": "prompt longer than the budget"} for i, n in over.items()]
                 gen, refused = _gather_shares(world, gen, refused)
                 cut = sum(_gather_shares(world, {rank: cut}, [])[0].values()) if world > 1 else cut
                 if rank > 0:
@@ -1792,12 +1773,11 @@ def _preflight_longdoc(cfg: LongDocConfig):
     utils.check_out_dir(cfg.out)
     load_longdoc(cfg.data, cfg.doc_field)
     utils.check_model_dir(cfg.model, chat_template=True)
-    if cfg.max_context is not None:
+    if cfg.max_prompt_tokens is not None:
         frame = utils.prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
-        room = cfg.max_context - cfg.max_new_tokens - frame  # the rendered prompt without document and question
-        if room < 1:
-            raise DataError("--max_context", None, None, f"{cfg.max_context} tokens leave no room for the document "
-                            f"after --max_new_tokens {cfg.max_new_tokens} and the prompt", reason="bad_flag")
+        if cfg.max_prompt_tokens <= frame:  # the rendered prompt without document and question
+            raise DataError("--max_prompt_tokens", None, None, f"{cfg.max_prompt_tokens} tokens leave no room for the "
+                            "document in the prompt", reason="bad_flag")
 
 
 def _preflight_score(cfg: ScoreConfig):

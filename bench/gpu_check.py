@@ -440,9 +440,7 @@ def stage_vllm(spec) -> dict:
     cfg = rl.RLConfig(model=str(model_dir), prompts="-", out="-", dtype="bfloat16" if gpu else "float32",
                       gpu_memory_utilization=0.3, max_new_tokens=16)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for t in ("被告人张某盗窃他人财物。", "被告人李某诈骗钱款三万元。")]
+    prompts = utils.encode_prompts(tok, ["被告人张某盗窃他人财物。", "被告人李某诈骗钱款三万元。"])
     t0 = time.perf_counter()
     roll = rl.VLLMRollout(cfg, 0, 1, 256, dev)
     r = {"engine_start_s": time.perf_counter() - t0}

@@ -116,7 +116,7 @@ BAD = [
     ("evaluate.py judgment", ["--max_items", "0"], "--max_items: must be >= 1, got 0"),
     ("evaluate.py judgment", lambda i: ["--data", i["dir"] / "missing.jsonl"], "missing.jsonl: file not found"),
     ("evaluate.py judgment", lambda i: ["--model", i["models"]["truncated"]], "model.safetensors: truncated"),
-    ("evaluate.py longdoc", ["--max_context", "4"], "--max_context: 4 tokens leave no room for the document"),
+    ("evaluate.py longdoc", ["--max_prompt_tokens", "4"], "--max_prompt_tokens: 4 tokens leave no room"),
     ("evaluate.py longdoc", ["--doc_field", "text"], "field 'text': missing"),
     ("prepare_data.py", ["--seq_len", "-5"], "--seq_len: must be >= 16, got -5"),
     ("prepare_data.py", ["--general_ratio", "20"], "--general_ratio: must be <= 1, got 20.0"),

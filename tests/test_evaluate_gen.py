@@ -235,7 +235,7 @@ def test_longdoc_sample_end_to_end(tiny_model, tmp_path, capsys):
     for d in sample:  # every answer is in its document (extractive questions)
         assert all(evaluate.char_f1(q["answer"], d["document"]) > 0 for q in d["questions"])
     rc, _ = _run(["longdoc", "--model", str(tiny_model), "--out", str(tmp_path), "--max_new_tokens", "2",
-                  "--max_context", "300"], capsys)
+                  "--max_prompt_tokens", "298"], capsys)
     assert rc == 0
     m = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert m["questions"] == 10 and m["truncated_documents"] == 2 and 0.0 <= m["char_f1"] <= 1.0
@@ -253,9 +253,9 @@ def test_longdoc_bad_record(tmp_path, capsys):
 def test_generate_rag_only_on_3x(lawbench_dir, tmp_path, monkeypatch):
     """--rag prepends the BM25 top-k articles to 3-x prompts only (the model is faked: prompts are what we test)."""
     seen = {}
-    monkeypatch.setattr(utils, "generate", lambda model, prompts, **kw: [seen.setdefault(p, "") for p in prompts])
+    monkeypatch.setattr(utils, "generate_within_budget", lambda model, prompts, budget, **kw: (
+        {k: seen.setdefault(p, "") for k, p in prompts.items()}, {}))
     monkeypatch.setattr(utils, "prompt_budget", lambda *a: 10 ** 6)
-    monkeypatch.setattr(utils, "prompt_lengths", lambda model, prompts, chat=True: [len(p) for p in prompts])
     utils.write_jsonl(tmp_path / "a.jsonl", ARTICLES)
     cfg = evaluate.GenerateConfig(model="fake", lawbench_dir=str(lawbench_dir), out=str(tmp_path / "o"),
                                   tasks="1-2,3-3", max_items=2, rag=str(tmp_path / "a.jsonl"), rag_k=2)

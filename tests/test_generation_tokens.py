@@ -45,7 +45,7 @@ def turn_model(bos_model, tmp_path_factory) -> Path:
     shutil.copytree(bos_model, out)
     tok = utils.load_tokenizer(bos_model)
     model = AutoModelForCausalLM.from_pretrained(bos_model)
-    last = tok(utils.render_prompts(tok, ["x"])[0], add_special_tokens=False)["input_ids"][-1]
+    last = tok(utils.render_prompt(tok, "x"), add_special_tokens=False)["input_ids"][-1]
     a, b, eot = tok.convert_tokens_to_ids(["a", "b", "<|im_end|>"])
     with torch.no_grad():
         for layer in model.model.layers:
@@ -72,9 +72,9 @@ def _ids(model_dir, names):
 def test_bos_tokenizer_same_prompt_ids_and_greedy_text_in_hf_and_vllm(bos_model, monkeypatch):
     from vllm import LLM
     tok = utils.load_tokenizer(bos_model)
-    want = [tok(t, add_special_tokens=False)["input_ids"] for t in utils.render_prompts(tok, PROMPTS)]
+    want = utils.encode_prompts(tok, PROMPTS)
     assert all(ids[0] == tok.bos_token_id != ids[1] for ids in want)  # exactly one BOS, the template's
-    assert tok(utils.render_prompts(tok, PROMPTS)[0])["input_ids"][:2] == [tok.bos_token_id] * 2  # the trap
+    assert tok(utils.render_prompt(tok, PROMPTS[0]))["input_ids"][:2] == [tok.bos_token_id] * 2  # the trap
     seen, real = [], LLM.generate
 
     def recording(self, *args, **kwargs):  # the engine's RequestOutputs: the prompt ids it really ran on
@@ -115,8 +115,7 @@ def test_rl_vllm_rollout_stops_at_the_end_of_turn(turn_model):
     roll = rl.VLLMRollout(cfg, 0, 1, 256, torch.device("cpu"))
     try:
         tok = utils.load_tokenizer(turn_model)
-        comps = roll.generate([tok(utils.render_prompts(tok, PROMPTS[:1])[0], add_special_tokens=False)
-                               ["input_ids"]], n=2, generator_seed=0)
+        comps = roll.generate([utils.encode_prompts(tok, PROMPTS[:1])[0]], n=2, generator_seed=0)
     finally:
         roll.close()
     assert [(c.ids, c.truncated) for c in comps] == [([a, eot], False)] * 2  # the stop token is scored
@@ -129,7 +128,7 @@ def test_rl_hf_rollout_and_export_stop_at_the_end_of_turn(turn_model, tmp_path, 
     from transformers import AutoModelForCausalLM, GenerationConfig
     a, eot, eos = _ids(turn_model, ["a", "<|im_end|>", "</s>"])
     tok = utils.load_tokenizer(turn_model)
-    prompt = tok(utils.render_prompts(tok, PROMPTS[:1])[0], add_special_tokens=False)["input_ids"]
+    prompt = utils.encode_prompts(tok, PROMPTS[:1])[0]
     cfg = rl.RLConfig(model=str(turn_model), prompts="-", out="-", max_new_tokens=8)
     model = rl.build_policy(turn_model, "float32", world_of_one)
     comps = rl.HFRollout(model, tok, cfg).generate([prompt], n=2, generator_seed=0)

@@ -67,11 +67,6 @@ def test_length_mask_keeps_eos_when_pad_equals_eos():
     assert (tokens != pad).float().sum() < m.sum()  # an id-based mask would drop the EOS tokens
 
 
-def test_completion_length():
-    assert rl.completion_length([5, 6, 2, 2, 2], {2}) == (3, False)
-    assert rl.completion_length([5, 6, 7], {2}) == (3, True)
-
-
 # ---- policy loss, KL, aggregation ------------------------------------------------------------------------------------
 
 def test_clipped_policy_loss_hand_computed():
@@ -250,21 +245,26 @@ def test_train_on_batch_reduces_on_the_model_device(tiny_model, monkeypatch):
     assert isinstance(model, nn.Module)
 
 
-def test_vllm_engine_kwargs_per_rank_and_device():
-    cfg = rl.RLConfig(model="m", prompts="-", out="-", dtype="float32", gpu_memory_utilization=0.4)
-    gpu = [rl.vllm_engine_kwargs(cfg, r, 8, cuda=True, max_model_len=2560) for r in range(8)]
+def test_vllm_engine_kwargs_per_rank_and_device(tiny_model, monkeypatch):
+    """rl.py's engine: utils.vllm_llm_kwargs with the rollout's own settings (the engine start itself faked)."""
+    monkeypatch.setattr(utils, "start_vllm", lambda kw: None)
+    cfg = rl.RLConfig(model=str(tiny_model), prompts="-", out="-", dtype="float32", gpu_memory_utilization=0.4)
+
+    def engine_kwargs(rank, world, device, max_model_len):
+        return rl.VLLMRollout(cfg, rank, world, max_model_len, torch.device(device)).kwargs
+    gpu = [engine_kwargs(r, 8, "cuda", 2560) for r in range(8)]
     for r, kw in enumerate(gpu):
         assert kw["distributed_executor_backend"] == "external_launcher"  # each rank's engine on its own GPU
         assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is False  # not the fp32 master dtype; CUDA graphs
         assert kw["enable_sleep_mode"] is True and kw["gpu_memory_utilization"] == 0.4
         assert "kv_cache_memory_bytes" not in kw and kw["max_model_len"] == 2560
         assert kw["logprobs_mode"] == "processed_logprobs"  # log-probs of logits / T, what the trainer scores
+        assert kw["worker_extension_cls"] == "rl.VLLMWeightSync"  # the weight push
     assert len({kw["seed"] for kw in gpu}) == 8  # per-rank sampling seeds
-    cpu = rl.vllm_engine_kwargs(cfg, 0, 1, cuda=False, max_model_len=100)
+    cpu = engine_kwargs(0, 1, "cpu", 100)
     assert "distributed_executor_backend" not in cpu and cpu["enforce_eager"] and cpu["dtype"] == "float32"
     assert cpu["kv_cache_memory_bytes"] == cfg.vllm_kv_bytes and "enable_sleep_mode" not in cpu
-    assert rl.vllm_engine_kwargs(cfg, 1, 2, cuda=False, max_model_len=100)["distributed_executor_backend"] == \
-        "external_launcher"
+    assert engine_kwargs(1, 2, "cpu", 100)["distributed_executor_backend"] == "external_launcher"
 
 
 def test_stream_weights_holds_one_tensor_at_a_time(tiny_model):
