@@ -38,11 +38,11 @@ def test_without_a_process_group_nothing_is_collective(monkeypatch):
 
 
 def test_all_reduce_in_a_gloo_group(world_of_one, monkeypatch):
-    x = torch.tensor([1.0, 5.0])
-    assert utils.all_reduce(x) is x  # a world of one: no collective, no copy
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as on a rank of two: the collectives run (on the real group of one)
     seen, real = [], dist.all_reduce
     monkeypatch.setattr(dist, "all_reduce", lambda t, op: seen.append((t.device.type, op)) or real(t, op=op))
+    x = torch.tensor([1.0, 5.0])
+    assert utils.all_reduce(x) is x and seen == []  # a world of one: no collective (no host sync per step)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as on a rank of two: the collectives run (on the real group of one)
     assert utils.all_reduce(torch.tensor([1.0, 5.0])).tolist() == [1.0, 5.0]
     assert utils.all_reduce(torch.tensor([2, 3]), "max").tolist() == [2, 3]
     assert seen == [("cpu", dist.ReduceOp.SUM), ("cpu", dist.ReduceOp.MAX)]
