@@ -1292,9 +1292,7 @@ def close_vllm() -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Everything here runs on CPU (gloo) as well as on GPUs (nccl), so the tests exercise the real code paths.
 
-# ---- distributed (sft / rl / evaluate): one way each to learn the rank, start the group, reduce, wait, end it ----
-# Each works with or without a process group (a plain HF `evaluate.py` has none): callers need no `if world > 1`.
-
+# ---- distributed (sft / rl / evaluate): each helper works with or without a process group (plain HF evaluate) ----
 DIST_TIMEOUT_MIN = 120  # process-group timeout: checkpoint saves / rank-0 exports on slow shared disks exceed 10 min
 DistInfo = NamedTuple("DistInfo", [("rank", int), ("local_rank", int), ("world", int), ("local_world", int)])
 
@@ -1391,7 +1389,6 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# ---- CPU threads, FSDP2: shard and load a model ----
 # CPU threads. torch's default is one intra-op thread per core. The tiny model's kernels (hidden 128) are too small to
 # gain from a second thread, and on a busy machine every parallel op waits until all its threads have been scheduled:
 # the demo's GRPO step on a shared 2-core machine took 62 s with two threads vs 2.6 s with one, 265-320 s vs 18 s
