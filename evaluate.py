@@ -933,15 +933,14 @@ def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
 
 
 def _rank_world(backend: str) -> tuple[int, int]:
-    """(rank, world size): under torchrun with WORLD_SIZE > 1, or for vLLM (a world of one, so that one engine serves
-    every task: utils.generate closes an engine that made its own process group), the process group is started here
-    (utils.dist_init: nccl on GPU, gloo on CPU); a plain HF run is a world of one without a process group."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and backend != "vllm":
-        return 0, 1
+    """(rank, world size) (utils.dist_info). Under torchrun with WORLD_SIZE > 1, or for vLLM (a world of one, so that
+    one engine serves every task: utils.generate closes an engine that made its own process group), the process group
+    is started here (utils.dist_init); a plain HF run is a world of one without a process group."""
     import torch.distributed as dist
-    if not dist.is_initialized():
+    if (utils.dist_info().world > 1 or backend == "vllm") and not dist.is_initialized():
         utils.dist_init()
-    return dist.get_rank(), dist.get_world_size()
+    rank, _, world, _ = utils.dist_info()
+    return rank, world
 
 
 def generation_settings(cfg: GenerateConfig) -> dict:
@@ -974,7 +973,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
         check_made_by([Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
                        ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want, cfg.overwrite)
         utils.save_config(cfg, cfg.out)
-    _sync(world)  # the other ranks read the files only after rank 0 has checked (or removed) them
+    utils.barrier()  # the other ranks read the files only after rank 0 has checked (or removed) them
     index = StatuteIndex(cfg.rag, cfg.rag_law) if cfg.rag else None
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
@@ -1021,7 +1020,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                 refused = [{"shot": SHOTS[shot], "task": task, "index": i, "prompt_tokens": n, "budget": budget,
                             "reason": "prompt longer than the budget (context - max_new_tokens)"}
                            for i, n in over.items()]
-                gen, refused = _gather_shares(world, gen, refused)
+                gen, refused = _gather_shares(gen, refused)
                 if rank > 0:
                     continue
                 refused.sort(key=lambda r: r["index"])
@@ -1040,27 +1039,22 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
             if rank == 0:
                 write_predictions(task_file, [done[i] for i in range(len(items))])
                 partial.unlink(missing_ok=True)
-            _sync(world)  # the task file is complete before any rank reads the next one
+            utils.barrier()  # the task file is complete before any rank reads the next one
     if world > 1:
         print(f"rank {rank}/{world}: generated {mine_total} items", flush=True)
-        report["per_rank"] = list(_gather_shares(world, {rank: mine_total}, [])[0].values())  # rank order
+        report["per_rank"] = list(_gather_shares({rank: mine_total}, [])[0].values())  # rank order
     if cfg.code and rank == 0:  # section 3b, on rank 0 only: the same items again, the model writing a program
         report["code_mode"] = generate_code_mode(cfg, shots, name, want)
     return report
 
 
-def _sync(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-
-
-def _gather_shares(world: int, gen: dict, refused: list) -> tuple[dict, list]:
+def _gather_shares(gen: dict, refused: list) -> tuple[dict, list]:
     """Rank 0 gets every rank's {index: prediction} and refused records merged (other ranks: their own back)."""
+    rank, _, world, _ = utils.dist_info()
     if world == 1:
         return gen, refused
     import torch.distributed as dist
-    shares = [None] * world if dist.get_rank() == 0 else None
+    shares = [None] * world if rank == 0 else None
     dist.gather_object((gen, refused), shares, dst=0)
     if shares is None:
         return gen, refused
@@ -1591,7 +1585,7 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
         utils.save_config(cfg, cfg.out)
         for line in notes:
             print("note:", line, flush=True)
-    _sync(world)
+    utils.barrier()
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     tok = utils.load_tokenizer(cfg.model)
     save_every = cfg.save_every or (4096 if cfg.backend == "vllm" else 64)
@@ -1640,8 +1634,8 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
                                                          **generation_settings(cfg))
                 refused += [{"setting": LEXEVAL_SETTINGS[shot], "task": task, "index": i, "prompt_tokens": n,
                              "budget": budget, "reason": "prompt longer than the budget"} for i, n in over.items()]
-                gen, refused = _gather_shares(world, gen, refused)
-                cut = sum(_gather_shares(world, {rank: cut}, [])[0].values()) if world > 1 else cut
+                gen, refused = _gather_shares(gen, refused)
+                cut = sum(_gather_shares({rank: cut}, [])[0].values())
                 if rank > 0:
                     continue
                 report["cut"] += cut
@@ -1659,13 +1653,13 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
             if rank == 0:  # the official main.py writes the same lines (json.dumps, ensure_ascii=False)
                 utils.write_jsonl(out_file, [done[i] for i in range(len(items))])
                 partial.unlink(missing_ok=True)
-            _sync(world)
+            utils.barrier()
     if no_answer and rank == 0:
         print(f"note: few-shot examples without an 'answer' (rendered with an empty answer, as LexEval publishes "
               f"them): {', '.join(f'{t}: {n}' for t, n in no_answer.items())}", flush=True)
     if world > 1:
         print(f"rank {rank}/{world}: generated {mine_total} items", flush=True)
-        report["per_rank"] = list(_gather_shares(world, {rank: mine_total}, [])[0].values())
+        report["per_rank"] = list(_gather_shares({rank: mine_total}, [])[0].values())
     return report
 
 
@@ -1748,8 +1742,8 @@ def _preflight_generate(cfg: GenerateConfig):
         StatuteIndex(cfg.rag, cfg.rag_law)
     utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
     if cfg.backend == "vllm":  # an engine spans tensor_parallel_size ranks: they must divide the world
-        utils.data_parallel_rank(0, int(os.environ.get("WORLD_SIZE", "1")), cfg.tensor_parallel_size)
-    if cfg.code and cfg.backend == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        utils.data_parallel_rank(0, utils.dist_info().world, cfg.tensor_parallel_size)
+    if cfg.code and cfg.backend == "vllm" and utils.dist_info().world > 1:
         raise DataError("--code", None, None, "code mode runs on rank 0 only: with --backend vllm run it without "
                         "torchrun", reason="bad_flag")
     if cfg.code and code_mode_tasks(cfg) and not cfg.code_unsandboxed and not sandbox.boundary()["ok"]:
@@ -1808,7 +1802,7 @@ def cmd_generate(cfg: GenerateConfig):
     per_rank = report.pop("per_rank", None)
     utils.close_vllm()  # before dist_close: the engine's shutdown destroys the process groups
     utils.dist_close()
-    if int(os.environ.get("RANK", "0")) > 0:
+    if utils.dist_info().rank > 0:
         return  # rank 0 reports and writes metrics.jsonl
     code_rows = report.pop("code_mode", None)
     if code_rows:

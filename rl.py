@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
@@ -448,7 +447,7 @@ class HFRollout:
             out = self.model(ids, attention_mask=attn, generate=dict(
                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=self.eos,
-                synced_gpus=dist.get_world_size() > 1))
+                synced_gpus=utils.dist_info().world > 1))
         finally:
             self.model.hf.set_attn_implementation(attn_impl)
             for b in blocks:
@@ -567,28 +566,7 @@ class VLLMRollout:
 # sequence with per-row positions, and utils' packed attention (flash varlen on GPU, exact per-row sdpa on CPU)
 # keeps them apart, as in sft.py (and TRL's / verl's padding-free trainers). Log-probs come from
 # chunked_token_logprobs on the completion positions only, at the sampling temperature.
-# Every collective runs on the compute device (NCCL has no CPU tensors).
-
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum(x: torch.Tensor, device) -> torch.Tensor:
-    """Sum over ranks, on `device` (the trainer's compute device: NCCL reduces CUDA tensors only). -> x on device."""
-    x = x.to(device)
-    if dist_info()[1] > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
-def all_reduce_max(x: torch.Tensor, device) -> torch.Tensor:
-    """Max over ranks, on `device` (as all_reduce_sum)."""
-    x = x.to(device)
-    if dist_info()[1] > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
-    return x
+# Every collective is utils.all_reduce (on the process group's device: NCCL has no CPU tensors).
 
 
 class PolicyLM(nn.Module):
@@ -690,11 +668,11 @@ def micro_batches(seq_lengths: list[int], micro_batch: int, max_tokens: int = 0)
     return out + [cur] if cur else out
 
 
-def aligned_micro_batches(batch: dict, micro_batch: int, max_tokens: int, device) -> list[list[int]]:
+def aligned_micro_batches(batch: dict, micro_batch: int, max_tokens: int) -> list[list[int]]:
     """micro_batches, padded with empty ones to the largest count over ranks: FSDP2's forwards and backwards are
     collectives, so every rank must run as many (an empty micro-batch runs row 0 with weight 0)."""
     mbs = micro_batches([len(s) for s in batch["seqs"]], micro_batch, max_tokens)
-    n = int(all_reduce_max(torch.tensor([len(mbs)]), device).item())
+    n = int(utils.all_reduce(torch.tensor([len(mbs)]), "max").item())
     return mbs + [[] for _ in range(n - len(mbs))]
 
 
@@ -702,7 +680,7 @@ def aligned_micro_batches(batch: dict, micro_batch: int, max_tokens: int, device
 def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int, max_tokens: int = 0) -> torch.Tensor:
     """Old / reference log-probs [N, Tc] (on CPU: one device-to-host copy at the end, not one per micro-batch)."""
     out = torch.zeros(batch["tokens"].shape, device=model.device)
-    for rows in aligned_micro_batches(batch, micro_batch, max_tokens, model.device):
+    for rows in aligned_micro_batches(batch, micro_batch, max_tokens):
         lp = completion_logprobs(model, batch, rows or [0])[0]
         if rows:
             out[rows] = lp
@@ -715,13 +693,13 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     sum over ranks of the per-rank losses is the loss of the whole global batch; each rank backpropagates its loss
     times world_size because FSDP2 averages the gradients (see the section comment). sampler_logp [N, Tc] (vLLM's
     log-probs) with cfg.tis_cap > 0: the per-token loss is weighted by tis_weights."""
-    world = dist_info()[1]
+    world = utils.dist_info().world
     dev = model.device
-    n_tokens = all_reduce_sum(mask.sum().clone(), dev).item()
-    n_seqs = all_reduce_sum(torch.tensor(float(mask.shape[0])), dev).item()
+    n_tokens = utils.all_reduce(mask.sum()).item()
+    n_seqs = utils.all_reduce(torch.tensor(float(mask.shape[0]))).item()
     stats = torch.zeros(5, device=dev)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
     optimizer.zero_grad(set_to_none=True)
-    mbs = aligned_micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, dev)
+    mbs = aligned_micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens)
     for rows in mbs:  # gradients are reduce-scattered after every micro-batch: only sharded gradients are kept
         weight = 1.0 if rows else 0.0  # an empty micro-batch (rank alignment): row 0, no contribution
         rows = rows or [0]
@@ -742,7 +720,7 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     gnorm = utils.clip_grad_norm(model, cfg.max_grad_norm or float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # gradients freed before the weight push and the next generation
-    stats = all_reduce_sum(stats, dev).cpu()
+    stats = utils.all_reduce(stats).cpu()
     tok = max(stats[4].item(), 1.0)
     return {"loss": stats[0].item(), "kl": stats[1].item() / tok, "clip_frac": stats[2].item() / tok,
             "entropy": stats[3].item() / tok, "grad_norm": gnorm}
@@ -769,7 +747,7 @@ def rl_plan(hf_config, cfg: RLConfig, world: int, gpu_gb: float | None, **change
     share = (int(c.gpu_memory_utilization * gpu_gb * utils.GIB) if c.gpu_memory_utilization and gpu_gb
              else engine["need"] if engine else 0)
     # ranks per node: torchrun's when the world comes from it; a dry run's --world_size plans full nodes of 8
-    local = None if cfg.world_size else (int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
+    local = None if cfg.world_size else utils.dist_info().local_world
     p = utils.rl_memory_plan(hf_config, world, cap, c.activation_checkpointing in (True, "true"), c.logprob_chunk,
                              4 if c.dtype == "float32" else 2, c.beta > 0, c.cpu_offload, c.hybrid_shard, local,
                              engine, share, c.vllm_sleep)
@@ -862,7 +840,7 @@ def dry_run(cfg: RLConfig) -> dict:
     if not cfg_path.is_file():
         raise utils.DataError(cfg_path, None, None, "file not found (--dry_run needs the model's config.json)",
                               reason="missing_file")
-    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.world_size or utils.dist_info().world
     _, plan, table, _, _ = plan_run(cfg, AutoConfig.from_pretrained(cfg.model), world, cfg.gpu_memory_gb or 80.0)
     print(table, flush=True)
     return plan
@@ -910,9 +888,9 @@ def sampler_logprobs(comps: list[Completion], shape) -> torch.Tensor | None:
     return out
 
 
-def mean_over_ranks(values: dict, device) -> dict:
+def mean_over_ranks(values: dict) -> dict:
     """{name: this rank's number} -> {name: the mean over ranks}, one all-reduce (float32)."""
-    t = all_reduce_sum(torch.tensor(list(values.values())), device).cpu() / dist.get_world_size()
+    t = utils.all_reduce(torch.tensor(list(values.values()))).cpu() / utils.dist_info().world
     return dict(zip(values, t.tolist()))
 
 
@@ -921,7 +899,7 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default legal_reward)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, _, world, _ = utils.dist_info()
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     cfg = plan_or_refuse(cfg, world, device)  # before any weight is loaded; auto defaults resolved
@@ -1015,7 +993,7 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
             "zero_var_frac": zero_var.float().mean().item(), "completion_len": batch["lengths"].float().mean().item(),
             "truncated_frac": truncated.float().mean().item(),
             "dropped_groups": float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
-            "rollout_tok_s": sum(len(c.ids) for c in comps) / max(t_rollout, 1e-9)}, device)}
+            "rollout_tok_s": sum(len(c.ids) for c in comps) / max(t_rollout, 1e-9)})}
         row["dropped_groups"] *= world
         row["rollout_tok_s"] *= world
         # no learning signal: every group of the step (all ranks) had equal rewards, so every advantage is 0
@@ -1093,8 +1071,7 @@ def main(argv=None):
         utils.fail_write("rl.py", e, cfg.out)
     finally:
         utils.unlock_run_dirs()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        utils.dist_close(wait=False)  # no barrier on the way out of an error (utils.dist_close)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -306,7 +304,7 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     batches = [data.batch(mine[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size]) for m in range(cfg.grad_accum)]
     counts = torch.tensor([sum(b["n_supervised"] for b in batches), sum(b["n_tokens"] for b in batches),
                            sum(L * L for b in batches for L in b["sample_lengths"])], dtype=torch.float64, device=device)
-    dist.all_reduce(counts)
+    counts = utils.all_reduce(counts)
     n_sup = max(1.0, counts[0].item())
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for m, b in enumerate(batches):
@@ -317,7 +315,7 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
         ce = model(ids, pos, targets, b["cu_seqlens"], rows)
         (ce * (world / n_sup)).backward()
         loss_sum += ce.detach().double()
-    dist.all_reduce(loss_sum)
+    loss_sum = utils.all_reduce(loss_sum)
     loss = loss_sum.item() / n_sup
     grad_norm = utils.clip_grad_norm(model, cfg.max_grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -413,7 +411,7 @@ def sft_plan(hf_config, cfg: SFTConfig, world: int, seq_len: int, mixed_precisio
     c = dataclasses.replace(cfg, **changes)
     assert c.activation_checkpointing in (True, False, "true", "false"), c.activation_checkpointing
     # ranks per node: torchrun's when the world comes from it; a dry run's --world_size plans full nodes of 8
-    local = None if cfg.world_size else (int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None)
+    local = None if cfg.world_size else utils.dist_info().local_world
     return utils.memory_plan(hf_config, world, seq_len, c.micro_batch_size, c.activation_checkpointing in (True, "true"),
                              c.loss_chunk, mixed_precision, c.grad_accum, c.reduce_every_micro_batch, c.cpu_offload,
                              c.hybrid_shard, local_world_size=local)
@@ -456,7 +454,7 @@ def dry_run(cfg: SFTConfig) -> dict:
     """Print the memory plan per GPU for cfg (config.json only, meta device) and return it."""
     from transformers import AutoConfig
     utils.check_model_dir(cfg.model, weights=False, tokenizer=False)  # --dry_run needs only config.json
-    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.world_size or utils.dist_info().world
     seq_len = cfg.seq_len or (PackedStage(cfg.data).seq_len if cfg.data else 32768)
     _, plan, table, _ = plan_run(cfg, AutoConfig.from_pretrained(cfg.model), world, seq_len,
                                  cfg.gpu_memory_gb or 80.0)
@@ -467,7 +465,7 @@ def dry_run(cfg: SFTConfig) -> dict:
 def train(cfg: SFTConfig, device):
     """SFT in an initialised process group (main: torchrun or a world of one)."""
     from tqdm import tqdm
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, _, world, _ = utils.dist_info()
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     data = PackedStage(cfg.data)
@@ -583,8 +581,7 @@ def main(argv=None):
         utils.fail_write("sft.py", e, cfg.out)
     finally:
         utils.unlock_run_dirs()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        utils.dist_close(wait=False)  # no barrier on the way out of an error (utils.dist_close)
 
 
 if __name__ == "__main__":

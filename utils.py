@@ -11,7 +11,7 @@ Sections (banner comments below):
   7. Packed stages               - the files prepare_data writes and sft reads
   8. Generation backends         - one `generate` call over Hugging Face or vLLM, prompt budgets (evaluate / judge;
                                    rl.py its prompts, its vLLM engine, the cut at the stop token)
-  9. Training                    - torch.distributed set-up, FSDP2, packed attention, checkpoints, resume (sft / rl)
+  9. Training                    - distributed (also evaluate), FSDP2, packed attention, checkpoints, resume (sft / rl)
  10. Legal answer parsing        - charge / article / sentence parsers, log distance of terms (rl / evaluate)
  11. LawBench tasks and scores   - task list, category means, scores CSV (evaluate / plots)
 
@@ -45,7 +45,7 @@ import urllib.request
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator, NamedTuple, NoReturn
 
 REPO = Path(__file__).resolve().parent
 
@@ -545,7 +545,7 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
     Checks run on every rank (read only); rank 0 removes and writes, between barriers. Rank 0 first takes the
     folder's lock (lock_run_dir): a second run started into OUT while this one works is refused, whatever OUT holds."""
     out = Path(out)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = dist_info().rank == 0
     if rank0:  # a refusal here ends rank 0; torchrun then stops the ranks waiting at the barrier below
         lock_run_dir(out)
     present = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
@@ -579,7 +579,7 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
     elif present:
         raise RunDirError(out, f"already holds a run ({', '.join(present[:6])}{' ...' if len(present) > 6 else ''}): "
                                f"{continue_flag} continues it (same config only), {how}")
-    _barrier()
+    barrier()
     if rank0:
         if present and overwrite:
             import shutil
@@ -588,7 +588,7 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_IDENTITY).write_text(json.dumps(new, ensure_ascii=False, indent=2), encoding="utf-8")
-    _barrier()
+    barrier()
     return bool(present) and not overwrite
 
 
@@ -666,12 +666,6 @@ atexit.register(unlock_run_dirs)
 
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, ensure_ascii=False, default=str))
-
-
-def _barrier():
-    dist = sys.modules.get("torch.distributed")  # only a script that set up torch.distributed can need a barrier
-    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1289,7 +1283,7 @@ def _generate_hf(model_dir, tokenizer, prompt_ids, max_new_tokens, temperature, 
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     # this process's own GPU: under torchrun rank r uses cuda:LOCAL_RANK, never every rank on cuda:0
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda", dist_info().local_rank) if torch.cuda.is_available() else "cpu"
     model = _cached(("hf", str(model_dir)),
                     lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval())
     if device == "cpu":
@@ -1344,11 +1338,22 @@ def close_vllm() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 9. Training: distributed, FSDP2, packed attention, checkpoints, export (used by sft.py and rl.py)
+# 9. Training: distributed (sft / rl / evaluate), FSDP2, packed attention, checkpoints, export (sft / rl)
 # ----------------------------------------------------------------------------------------------------------------------
 # Everything here runs on CPU (gloo) as well as on GPUs (nccl), so the tests exercise the real code paths.
 
+# ---- distributed (sft / rl / evaluate): each helper works with or without a process group (plain HF evaluate) ----
 DIST_TIMEOUT_MIN = 120  # process-group timeout: checkpoint saves / rank-0 exports on slow shared disks exceed 10 min
+DistInfo = NamedTuple("DistInfo", [("rank", int), ("local_rank", int), ("world", int), ("local_world", int)])
+
+
+def dist_info() -> DistInfo:
+    """(rank, local_rank, world, local_world) from torchrun's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE (dist_init
+    sets them for a plain `python script.py`); none set: rank 0 of a world of one. The one place the scripts learn
+    their rank: the environment, the same with or without a process group and after dist_close."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world,
+                    int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
 def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN, cpu_offload: bool = False):
@@ -1367,7 +1372,7 @@ def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN, cpu_offload:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, local_rank, world, _ = dist_info()
     timeout = timedelta(minutes=timeout_min)
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
@@ -1383,6 +1388,55 @@ def dist_init(seed: int = 0, timeout_min: float = DIST_TIMEOUT_MIN, cpu_offload:
 def dist_backend(cuda: bool, cpu_offload: bool = False) -> str:
     """The process group's backend: gloo on CPU; nccl on CUDA, plus gloo for CPU tensors with cpu_offload."""
     return ("cuda:nccl,cpu:gloo" if cpu_offload else "nccl") if cuda else "gloo"
+
+
+def _group_up() -> bool:
+    """A process group of more than one rank is running (a world of one needs no collective)."""
+    dist = sys.modules.get("torch.distributed")  # only a script that imported torch.distributed can have one
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist_info().world > 1
+
+
+def collective_device():
+    """Where a collective's tensors must live: this rank's GPU under NCCL (CUDA tensors only), else the CPU (gloo)."""
+    import torch
+    import torch.distributed as dist
+    return torch.device("cuda", torch.cuda.current_device()) if "nccl" in dist.get_backend() else torch.device("cpu")
+
+
+def all_reduce(x, op: str = "sum"):
+    """x [any shape] summed ("sum") or maxed ("max") elementwise over the ranks -> [same shape], on
+    collective_device() (x is moved there first, so callers may build it anywhere; reduced in place when it already
+    lives there). Without a process group or in a world of one: x itself (no copy, no collective, no host sync)."""
+    if not _group_up():
+        return x
+    import torch.distributed as dist
+    x = x.to(collective_device())
+    dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return x
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group or in a world of one)."""
+    if _group_up():
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def dist_close(wait: bool = True) -> None:
+    """End the process group, if any (a vLLM engine's shutdown may have ended it). wait: a barrier first, so that no
+    rank leaves while another still receives from it (evaluate's gathers). sft / rl close in a `finally` without: on
+    the way out of an error it could wait forever on ranks in another collective (torchrun stops them on our exit)."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        if wait:
+            barrier()
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs):
+    """print on global rank 0 only (flushes, so logs interleave sensibly with torchrun)."""
+    if dist_info().rank == 0:
+        print(*args, **kwargs, flush=True)
 
 
 # CPU threads. torch's default is one intra-op thread per core. The tiny model's kernels (hidden 128) are too small to
@@ -1402,19 +1456,6 @@ def set_cpu_threads(hidden_size: int) -> int:
     return torch.get_num_threads()
 
 
-def dist_close():
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def print0(*args, **kwargs):
-    """print on global rank 0 only (flushes, so logs interleave sensibly with torchrun)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, **kwargs, flush=True)
-
-
 def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = False,
                 activation_checkpointing: bool = False):
     """FSDP2: fully_shard each decoder block, then the root. On GPU: bf16 params for compute, fp32 gradient reduce,
@@ -1426,8 +1467,7 @@ def shard_model(model, device, hybrid_shard: bool = False, cpu_offload: bool = F
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    _, _, world, local = dist_info()
     if hybrid_shard:
         mesh = init_device_mesh(device.type, (world // local, local), mesh_dim_names=("replicate", "shard"))
     else:
@@ -1756,12 +1796,7 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, extra: dict, keep_la
 def _all_ok(ok: bool) -> bool:
     """True when `ok` on every rank (a one-element all-reduce; no collective in a world of one)."""
     import torch
-    import torch.distributed as dist
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return ok
-    flag = torch.tensor([0 if ok else 1], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0
+    return all_reduce(torch.tensor([0 if ok else 1]), "max").item() == 0
 
 
 WRITE_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT: the output's fault, not the program's
@@ -1784,7 +1819,7 @@ def write_failure(partial, error, what: str, folder) -> "RunDirError":
         free = shutil.disk_usage(folder if Path(folder).exists() else Path(folder).parent).free
     except OSError:
         pass
-    if int(os.environ.get("RANK", "0")) == 0 and partial is not None:
+    if dist_info().rank == 0 and partial is not None:
         shutil.rmtree(partial, ignore_errors=True) if Path(partial).is_dir() else Path(partial).unlink(missing_ok=True)
     if errno_.ENOSPC in codes or errno_.EDQUOT in codes or "No space left" in str(error) or \
             (free is not None and free < 16 << 20):
@@ -1902,7 +1937,7 @@ def resume_command(script: str, argv=None) -> str:
             continue
         args.append(a)
     path = sys.argv[0] if Path(sys.argv[0]).name == script else script  # as it was started (a path, maybe)
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    _, _, world, local = dist_info()
     nodes = ["--nnodes", str(world // local)] if world > local else []  # plus the rendezvous flags, on every node
     head = ["python", path] if world <= 1 else ["torchrun", *nodes, "--nproc_per_node", str(local), path]
     return shlex.join(head + args + ["--resume", "auto"])
@@ -2343,7 +2378,7 @@ def check_host_ram(script: str, table: str, plan: dict) -> None:
     one line (exit 2) before anything is loaded."""
     have = host_memory_gb()
     if plan["cpu_offload"] and plan["host_per_node"] / GIB > have:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if dist_info().rank == 0:
             print(table, file=sys.stderr, flush=True)
         fail(script, f"--cpu_offload needs {plan['host_per_node'] / GIB:.0f} GiB of host RAM per node (table above), "
                      f"this node has {have:.0f} GiB: use more nodes (--hybrid_shard false shards over all of them)")
@@ -2361,7 +2396,7 @@ def first_fit(try_plan, candidates: list[dict]) -> str | None:
 def refuse_plan(script: str, table: str, suggestion: str | None, gpu_gb: float) -> NoReturn:
     """A real run whose plan does not fit its GPU stops before loading anything: the table, then one line with the
     flags that would fit (exit 2)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if dist_info().rank == 0:
         print(table, file=sys.stderr, flush=True)
     fix = f"; these flags fit: {suggestion}" if suggestion else "; no combination of memory flags fits: use more GPUs"
     fail(script, f"the memory plan does not fit in {gpu_gb:.1f} GiB per GPU (table above){fix}")

@@ -167,12 +167,11 @@ def test_vllm_engine_kwargs_and_prompts_per_rank_under_tp_x_dp():
 
 
 def test_generate_lawbench_tensor_parallel_ranks_send_the_same_prompts(tiny_model, tmp_path, monkeypatch):
-    """generate_lawbench on each of 4 ranks with --tensor_parallel_size 2 (the collectives stubbed): ranks 0/1 and
-    2/3 send the same prompts, only each engine's first rank reports them, and every call of every rank gets one
-    max_model_len for the whole run (the longest prompt + max_new_tokens, not the model's context)."""
+    """generate_lawbench on each of 4 ranks with --tensor_parallel_size 2 (the rank stubbed; without a process group
+    the barriers and gathers are no-ops): ranks 0/1 and 2/3 send the same prompts, only each engine's first rank
+    reports them, and every call of every rank gets one max_model_len for the whole run (the longest prompt +
+    max_new_tokens, not the model's context)."""
     calls = {}
-    monkeypatch.setattr(evaluate, "_sync", lambda world: None)
-    monkeypatch.setattr(evaluate, "_gather_shares", lambda world, gen, refused: (gen, refused))
     cfg = evaluate.GenerateConfig(model=str(tiny_model), lawbench_dir=str(REPO / "data" / "sample" / "lawbench"),
                                   out=str(tmp_path), tasks="1-1,3-1", max_new_tokens=4, model_name="m",
                                   backend="vllm", tensor_parallel_size=2)

@@ -343,6 +343,7 @@ def test_step_collectives_run_on_the_compute_device(tiny_model, stage, device, r
     dev = request.getfixturevalue("world_of_one" if device == "cpu" else "world_of_one_cuda")
     cfg = sft.SFTConfig(model=str(tiny_model), grad_accum=2)
     model, _, _ = sft.load_model(cfg, dev)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as on a rank of two: utils.all_reduce runs them (a world of one skips)
     seen, real = [], dist.all_reduce
     monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: seen.append(t.device.type) or real(t, *a, **k))
     sft.train_step(model, sft.build_optimizer(model, cfg, dev), sft.PackedStage(stage), [0, 1], cfg, 0, 1, dev, 0)
