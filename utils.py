@@ -1267,9 +1267,9 @@ def generate(model_dir, prompts: list[str], backend: str = "hf", max_new_tokens:
         # with similar prompts reuse one engine instead of starting a new one each time
         need = max(lengths, default=1) + max_new_tokens
         mml = max_model_len or min(model_context(model_dir), 1 << (need - 1).bit_length())
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         kw = vllm_llm_kwargs(model_dir, seed, mml, kv_cache_bytes, enforce_eager, vllm_dtype,
-                             torch.cuda.is_available(), gpu_memory_utilization, tensor_parallel_size, world)
+                             torch.cuda.is_available(), gpu_memory_utilization, tensor_parallel_size,
+                             dist_info().world)
         ids = _generate_vllm(kw, prompt_ids, max_new_tokens, temperature, stop, progress)
     else:
         raise ValueError(f"unknown backend {backend!r} (hf or vllm)")
