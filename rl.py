@@ -18,14 +18,12 @@ Sections:
   4. Trainer              - FSDP2 via utils section 9 (as sft.py): policy and frozen reference sharded per decoder
                             block + root, loss x world_size because FSDP2 averages gradients; padding-free packed
                             forward, chunked log-probs at the sampling temperature, collectives on the device
-  5. Loop                 - one step = sample -> score -> advantages -> train -> sync -> log -> save; export
+  5. Loop                 - one step = rollout -> score -> advantages -> optimise -> push -> log -> save; export
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import random
 import resource
 import sys
@@ -35,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 import utils
 
@@ -59,7 +56,7 @@ class RLConfig:
                                                   "min": 1})
     mu: int = field(default=1, metadata={"help": "inner epochs over each rollout batch", "min": 1})
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate", "gt": 0})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decay of matrices only", "min": 0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (L2; 0 = off)", "min": 0})
     micro_batch_size: int = field(default=16, metadata={"help": "sequences per forward/backward", "min": 1})
     micro_batch_tokens: int | None = field(default=None, metadata={
@@ -138,6 +135,9 @@ RUN_SETTINGS = ("out", "resume", "overwrite", "max_steps", "log_every", "sample_
                 "micro_batch_tokens", "logprob_chunk", "backend", "vllm_kv_bytes", "gpu_memory_utilization",
                 "vllm_sleep", "dry_run", "world_size", "gpu_memory_gb")
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp")
+# utils.build_optimizer since 2026-12-05 (before: one group, every parameter decayed); part of the run's identity, so
+# that --resume auto of an older run is refused in one line instead of failing inside the checkpoint loader
+OPTIMIZER = "AdamW, weight decay on matrices only"
 
 
 def preflight(cfg: RLConfig) -> None:
@@ -188,35 +188,6 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
     Built from lengths, never from token ids: with pad == eos an id-based mask silently drops the EOS token."""
     return (torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]).float()
-
-
-def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chunk_size: int = 4096):
-    """Log-probs of given tokens under softmax(logits / temperature), and the entropy, without the full
-    [tokens x vocab] log-softmax ever existing (logsumexp + gather per chunk; tests/test_rl.py checks it against
-    the full log-softmax).
-
-    hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] ->
-    (log-probs [N] fp32, differentiable; entropy [N] fp32, no gradient). As sft.chunked_cross_entropy_sum, each
-    chunk's logits are recomputed in backward (checkpoint), so peak extra memory is one chunk_size x V block."""
-
-    def chunk(hc, tc, w):
-        logits = hc @ w.t()
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 kept
-        lse = torch.logsumexp(logits, dim=-1)
-        with torch.no_grad():  # entropy = lse - sum p * logits, a metric only
-            ent = lse.detach() - (torch.softmax(logits.detach(), -1) * logits.detach()).sum(-1)
-        return logits.gather(-1, tc[:, None]).squeeze(-1) - lse, ent
-
-    logps, ents = [], []
-    for s in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
-        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
-        logps.append(lp)
-        ents.append(ent)
-    if not logps:
-        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(logps), torch.cat(ents)
-
 
 
 LOG_RATIO_CLAMP = 20.0  # verl's guard: |log pi - log pi_old| and |log ref - log pi| are clamped before exp
@@ -565,7 +536,7 @@ class VLLMRollout:
 # The forward is padding-free: the rows of a micro-batch (prompt + completion each) are laid end to end in one
 # sequence with per-row positions, and utils' packed attention (flash varlen on GPU, exact per-row sdpa on CPU)
 # keeps them apart, as in sft.py (and TRL's / verl's padding-free trainers). Log-probs come from
-# chunked_token_logprobs on the completion positions only, at the sampling temperature.
+# utils.chunked_token_logprobs on the completion positions only, at the sampling temperature.
 # Every collective is utils.all_reduce (on the process group's device: NCCL has no CPU tensors).
 
 
@@ -575,7 +546,8 @@ class PolicyLM(nn.Module):
 
     forward(input_ids [1, S], position_ids [1, S], cu_seqlens, gather [K], tokens [K]) -> (log-probs [K], entropy
     [K]) of the K completion tokens of a packed micro-batch (pack_rows): hidden state gather[k] predicts tokens[k];
-    lm_head runs on those K positions only, in chunks, on logits / temperature.
+    lm_head runs on those K positions only, in chunks, on logits / temperature (utils.chunked_token_logprobs, the
+    lm-head of sft.PackedCausalLM too; why two wrappers: see there).
     forward(input_ids, attention_mask=..., generate=kwargs) -> HF generate's output ids, run inside the root's forward
     where the root's parameters are gathered (calling hf.generate directly would meet sharded embeddings and make
     a decoder block the FSDP root)."""
@@ -590,7 +562,8 @@ class PolicyLM(nn.Module):
         if generate is not None:
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
         hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
-        return chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature, self.chunk)
+        return utils.chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
+                                            self.chunk, entropy=True)
 
 
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
@@ -646,11 +619,10 @@ def completion_logprobs(model: PolicyLM, batch: dict, rows) -> tuple[torch.Tenso
     or a slice) under `model`, in one packed forward."""
     rows = list(range(batch["tokens"].shape[0]))[rows] if isinstance(rows, slice) else list(rows)
     p = pack_rows(batch, rows)
-    dev = model.device
-    logp, ent = model(p["input_ids"].to(dev), p["position_ids"].to(dev), p["cu_seqlens"], p["gather"].to(dev),
-                      p["tokens"].to(dev))
+    ids, pos, gather, tokens, idx = (utils.to_device(p[k], model.device)
+                                     for k in ("input_ids", "position_ids", "gather", "tokens", "index"))
+    logp, ent = model(ids, pos, p["cu_seqlens"], gather, tokens)
     n, Tc = len(rows), batch["tokens"].shape[1]
-    idx = p["index"].to(dev)
     return (logp.new_zeros(n * Tc).index_add(0, idx, logp).view(n, Tc),
             ent.new_zeros(n * Tc).index_add(0, idx, ent).view(n, Tc))
 
@@ -688,11 +660,12 @@ def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int, max_tokens: i
 
 
 def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp, ref_logp, mask,
-                   cfg: RLConfig, sampler_logp=None) -> dict:
+                   cfg: RLConfig, sampler_logp=None, step: int = 1) -> dict:
     """One optimizer step on this rank's share of the rollout batch. Normalisers are global across ranks, so the
     sum over ranks of the per-rank losses is the loss of the whole global batch; each rank backpropagates its loss
     times world_size because FSDP2 averages the gradients (see the section comment). sampler_logp [N, Tc] (vLLM's
-    log-probs) with cfg.tis_cap > 0: the per-token loss is weighted by tis_weights."""
+    log-probs) with cfg.tis_cap > 0: the per-token loss is weighted by tis_weights. step (1-based) names the step
+    in the error of a non-finite loss or gradient norm (utils.check_finite), raised before the optimizer step."""
     world = utils.dist_info().world
     dev = model.device
     n_tokens = utils.all_reduce(mask.sum()).item()
@@ -718,9 +691,10 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
         stats += torch.stack([loss.detach(), (kl.detach() * m).sum(), (clipped.float() * m).sum(),
                               (ent.detach() * m).sum(), m.sum()])
     gnorm = utils.clip_grad_norm(model, cfg.max_grad_norm or float("inf"))
+    stats = utils.all_reduce(stats).cpu()
+    utils.check_finite(step, stats[0].item(), gnorm)  # a diverged run stops before the weights change
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # gradients freed before the weight push and the next generation
-    stats = utils.all_reduce(stats).cpu()
     tok = max(stats[4].item(), 1.0)
     return {"loss": stats[0].item(), "kl": stats[1].item() / tok, "clip_frac": stats[2].item() / tok,
             "entropy": stats[3].item() / tok, "grad_norm": gnorm}
@@ -836,10 +810,7 @@ def plan_run(cfg: RLConfig, hf_config, world: int, gpu_gb: float | None):
 def dry_run(cfg: RLConfig) -> dict:
     """Print the plan per GPU (trainer + colocated engine) from --model's config.json and return it."""
     from transformers import AutoConfig
-    cfg_path = Path(cfg.model) / "config.json"
-    if not cfg_path.is_file():
-        raise utils.DataError(cfg_path, None, None, "file not found (--dry_run needs the model's config.json)",
-                              reason="missing_file")
+    utils.check_model_dir(cfg.model, weights=False, tokenizer=False)  # --dry_run needs only config.json
     world = cfg.world_size or utils.dist_info().world
     _, plan, table, _, _ = plan_run(cfg, AutoConfig.from_pretrained(cfg.model), world, cfg.gpu_memory_gb or 80.0)
     print(table, flush=True)
@@ -863,7 +834,7 @@ def plan_or_refuse(cfg: RLConfig, world: int, device) -> RLConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Loop: one step = sample -> score -> advantages -> train -> sync -> log -> save (as sft.py's)
+# 5. Loop: one step = rollout -> score -> advantages -> optimise -> push -> log -> save (as sft.py's)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def take_prompts(order: list[int], sampler: random.Random, n_prompts: int, n: int) -> list[int]:
@@ -894,6 +865,86 @@ def mean_over_ranks(values: dict) -> dict:
     return dict(zip(values, t.tolist()))
 
 
+def advantages_and_batch(mine: list[dict], comps: list[Completion], rewards, cfg: RLConfig, pad_id: int):
+    """-> (batch: build_batch over the P*G prompt + completion rows, advantages [P*G] (per group, so per rank), loss
+    mask [P*G, Tc] (dynamic sampling and --mask_truncated take rows out of the loss), zero_var [P] bool)."""
+    G = cfg.group_size
+    adv, zero_var = group_advantages(rewards, G, cfg.scale_std), zero_variance_groups(rewards, G)
+    truncated = torch.tensor([c.truncated for c in comps])
+    batch = build_batch([p["ids"] for p in mine for _ in range(G)], [c.ids for c in comps], pad_id)
+    mask = length_mask(batch["lengths"], batch["tokens"].shape[1])
+    if cfg.dynamic_sampling:
+        mask = mask * (~zero_var.repeat_interleave(G))[:, None].float()
+    if cfg.mask_truncated:
+        mask = mask * (~truncated)[:, None].float()
+    return batch, adv, mask, zero_var
+
+
+def optimise(model: PolicyLM, ref: PolicyLM | None, optimizer, batch: dict, adv, mask, comps: list[Completion],
+             cfg: RLConfig, step: int):
+    """Old (and reference) log-probs recomputed by the trainer, then --mu epochs of train_on_batch (step 0-based) ->
+    (the last epoch's stats, old_logp [N, Tc], sampler log-probs [N, Tc] or None, seconds {t_logprobs, t_train})."""
+    t0 = time.time()
+    old_logp = batch_logprobs(model, batch, cfg.micro_batch_size, cfg.micro_batch_tokens)
+    ref_logp = batch_logprobs(ref, batch, cfg.micro_batch_size, cfg.micro_batch_tokens) if ref is not None else None
+    t_logp = time.time() - t0
+    vllm_logp = sampler_logprobs(comps, old_logp.shape)
+    t0 = time.time()
+    for _ in range(cfg.mu):
+        stats = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg, vllm_logp, step + 1)
+    return stats, old_logp, vllm_logp, {"t_logprobs": t_logp, "t_train": time.time() - t0}
+
+
+def step_metrics(step: int, scores: list[dict], zero_var, batch: dict, comps: list[Completion], old_logp, vllm_logp,
+                 stats: dict, seconds: dict, cfg: RLConfig, world: int, device) -> dict:
+    """A step's metrics.jsonl row: rollout numbers as means over ranks (dropped_groups, rollout_tok_s: sums);
+    no_learning_signal when every group on every rank had equal rewards (every advantage 0); the vLLM vs trainer
+    log-prob gap on completion tokens (None for HF generate); the update's stats, seconds and peak memory."""
+    P = cfg.prompts_per_step
+    truncated = torch.tensor([c.truncated for c in comps])
+    means = {k: torch.tensor([s[k] for s in scores]).mean().item() for k in scores[0]}
+    row = {"step": step + 1, **mean_over_ranks({
+        "reward": means.pop("total"), **{f"reward_{k}": v for k, v in means.items()},
+        "zero_var_frac": zero_var.float().mean().item(), "completion_len": batch["lengths"].float().mean().item(),
+        "truncated_frac": truncated.float().mean().item(),
+        "dropped_groups": float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
+        "rollout_tok_s": sum(len(c.ids) for c in comps) / max(seconds["t_rollout"], 1e-9)})}
+    row["dropped_groups"] *= world
+    row["rollout_tok_s"] *= world
+    row["equal_reward_groups"] = round(row["zero_var_frac"] * P * world)
+    row["no_learning_signal"] = row["equal_reward_groups"] == P * world
+    diff = None
+    if vllm_logp is not None:
+        lm = length_mask(batch["lengths"], vllm_logp.shape[1])
+        diff = (vllm_logp - old_logp).abs() * lm
+    row.update({"logprob_diff_vllm": None if diff is None else diff.sum().item() / max(lm.sum().item(), 1),
+                "logprob_diff_vllm_max": None if diff is None else diff.max().item(), **stats, **seconds,
+                "peak_mem_gb": utils.peak_memory_gb(device),
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
+    return row
+
+
+def write_step(out: Path, row: dict, mine: list[dict], texts: list[str], scores: list[dict], cfg: RLConfig,
+               first_no_signal: bool) -> None:
+    """Rank 0 logs a step: its metrics.jsonl row, the console line every --log_every steps, a warning at the first
+    step without learning signal, and every --sample_every steps each prompt's first completion in samples.jsonl
+    (with the whole prompt and the gold truth: judged on its own)."""
+    from tqdm import tqdm
+    step, G = row["step"], cfg.group_size
+    utils.append_jsonl(out / "metrics.jsonl", row)
+    if first_no_signal:
+        tqdm.write(f"rl.py: warning: step {step}: all {row['equal_reward_groups']} groups have equal rewards (no "
+                   "learning signal: every advantage is 0); counted per step as no_learning_signal in metrics.jsonl")
+    if cfg.log_every and step % cfg.log_every == 0:
+        tqdm.write(f"step {step} reward {row['reward']:.3f} kl {row['kl']:.4f} "
+                   f"clip {row['clip_frac']:.3f} len {row['completion_len']:.1f} {row['step_time']:.2f}s")
+    if cfg.sample_every and step % cfg.sample_every == 0:
+        for j in range(0, len(texts), G):
+            p = mine[j // G]
+            utils.append_jsonl(out / "samples.jsonl", {"step": step, "prompt": p["prompt"], "truth": p["truth"],
+                                                       "completion": texts[j], "reward": scores[j]})
+
+
 def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     """GRPO in an initialised process group (main: torchrun or a world of one; tests: conftest.world_of_one);
     returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default legal_reward)."""
@@ -904,7 +955,8 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     ckpt_root = out / "checkpoints"
     cfg = plan_or_refuse(cfg, world, device)  # before any weight is loaded; auto defaults resolved
     identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                      "prompts_fingerprint": utils.fingerprint(cfg.prompts)})
+                                                      "prompts_fingerprint": utils.fingerprint(cfg.prompts),
+                                                      "optimizer": OPTIMIZER})
     utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
     if rank == 0:
         utils.save_config(cfg, out)
@@ -920,11 +972,10 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
         utils.print0(f"rl.py: {n_cut} of {len(prompts)} prompts cut in the middle to the {budget}-token budget")
     model = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload,
                          activation_checkpointing=cfg.activation_checkpointing in (True, "true"),
-                         temperature=cfg.temperature,
-                         chunk=cfg.logprob_chunk)
+                         temperature=cfg.temperature, chunk=cfg.logprob_chunk)
     ref = build_policy(cfg.model, cfg.dtype, device, cfg.hybrid_shard, cfg.cpu_offload, trainable=False,
                        temperature=cfg.temperature, chunk=cfg.logprob_chunk) if cfg.beta > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = utils.build_optimizer(model, cfg.lr, cfg.weight_decay, device=device, cpu_offload=cfg.cpu_offload)
     sampler, order, start = random.Random(cfg.seed), [], 0  # the prompt order (same on every rank)
     if cfg.resume == "auto" and (extra := utils.resume_checkpoint(ckpt_root, model, optimizer)) is not None:
         sampler.setstate(extra["sampler"])
@@ -936,8 +987,6 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     roll = VLLMRollout(cfg, rank, world, max_model_len, device) if cfg.backend == "vllm" else \
         HFRollout(model, tok, cfg)
     sync_s = roll.sync(model) if (cfg.backend == "vllm" and start > 0) else 0.0
-    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
-    samples_f = open(out / "samples.jsonl", "a", encoding="utf-8") if rank == 0 else None
     G, P = cfg.group_size, cfg.prompts_per_step
     no_signal_steps = 0  # steps where every group had equal rewards (warned once, counted at the end)
 
@@ -949,90 +998,33 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     for step in tqdm(range(start, cfg.max_steps), disable=rank != 0, desc="grpo", initial=start, total=cfg.max_steps):
         t_step = time.time()
         if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        # -- sample: this rank's slice of the step's prompts, G completions each
+            torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gb: this step's
+        # 1. rollout: this rank's slice of the step's prompts, G completions each
         mine = [prompts[i] for i in take_prompts(order, sampler, len(prompts), P * world)[rank * P:(rank + 1) * P]]
         t0 = time.time()
         comps = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
         t_rollout = time.time() - t0
         sleep_freed = roll.sleep()  # GPU vLLM: weights and KV cache freed until the push
-
-        # -- score
+        # 2. score: each completion decoded (the forced response_prefix in front) against its prompt's truth
         texts = [cfg.response_prefix + tok.decode(c.ids, skip_special_tokens=True) for c in comps]
         scores = [reward_fn(text, mine[j // G]["truth"]) for j, text in enumerate(texts)]
         rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-
-        # -- advantages (per group, so per rank); dynamic sampling and --mask_truncated take rows out of the loss
-        adv, zero_var = group_advantages(rewards, G, cfg.scale_std), zero_variance_groups(rewards, G)
-        truncated = torch.tensor([c.truncated for c in comps])
-        batch = build_batch([p["ids"] for p in mine for _ in range(G)], [c.ids for c in comps], tok.pad_token_id)
-        mask = length_mask(batch["lengths"], batch["tokens"].shape[1])
-        if cfg.dynamic_sampling:
-            mask = mask * (~zero_var.repeat_interleave(G))[:, None].float()
-        if cfg.mask_truncated:
-            mask = mask * (~truncated)[:, None].float()
-
-        # -- train: old (and reference) log-probs recomputed by the trainer, then mu epochs of clipped updates
-        t0 = time.time()
-        old_logp = batch_logprobs(model, batch, cfg.micro_batch_size, cfg.micro_batch_tokens)
-        ref_logp = batch_logprobs(ref, batch, cfg.micro_batch_size, cfg.micro_batch_tokens) if ref is not None else None
-        t_logp = time.time() - t0
-        vllm_logp = sampler_logprobs(comps, old_logp.shape)
-        t0 = time.time()
-        for _ in range(cfg.mu):
-            stats = train_on_batch(model, optimizer, batch, adv, old_logp, ref_logp, mask, cfg, vllm_logp)
-        t_train = time.time() - t0
-
-        # -- sync: the new weights into the engine (vLLM)
+        # 3. advantages (per group) and the training batch
+        batch, adv, mask, zero_var = advantages_and_batch(mine, comps, rewards, cfg, tok.pad_token_id)
+        # 4. optimise
+        stats, old_logp, vllm_logp, times = optimise(model, ref, optimizer, batch, adv, mask, comps, cfg, step)
+        # 5. push: the new weights into the engine (vLLM)
         sync_s = roll.sync(model)
-
-        # -- log: means over ranks (dropped_groups and rollout_tok_s: sums)
-        means = {k: torch.tensor([s[k] for s in scores]).mean().item() for k in scores[0]}
-        row = {"step": step + 1, **mean_over_ranks({
-            "reward": means.pop("total"), **{f"reward_{k}": v for k, v in means.items()},
-            "zero_var_frac": zero_var.float().mean().item(), "completion_len": batch["lengths"].float().mean().item(),
-            "truncated_frac": truncated.float().mean().item(),
-            "dropped_groups": float(zero_var.sum().item()) if cfg.dynamic_sampling else 0.0,
-            "rollout_tok_s": sum(len(c.ids) for c in comps) / max(t_rollout, 1e-9)})}
-        row["dropped_groups"] *= world
-        row["rollout_tok_s"] *= world
-        # no learning signal: every group of the step (all ranks) had equal rewards, so every advantage is 0
-        row["equal_reward_groups"] = round(row["zero_var_frac"] * P * world)
-        row["no_learning_signal"] = row["equal_reward_groups"] == P * world
+        # 6. log: one metrics row per step (rank 0 writes it)
+        row = step_metrics(step, scores, zero_var, batch, comps, old_logp, vllm_logp, stats, {
+            "t_rollout": t_rollout, **times, "weight_sync_s": sync_s, "vllm_sleep_freed_gb": sleep_freed,
+            "step_time": time.time() - t_step}, cfg, world, device)
         no_signal_steps += row["no_learning_signal"]
-        diff = None
-        if vllm_logp is not None:
-            lm = length_mask(batch["lengths"], vllm_logp.shape[1])
-            diff = (vllm_logp - old_logp).abs() * lm
-        row.update({"logprob_diff_vllm": None if diff is None else diff.sum().item() / max(lm.sum().item(), 1),
-                    "logprob_diff_vllm_max": None if diff is None else diff.max().item(), **stats,
-                    "t_rollout": t_rollout, "t_logprobs": t_logp, "t_train": t_train, "weight_sync_s": sync_s,
-                    "vllm_sleep_freed_gb": sleep_freed, "step_time": time.time() - t_step,
-                    "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
-                    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
         if rank == 0:
-            metrics_f.write(json.dumps(row) + "\n")
-            metrics_f.flush()
-            if row["no_learning_signal"] and no_signal_steps == 1:
-                tqdm.write(f"rl.py: warning: step {step + 1}: all {P * world} groups have equal rewards (no learning "
-                           "signal: every advantage is 0); counted per step as no_learning_signal in metrics.jsonl")
-            if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                tqdm.write(f"step {step + 1} reward {row['reward']:.3f} kl {row['kl']:.4f} "
-                           f"clip {row['clip_frac']:.3f} len {row['completion_len']:.1f} {row['step_time']:.2f}s")
-            if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
-                for j in range(0, len(texts), G):  # the whole prompt and the gold truth: judged on its own
-                    p = mine[j // G]
-                    sample = {"step": step + 1, "prompt": p["prompt"], "truth": p["truth"], "completion": texts[j],
-                              "reward": scores[j]}
-                    samples_f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-                samples_f.flush()
-
-        # -- save
-        scheduled = cfg.save_every and (step + 1) % cfg.save_every == 0
-        if scheduled and step + 1 < cfg.max_steps:
-            save(step + 1)
-        if step + 1 < cfg.max_steps and stop.requested():
-            raise stop.interrupted(step + 1, utils.latest_checkpoint(ckpt_root) if scheduled else save(step + 1))
+            write_step(out, row, mine, texts, scores, cfg, first_no_signal=row["no_learning_signal"] and
+                       no_signal_steps == 1)
+        # 7. save: every --save_every steps; on Ctrl-C / SIGTERM save and stop (the final save is after the loop)
+        stop.after_step(step + 1, cfg.max_steps, cfg.save_every, save, ckpt_root)
     stop.uninstall()
 
     if no_signal_steps:
@@ -1041,9 +1033,6 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     if cfg.max_steps > start:
         save(cfg.max_steps)
     utils.export_hf(model, model.hf, cfg.model, out / "final", prefix="hf.")
-    if rank == 0:
-        metrics_f.close()
-        samples_f.close()
     roll.close()
     utils.done("rl.py", f"{out / 'final'}/ (the trained policy), {out / 'metrics.jsonl'}, {out / 'samples.jsonl'}",
                f"python evaluate.py judgment --model {out / 'final'} --data data/judgments_test.jsonl --out "
@@ -1065,6 +1054,9 @@ def main(argv=None):
         train(cfg, device)
     except utils.DataError as e:
         utils.fail("rl.py", e)
+    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
+        print(f"rl.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
         utils.interrupted_exit("rl.py", e, Path(cfg.out), argv)
     except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)

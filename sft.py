@@ -11,14 +11,12 @@ the optimizer step (so micro-batch size, gradient accumulation and world size do
 OUT/metrics.jsonl, OUT/config.json, OUT/checkpoints/step_N (DCP, atomic, last K kept) and OUT/final/ (a Hugging Face
 folder). Plain `python sft.py ...` runs as a world of one; on CPU everything runs over gloo.
 
-Sections: 1. config  2. data  3. model  4. training step  5. FLOPs and memory plan  6. main loop
+Sections: 1. config  2. data  3. model  4. training step  5. main loop  6. FLOPs and memory plan
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 import utils
 from utils import IGNORE_INDEX, DataError, print0
@@ -217,61 +213,38 @@ def pack_order(n_packs: int, packs_per_step: int, num_epochs: int, seed: int) ->
 class PackedCausalLM(nn.Module):
     """Wraps a Hugging Face causal LM: forward(batch) -> summed cross-entropy over supervised tokens.
 
-    The loss is computed here (in the FSDP root's forward, where lm_head's weight is gathered) in chunks, so the full
-    [tokens x vocab] logits never exist."""
+    The loss is computed here (in the FSDP root's forward, where lm_head's weight is gathered) on the supervised rows
+    only, in chunks (utils.chunked_token_logprobs, the lm-head rl.PolicyLM uses too), so the full [tokens x vocab]
+    logits never exist. Why not one wrapper with rl.PolicyLM: utils stays importable without torch (judge.py,
+    prepare_data.py), and the two differ in what the root's forward returns (a loss here; per-token log-probs,
+    entropy and the generate path there); the shared work is utils.packed_hidden + utils.chunked_token_logprobs."""
 
     def __init__(self, hf_model, backend: str = "exact", loss_chunk: int = 4096):
         super().__init__()
         self.hf, self.backend, self.loss_chunk = hf_model, backend, loss_chunk
 
     def forward(self, input_ids, position_ids, targets, cu_seqlens: list[int], rows=None):
-        """input_ids / position_ids / targets [1, T] on the device, cu_seqlens python ints, rows [n] the supervised
-        positions (on the device; None: found here, a host sync). No step here waits for the GPU."""
-        hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
-        return chunked_cross_entropy_sum(hidden[0], self.hf.lm_head.weight, targets[0], self.loss_chunk, rows)
-
-
-def chunked_cross_entropy_sum(hidden, weight, targets, chunk_size: int = 4096, rows=None):
-    """Sum of next-token cross-entropy without the full [tokens x vocab] logits ever existing.
-
-    hidden [N, H] (final hidden states), weight [V, H] (lm_head), targets [N] (-100 = skip) -> scalar (fp32 sum).
-    Only supervised rows are projected; each chunk's logits are recomputed in backward (checkpoint), so peak extra
-    memory is one chunk_size x V block. rows: the supervised row indices [n] (int64, on hidden's device), computed
-    on the host by the caller; without it they are found here with a boolean mask (a host-device sync on GPU)."""
-    if rows is None:
-        keep = targets != IGNORE_INDEX
-        h, t = hidden[keep], targets[keep]
-    else:
-        h, t = hidden.index_select(0, rows), targets.index_select(0, rows)
-
-    def chunk_loss(hc, tc, w):
-        return F.cross_entropy((hc @ w.t()).float(), tc, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk_size):
-        total = total + checkpoint(chunk_loss, h[s:s + chunk_size], t[s:s + chunk_size], weight, use_reentrant=False)
-    return total
-
+        """input_ids / position_ids / targets [1, T] on the device (targets -100 = not supervised), cu_seqlens python
+        ints, rows [n] the supervised positions (int64, on the device, found on the host by PackedStage.batch) ->
+        scalar fp32 sum of cross-entropy. rows=None: found here with a boolean mask (a host sync on GPU; tests only).
+        No step here waits for the GPU."""
+        hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)[0]
+        if rows is None:
+            rows = (targets[0] != IGNORE_INDEX).nonzero()[:, 0]
+        logp, _ = utils.chunked_token_logprobs(hidden.index_select(0, rows), self.hf.lm_head.weight,
+                                               targets[0].index_select(0, rows), chunk_size=self.loss_chunk)
+        return -logp.sum()
 
 
 def load_model(cfg: SFTConfig, device):
     """-> (sharded PackedCausalLM in train mode, its HF model, attention backend). Built on the meta device; rank 0
     reads the weights once and broadcasts them shard by shard (utils.load_sharded_model)."""
-    backend = utils.pick_attention_backend(device) if cfg.attention == "auto" else cfg.attention
+    backend = utils.pick_attention_backend(device, cfg.attention)
     model, hf = utils.load_sharded_model(cfg.init_from or cfg.model, device,
                                          wrap=lambda hf: PackedCausalLM(hf, backend, cfg.loss_chunk),
                                          hybrid_shard=cfg.hybrid_shard, cpu_offload=cfg.cpu_offload,
                                          activation_checkpointing=cfg.activation_checkpointing in (True, "true"))
     return model, hf, backend
-
-
-def build_optimizer(model, cfg: SFTConfig, device):
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # cpu_offload: the parameters (and so the optimizer state and step) live on the CPU, where fused CUDA AdamW can't
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=device.type == "cuda" and not cfg.cpu_offload)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -318,17 +291,127 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     loss_sum = utils.all_reduce(loss_sum)
     loss = loss_sum.item() / n_sup
     grad_norm = utils.clip_grad_norm(model, cfg.max_grad_norm)
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise FloatingPointError(f"step {step + 1}: non-finite loss ({loss}) or gradient norm ({grad_norm}); "
-                                 f"stopping before the optimizer step. The last good checkpoint is kept; lower --lr "
-                                 f"or check the data/weights.")
+    utils.check_finite(step + 1, loss, grad_norm)  # a diverged run stops before the weights change
     optimizer.step()
     return {"loss": loss, "grad_norm": grad_norm, "n_tokens": counts[1].item(), "sum_len_sq": counts[2].item(),
             "n_supervised": counts[0].item()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Throughput (FLOPs, MFU) and the memory plan (the plan itself: utils section 9b, shared with rl.py)
+# 5. Main loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+def train(cfg: SFTConfig, device):
+    """SFT in an initialised process group (main: torchrun or a world of one)."""
+    from tqdm import tqdm
+    rank, _, world, _ = utils.dist_info()
+    out = Path(cfg.out)
+    ckpt_root = out / "checkpoints"
+    data = PackedStage(cfg.data)
+    packs_per_step = world * cfg.grad_accum * cfg.micro_batch_size
+    if data.n < packs_per_step:
+        raise DataError(cfg.data, None, None, f"{data.n} packs < {packs_per_step} needed for one step "
+                        f"(world {world} x grad_accum {cfg.grad_accum} x micro_batch_size {cfg.micro_batch_size})")
+    cfg, plan = plan_or_refuse(cfg, world, data.seq_len, device)  # before any weight is loaded; auto resolved
+
+    identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
+                                                      "init_fingerprint": utils.fingerprint(cfg.init_from or cfg.model),
+                                                      "data_fingerprint": utils.fingerprint(cfg.data)})
+    utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
+    order = pack_order(data.n, packs_per_step, cfg.num_epochs, cfg.seed)
+    total_steps = len(order) if cfg.max_steps is None else min(cfg.max_steps, len(order))
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+
+    model, hf, backend = load_model(cfg, device)
+    optimizer = utils.build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device,
+                                      cfg.cpu_offload)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
+    if rank == 0:
+        utils.save_config(cfg, out)
+    n_body, n_head = flop_params(hf)  # DTensor numel = global size
+    hc = hf.config
+    attn_dim = attention_dim(hc)
+    peak = cfg.peak_tflops or datasheet_tflops(device)
+
+    start = 0
+    if cfg.resume == "auto" and (extra := utils.resume_checkpoint(ckpt_root, model, optimizer)) is not None:
+        scheduler.load_state_dict(extra["scheduler"])
+        start = extra["step"]
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:  # keep the history up to the resume point only
+        utils.truncate_logs([metrics_path], start)
+    print0(f"sft: {data.n} packs x {data.seq_len} tokens, {total_steps} steps of {packs_per_step} packs, world {world},"
+           f" attention={backend}, device={device.type}")
+
+    def save(step: int) -> Path:
+        return utils.save_checkpoint(ckpt_root, step, model, optimizer, {
+            "step": step, "scheduler": scheduler.state_dict(), "config": dataclasses.asdict(cfg)}, cfg.keep_last)
+
+    bar = tqdm(range(start, total_steps), disable=rank != 0, desc="sft", initial=start, total=total_steps)
+    stop = utils.GracefulStop("sft.py").install()  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
+    for step in bar:
+        t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gb: this step's
+        lr = scheduler.get_last_lr()[0]
+        r = train_step(model, optimizer, data, order[step], cfg, rank, world, device, step)
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        flops = train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
+                            r["n_supervised"])  # lm_head runs on the supervised rows only
+        mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
+        row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
+               "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": utils.peak_memory_gb(device),
+               "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"], "sum_len_sq": r["sum_len_sq"]}
+        if step == start:  # memory_rankR.json: the plan beside what this rank holds (and its peak) after a step
+            utils.write_json(out / f"memory_rank{rank}.json", {"plan": plan, "measured": utils.state_bytes(
+                model, optimizer), "measured_peak_gb": row["peak_mem_gb"], "plan_total_gb": plan["total"] / 2 ** 30,
+                "device": device.type}, indent=1)
+        if rank == 0:
+            utils.append_jsonl(metrics_path, row)
+            bar.set_postfix(loss=f"{r['loss']:.4f}", gn=f"{r['grad_norm']:.2f}")
+        stop.after_step(step + 1, total_steps, cfg.save_every, save, ckpt_root)
+    stop.uninstall()
+    bar.close()
+
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
+             "float32": torch.float32}[cfg.export_dtype]
+    utils.export_hf(model, hf, cfg.model, out / "final", dtype=dtype, prefix="hf.")
+    utils.done("sft.py", f"{out / 'final'}/ (the trained model), {metrics_path}",
+               f"python evaluate.py generate --model {out / 'final'} --lawbench_dir LAWBENCH --out preds (or the next "
+               f"stage: sft.py --init_from {out / 'final'} ..., rl.py --model {out / 'final'} ...)")
+
+
+def main(argv=None):
+    cfg = utils.parse_config(SFTConfig, argv)
+    try:
+        if cfg.dry_run:
+            dry_run(cfg)
+            return
+        preflight(cfg)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    device = utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3]
+    try:
+        train(cfg, device)
+    except DataError as e:
+        utils.fail("sft.py", e)
+    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
+        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
+        utils.interrupted_exit("sft.py", e, Path(cfg.out), argv)
+    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
+        utils.fail_write("sft.py", e, cfg.out)
+    finally:
+        utils.unlock_run_dirs()
+        utils.dist_close(wait=False)  # no barrier on the way out of an error (utils.dist_close)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. FLOPs (MFU) and the memory plan (the plan itself: utils section 9b, shared with rl.py)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def train_flops(n_params: int, n_tokens: float, sum_len_sq: float, n_layers: int, attn_dim: int,
@@ -368,40 +451,6 @@ def datasheet_tflops(device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> float:
-    """Measured dense matmul rate of this device, TFLOP/s (bf16 on GPU, fp32 on CPU): MFU's second denominator."""
-    gpu = device.type == "cuda"
-    n, reps = n or (8192 if gpu else 1024), reps or (30 if gpu else 5)
-    dtype = torch.bfloat16 if gpu else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    if gpu:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if gpu:
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 6. Main loop
-# ----------------------------------------------------------------------------------------------------------------------
-
-def write_memory_report(path, plan: dict, measured: dict, peak_gb: float, device):
-    """memory_rankR.json: the run's memory plan next to the bytes this rank holds after its first step."""
-    Path(path).write_text(json.dumps({"plan": plan, "measured": measured, "measured_peak_gb": peak_gb,
-                                      "plan_total_gb": plan["total"] / 2 ** 30, "device": device.type}, indent=1))
-
-
-def peak_memory_gb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # peak RSS (KiB on Linux)
 
 
 def sft_plan(hf_config, cfg: SFTConfig, world: int, seq_len: int, mixed_precision: bool = True,
@@ -450,6 +499,23 @@ def plan_run(cfg: SFTConfig, hf_config, world: int, seq_len: int, gpu_gb: float 
     return cfg, plan, table, fix
 
 
+def plan_or_refuse(cfg: SFTConfig, world: int, seq_len: int, device) -> tuple[SFTConfig, dict]:
+    """A real run's plan before any weight is loaded (as rl.plan_or_refuse): -> (cfg with activation_checkpointing
+    resolved, plan); on GPU a plan that does not fit stops the run with the table and the flags that would fit."""
+    from transformers import AutoConfig
+    gpu_gb = utils.device_memory_gb(device, cfg.gpu_memory_gb)
+    cfg, plan, table, fix = plan_run(cfg, AutoConfig.from_pretrained(cfg.init_from or cfg.model), world, seq_len,
+                                     gpu_gb, mixed_precision=device.type == "cuda")
+    if gpu_gb is not None:
+        if not utils.fits(plan["total"], gpu_gb):
+            utils.refuse_plan("sft.py", table, fix, gpu_gb)
+        utils.check_host_ram("sft.py", table, plan)
+        print0(f"sft: memory plan {plan['total'] / 2 ** 30:.1f} of {gpu_gb:.1f} GiB per GPU, activation_checkpointing "
+               f"{cfg.activation_checkpointing}" + (f", host RAM {plan['host_per_node'] / 2 ** 30:.0f} GiB per node"
+                                                    if cfg.cpu_offload else ""))
+    return cfg, plan
+
+
 def dry_run(cfg: SFTConfig) -> dict:
     """Print the memory plan per GPU for cfg (config.json only, meta device) and return it."""
     from transformers import AutoConfig
@@ -460,128 +526,6 @@ def dry_run(cfg: SFTConfig) -> dict:
                                  cfg.gpu_memory_gb or 80.0)
     print(table, flush=True)
     return plan
-
-
-def train(cfg: SFTConfig, device):
-    """SFT in an initialised process group (main: torchrun or a world of one)."""
-    from tqdm import tqdm
-    rank, _, world, _ = utils.dist_info()
-    out = Path(cfg.out)
-    ckpt_root = out / "checkpoints"
-    data = PackedStage(cfg.data)
-    packs_per_step = world * cfg.grad_accum * cfg.micro_batch_size
-    if data.n < packs_per_step:
-        raise DataError(cfg.data, None, None, f"{data.n} packs < {packs_per_step} needed for one step "
-                        f"(world {world} x grad_accum {cfg.grad_accum} x micro_batch_size {cfg.micro_batch_size})")
-    # the memory plan before any weight is loaded: auto checkpointing resolved, a run that cannot fit stops here
-    from transformers import AutoConfig
-    gpu_gb = utils.device_memory_gb(device, cfg.gpu_memory_gb)
-    cfg, plan, table, fix = plan_run(cfg, AutoConfig.from_pretrained(cfg.init_from or cfg.model), world, data.seq_len,
-                                     gpu_gb, mixed_precision=device.type == "cuda")
-    if gpu_gb is not None and not utils.fits(plan["total"], gpu_gb):
-        utils.refuse_plan("sft.py", table, fix, gpu_gb)
-    if gpu_gb is not None:
-        utils.check_host_ram("sft.py", table, plan)
-    if gpu_gb is not None:
-        print0(f"sft: memory plan {plan['total'] / 2 ** 30:.1f} of {gpu_gb:.1f} GiB per GPU, activation_checkpointing "
-               f"{cfg.activation_checkpointing}" + (f", host RAM {plan['host_per_node'] / 2 ** 30:.0f} GiB per node"
-                                                    if cfg.cpu_offload else ""))
-
-    identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                      "init_fingerprint": utils.fingerprint(cfg.init_from or cfg.model),
-                                                      "data_fingerprint": utils.fingerprint(cfg.data)})
-    utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
-    order = pack_order(data.n, packs_per_step, cfg.num_epochs, cfg.seed)
-    total_steps = len(order) if cfg.max_steps is None else min(cfg.max_steps, len(order))
-    warmup = max(1, int(cfg.warmup_ratio * total_steps))
-
-    model, hf, backend = load_model(cfg, device)
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, warmup, cfg.min_lr_ratio))
-    if rank == 0:
-        utils.save_config(cfg, out)
-    n_body, n_head = flop_params(hf)  # DTensor numel = global size
-    hc = hf.config
-    attn_dim = attention_dim(hc)
-    peak = cfg.peak_tflops or datasheet_tflops(device)
-
-    start = 0
-    if cfg.resume == "auto" and (extra := utils.resume_checkpoint(ckpt_root, model, optimizer)) is not None:
-        scheduler.load_state_dict(extra["scheduler"])
-        start = extra["step"]
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:  # keep the history up to the resume point only
-        utils.truncate_logs([metrics_path], start)
-    print0(f"sft: {data.n} packs x {data.seq_len} tokens, {total_steps} steps of {packs_per_step} packs, world {world},"
-           f" attention={backend}, device={device.type}")
-
-    def save(step: int) -> Path:
-        return utils.save_checkpoint(ckpt_root, step, model, optimizer, {
-            "step": step, "scheduler": scheduler.state_dict(), "config": dataclasses.asdict(cfg)}, cfg.keep_last)
-
-    bar = tqdm(range(start, total_steps), disable=rank != 0, desc="sft", initial=start, total=total_steps)
-    stop = utils.GracefulStop("sft.py").install()  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
-    for step in bar:
-        t0 = time.perf_counter()
-        lr = scheduler.get_last_lr()[0]
-        r = train_step(model, optimizer, data, order[step], cfg, rank, world, device, step)
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        flops = train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
-                            r["n_supervised"])  # lm_head runs on the supervised rows only
-        mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
-        row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
-               "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": peak_memory_gb(device),
-               "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"], "sum_len_sq": r["sum_len_sq"]}
-        if step == start:  # the memory plan beside what this rank holds (and its peak) after the first step
-            write_memory_report(out / f"memory_rank{rank}.json", plan, utils.state_bytes(model, optimizer),
-                                row["peak_mem_gb"], device)
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.set_postfix(loss=f"{r['loss']:.4f}", gn=f"{r['grad_norm']:.2f}")
-        scheduled = cfg.save_every and (step + 1) % cfg.save_every == 0
-        if scheduled and step + 1 < total_steps:
-            save(step + 1)
-        if step + 1 < total_steps and stop.requested():
-            raise stop.interrupted(step + 1, utils.latest_checkpoint(ckpt_root) if scheduled else save(step + 1))
-    stop.uninstall()
-    bar.close()
-
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
-             "float32": torch.float32}[cfg.export_dtype]
-    utils.export_hf(model, hf, cfg.model, out / "final", dtype=dtype, prefix="hf.")
-    utils.done("sft.py", f"{out / 'final'}/ (the trained model), {metrics_path}",
-               f"python evaluate.py generate --model {out / 'final'} --lawbench_dir LAWBENCH --out preds (or the next "
-               f"stage: sft.py --init_from {out / 'final'} ..., rl.py --model {out / 'final'} ...)")
-
-
-def main(argv=None):
-    cfg = utils.parse_config(SFTConfig, argv)
-    try:
-        if cfg.dry_run:
-            dry_run(cfg)
-            return
-        preflight(cfg)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    device = utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3]
-    try:
-        train(cfg, device)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
-        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
-    except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
-        utils.interrupted_exit("sft.py", e, Path(cfg.out), argv)
-    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
-        utils.fail_write("sft.py", e, cfg.out)
-    finally:
-        utils.unlock_run_dirs()
-        utils.dist_close(wait=False)  # no barrier on the way out of an error (utils.dist_close)
 
 
 if __name__ == "__main__":

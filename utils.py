@@ -1507,7 +1507,7 @@ def load_sharded_model(src, device, wrap=None, dtype=None, hybrid_shard: bool = 
     config = AutoConfig.from_pretrained(src)
     if torch.device(device).type == "cpu":
         set_cpu_threads(getattr(config, "hidden_size", CPU_THREADS_MAX_HIDDEN))
-    register_packed_attention()
+    register_attention()
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=PACKED_ATTENTION)
     model = wrap(hf) if wrap is not None else hf
@@ -1676,9 +1676,12 @@ def varlen_call(fn, q, k, v, cu_seqlens, max_seqlen: int, scaling: float):
     return fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kw)
 
 
-def pick_attention_backend(device) -> str:
-    """'flash' (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU). flash-attn installed but not
-    importable (typically built against another torch: requirements-gpu.txt) is said, not silently skipped."""
+def pick_attention_backend(device, choice: str = "auto") -> str:
+    """The packed attention kernel of both trainers: `choice` (sft.py's --attention) when not auto, else 'flash'
+    (flash-attn installed, CUDA) > 'torch_varlen' (CUDA) > 'exact' (CPU). flash-attn installed but not importable
+    (typically built against another torch: requirements-gpu.txt) is said, not silently skipped."""
+    if choice != "auto":
+        return choice
     if device.type != "cuda":
         return "exact"
     try:
@@ -1707,16 +1710,18 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     return out, None
 
 
-def register_packed_attention():
-    """Make `attn_implementation=PACKED_ATTENTION` available to every transformers model (no mask is built for it)."""
+def register_attention():
+    """Make LexLab's two attention functions available to every transformers model (no mask is built for them):
+    PACKED_ATTENTION (the trainers' packed forward) and META_ATTENTION (the memory plan's shape-only kernel)."""
     from transformers import AttentionInterface
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+    AttentionInterface.register(META_ATTENTION, meta_attention)
 
 
 def packed_hidden(hf, input_ids, position_ids, cu_seqlens: list[int], backend: str):
     """The last hidden states [1, T, H] of a Hugging Face causal LM (`hf`, PACKED_ATTENTION) on a packed micro-batch:
     input_ids / position_ids [1, T] on the device, cu_seqlens python ints [0, ..., T]; no sample sees another.
-    The forward of sft.PackedCausalLM and rl.PolicyLM, which then apply lm_head each their own way."""
+    The forward of sft.PackedCausalLM and rl.PolicyLM, which then apply lm_head with chunked_token_logprobs."""
     import torch
     cu_t = to_device(torch.tensor(cu_seqlens, dtype=torch.int32), input_ids.device)
     max_len = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
@@ -1724,9 +1729,57 @@ def packed_hidden(hf, input_ids, position_ids, cu_seqlens: list[int], backend: s
                     lexlab_cu_seqlens_t=cu_t, lexlab_max_seqlen=max_len, lexlab_backend=backend).last_hidden_state
 
 
+def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chunk_size: int = 4096,
+                           entropy: bool = False):
+    """The lm-head of both trainers (sft.py: loss = -sum; rl.py: ratios, KL, entropy at the sampling temperature):
+    log-probs of `tokens` under softmax(hidden @ weight.T / temperature), chunk by chunk, no [N x V] logits at once.
+
+    hidden [N, H] (the hidden states that predict `tokens`), weight [V, H] (lm_head), tokens [N] (int64) ->
+    (log-probs [N] fp32 (fp64 kept) = -cross_entropy, differentiable; entropy [N] without gradient, or None unless
+    entropy=True). With gradients on, each chunk's logits are recomputed in backward (checkpoint): the peak extra
+    memory is one chunk_size x V block (memory_plan's loss_chunk row)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk(hc, tc, w):
+        logits = hc @ w.t()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 kept
+        logits = logits / temperature if temperature != 1.0 else logits
+        ent = None
+        if entropy:
+            with torch.no_grad():  # a metric only: -sum p log p
+                lsm = torch.log_softmax(logits.detach(), dim=-1)
+                ent = -(lsm.exp() * lsm).sum(-1)
+        return -F.cross_entropy(logits, tc, reduction="none"), ent
+
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
+        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
+        logps.append(lp)
+        ents.append(ent)
+    if not logps:  # N = 0
+        logps, ents = [hidden.new_zeros(0, dtype=torch.float32)], [hidden.new_zeros(0, dtype=torch.float32)]
+    return torch.cat(logps), (torch.cat(ents) if entropy else None)
+
+
 def to_device(t, device):
     """Host tensor -> device without a host-device sync (pinned memory, non-blocking copy) on GPU."""
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+# ---- the optimizer step: AdamW, clipping, the divergence guard, peak memory (sft.py and rl.py) ----
+
+def build_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999), device=None, cpu_offload=False):
+    """AdamW with the standard meaning of --weight_decay (nanoGPT, TRL, torchtitan): matrices (parameters of 2 or more
+    dims: linear weights, embeddings) decay; norms, biases and other 1-D parameters do not. The fused CUDA kernel when
+    the parameters live on the GPU (not with cpu_offload: then the state and the step are on the CPU)."""
+    import torch
+    groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    fused = device is not None and device.type == "cuda" and not cpu_offload
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 def clip_grad_norm(model, max_norm: float) -> float:
@@ -1734,6 +1787,25 @@ def clip_grad_norm(model, max_norm: float) -> float:
     import torch
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def check_finite(step: int, loss: float, grad_norm: float) -> None:
+    """The divergence guard of sft.train_step and rl.train_on_batch, before optimizer.step: a NaN or inf loss or
+    gradient norm stops the run (FloatingPointError; main: one line, exit 1). step: 1-based, as metrics.jsonl."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise FloatingPointError(f"step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); stopping "
+                                 f"before the optimizer step. The last good checkpoint is kept; lower --lr or check "
+                                 f"the data/weights.")
+
+
+def peak_memory_gb(device) -> float:
+    """metrics.jsonl's peak_mem_gb (sft.py, rl.py), GiB: on GPU the allocator's peak since the step began (both loops
+    reset it at the start of each step), on CPU the process's peak RSS (a high-water mark that cannot be reset)."""
+    import resource
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
 # ---- checkpoints (torch.distributed.checkpoint), atomic, keep last K ----
@@ -1876,8 +1948,8 @@ class Interrupted(Exception):
 
 
 class GracefulStop:
-    """`stop = GracefulStop("sft.py").install()`, then at each step's end `if stop.requested(): raise
-    stop.interrupted(step, save(step))`, and `stop.uninstall()` after the loop.
+    """`stop = GracefulStop("sft.py").install()`, then at each step's end `stop.after_step(...)` (the scheduled
+    checkpoint, then a requested stop), and `stop.uninstall()` after the loop.
 
     The first Ctrl-C (SIGINT) or SIGTERM only sets a flag; the ranks agree on it at the end of the step (one
     one-element all-reduce per step, so all stop at the same step and can save together). A second Ctrl-C stops at
@@ -1914,9 +1986,15 @@ class GracefulStop:
     def requested(self) -> bool:
         return not _all_ok(self.signum is None)
 
-    def interrupted(self, step: int, checkpoint) -> Interrupted:
-        self.uninstall()
-        return Interrupted(step, checkpoint, True, self.signum or 2)
+    def after_step(self, done: int, total: int, save_every: int, save, ckpt_root) -> None:
+        """The end of step `done` (1-based) of `total` (sft.py, rl.py): the --save_every checkpoint (the last step's
+        is the caller's), then a requested stop: Interrupted naming the checkpoint to resume from."""
+        scheduled = save_every and done % save_every == 0
+        if scheduled and done < total:
+            save(done)
+        if done < total and self.requested():
+            self.uninstall()
+            raise Interrupted(done, latest_checkpoint(ckpt_root) if scheduled else save(done), True, self.signum or 2)
 
 
 def resume_command(script: str, argv=None) -> str:
@@ -2126,18 +2204,13 @@ def meta_attention(module, query, key, value, attention_mask, **kwargs):
     return _meta_flash_attention().apply(query, key, value), None
 
 
-def register_meta_attention():
-    from transformers import AttentionInterface
-    AttentionInterface.register(META_ATTENTION, meta_attention)
-
-
 @lru_cache(maxsize=64)
 def _meta_forward_saved_bytes(config_json: str, n_layers: int, n_tokens: int, dtype_name: str) -> int:
     """Bytes saved for backward by the decoder (embeddings .. final norm) of the config (JSON) cut to n_layers
     layers, on the meta device, one sequence of n_tokens (flash-style attention: meta_attention)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    register_meta_attention()
+    register_attention()
     d = json.loads(config_json)
     d["num_hidden_layers"] = n_layers
     if d.get("layer_types"):

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -56,10 +55,23 @@ def synthetic_samples(tok, n: int, max_len: int, seed: int = 0) -> list:
     return out
 
 
-def peak_mem_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+def matmul_tflops(device, n: int | None = None, reps: int | None = None) -> float:
+    """Measured dense matmul rate of this device, TFLOP/s (bf16 on GPU, fp32 on CPU): MFU's second denominator
+    (here and in bench/gpu_check.py)."""
+    gpu = device.type == "cuda"
+    n, reps = n or (8192 if gpu else 1024), reps or (30 if gpu else 5)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
 
 
 # ---- TRL side (runs in a subprocess: `bench_sft.py --_trl ARGS.json`) ----
@@ -118,7 +130,8 @@ def run_trl(spec: dict):
               "n_lm_head": sum(b[0] for b in batches[i * g:(i + 1) * g]),  # TRL projects every position
               "sum_len_sq": sum(b[1] for b in batches[i * g:(i + 1) * g]), "time_s": t} for i, t in enumerate(times)]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    Path(spec["result"]).write_text(json.dumps({"steps": steps, "losses": losses, "peak_mem_gb": peak_mem_gb()}))
+    Path(spec["result"]).write_text(json.dumps({"steps": steps, "losses": losses, "peak_mem_gb": utils.peak_memory_gb(
+        torch.device("cuda" if torch.cuda.is_available() else "cpu"))}))
 
 
 # ---- driver ----
@@ -168,7 +181,7 @@ def main():
     with torch.device("meta"):
         n_params, n_head = sft.flop_params(AutoModelForCausalLM.from_config(cfg))  # decoder only, lm_head
     attn_dim = sft.attention_dim(cfg)
-    peak, datasheet = sft.matmul_tflops(device), sft.datasheet_tflops(device)
+    peak, datasheet = matmul_tflops(device), sft.datasheet_tflops(device)
     meta = json.loads((stage / "meta.json").read_text())
     print(f"device {device}, torch threads {torch.get_num_threads()}, decoder params {n_params / 1e6:.1f}M, "
           f"{len(samples)} samples -> {meta['n_packs']} packs of {a.seq_len} (efficiency "

@@ -164,11 +164,12 @@ def stage_probe(spec) -> dict:
     import transformers
     import sft
     import utils
+    from bench_sft import matmul_tflops
     dev = device()
     r = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
          "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
          "gpu_memory_gb": torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None,
-         "datasheet_tflops": sft.datasheet_tflops(dev), "matmul_tflops": sft.matmul_tflops(dev),
+         "datasheet_tflops": sft.datasheet_tflops(dev), "matmul_tflops": matmul_tflops(dev),
          "attention_auto": utils.pick_attention_backend(dev)}
     try:
         import flash_attn
@@ -271,7 +272,7 @@ def stage_loss(spec) -> dict:
     """Chunked cross-entropy (the trainer's) vs the full logits at N tokens x V vocab: value and peak memory."""
     import torch
     import torch.nn.functional as F
-    import sft
+    import utils
     dev = device()
     N, V, H = (512, 4096, 128) if spec["tiny"] else (32768, 151936, 896)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -288,7 +289,7 @@ def stage_loss(spec) -> dict:
         base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
         t0 = time.perf_counter()
         if name == "chunked":
-            loss = sft.chunked_cross_entropy_sum(h, w, t, 4096, torch.arange(N, device=dev))
+            loss = -utils.chunked_token_logprobs(h, w, t, chunk_size=4096)[0].sum()
         else:
             loss = F.cross_entropy((h @ w.t()).float(), t, reduction="sum")
         loss.backward()
@@ -336,6 +337,7 @@ def stage_sft_speed(spec) -> dict:
     import torch
     import sft
     import utils
+    from bench_sft import matmul_tflops
     from transformers import AutoConfig
     dev = device()
     out = Path(spec["out"])
@@ -344,7 +346,7 @@ def stage_sft_speed(spec) -> dict:
     plan = utils.memory_plan(AutoConfig.from_pretrained(model_dir), 1, spec["seq_len"], 1, False)
     gpu_gb = torch.cuda.get_device_properties(dev).total_memory / 2 ** 30 if dev.type == "cuda" else None
     ac = bool(gpu_gb and plan["total"] / 2 ** 30 > 0.9 * gpu_gb)
-    matmul = sft.matmul_tflops(dev)
+    matmul = matmul_tflops(dev)
     run_dir = out / "sft_speed"
     run_sft(spec, model_dir, out / "stage_speed", run_dir, "--max_steps", steps, "--activation_checkpointing",
             str(ac).lower(), "--peak_tflops", matmul)  # metrics' mfu: vs the measured matmul rate

@@ -87,7 +87,7 @@ def main():
     else:
         cfg = sft.SFTConfig(model=model_dir, grad_accum=3, reduce_every_micro_batch=sys.argv[4] == "true")
         model, hf, _ = sft.load_model(cfg, device)
-        optimizer = sft.build_optimizer(model, cfg, device)
+        optimizer = utils.build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
         data = sft.PackedStage(sys.argv[3])
         held = []
         model.register_forward_pre_hook(lambda *a: held.append(held_grad_bytes(model)))

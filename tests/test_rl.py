@@ -23,7 +23,7 @@ def cpu_semantics(request, monkeypatch):
 def hf_model(path, packed: bool = True):
     """The plain Hugging Face model (what rl.PolicyLM wraps), fp32, with the trainer's packed attention."""
     from transformers import AutoModelForCausalLM
-    utils.register_packed_attention()
+    utils.register_attention()
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                 attn_implementation=utils.PACKED_ATTENTION if packed else None)
 
@@ -31,7 +31,7 @@ def hf_model(path, packed: bool = True):
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
     """logits [N, T, V] (logits[:, t] predicts tokens[:, t]), tokens [N, T] -> (log-probs [N, T], entropy [N, T]) of
     the sampling distribution softmax(logits / temperature). The reference formula (full log-softmax) that
-    rl.chunked_token_logprobs, the trainer's, is tested equal to."""
+    utils.chunked_token_logprobs, the trainer's, is tested equal to."""
     logp_all = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -155,7 +155,7 @@ def test_scoring_uses_the_sampling_temperature(tiny_model):
 
 
 def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
-    """rl.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
+    """utils.chunked_token_logprobs == the full log-softmax (values, entropy, gradients) within 1e-6, while autograd
     keeps no [tokens x vocab] tensor (the full version saves its log-softmax output: N x V floats)."""
     torch.manual_seed(0)
     N, H, V = 96, 16, 1000
@@ -169,7 +169,7 @@ def test_chunked_logprobs_equal_full_and_never_hold_token_x_vocab():
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        lp, ent = rl.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32)
+        lp, ent = utils.chunked_token_logprobs(h, w, t, temperature=0.9, chunk_size=32, entropy=True)
     assert max(saved) < N * V and not ent.requires_grad
     ref_lp, ref_ent = token_logprobs((h @ w.t())[None], t[None], temperature=0.9)
     assert (lp - ref_lp[0]).abs().max() < 1e-6 and (ent - ref_ent[0]).abs().max() < 1e-6

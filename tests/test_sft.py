@@ -114,7 +114,8 @@ def test_chunked_cross_entropy_equals_full(chunk):
     w = torch.randn(13, 6, generator=g, requires_grad=True)
     t = torch.randint(0, 13, (10,), generator=g)
     t[[2, 5]] = IGNORE_INDEX
-    got = sft.chunked_cross_entropy_sum(h, w, t, chunk)
+    keep = t != IGNORE_INDEX  # sft.PackedCausalLM passes only the supervised rows
+    got = -utils.chunked_token_logprobs(h[keep], w, t[keep], chunk_size=chunk)[0].sum()
     gh, gw = torch.autograd.grad(got, (h, w))
     ref = torch.nn.functional.cross_entropy(h @ w.t(), t, reduction="sum")
     rh, rw = torch.autograd.grad(ref, (h, w))
@@ -221,7 +222,7 @@ def test_micro_batch_forward_backward_has_no_host_sync(tiny_model):
     there. Negative control: without the host-computed supervised rows, the loss's boolean mask cannot run on meta
     (that was sft.py before: one sync per micro-batch)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    utils.register_meta_attention()  # the memory plan's shape-only flash kernel: it runs on meta
+    utils.register_attention()  # META_ATTENTION: the memory plan's shape-only flash kernel, it runs on meta
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model),
                                               attn_implementation=utils.META_ATTENTION).train()
@@ -251,7 +252,7 @@ def test_packed_loss_and_grads_equal_sum_over_samples(tiny_model, tok):
     n_in = len(data.cu(0)) - 1 + len(data.cu(1)) - 1
     assert n_in >= 4
 
-    utils.register_packed_attention()
+    utils.register_attention()
     packed = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32,
                                                   attn_implementation=utils.PACKED_ATTENTION)
     wrapper = sft.PackedCausalLM(packed, "exact", loss_chunk=50)
@@ -346,7 +347,8 @@ def test_step_collectives_run_on_the_compute_device(tiny_model, stage, device, r
     monkeypatch.setenv("WORLD_SIZE", "2")  # as on a rank of two: utils.all_reduce runs them (a world of one skips)
     seen, real = [], dist.all_reduce
     monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: seen.append(t.device.type) or real(t, *a, **k))
-    sft.train_step(model, sft.build_optimizer(model, cfg, dev), sft.PackedStage(stage), [0, 1], cfg, 0, 1, dev, 0)
+    optimizer = utils.build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), dev)
+    sft.train_step(model, optimizer, sft.PackedStage(stage), [0, 1], cfg, 0, 1, dev, 0)
     assert seen and set(seen) == {dev.type}
 
 
