@@ -60,14 +60,15 @@ _CC = None
 
 
 def load_resources(data_dir: str | os.PathLike | None = None):
-    """Return (cilin: word -> code, confusion: char -> list of chars), read the way ChERRANT reads them."""
-    data_dir = Path(data_dir or os.environ.get("LAWBENCH_DATA_DIR", DEFAULT_DATA_DIR))
+    """Return (cilin: word -> code, confusion: char -> list of chars), read the way ChERRANT reads them, from
+    data_dir (a LawBench copy's evaluation/utils/data; default DEFAULT_DATA_DIR)."""
+    data_dir = Path(data_dir or DEFAULT_DATA_DIR)
     key = str(data_dir)
     if key not in _RES:
         cilin_path, conf_path = data_dir / "cilin.txt", data_dir / "confusion_dict.txt"
         for p in (cilin_path, conf_path):
             if not p.is_file():
-                raise FileNotFoundError(f"{p}: 2-1 resource file missing (pass --lawbench_dir / LAWBENCH_DATA_DIR)")
+                raise FileNotFoundError(f"{p}: 2-1 resource file missing (pass --lawbench_dir)")
         cilin = {}
         for line in cilin_path.read_text(encoding="gbk").strip().split("\n"):
             code, *words = line.split(" ")

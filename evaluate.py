@@ -49,28 +49,6 @@ import utils
 from utils import LAWBENCH_CATEGORIES, LAWBENCH_TASKS, LOG_216, DataError, plain_mean, plain_sum
 
 
-def _append_metrics(out_dir, record: dict, replaces=None) -> None:
-    """One line per run in OUT/metrics.jsonl, so with/without runs sit side by side. replaces(old_record) -> True
-    drops an earlier line that this run redoes (judgment: same tag; longdoc: every line), instead of appending."""
-    path = Path(out_dir) / "metrics.jsonl"
-    old = [r for _, r in utils.iter_records(path, on_error="skip")] if replaces and path.is_file() else []
-    if replaces:
-        utils.write_jsonl(path, [r for r in old if not replaces(r)] + [record])
-        return
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _write_json(path, obj) -> None:
-    """Write JSON atomically (tmp file then rename): an interrupted run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=4), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. LawBench scoring
 # ----------------------------------------------------------------------------------------------------------------------
@@ -352,9 +330,9 @@ def score_1_2(items):  # JEC-KD: refr '正确答案：X。'
     return _multi_choice_task(items, ["A", "B", "C", "D"], _letter_at(5, "ABCD", "'正确答案：X。' with X in A-D"))
 
 
-def score_2_1(items):  # proofreading: ChERRANT char-level F0.5, in its own module (imported only when needed)
-    import cherrant
-    return cherrant.score_2_1(items)
+def score_2_1(items, data_dir=None):  # proofreading: ChERRANT char-level F0.5, in its own module (imported only when
+    import cherrant  # needed); data_dir: 2-1's resources, LawBench's evaluation/utils/data (score_file passes it)
+    return cherrant.score_2_1(items, data_dir=data_dir)
 
 
 def score_2_2(items):  # dispute focus: refr '争议焦点类别：X。'; gold '赔偿' (not a label) is skipped
@@ -539,12 +517,13 @@ def read_predictions(path) -> list[dict]:
 def write_predictions(path, items: list[dict], keep: tuple[str, ...] = ()) -> Path:
     """Write items (origin_prompt, prediction, refr) as the official prediction file (indent 4, UTF-8, atomic).
     keep: further fields saved with each item (the scorer reads only the three; e.g. code mode's program)."""
-    _write_json(path, {str(i): {f: it[f] for f in PRED_FIELDS + keep} for i, it in enumerate(items)})
-    return Path(path)
+    items = {str(i): {f: it[f] for f in PRED_FIELDS + keep} for i, it in enumerate(items)}
+    return utils.write_json(path, items, indent=4)
 
 
-def score_file(path, task: str | None = None) -> dict:
-    """Score one prediction file; the task id is the file name before the first '.'. -> {score, abstention_rate}"""
+def score_file(path, task: str | None = None, data_dir=None) -> dict:
+    """Score one prediction file; the task id is the file name before the first '.'. -> {score, abstention_rate}
+    data_dir: where 2-1 finds its resources (cilin.txt, confusion_dict.txt; default: cherrant's)."""
     path = Path(path)
     task = task or path.name.split(".")[0]
     if task not in TASK_SCORERS:
@@ -552,18 +531,18 @@ def score_file(path, task: str | None = None) -> dict:
                         "unknown_task")
     items = read_predictions(path)
     try:
-        result = TASK_SCORERS[task](items)
+        result = score_2_1(items, data_dir) if task == "2-1" else TASK_SCORERS[task](items)
     except BadItem as e:
         raise DataError(path, None, f'["{e.index}"].{e.field}', str(e), "bad_field") from None
     return {"score": float(result["score"]), "abstention_rate": float(result.get("abstention_rate", 0.0))}
 
 
-def _score_job(job: tuple[str, str, str]) -> tuple[str, str, dict | None, str | None, float]:
+def _score_job(job: tuple[str, str, str], data_dir=None) -> tuple[str, str, dict | None, str | None, float]:
     """Pool worker: (model, task, path) -> (model, task, result, error line, seconds). User errors become lines."""
     model, task, path = job
     t0 = time.perf_counter()
     try:
-        return model, task, score_file(path, task), None, time.perf_counter() - t0
+        return model, task, score_file(path, task, data_dir), None, time.perf_counter() - t0
     except DataError as e:
         return model, task, None, str(e), time.perf_counter() - t0
     except FileNotFoundError as e:  # 2-1's resource files (cilin.txt, confusion_dict.txt) not where --lawbench_dir says
@@ -602,8 +581,11 @@ def _init_worker():
     jieba.initialize()
 
 
-def score_jobs(jobs, workers: int = 2, progress: bool = True) -> tuple[list[dict], list[str], list[dict]]:
-    """Score (model, task, path) jobs on `workers` processes. -> (rows, error lines, per-file metrics)."""
+def score_jobs(jobs, workers: int = 2, progress: bool = True, data_dir=None
+               ) -> tuple[list[dict], list[str], list[dict]]:
+    """Score (model, task, path) jobs on `workers` processes. -> (rows, error lines, per-file metrics).
+    data_dir: 2-1's resources (score_file)."""
+    from functools import partial
     from tqdm import tqdm
     # biggest files first so that the two cores finish together
     jobs = sorted(jobs, key=lambda j: -os.path.getsize(j[2]))
@@ -611,11 +593,12 @@ def score_jobs(jobs, workers: int = 2, progress: bool = True) -> tuple[list[dict
         _init_worker()  # load jieba's dictionary once, before fork, so every worker inherits it
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-            results = list(tqdm(pool.imap_unordered(_score_job, jobs), total=len(jobs), disable=not progress,
+            results = list(tqdm(pool.imap_unordered(partial(_score_job, data_dir=data_dir), jobs), total=len(jobs),
+                                disable=not progress,
                                 desc="scoring", unit="file"))
     else:
         _init_worker()
-        results = [_score_job(j) for j in tqdm(jobs, disable=not progress, desc="scoring", unit="file")]
+        results = [_score_job(j, data_dir) for j in tqdm(jobs, disable=not progress, desc="scoring", unit="file")]
     order = {t: k for k, t in enumerate(LAWBENCH_TASKS)}
     results.sort(key=lambda r: (r[0], order[r[1]]))
     rows = [{"task": t, "model_name": m, "score": res["score"], "abstention_rate": res["abstention_rate"]}
@@ -690,8 +673,7 @@ class ScoreConfig:
     workers: int = dataclasses.field(default=0, metadata={"help": "processes, one file each at a time (0: all cores)",
                                                           "min": 0})
     lawbench_dir: str = dataclasses.field(default="", metadata={
-        "help": "LawBench copy whose evaluation/utils/data holds 2-1's resources (default: $LAWBENCH_DATA_DIR, "
-                "else ../shared/lawbench)"})
+        "help": "LawBench copy whose evaluation/utils/data holds 2-1's resources (default: ../shared/lawbench)"})
 
 
 def cmd_score(cfg: ScoreConfig) -> int:
@@ -701,13 +683,13 @@ def cmd_score(cfg: ScoreConfig) -> int:
     models = [m for m in cfg.models.split(",") if m]
     skip = parse_tasks(cfg.skip_tasks, "--skip_tasks") if cfg.skip_tasks else []
     fill = utils.read_scores_csv(cfg.fill_from) if cfg.fill_from else None
-    if cfg.lawbench_dir:  # read by cherrant in every worker process
-        os.environ["LAWBENCH_DATA_DIR"] = str(Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data")
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
     if not jobs:
         raise DataError(cfg.pred_dir, None, None, "no <model>/<task>.json prediction files found", "missing_file")
     utils.lock_run_dir(Path(cfg.out).parent, f".{Path(cfg.out).name}.lock")  # one scorer writes these files at a time
-    rows, errors, metrics = score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1))
+    data_dir = Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data" if cfg.lawbench_dir else None  # for 2-1
+    rows, errors, metrics = score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1),
+                                       data_dir=data_dir)
     seconds = time.perf_counter() - t0
 
     out = Path(cfg.out)
@@ -717,12 +699,9 @@ def cmd_score(cfg: ScoreConfig) -> int:
     write_csv(f"{stem}_table.csv", table, ["model_name", *LAWBENCH_CATEGORIES, "Average"])
     markdown = table_markdown(table)
     Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
-    Path(f"{stem}.config.json").write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2),
-                                           encoding="utf-8")
-    with open(f"{stem}_metrics.jsonl", "w", encoding="utf-8") as f:
-        for m in metrics:
-            f.write(json.dumps(m, ensure_ascii=False) + "\n")
-        f.write(json.dumps({"total_seconds": round(seconds, 3), "files": len(jobs), "errors": len(errors)}) + "\n")
+    utils.write_json(f"{stem}.config.json", dataclasses.asdict(cfg))
+    utils.write_jsonl(f"{stem}_metrics.jsonl", [*metrics, {"total_seconds": round(seconds, 3), "files": len(jobs),
+                                                           "errors": len(errors)}])
 
     print(markdown, end="")
     if any(r["Average"] is None for r in table):  # averages left blank: the per-task scores that were computed
@@ -900,36 +879,20 @@ def load_done(task_file: Path) -> dict[int, dict]:
 
 
 # Which model made a prediction file: <task>.json.model beside it (not *.json, so scorers never read it) holds the
-# model's path, a fingerprint of its weights / config / tokenizer (utils.fingerprint) and the generation settings.
-# Predictions (finished or .partial) made by another model or with other settings are never kept under this name.
-
-MADE_BY_SETTINGS = ("model_fingerprint", "backend", "raw", "max_new_tokens")  # what must match; the path may move
-
+# model's path, a fingerprint of its weights / config / tokenizer and the generation settings (utils.model_identity).
+# Predictions (finished or .partial) made by another model or with other settings are never kept under this name
+# (utils.prepare_outputs: the run-folder rule, per file, as one folder holds many models' files).
 
 def made_by(cfg: GenerateConfig) -> dict:
-    return {"model": str(Path(cfg.model).resolve()), "model_fingerprint": utils.fingerprint(cfg.model),
-            "backend": cfg.backend, "raw": cfg.raw, "max_new_tokens": cfg.max_new_tokens}
+    return utils.model_identity(cfg.model, backend=cfg.backend, raw=cfg.raw, max_new_tokens=cfg.max_new_tokens,
+                                max_prompt_tokens=cfg.max_prompt_tokens)  # the budget decides which items are refused
 
 
-def check_made_by(task_files: list[Path], want: dict, overwrite: bool) -> None:
-    """Refuse (DataError naming the file and what differs) when an existing prediction file or its .partial was made
-    by another model or with other settings (or nothing says which); with overwrite, remove them instead."""
-    for task_file in task_files:
-        partial, record = (task_file.with_name(task_file.name + ext) for ext in (".partial", ".model"))
-        if not (task_file.is_file() or partial.is_file()):
-            continue
-        had = utils.read_json(record) if record.is_file() else None
-        diff = [f"{k} {had.get(k)!r} -> {want[k]!r}" for k in MADE_BY_SETTINGS if had and had.get(k) != want[k]]
-        if had is not None and not diff:
-            continue
-        if overwrite:
-            for p in (task_file, partial, record):
-                p.unlink(missing_ok=True)
-            continue
-        why = (f"made by {had.get('model')} with other settings ({'; '.join(diff)})" if had else
-               f"no {record.name} says which model made it")
-        raise DataError(task_file, None, None, f"{why}: not regenerated for {want['model']}; pass --overwrite to "
-                        f"regenerate it, or another --model_name", reason="other_model")
+def check_made_by(cfg: GenerateConfig, task_files: list[Path], want: dict) -> None:
+    """Rank 0, before any work: OUT locked, and every selected prediction file made by `want` (or --overwrite)."""
+    utils.lock_run_dir(cfg.out)  # one run at a time writes OUT
+    utils.prepare_outputs(task_files, want, cfg.overwrite, f"not regenerated for {want['model']}; pass --overwrite "
+                                                           f"to regenerate it, or another --model_name")
 
 
 def _rank_world(backend: str) -> tuple[int, int]:
@@ -969,9 +932,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     name = cfg.model_name or utils.run_name(cfg.model)
     want = made_by(cfg)
     if rank == 0:  # a refusal here ends rank 0, and torchrun then stops the other ranks
-        utils.lock_run_dir(cfg.out)  # one run at a time writes OUT
-        check_made_by([Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
-                       ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want, cfg.overwrite)
+        check_made_by(cfg, [Path(cfg.out) / SHOTS[s] / n / f"{t}.json" for s in shots for n, ts in
+                            ((name, tasks), (f"{name}-code", code_mode_tasks(cfg))) for t in ts], want)
         utils.save_config(cfg, cfg.out)
     utils.barrier()  # the other ranks read the files only after rank 0 has checked (or removed) them
     index = StatuteIndex(cfg.rag, cfg.rag_law) if cfg.rag else None
@@ -1003,10 +965,8 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                 continue  # complete, with exactly these prompts
             if rank == 0:
                 partial.parent.mkdir(parents=True, exist_ok=True)
-                _write_json(task_file.with_suffix(".json.model"), want)
-                if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
-                    with open(partial, "a", encoding="utf-8") as f:
-                        f.write("\n")  # close a line cut off by the interruption before appending
+                utils.write_json(utils.made_by_path(task_file), want)
+                utils.drop_torn_tail(partial)  # a line cut off by the interruption (load_done skipped it)
             bar = tqdm(total=len(todo), desc=f"{SHOTS[shot]} {task}", disable=not todo or rank > 0)
             for start in range(0, len(todo), save_every):
                 chunk = todo[start:start + save_every]
@@ -1026,14 +986,13 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                 refused.sort(key=lambda r: r["index"])
                 if refused:
                     report["refused"] = report.get("refused", 0) + len(refused)
-                    with open(Path(cfg.out) / "refused.jsonl", "a", encoding="utf-8") as f:
-                        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in refused)
+                    for r in refused:
+                        utils.append_jsonl(Path(cfg.out) / "refused.jsonl", r)
                 outs = [gen.get(i, "") for i in chunk]
-                with open(partial, "a", encoding="utf-8") as f:
-                    for i, pred in zip(chunk, outs):
-                        done[i] = {"origin_prompt": [{"role": "HUMAN", "prompt": prompts[i]}],
-                                   "prediction": pred, "refr": items[i]["answer"]}
-                        f.write(json.dumps({"index": i, "item": done[i]}, ensure_ascii=False) + "\n")
+                for i, pred in zip(chunk, outs):
+                    done[i] = {"origin_prompt": [{"role": "HUMAN", "prompt": prompts[i]}],
+                               "prediction": pred, "refr": items[i]["answer"]}
+                    utils.append_jsonl(partial, {"index": i, "item": done[i]})
                 bar.update(len(chunk))
             bar.close()
             if rank == 0:
@@ -1158,14 +1117,15 @@ def generate_code_mode(cfg: "GenerateConfig", shots: list[str], name: str, want:
                                  "refr": it["answer"], "completion": out, "code": code if found else "",
                                  "exec": {k: v for k, v in run.items() if k != "stdout"}})
                 write_predictions(task_file, done, keep=("completion", "code", "exec"))
-                _write_json(task_file.with_suffix(".json.model"), want)  # which model wrote it (check_made_by)
+                utils.write_json(utils.made_by_path(task_file), want)  # which model wrote it (check_made_by)
             direct = score_file(Path(cfg.out) / SHOTS[shot] / name / f"{task}.json", task)
             coded = score_file(task_file, task)
             rows[f"{SHOTS[shot]}/{task}"] = {"direct": direct["score"], "code": coded["score"],
                                              "direct_abstention": direct["abstention_rate"],
                                              "code_abstention": coded["abstention_rate"], **exec_counts(done)}
-    _write_json(Path(cfg.out) / "code_mode.json", rows)
-    _append_metrics(cfg.out, {"command": "generate --code", "model": cfg.model, "code_mode": rows})
+    utils.write_json(Path(cfg.out) / "code_mode.json", rows)
+    utils.append_jsonl(Path(cfg.out) / "metrics.jsonl", {"command": "generate --code", "model": cfg.model,
+                                                         "code_mode": rows})
     return rows
 
 
@@ -1378,11 +1338,13 @@ def run_judgment(cfg: JudgmentConfig) -> dict:
                         **({"retrieved": r} if retrieved else {})}
                        for p, o, pr, d, r, c in zip(prompts, outs, preds, data, retrieved or [None] * len(data),
                                                     cut_chars)])
-    _write_json(Path(cfg.out) / f"metrics_{tag}.json", metrics)
-    _append_metrics(cfg.out, metrics, replaces=lambda old: old.get("tag") == tag)
+    utils.write_json(Path(cfg.out) / f"metrics_{tag}.json", metrics)
+    path = Path(cfg.out) / "metrics.jsonl"  # one line per tag: a rerun of a tag replaces its line
+    old = [r for _, r in utils.iter_records(path, on_error="skip")] if path.is_file() else []
+    utils.write_jsonl(path, [r for r in old if r.get("tag") != tag] + [metrics])
     effect = rag_effect(cfg.out)
     if effect:
-        _write_json(Path(cfg.out) / "rag_effect.json", effect)
+        utils.write_json(Path(cfg.out) / "rag_effect.json", effect)
         metrics["rag_effect"] = effect
     else:  # never leave an effect computed from other runs beside these
         (Path(cfg.out) / "rag_effect.json").unlink(missing_ok=True)
@@ -1514,8 +1476,8 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
                "model": cfg.model, "data": cfg.data}
     utils.write_jsonl(Path(cfg.out) / "predictions.jsonl",
                       [{**r, "prediction": o, "char_f1": s} for r, o, s in zip(rows, outs, scores)])
-    _write_json(Path(cfg.out) / "metrics.json", metrics)
-    _append_metrics(cfg.out, metrics, replaces=lambda old: True)  # one run per folder: a rerun replaces it
+    utils.write_json(Path(cfg.out) / "metrics.json", metrics)
+    utils.write_jsonl(Path(cfg.out) / "metrics.jsonl", [metrics])  # one run per folder: a rerun replaces it
     return metrics
 
 
@@ -1581,7 +1543,7 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
     files = {(s, t): Path(cfg.out) / LEXEVAL_SETTINGS[s] / name / lexeval.output_name(name, t)
              for s in shots for t in tasks}
     if rank == 0:
-        check_made_by(list(files.values()), want, cfg.overwrite)
+        check_made_by(cfg, list(files.values()), want)
         utils.save_config(cfg, cfg.out)
         for line in notes:
             print("note:", line, flush=True)
@@ -1611,10 +1573,8 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
                 continue
             if rank == 0:
                 partial.parent.mkdir(parents=True, exist_ok=True)
-                _write_json(out_file.with_name(out_file.name + ".model"), want)
-                if partial.is_file() and not partial.read_bytes().endswith(b"\n"):
-                    with open(partial, "a", encoding="utf-8") as f:
-                        f.write("\n")
+                utils.write_json(utils.made_by_path(out_file), want)
+                utils.drop_torn_tail(partial)
             bar = tqdm(total=len(todo), desc=f"{LEXEVAL_SETTINGS[shot]} {task}", disable=not todo or rank > 0)
             for start in range(0, len(todo), save_every):
                 chunk = todo[start:start + save_every]
@@ -1642,12 +1602,11 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
                 refused.sort(key=lambda r: r["index"])
                 if refused:
                     report["refused"] = report.get("refused", 0) + len(refused)
-                    with open(Path(cfg.out) / "refused.jsonl", "a", encoding="utf-8") as f:
-                        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in refused)
-                with open(partial, "a", encoding="utf-8") as f:
-                    for i in chunk:
-                        done[i] = {"input": parts[i][1], "output": gen.get(i, ""), "answer": items[i]["answer"]}
-                        f.write(json.dumps({"index": i, "item": done[i]}, ensure_ascii=False) + "\n")
+                    for r in refused:
+                        utils.append_jsonl(Path(cfg.out) / "refused.jsonl", r)
+                for i in chunk:
+                    done[i] = {"input": parts[i][1], "output": gen.get(i, ""), "answer": items[i]["answer"]}
+                    utils.append_jsonl(partial, {"index": i, "item": done[i]})
                 bar.update(len(chunk))
             bar.close()
             if rank == 0:  # the official main.py writes the same lines (json.dumps, ensure_ascii=False)
@@ -1694,19 +1653,17 @@ def score_lexeval(cfg: ScoreConfig) -> int:
     write_csv(f"{stem}_table.csv", table, ["model_name", *lexeval.TABLE_COLUMNS])
     markdown = lexeval.table_markdown(table)
     Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
-    Path(f"{stem}.config.json").write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2),
-                                           encoding="utf-8")
+    utils.write_json(f"{stem}.config.json", dataclasses.asdict(cfg))
     zeroed: dict[str, int] = {}
-    with open(f"{stem}_metrics.jsonl", "w", encoding="utf-8") as f:
-        for r in results:
-            res = r["result"] or {}
-            if res.get("zeroed"):
-                zeroed[r["model"]] = zeroed.get(r["model"], 0) + res["zeroed"]
-            f.write(json.dumps({"model": r["model"], "task": r["task"], "metric": res.get("metric"),
-                                "items": res.get("items"), "zeroed": res.get("zeroed"), "seconds": r["seconds"],
-                                "ok": r["error"] is None}, ensure_ascii=False) + "\n")
-        f.write(json.dumps({"total_seconds": round(seconds, 3), "files": len(jobs), "errors": len(errors),
-                            "zeroed_by_rouge_recursion": zeroed}) + "\n")
+    lines = []
+    for r in results:
+        res = r["result"] or {}
+        if res.get("zeroed"):
+            zeroed[r["model"]] = zeroed.get(r["model"], 0) + res["zeroed"]
+        lines.append({"model": r["model"], "task": r["task"], "metric": res.get("metric"), "items": res.get("items"),
+                      "zeroed": res.get("zeroed"), "seconds": r["seconds"], "ok": r["error"] is None})
+    utils.write_jsonl(f"{stem}_metrics.jsonl", [*lines, {"total_seconds": round(seconds, 3), "files": len(jobs),
+                                                         "errors": len(errors), "zeroed_by_rouge_recursion": zeroed}])
     print(markdown, end="")
     for line in notes + table_notes:
         print("note:", line)
@@ -1814,7 +1771,7 @@ def cmd_generate(cfg: GenerateConfig):
         rec["per_rank"] = per_rank  # items generated by each torchrun rank
     if cfg.benchmark != "lawbench":
         rec.update(benchmark=cfg.benchmark, cut=cut or 0)
-    _append_metrics(cfg.out, rec)
+    utils.append_jsonl(Path(cfg.out) / "metrics.jsonl", rec)
     print(json.dumps(rec, ensure_ascii=False))
     shots = ", ".join(str(Path(cfg.out) / SHOTS[s]) for s in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]))
     utils.done("evaluate.py generate", f"{shots} (<model_name>/<task>.json), {Path(cfg.out) / 'metrics.jsonl'}",

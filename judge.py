@@ -249,15 +249,12 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
     if path is not None:
         return name, load_answers(path, questions)
     saved = out / f"answers_{side}_{name}.jsonl"  # generated once; delete it to regenerate
-    record, made = saved.with_suffix(".jsonl.model"), answers_made_by(model, cfg)
-    if saved.exists():  # answers made by another model (retrained at the same path) are never judged as this one's
-        had = utils.read_json(record) if record.is_file() else None
-        diff = [f"{k} {had.get(k)!r} -> {made[k]!r}" for k in ANSWERS_MADE_BY if had and had.get(k) != made[k]]
-        if had is None or diff:
-            why = f"made by {had.get('model')} with other settings ({'; '.join(diff)})" if had else \
-                f"no {record.name} says which model made them"
-            raise DataError(saved, None, None, f"{why}: not judged as {model}'s answers; delete it to regenerate "
-                            f"them (or --overwrite: start {out} clean)", reason="other_model")
+    # answers made by another model (retrained at the same path) are never judged as this one's: answers_*.jsonl.model
+    # records which model made them (the rule of evaluate.py's <task>.json.model, utils.prepare_outputs)
+    made = utils.model_identity(model, backend=cfg.backend, max_new_tokens=cfg.max_new_tokens,
+                                max_prompt_tokens=cfg.max_prompt_tokens)
+    utils.prepare_outputs([saved], made, False, f"not judged as {model}'s answers; delete it to regenerate them (or "
+                                                f"--overwrite: start {out} clean)")
     if not saved.exists():
         # prompt budget: a question too long for the model's context is refused (empty answer, counted), not sent
         budget = utils.prompt_budget(model, cfg.max_new_tokens, cfg.max_prompt_tokens)
@@ -267,19 +264,9 @@ def get_answers(side: str, cfg: JudgeConfig, questions: list[dict], out: Path) -
             print(f"judge.py: {len(over)} question(s) longer than the {budget}-token prompt budget of {model}: empty "
                   "answers", file=sys.stderr)
         texts = [gen.get(i, "") for i in range(len(questions))]
-        record.write_text(json.dumps(made, ensure_ascii=False, indent=1), encoding="utf-8")
+        utils.write_json(utils.made_by_path(saved), made)
         utils.write_jsonl(saved, [{"id": q["id"], "answer": t} for q, t in zip(questions, texts)])
     return name, load_answers(saved, questions)
-
-
-# Which model made generated answers: answers_<side>_<name>.jsonl.model beside them, as evaluate.py's <task>.json.model
-# (the model's fingerprint, utils.fingerprint, and the generation settings); what must match for them to be reused:
-ANSWERS_MADE_BY = ("model_fingerprint", "backend", "max_new_tokens")
-
-
-def answers_made_by(model, cfg: JudgeConfig) -> dict:
-    return {"model": str(Path(model).resolve()), "model_fingerprint": utils.fingerprint(model), "backend": cfg.backend,
-            "max_new_tokens": cfg.max_new_tokens}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -333,7 +320,7 @@ def judge_one(client: utils.ChatClient, q: dict, answers: dict, order: str, max_
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Cache: judgments.jsonl, one fsync'd line per judgment; a torn last line (crash mid-write) is dropped
+# 5. Cache: judgments.jsonl (utils.JsonlCache: one fsync'd line per judgment; a torn last line is dropped)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def content_hash(*texts) -> str:
@@ -347,42 +334,36 @@ def cache_key(q: dict, name_a: str, name_b: str, order: str, judge_model: str, a
                      name_a, name_b, order, judge_model, PROMPT_VERSION])
 
 
-class JudgmentCache:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.records: dict[str, dict] = {}
-        self._lock = threading.Lock()
-        if self.path.exists():
-            self._load()
-
-    def _load(self):
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):  # torn last line: that judgment never finished being written
-            data = data[: data.rfind(b"\n") + 1]
-            with open(self.path, "r+b") as f:
-                f.truncate(len(data))
-        for i, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                self.records.setdefault(rec["key"], rec)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(self.path, i, None, "corrupt cache line (not the last line): fix or delete it",
-                                reason="bad_cache") from None
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def add(self, rec: dict):
-        with self._lock:
-            if rec["key"] in self.records:
-                return
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            self.records[rec["key"]] = rec
+def ask_all(prog: str, what: str, cache: utils.JsonlCache, total: int, concurrency: int, calls: dict) -> dict:
+    """Ask the judge `calls` ({key: (label, fields, fn, args)}: the record stored under key is {key, **fields,
+    **fn(*args)}) on `concurrency` threads (the pairwise judge, the rubric); each answer is cached as it returns.
+    -> {key: record} of the calls whose transport failed (status 'failed', named on stderr): not cached, so a later
+    run asks again. Ctrl-C stops sending new (paid) requests, what finished is already on disk; all `total` calls
+    failed: an error (exit 1), not a summary whose rates are null."""
+    from tqdm import tqdm
+    failed: dict[str, dict] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = {pool.submit(fn, *args): (key, label, fields) for key, (label, fields, fn, args) in calls.items()}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=what, disable=not calls):
+            key, label, fields = futures[fut]
+            rec = {"key": key, **fields, **fut.result()}
+            if rec["status"] == "failed":
+                failed[key] = rec
+                print(f"judge error {label}: {rec['error']}", file=sys.stderr)
+            else:
+                cache.add(rec)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise SystemExit(f"{prog}: interrupted; {len(cache.records)} {what}s are cached in {cache.path}: rerun to "
+                         "resume")
+    pool.shutdown()
+    if failed and len(failed) == total:
+        first = next(iter(failed.values()))["error"]
+        print(f"{prog}: error: all {total} {what}s failed (first: {first}); nothing summarised: rerun when the judge "
+              "answers", file=sys.stderr)
+        raise SystemExit(1)
+    return failed
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -501,7 +482,7 @@ def run(cfg: JudgeConfig) -> dict:
 
     client = utils.ChatClient(cfg.llm_url, cfg.llm_model, api_key, cfg.timeout, cfg.max_retries,
                          cfg.backoff, cfg.backoff_max, cfg.judge_max_tokens)
-    cache = JudgmentCache(out / "judgments.jsonl")
+    cache = utils.JsonlCache(out / "judgments.jsonl")
     tasks = []  # (key, question, answers, order)
     for q in questions:
         pair = {"a": answers_a[q["id"]], "b": answers_b[q["id"]]}
@@ -511,30 +492,10 @@ def run(cfg: JudgeConfig) -> dict:
     print(f"{len(questions)} questions, {len(tasks)} judgments: {len(tasks) - len(todo)} cached, {len(todo)} to ask "
           f"{cfg.llm_model} at {cfg.llm_url}", flush=True)
 
-    failed: dict[str, dict] = {}
-    from tqdm import tqdm
-    pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
-    try:
-        futures = {pool.submit(judge_one, client, q, pair, order, cfg.max_reasks): key for key, q, pair, order in todo}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="judge", disable=not todo):
-            key, rec = futures[fut], fut.result()
-            rec = {"key": key, "system_a": name_a, "system_b": name_b, "judge_model": cfg.llm_model,
-                   "prompt_version": PROMPT_VERSION, **rec}
-            if rec["status"] == "failed":
-                failed[key] = rec  # not cached: a later run asks again
-                print(f"judge error q={rec['qid']} order={rec['order']}: {rec['error']}", file=sys.stderr)
-            else:
-                cache.add(rec)
-    except KeyboardInterrupt:  # stop sending new (paid) requests; what finished is already on disk
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise SystemExit(f"judge.py: interrupted; {len(cache.records)} judgments are cached in {cache.path}: "
-                         "rerun to resume")
-    pool.shutdown()
-    if failed and len(failed) == len(tasks):  # not one judgment: an error, not a summary whose rates are null
-        first = next(iter(failed.values()))["error"]
-        print(f"judge.py: error: all {len(tasks)} judgments failed (first: {first}); nothing summarised: rerun when "
-              f"the judge answers", file=sys.stderr)
-        raise SystemExit(1)
+    meta = {"system_a": name_a, "system_b": name_b, "judge_model": cfg.llm_model, "prompt_version": PROMPT_VERSION}
+    failed = ask_all("judge.py", "judgment", cache, len(tasks), cfg.concurrency,
+                     {key: (f"q={q['id']} order={order}", meta, judge_one, (client, q, pair, order, cfg.max_reasks))
+                      for key, q, pair, order in todo})
 
     results = {q["id"]: {} for q in questions}
     for key, q, _, order in tasks:
@@ -545,7 +506,7 @@ def run(cfg: JudgeConfig) -> dict:
     summary["judgment_errors"] = {s: sum(r[o]["status"] == s for r in results.values() for o in r)
                                   for s in ("unparsable", "failed")}
     summary["judge_calls"], summary["cached"] = client.calls, len(tasks) - len(todo)
-    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    utils.write_json(out / "summary.json", summary)
     print_table(summary, name_a, name_b)
     utils.done("judge.py", f"{out / 'summary.json'}, {out / 'judgments.jsonl'}",
                f"python plots/plots.py --run RUN (RUN holding {out}); another judge model: another --out")
@@ -808,38 +769,17 @@ def run_rubric(cfg: RubricConfig) -> dict:
     utils.save_config(cfg, out)  # the env var's name, never the key
     client = utils.ChatClient(cfg.llm_url, cfg.llm_model, api_key, cfg.timeout, cfg.max_retries, cfg.backoff,
                               cfg.backoff_max, cfg.judge_max_tokens)
-    cache = JudgmentCache(out / "rubric_grades.jsonl")
+    cache = utils.JsonlCache(out / "rubric_grades.jsonl")
     tasks = [(rubric_key(q, name, answers[q["id"]], criteria, cfg.llm_model), name, q, answers[q["id"]])
              for name, answers in systems for q in questions]
     todo = [t for t in tasks if t[0] not in cache]
     print(f"{len(questions)} questions x {len(systems)} systems x {len(criteria)} criteria: {len(tasks) - len(todo)} "
           f"answers graded before, {len(todo)} to ask {cfg.llm_model} at {cfg.llm_url}", flush=True)
 
-    failed: dict[str, dict] = {}
-    from tqdm import tqdm
-    pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
-    try:
-        futures = {pool.submit(grade_one, client, q, ans, criteria, cfg.max_reasks): (key, name)
-                   for key, name, q, ans in todo}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="rubric", disable=not todo):
-            (key, name), rec = futures[fut], fut.result()
-            rec = {"key": key, "system": name, "judge_model": cfg.llm_model, "prompt_version": RUBRIC_PROMPT_VERSION,
-                   **rec}
-            if rec["status"] == "failed":
-                failed[key] = rec
-                print(f"judge error {name} q={rec['qid']}: {rec['error']}", file=sys.stderr)
-            else:
-                cache.add(rec)
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise SystemExit(f"judge.py rubric: interrupted; {len(cache.records)} grades are cached in {cache.path}: "
-                         "rerun to resume")
-    pool.shutdown()
-    if failed and len(failed) == len(tasks):
-        first = next(iter(failed.values()))["error"]
-        print(f"judge.py rubric: error: all {len(tasks)} gradings failed (first: {first}); nothing summarised: "
-              "rerun when the judge answers", file=sys.stderr)
-        raise SystemExit(1)
+    meta = {"judge_model": cfg.llm_model, "prompt_version": RUBRIC_PROMPT_VERSION}
+    failed = ask_all("judge.py rubric", "grade", cache, len(tasks), cfg.concurrency,
+                     {key: (f"{name} q={q['id']}", {"system": name, **meta}, grade_one,
+                            (client, q, ans, criteria, cfg.max_reasks)) for key, name, q, ans in todo})
 
     records = [cache.records.get(key) or failed[key] for key, *_ in tasks]
     summary = {"judge_model": cfg.llm_model, "prompt_version": RUBRIC_PROMPT_VERSION, "criteria": criteria,
@@ -848,7 +788,7 @@ def run_rubric(cfg: RubricConfig) -> dict:
                "grade_errors": {s: sum(r["status"] == s for r in records) for s in ("incomplete", "unparsable",
                                                                                     "failed")},
                "judge_calls": client.calls, "cached": len(tasks) - len(todo)}
-    (out / "rubric_summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    utils.write_json(out / "rubric_summary.json", summary)
     print_rubric(summary)
     return summary
 
@@ -967,12 +907,9 @@ class Study:
     def _load_votes(self):
         if not self.votes_path.exists():
             return
-        data = self.votes_path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a crash mid-line: that vote was never acknowledged
-            data = data[: data.rfind(b"\n") + 1]
-            with open(self.votes_path, "r+b") as f:
-                f.truncate(len(data))
-        for i, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        utils.drop_torn_tail(self.votes_path)  # a crash mid-line: that vote was never acknowledged
+        # any other bad line is an error, not skipped as in an LLM cache (utils.JsonlCache): a vote cannot be re-asked
+        for i, line in enumerate(self.votes_path.read_text(encoding="utf-8").splitlines(), start=1):
             if line.strip():
                 try:
                     rec = check_vote(json.loads(line), self.votes_path, i)
@@ -1036,14 +973,8 @@ class Study:
                "scores": {c: s if left == "b" else 6 - s for c, s in sorted(scores.items())},
                "comment": comment,
                "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-        with self.lock:
-            fd = os.open(self.votes_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)  # one write of the whole line (O_APPEND): no interleaving, no partial vote
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with self.lock:  # one line per vote, on the disk before the page hears back
+            utils.append_jsonl(self.votes_path, rec, fsync=True)
             self.latest[(annotator, item)] = rec
             done = sum((annotator, i) in self.latest for i in d["items"])
         return {"done": done, "total": len(d["items"])}
@@ -1555,7 +1486,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     result = human_agreement(votes)
     if cfg.judge is not None:
         result.update(judge_human(votes, cfg.judge, cfg.bootstrap, cfg.seed))
-    (out / "agreement.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    utils.write_json(out / "agreement.json", result)
     print_agreement(result, votes)
     return result
 

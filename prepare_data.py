@@ -102,11 +102,9 @@ def preflight(cfg: Config) -> None:
     before anything is written (DataError, one line)."""
     utils.check_fields(cfg)
     utils.check_out_dir(cfg.out)
-    final = Path(cfg.out)
-    if final.is_dir() and any(final.iterdir()) and not cfg.overwrite:
-        held = ", ".join(sorted(p.name for p in final.iterdir())[:5])
-        raise DataError(final, None, None, f"already holds a build ({held}): pass --overwrite to rebuild it "
-                        f"(replaced only once the new build is complete), or choose another --out", reason="run_dir")
+    # a built OUT is refused without --overwrite, and never cleared when it holds files that no build wrote (the
+    # run-folder rule, utils.check_run_dir; no --resume: a build starts from scratch, and run() swaps OUT in whole)
+    utils.check_run_dir(cfg.out, None, False, cfg.overwrite, BUILD_OUTPUTS, continue_flag=None)
     if cfg.decontaminate and not cfg.lawbench_dir:
         raise DataError("--lawbench_dir", None, None, "required to decontaminate against LawBench; pass "
                         "--decontaminate false to build without it (the report then says it was not run)",
@@ -132,6 +130,8 @@ def preflight(cfg: Config) -> None:
     utils.check_model_dir(cfg.model, "--model", config=False, weights=False, chat_template=True)
 
 
+BUILD_OUTPUTS = ("stage*", "work", "data_report.json", "metrics.jsonl", "rl_prompts.jsonl", "contaminated.jsonl",
+                 "skipped.jsonl", "llm_scores.jsonl")  # what a build writes in OUT (besides config.json)
 KEY_LAWS = ("刑法", "宪法", "劳动法", "劳动合同法")  # plus 民法典 婚姻家庭编 (see is_key_law)
 LEGAL_TASK_KINDS = ("lawbench_task", "cail_task", "judgments", "exam_mcq")
 
@@ -424,19 +424,15 @@ LLM_PROMPT = ("请评估下面的法律咨询问答。给出两个1到5的整数
 
 class LLMScorer:
     """Scores (question, answer) with an OpenAI-compatible chat endpoint (utils.ChatClient); every score is cached in
-    a JSONL file so a rerun asks nothing. `ask` can be replaced (tests inject a stub)."""
+    a JSONL file ({key, scores} lines, utils.JsonlCache) so a rerun asks nothing. `ask` can be replaced (tests inject
+    a stub)."""
 
     def __init__(self, url: str, model: str, key_env: str, cache_path, ask=None):
         self.model = model
         self.client = utils.ChatClient(url, model, os.environ.get(key_env, ""), max_tokens=32)
-        self.cache_path = Path(cache_path)
-        self.cache: dict[str, dict] = {}
+        self.cache = utils.JsonlCache(cache_path)
         self.calls = self.hits = 0
-        if self.cache_path.is_file():
-            for _, r in utils.iter_records(self.cache_path, on_error="skip", errors={}):
-                self.cache[r["key"]] = r["scores"]
         self.ask = ask or (lambda prompt: parse_scores(self.client.chat([{"role": "user", "content": prompt}])))
-        self._fh = None
 
     def key(self, q: str, a: str) -> str:
         return hashlib.sha1(f"{self.model}\x00{q}\x00{a}".encode()).hexdigest()
@@ -445,15 +441,10 @@ class LLMScorer:
         k = self.key(q, a)
         if k in self.cache:
             self.hits += 1
-            return self.cache[k]
+            return self.cache.records[k]["scores"]
         self.calls += 1
         scores = self.ask(LLM_PROMPT.format(q=q, a=a))
-        self.cache[k] = scores
-        if self._fh is None:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.cache_path, "a", encoding="utf-8")
-        self._fh.write(json.dumps({"key": k, "scores": scores}) + "\n")
-        self._fh.flush()
+        self.cache.add({"key": k, "scores": scores})
         return scores
 
 
@@ -909,7 +900,7 @@ def write_packed(out_dir, packs, n_packs: int, seq_len: int, pad_id: int, meta: 
             "n_supervised": n_sup, "pad_token_id": int(pad_id),
             "packing_efficiency": n_tokens / (n_packs * seq_len) if n_packs else 0.0, "tokenizer": "", "stage": "",
             **(meta or {})}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    utils.write_json(out / "meta.json", meta)
     return meta
 
 
@@ -1077,10 +1068,9 @@ def build(cfg: Config, out: Path, sources: list[dict], decon: Decontaminator | N
     report["timings"] = {k: round(v, 2) for k, v in timings.items()}
 
     # 9: report
-    (out / "data_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"seconds": report["seconds"], **{k: v["tokens"] for k, v in report["stages"].items()}})
-                + "\n")
+    utils.write_json(out / "data_report.json", report)
+    utils.append_jsonl(out / "metrics.jsonl", {"seconds": report["seconds"],
+                                               **{k: v["tokens"] for k, v in report["stages"].items()}})
     return report
 
 

@@ -324,13 +324,68 @@ def write_json(path, obj, indent: int = 2) -> Path:
     return path
 
 
-def append_jsonl(path, record: dict) -> None:
+def append_jsonl(path, record: dict, fsync: bool = False) -> None:
     """Append one record as a JSON line (metrics.jsonl, samples.jsonl, caches). One write call per line, flushed on
-    return, so a crash leaves at most the last line torn, and readers (iter_records on_error='skip') skip it."""
+    return (fsync: on the disk too, for what cannot be redone: paid LLM calls, votes), so a crash leaves at most the
+    last line torn, and readers skip it (iter_records on_error='skip'; drop_torn_tail before appending again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def drop_torn_tail(path) -> int:
+    """Cut a torn last line off a JSONL file that append_jsonl writes: a file that does not end in a newline was cut
+    short by a crash mid-write, and that record never finished (nor was acknowledged). Cutting it keeps the next
+    append on a line of its own. -> the bytes removed (0: none, or no file)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
+
+
+class JsonlCache:
+    """The cache of LLM calls (prepare_data's scores, judge's judgments and rubric grades): one JSON line per answered
+    call, {"key": ..., ...}, appended (append_jsonl, fsync'd) as each call returns, so that a rerun asks nothing twice.
+
+    Load policy, the same for every cache: a torn LAST line (a crash mid-write) is cut off the file (drop_torn_tail).
+    Any other line that is not a JSON object with a string "key" is skipped and counted by reason (bad_json,
+    missing_key) in self.skipped, and one note on stderr names the file, the first such line and the counts; the lines
+    stay. Either way those calls are asked again. The first line of a key wins. add() is thread-safe."""
+
+    def __init__(self, path):
+        self.path, self.records, self.skipped, self._lock = Path(path), {}, {}, threading.Lock()
+        drop_torn_tail(self.path)
+        bad: list[dict] = []
+        for line, rec in iter_records(self.path, "skip", self.skipped, bad) if self.path.is_file() else []:
+            if isinstance(rec.get("key"), str):
+                self.records.setdefault(rec["key"], rec)
+            else:
+                self.skipped["missing_key"] = self.skipped.get("missing_key", 0) + 1
+                bad.append({"line": line})
+        if bad:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+            print(f"note: {self.path}:{min(b['line'] for b in bad)}: {len(bad)} cache line(s) skipped ({counts}); "
+                  f"their calls are asked again", file=sys.stderr, flush=True)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def add(self, rec: dict) -> None:
+        """Store one answered call (rec["key"]); a key already stored is not written twice."""
+        with self._lock:
+            if rec["key"] not in self.records:
+                append_jsonl(self.path, rec, fsync=True)
+                self.records[rec["key"]] = rec
 
 
 def write_jsonl(path, records) -> int:
@@ -446,19 +501,16 @@ def _to_bool(s: str) -> bool:
 
 def save_config(cfg, out_dir) -> Path:
     """Write the resolved config to OUT/config.json (what was actually run)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "config.json"
-    path.write_text(json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    return path
+    return write_json(Path(out_dir) / "config.json", dataclasses.asdict(cfg))
 
 
 # ---- run folders: one run per folder, never two mixed ----
-# A run folder (the OUT of sft.py, rl.py, evaluate.py judgment / longdoc) holds one run. Its identity (the config
-# fields that define the run, plus fingerprints of the model / data it read) is written to OUT/run_identity.json
-# before any work. A later invocation into the same folder is refused unless it says what to do with the old run:
-# --overwrite (remove the old run's files, start clean) or --resume auto (continue it: allowed only when the
-# identity is the same, and only from checkpoints whose saved config is the same).
+# A run folder (the OUT of sft.py, rl.py, evaluate.py judgment / longdoc, judge.py, prepare_data.py) holds one run.
+# Its identity (the config fields that define the run, plus fingerprints of the model / data it read) is written to
+# OUT/run_identity.json before any work. A later invocation into the same folder is refused unless it says what to
+# do with the old run: --overwrite (remove the old run's files, start clean) or --resume auto (continue it: allowed
+# only when the identity is the same, and only from checkpoints whose saved config is the same). check_run_dir is
+# that rule, prepare_run_dir applies it; prepare_outputs is the same rule per file (evaluate generate, judge answers).
 
 RUN_IDENTITY = "run_identity.json"
 
@@ -533,33 +585,52 @@ def run_identity(cfg, ignore=(), extra: dict | None = None) -> dict:
 def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=(), ckpt_dir=None,
                     continue_flag: str = "--resume auto") -> bool:
     """Make OUT ready for a run with `identity` (run_identity()); returns True when an earlier run is continued.
-
-    outputs: names / glob patterns of what the script writes in OUT (config.json and RUN_IDENTITY count too).
-      empty or missing OUT     -> created, new run (a folder holding only config.json / RUN_IDENTITY counts as empty:
-                                  a start that failed before any work)
-      overwrite                -> the old run's outputs are removed first (refused if OUT holds anything else)
-      resume                   -> OUT must hold a run with the same identity; every complete checkpoint under
-                                  ckpt_dir must have saved the same config (trainer_state.pt 'config', on the
-                                  identity's fields)
-      otherwise, OUT not empty -> RunDirError naming what is there and the ways on
-    Checks run on every rank (read only); rank 0 removes and writes, between barriers. Rank 0 first takes the
-    folder's lock (lock_run_dir): a second run started into OUT while this one works is refused, whatever OUT holds."""
+    The decision is check_run_dir's (read only, every rank). Rank 0 first takes the folder's lock (lock_run_dir): a
+    second run started into OUT while this one works is refused, whatever OUT holds. Then rank 0 removes the old
+    run's outputs (overwrite) and writes OUT/RUN_IDENTITY, between barriers."""
     out = Path(out)
     rank0 = dist_info().rank == 0
     if rank0:  # a refusal here ends rank 0; torchrun then stops the ranks waiting at the barrier below
         lock_run_dir(out)
+    present, ours = check_run_dir(out, identity, resume, overwrite, outputs, ckpt_dir, continue_flag)
+    barrier()
+    if rank0:
+        if present and overwrite:
+            for name in sorted(ours):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        write_json(out / RUN_IDENTITY, _jsonable(identity))
+    barrier()
+    return bool(present) and not overwrite
+
+
+def check_run_dir(out, identity: dict | None, resume: bool, overwrite: bool, outputs=(), ckpt_dir=None,
+                  continue_flag: str | None = "--resume auto") -> tuple[list[str], set[str]]:
+    """The one rule for "may this run write into OUT?" (reads only; RunDirError, one line, when it may not).
+    -> (names present in OUT, those among them that this script writes: `outputs`, config.json, RUN_IDENTITY).
+
+    outputs: names / glob patterns of what the script writes in OUT.
+      empty or missing OUT     -> a new run (a folder holding only config.json / RUN_IDENTITY counts as empty: a start
+                                  that failed before any work)
+      overwrite                -> the old run's outputs may go (refused if OUT holds anything else)
+      resume                   -> OUT must hold a run with the same identity; every complete checkpoint under
+                                  ckpt_dir must have saved the same config (trainer_state.pt 'config', on the
+                                  identity's fields)
+      otherwise, OUT not empty -> refused, naming what is there and the ways on (continue_flag: None for a script
+                                  that cannot continue a run, such as prepare_data)"""
+    out = Path(out)
     present = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
     if set(present) <= {"config.json", RUN_IDENTITY}:
         present = []
     ours = {p.name for pat in (*outputs, "config.json", RUN_IDENTITY) for p in out.glob(pat)} if present else set()
     foreign = [n for n in present if n not in ours]
-    new = _jsonable(identity)
     how = "--overwrite replaces it (its files are deleted), or choose another output folder"
     if present and overwrite:
         if foreign:
             raise RunDirError(out, f"--overwrite: it also holds {', '.join(foreign[:5])}, which this script did not "
                                    f"write; refusing to clear it (choose another output folder)")
     elif present and resume:
+        new = _jsonable(identity)
         ident_path = out / RUN_IDENTITY
         if foreign or not ident_path.is_file():
             raise RunDirError(out, f"holds {', '.join((foreign or present)[:5])} but no {RUN_IDENTITY} (not a run "
@@ -577,19 +648,49 @@ def prepare_run_dir(out, identity: dict, resume: bool, overwrite: bool, outputs=
                     raise RunDirError(ckpt, f"saved by a run with a different config ({why}): refusing to resume from "
                                             f"it; {how}")
     elif present:
+        cont = f"{continue_flag} continues it (same config only), " if continue_flag else ""
         raise RunDirError(out, f"already holds a run ({', '.join(present[:6])}{' ...' if len(present) > 6 else ''}): "
-                               f"{continue_flag} continues it (same config only), {how}")
-    barrier()
-    if rank0:
-        if present and overwrite:
-            import shutil
-            for name in sorted(ours):
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_IDENTITY).write_text(json.dumps(new, ensure_ascii=False, indent=2), encoding="utf-8")
-    barrier()
-    return bool(present) and not overwrite
+                               f"{cont}{how}")
+    return present, ours
+
+
+# ---- outputs that each say which model made them ----
+# evaluate.py generate keeps one prediction file per (setting, model name, task) in a folder that many models and runs
+# share, each file resumable item by item from FILE.partial; judge.py keeps the answers it generated beside its
+# judgments. One RUN_IDENTITY per folder cannot say which model made which file, so each FILE has its own identity in
+# FILE.model (model_identity) and prepare_outputs applies check_run_dir's rule file by file.
+
+def model_identity(model, **settings) -> dict:
+    """Who makes a generated output: the model's resolved path and fingerprint, plus the generation settings."""
+    return {"model": str(Path(model).resolve()), "model_fingerprint": fingerprint(model), **settings}
+
+
+def made_by_path(file) -> Path:
+    """FILE.model: where the identity that made FILE is recorded (write_json(made_by_path(FILE), identity))."""
+    return Path(file).with_name(Path(file).name + ".model")
+
+
+def prepare_outputs(files, identity: dict, overwrite: bool, hint: str) -> None:
+    """Before a run extends or reuses FILE: when FILE or FILE.partial exists, FILE.model must hold `identity` (every
+    field but the model's path: a model may move, its fingerprint decides). Otherwise, with overwrite, FILE, .partial
+    and .model are removed; without, RunDirError (one line): FILE, "made by M with other settings (field: old ->
+    new)" or "no FILE.model says which model made it", then `hint` (what to do)."""
+    for f in map(Path, files):
+        partial, record = f.with_name(f.name + ".partial"), made_by_path(f)
+        if not (f.is_file() or partial.is_file()):
+            continue
+        had = read_json(record) if record.is_file() else None
+        diff = _identity_diff({k: v for k, v in had.items() if k != "model"},
+                              {k: v for k, v in _jsonable(identity).items() if k != "model"}) if had else []
+        if had is not None and not diff:
+            continue
+        if overwrite:
+            for p in (f, partial, record):
+                p.unlink(missing_ok=True)
+            continue
+        why = f"made by {had.get('model')} with other settings ({'; '.join(diff)})" if had else \
+            f"no {record.name} says which model made it"
+        raise RunDirError(f, f"{why}: {hint}")
 
 
 # ---- the run-folder lock: one writer per folder at a time ----

@@ -289,9 +289,8 @@ def test_empty_rouge_reference_is_a_data_error(tmp_path):
         E.score_file(path)
 
 
-def test_2_1_resources_missing_is_one_error_line(tmp_path, capsys, monkeypatch):
+def test_2_1_resources_missing_is_one_error_line(tmp_path, capsys):
     """2-1 needs LawBench's resource files; a --lawbench_dir without them gives one line naming the file."""
-    monkeypatch.setenv("LAWBENCH_DATA_DIR", "")  # restored after the test (cmd_score sets it for its workers)
     pred = tmp_path / "preds"
     E.write_predictions(pred / "m1" / "2-1.json", items(("句子", "句子")))
     (tmp_path / "nowhere").mkdir()  # a folder without the resources (a missing folder is refused before scoring)

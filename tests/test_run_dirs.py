@@ -345,7 +345,7 @@ def test_prepare_data_refuses_then_overwrite_swaps_a_complete_build(tiny_model, 
     assert rep["decontamination_check"]["run"] is False  # said, not an empty dict that reads as clean
     assert "decontamination: NOT RUN (--decontaminate false" in capsys.readouterr().out
     before = snapshot(out)
-    with pytest.raises(DataError, match="already holds a build .*--overwrite"):
+    with pytest.raises(DataError, match="already holds a run .*--overwrite"):
         small_build(tiny_model, out)
 
     real = P.write_stage  # a rebuild that fails halfway (stage2): the previous build stays whole, nothing mixed

@@ -530,7 +530,7 @@ def test_judge_refuses_another_judges_folder_and_stale_generated_answers(tiny_mo
         kept = answers.read_bytes()
         assert exit_status(judge.main, [*base, "--llm_model", "judge-1"]) == 2
         line = one_error_line(capsys.readouterr().err)
-        assert f"{answers}: made by {model} with other settings (model_fingerprint " in line and "not judged" in line
+        assert f"{answers}: made by {model} with other settings (model_fingerprint: " in line and "not judged" in line
         assert answers.read_bytes() == kept and (out / "summary.json").read_bytes() == summary
         assert exit_status(judge.main, [*base, "--llm_model", "judge-2", "--overwrite"]) == 0
     finally:
