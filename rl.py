@@ -994,38 +994,38 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
         return utils.save_checkpoint(ckpt_root, step, model, optimizer, {"step": step, "sampler": sampler.getstate(),
                                      "order": order, "config": dataclasses.asdict(cfg)}, cfg.keep_last)
 
-    stop = utils.GracefulStop("rl.py").install()  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
-    for step in tqdm(range(start, cfg.max_steps), disable=rank != 0, desc="grpo", initial=start, total=cfg.max_steps):
-        t_step = time.time()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gb: this step's
-        # 1. rollout: this rank's slice of the step's prompts, G completions each
-        mine = [prompts[i] for i in take_prompts(order, sampler, len(prompts), P * world)[rank * P:(rank + 1) * P]]
-        t0 = time.time()
-        comps = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
-        t_rollout = time.time() - t0
-        sleep_freed = roll.sleep()  # GPU vLLM: weights and KV cache freed until the push
-        # 2. score: each completion decoded (the forced response_prefix in front) against its prompt's truth
-        texts = [cfg.response_prefix + tok.decode(c.ids, skip_special_tokens=True) for c in comps]
-        scores = [reward_fn(text, mine[j // G]["truth"]) for j, text in enumerate(texts)]
-        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-        # 3. advantages (per group) and the training batch
-        batch, adv, mask, zero_var = advantages_and_batch(mine, comps, rewards, cfg, tok.pad_token_id)
-        # 4. optimise
-        stats, old_logp, vllm_logp, times = optimise(model, ref, optimizer, batch, adv, mask, comps, cfg, step)
-        # 5. push: the new weights into the engine (vLLM)
-        sync_s = roll.sync(model)
-        # 6. log: one metrics row per step (rank 0 writes it)
-        row = step_metrics(step, scores, zero_var, batch, comps, old_logp, vllm_logp, stats, {
-            "t_rollout": t_rollout, **times, "weight_sync_s": sync_s, "vllm_sleep_freed_gb": sleep_freed,
-            "step_time": time.time() - t_step}, cfg, world, device)
-        no_signal_steps += row["no_learning_signal"]
-        if rank == 0:
-            write_step(out, row, mine, texts, scores, cfg, first_no_signal=row["no_learning_signal"] and
-                       no_signal_steps == 1)
-        # 7. save: every --save_every steps; on Ctrl-C / SIGTERM save and stop (the final save is after the loop)
-        stop.after_step(step + 1, cfg.max_steps, cfg.save_every, save, ckpt_root)
-    stop.uninstall()
+    with utils.GracefulStop("rl.py") as stop:  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
+        for step in tqdm(range(start, cfg.max_steps), disable=rank != 0, desc="grpo", initial=start,
+                         total=cfg.max_steps):
+            t_step = time.time()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gb: this step's
+            # 1. rollout: this rank's slice of the step's prompts, G completions each
+            mine = [prompts[i] for i in take_prompts(order, sampler, len(prompts), P * world)[rank * P:(rank + 1) * P]]
+            t0 = time.time()
+            comps = roll.generate([p["ids"] for p in mine], G, generator_seed=cfg.seed * 100003 + step * 1009 + rank)
+            t_rollout = time.time() - t0
+            sleep_freed = roll.sleep()  # GPU vLLM: weights and KV cache freed until the push
+            # 2. score: each completion decoded (the forced response_prefix in front) against its prompt's truth
+            texts = [cfg.response_prefix + tok.decode(c.ids, skip_special_tokens=True) for c in comps]
+            scores = [reward_fn(text, mine[j // G]["truth"]) for j, text in enumerate(texts)]
+            rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
+            # 3. advantages (per group) and the training batch
+            batch, adv, mask, zero_var = advantages_and_batch(mine, comps, rewards, cfg, tok.pad_token_id)
+            # 4. optimise
+            stats, old_logp, vllm_logp, times = optimise(model, ref, optimizer, batch, adv, mask, comps, cfg, step)
+            # 5. push: the new weights into the engine (vLLM)
+            sync_s = roll.sync(model)
+            # 6. log: one metrics row per step (rank 0 writes it)
+            row = step_metrics(step, scores, zero_var, batch, comps, old_logp, vllm_logp, stats, {
+                "t_rollout": t_rollout, **times, "weight_sync_s": sync_s, "vllm_sleep_freed_gb": sleep_freed,
+                "step_time": time.time() - t_step}, cfg, world, device)
+            no_signal_steps += row["no_learning_signal"]
+            if rank == 0:
+                write_step(out, row, mine, texts, scores, cfg, first_no_signal=row["no_learning_signal"] and
+                           no_signal_steps == 1)
+            # 7. save: every --save_every steps; on Ctrl-C / SIGTERM save and stop (the final save is after the loop)
+            stop.after_step(step + 1, cfg.max_steps, cfg.save_every, save, ckpt_root)
 
     if no_signal_steps:
         utils.print0(f"rl.py: {no_signal_steps} of {cfg.max_steps - start} steps had no learning signal (every group's "

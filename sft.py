@@ -348,32 +348,32 @@ def train(cfg: SFTConfig, device):
             "step": step, "scheduler": scheduler.state_dict(), "config": dataclasses.asdict(cfg)}, cfg.keep_last)
 
     bar = tqdm(range(start, total_steps), disable=rank != 0, desc="sft", initial=start, total=total_steps)
-    stop = utils.GracefulStop("sft.py").install()  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
-    for step in bar:
-        t0 = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gb: this step's
-        lr = scheduler.get_last_lr()[0]
-        r = train_step(model, optimizer, data, order[step], cfg, rank, world, device, step)
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        flops = train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
-                            r["n_supervised"])  # lm_head runs on the supervised rows only
-        mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
-        row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
-               "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": utils.peak_memory_gb(device),
-               "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"], "sum_len_sq": r["sum_len_sq"]}
-        if step == start:  # memory_rankR.json: the plan beside what this rank holds (and its peak) after a step
-            utils.write_json(out / f"memory_rank{rank}.json", {"plan": plan, "measured": utils.state_bytes(
-                model, optimizer), "measured_peak_gb": row["peak_mem_gb"], "plan_total_gb": plan["total"] / 2 ** 30,
-                "device": device.type}, indent=1)
-        if rank == 0:
-            utils.append_jsonl(metrics_path, row)
-            bar.set_postfix(loss=f"{r['loss']:.4f}", gn=f"{r['grad_norm']:.2f}")
-        stop.after_step(step + 1, total_steps, cfg.save_every, save, ckpt_root)
-    stop.uninstall()
+    with utils.GracefulStop("sft.py") as stop:  # Ctrl-C: stop at the end of the step, save, exit 130 (main)
+        for step in bar:
+            t0 = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gb: this step's
+            lr = scheduler.get_last_lr()[0]
+            r = train_step(model, optimizer, data, order[step], cfg, rank, world, device, step)
+            scheduler.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            flops = train_flops(n_body, r["n_tokens"], r["sum_len_sq"], hc.num_hidden_layers, attn_dim, n_head,
+                                r["n_supervised"])  # lm_head runs on the supervised rows only
+            mfu = flops / dt / (world * peak * 1e12) if peak else None  # the step's global FLOPs over all devices' peak
+            row = {"step": step + 1, "loss": r["loss"], "grad_norm": r["grad_norm"], "lr": lr,
+                   "tokens_per_s": r["n_tokens"] / dt, "mfu": mfu, "peak_mem_gb": utils.peak_memory_gb(device),
+                   "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"],
+                   "sum_len_sq": r["sum_len_sq"]}
+            if step == start:  # memory_rankR.json: the plan beside what this rank holds (and its peak) after a step
+                utils.write_json(out / f"memory_rank{rank}.json", {"plan": plan, "measured": utils.state_bytes(
+                    model, optimizer), "measured_peak_gb": row["peak_mem_gb"], "plan_total_gb": plan["total"] / 2 ** 30,
+                    "device": device.type}, indent=1)
+            if rank == 0:
+                utils.append_jsonl(metrics_path, row)
+                bar.set_postfix(loss=f"{r['loss']:.4f}", gn=f"{r['grad_norm']:.2f}")
+            stop.after_step(step + 1, total_steps, cfg.save_every, save, ckpt_root)
     bar.close()
 
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,

@@ -2049,8 +2049,10 @@ class Interrupted(Exception):
 
 
 class GracefulStop:
-    """`stop = GracefulStop("sft.py").install()`, then at each step's end `stop.after_step(...)` (the scheduled
-    checkpoint, then a requested stop), and `stop.uninstall()` after the loop.
+    """`with GracefulStop("sft.py") as stop:` around the training loop, and at each step's end `stop.after_step(...)`
+    (the scheduled checkpoint, then a requested stop). Leaving the block, however (an error too), puts the previous
+    handlers back: a handler left behind would outlive the run (e.g. a later multiprocessing pool's worker in the
+    same process would catch SIGTERM and never exit).
 
     The first Ctrl-C (SIGINT) or SIGTERM only sets a flag; the ranks agree on it at the end of the step (one
     one-element all-reduce per step, so all stop at the same step and can save together). A second Ctrl-C stops at
@@ -2071,14 +2073,14 @@ class GracefulStop:
         print0(f"\n{self.script}: {signal.Signals(signum).name}: stopping at the end of this step and saving a "
                f"checkpoint (Ctrl-C again stops at once, without saving)")
 
-    def install(self) -> "GracefulStop":
+    def __enter__(self) -> "GracefulStop":
         import signal
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def uninstall(self) -> None:
+    def __exit__(self, *exc) -> None:
         import signal
         for sig, old in self._old.items():
             signal.signal(sig, old)
@@ -2094,7 +2096,6 @@ class GracefulStop:
         if scheduled and done < total:
             save(done)
         if done < total and self.requested():
-            self.uninstall()
             raise Interrupted(done, latest_checkpoint(ckpt_root) if scheduled else save(done), True, self.signum or 2)
 
 

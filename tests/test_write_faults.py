@@ -491,11 +491,15 @@ def test_on_error_skip_lists_each_record_left_out(built, capsys):
 def test_non_finite_stop_names_the_step_metrics_would_log(tiny_model, stage, tmp_path, in_process, capsys):
     import sft
     out = tmp_path / "run"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert exit_status(sft.main, ["--model", tiny_model, "--data", stage, "--out", out, "--max_steps", 3,
                                   "--lr", "1e30", "--warmup_ratio", 0]) == 1  # step 1 fine, its update explodes
     logged = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1]
     assert "sft.py: error: step 2: non-finite loss" in capsys.readouterr().err
+    # the Ctrl-C / SIGTERM handlers of the loop are put back on the way out of the error: one left behind made a later
+    # multiprocessing pool in this process hang (its idle worker caught SIGTERM instead of exiting)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 # ---- 8. judge.py: another comparison's folder; answers of a retrained model ----------------------------------------
