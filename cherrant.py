@@ -39,13 +39,13 @@ import Levenshtein
 from opencc import OpenCC
 from pypinyin import Style, pinyin
 
-from utils import DataError
+from utils import SHARED, DataError
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. Resources (Cilin thesaurus, confusion sets, punctuation tables)
 # ----------------------------------------------------------------------------------------------------------------------
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "lawbench" / "evaluation" / "utils" / "data"
+DEFAULT_DATA_DIR = SHARED / "lawbench" / "evaluation" / "utils" / "data"
 
 # punctuation used by the alignment cost (note: contains 〰〾〿﹏ but not "."), and by the merger (contains "." but
 # not 〰〾〿﹏) -- the two official tables differ, both are kept as they are.

@@ -906,6 +906,21 @@ def _rank_world(backend: str) -> tuple[int, int]:
     return rank, world
 
 
+def data_parallel_rank(rank: int, world: int, tensor_parallel_size: int = 1) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel size) of torchrun rank `rank` of `world` when every vLLM engine spans
+    tensor_parallel_size consecutive ranks (the external_launcher layout: data parallel x tensor parallel, as
+    vllm_llm_kwargs configures it). The ranks of one tensor-parallel group share a data-parallel rank: they must
+    send their engine the same prompts (different prompts hang the engine). A world that is not a multiple of
+    tensor_parallel_size is a one-line error. A world of one (no torchrun): the engine starts its own workers."""
+    if world == 1:
+        return 0, 1
+    if world % tensor_parallel_size:
+        raise DataError("--tensor_parallel_size", None, None, f"{tensor_parallel_size} GPUs per vLLM engine do not "
+                        f"divide the {world} torchrun ranks (each engine spans tensor_parallel_size consecutive "
+                        "ranks): use a --nproc_per_node that is a multiple of it", reason="bad_flag")
+    return rank // tensor_parallel_size, world // tensor_parallel_size
+
+
 def generation_settings(cfg: GenerateConfig) -> dict:
     """utils.generate_within_budget's settings from the flags (greedy, seed 0)."""
     return dict(backend=cfg.backend, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, chat=not cfg.raw,
@@ -924,7 +939,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     max_new_tokens, the same on every rank."""
     rank, world = _rank_world(cfg.backend)
     tp = cfg.tensor_parallel_size if cfg.backend == "vllm" else 1
-    dp_rank, dp_world = utils.data_parallel_rank(rank, world, tp)
+    dp_rank, dp_world = data_parallel_rank(rank, world, tp)
     lead = rank % tp == 0  # the rank that reports its tensor-parallel group's completions
     shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
     tasks = parse_tasks(cfg.tasks)
@@ -1154,8 +1169,6 @@ def parse_judgment(completion: str, charges=None) -> dict:
         return {"charges": set(), "articles": set(), "term_months": None, "life": False, "death": False}
     term = ans["term"] or {"term_months": None, "life": False, "death": False}
     return {"charges": set(ans["charges"]), "articles": set(ans["articles"]), **term}
-
-
 
 
 def prf_counts(pred: set, gold: set) -> tuple[int, int, int]:
@@ -1392,12 +1405,6 @@ def rag_effect(out_dir) -> dict:
 LONGDOC_TEMPLATE = "请阅读下面的文书，然后回答问题。答案尽量简短，直接给出答案。\n\n文书：\n{document}\n\n问题：{question}"
 
 
-def char_f1(gold: str, pred: str) -> float:
-    """The long-document metric: the same CAIL/CoQA bag-of-characters F1 as LawBench 2-5 (lawbench_char_f1:
-    lower(), keep isdigit()/isalpha() characters; if either side is then empty, 1 if both are, else 0)."""
-    return float(lawbench_char_f1(gold, pred))
-
-
 @dataclass
 class LongDocConfig:
     """Long-document QA: char-level F1 of answers to questions about a document cut to the model's context."""
@@ -1467,7 +1474,7 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
     gen, _ = utils.generate_within_budget(cfg.model, dict(enumerate(prompts)), budget, backend=cfg.backend,
                                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     outs = [gen[i] for i in range(len(prompts))]  # every prompt fits (fit_prompt)
-    scores = [char_f1(g, o) for g, o in zip(golds, outs)]
+    scores = [float(lawbench_char_f1(g, o)) for g, o in zip(golds, outs)]  # LawBench 2-5's char F1
     metrics = {"documents": len(docs), "questions": len(prompts), "refused_questions": refused,
                "prompt_budget": budget, "documents_without_questions":
                sum(not d["questions"] for d in docs), "truncated_documents": truncated,
@@ -1699,7 +1706,7 @@ def _preflight_generate(cfg: GenerateConfig):
         StatuteIndex(cfg.rag, cfg.rag_law)
     utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
     if cfg.backend == "vllm":  # an engine spans tensor_parallel_size ranks: they must divide the world
-        utils.data_parallel_rank(0, utils.dist_info().world, cfg.tensor_parallel_size)
+        data_parallel_rank(0, utils.dist_info().world, cfg.tensor_parallel_size)
     if cfg.code and cfg.backend == "vllm" and utils.dist_info().world > 1:
         raise DataError("--code", None, None, "code mode runs on rank 0 only: with --backend vllm run it without "
                         "torchrun", reason="bad_flag")
@@ -1819,15 +1826,11 @@ def main(argv=None) -> int:
     cls, preflight, run = COMMANDS[argv[0]]
     cfg = utils.parse_config(cls, argv[1:], positional=("pred_dir",) if cls is ScoreConfig else (),
                              prog=f"evaluate.py {argv[0]}")
-    try:
+
+    def checked(cfg):  # every flag and input checked before the first expensive step
         preflight(cfg)
-        return run(cfg) or 0
-    except DataError as e:  # bad input: one line naming file, line and field
-        utils.fail(f"evaluate.py {argv[0]}", e)
-    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
-        utils.fail_write(f"evaluate.py {argv[0]}", e, cfg.out)
-    finally:
-        utils.unlock_run_dirs()
+        return run(cfg)
+    return utils.run_command(f"evaluate.py {argv[0]}", checked, cfg) or 0
 
 
 if __name__ == "__main__":

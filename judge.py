@@ -517,20 +517,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0] in SUBCOMMANDS:  # judge.py rubric | human | agreement (sections 8-10)
         return SUBCOMMANDS[argv[0]](argv[1:])
-    run_command("judge.py", run, utils.parse_config(JudgeConfig, argv))
-
-
-def run_command(prog: str, run_fn, cfg) -> None:
-    """run_fn(cfg) as a command (the pairwise judge, rubric, agreement): bad input and a write that failed mid-run
-    (full disk, read-only file system) end in one line, exit 2; the run-folder locks are released."""
-    try:
-        run_fn(cfg)
-    except DataError as e:
-        utils.fail(prog, e)
-    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
-        utils.fail_write(prog, e, cfg.out)
-    finally:
-        utils.unlock_run_dirs()
+    utils.run_command("judge.py", run, utils.parse_config(JudgeConfig, argv))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -813,7 +800,7 @@ def print_rubric(summary: dict):
 
 
 def main_rubric(argv) -> None:
-    run_command("judge.py rubric", run_rubric, utils.parse_config(RubricConfig, argv, prog="judge.py rubric"))
+    utils.run_command("judge.py rubric", run_rubric, utils.parse_config(RubricConfig, argv, prog="judge.py rubric"))
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 9. The expert page (`judge.py human`): blind pairwise comparison by legal experts, served from this machine
@@ -1517,7 +1504,8 @@ def print_agreement(r: dict, votes: list[dict]):
 
 
 def main_agreement(argv) -> None:
-    run_command("judge.py agreement", run_agreement, utils.parse_config(AgreementConfig, argv, prog="judge.py agreement"))
+    utils.run_command("judge.py agreement", run_agreement,
+                      utils.parse_config(AgreementConfig, argv, prog="judge.py agreement"))
 
 
 SUBCOMMANDS = {"rubric": main_rubric, "human": main_human, "agreement": main_agreement}

@@ -1103,13 +1103,7 @@ def print_report(report: dict):
 
 
 def main(argv=None):
-    cfg = utils.parse_config(Config, argv)
-    try:
-        run(cfg)
-    except DataError as e:
-        utils.fail("prepare_data.py", e)
-    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
-        utils.fail_write("prepare_data.py", e, cfg.out)
+    utils.run_command("prepare_data.py", run, utils.parse_config(Config, argv))
 
 
 if __name__ == "__main__":

@@ -1042,28 +1042,16 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
 
 def main(argv=None):
     cfg = utils.parse_config(RLConfig, argv)
-    try:
-        if cfg.dry_run:
-            dry_run(cfg)
-            return
-        preflight(cfg)
-    except utils.DataError as e:
-        utils.fail("rl.py", e)
-    device = utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3]
-    try:
-        train(cfg, device)
-    except utils.DataError as e:
-        utils.fail("rl.py", e)
-    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
-        print(f"rl.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
-    except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
-        utils.interrupted_exit("rl.py", e, Path(cfg.out), argv)
-    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
-        utils.fail_write("rl.py", e, cfg.out)
-    finally:
-        utils.unlock_run_dirs()
-        utils.dist_close(wait=False)  # no barrier on the way out of an error (utils.dist_close)
+    utils.run_command("rl.py", run, cfg, argv, resumable=True)
+
+
+def run(cfg: RLConfig):
+    """--dry_run: print the plan. Otherwise every flag and input is checked (preflight) before the process group
+    starts and anything loads, then train."""
+    if cfg.dry_run:
+        return dry_run(cfg)
+    preflight(cfg)
+    train(cfg, utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3])
 
 
 if __name__ == "__main__":

@@ -367,7 +367,7 @@ def train(cfg: SFTConfig, device):
                    "time_s": dt, "n_tokens": r["n_tokens"], "n_supervised": r["n_supervised"],
                    "sum_len_sq": r["sum_len_sq"]}
             if step == start:  # memory_rankR.json: the plan beside what this rank holds (and its peak) after a step
-                utils.write_json(out / f"memory_rank{rank}.json", {"plan": plan, "measured": utils.state_bytes(
+                utils.write_json(out / f"memory_rank{rank}.json", {"plan": plan, "measured": state_bytes(
                     model, optimizer), "measured_peak_gb": row["peak_mem_gb"], "plan_total_gb": plan["total"] / 2 ** 30,
                     "device": device.type}, indent=1)
             if rank == 0:
@@ -386,28 +386,16 @@ def train(cfg: SFTConfig, device):
 
 def main(argv=None):
     cfg = utils.parse_config(SFTConfig, argv)
-    try:
-        if cfg.dry_run:
-            dry_run(cfg)
-            return
-        preflight(cfg)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    device = utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3]
-    try:
-        train(cfg, device)
-    except DataError as e:
-        utils.fail("sft.py", e)
-    except FloatingPointError as e:  # not bad input: the run diverged (exit 1)
-        print(f"sft.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
-    except (utils.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: one line, exit 130
-        utils.interrupted_exit("sft.py", e, Path(cfg.out), argv)
-    except OSError as e:  # a write that failed mid-run: one line (utils.fail_write)
-        utils.fail_write("sft.py", e, cfg.out)
-    finally:
-        utils.unlock_run_dirs()
-        utils.dist_close(wait=False)  # no barrier on the way out of an error (utils.dist_close)
+    utils.run_command("sft.py", run, cfg, argv, resumable=True)
+
+
+def run(cfg: SFTConfig):
+    """--dry_run: print the plan. Otherwise every flag and input is checked (preflight) before the process group
+    starts and anything loads, then train."""
+    if cfg.dry_run:
+        return dry_run(cfg)
+    preflight(cfg)
+    train(cfg, utils.dist_init(cfg.seed, cpu_offload=cfg.cpu_offload)[3])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -451,6 +439,22 @@ def datasheet_tflops(device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def state_bytes(model, optimizer) -> dict:
+    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
+    the local shard; on the GPU or, with cpu_offload, in host RAM). The measured side of memory_plan's params /
+    grads / optimizer."""
+    import torch
+
+    def local(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    params = list({id(p): p for p in model.parameters()}.values())
+    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
+            "optimizer": opt, "device": params[0].to_local().device.type if hasattr(params[0], "to_local")
+            else params[0].device.type}
 
 
 def sft_plan(hf_config, cfg: SFTConfig, world: int, seq_len: int, mixed_precision: bool = True,

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, NoReturn
 
 REPO = Path(__file__).resolve().parent
+SHARED = REPO.parent / "shared"  # the public data beside the checkout (README: ../shared), optional
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -79,6 +80,32 @@ def fail_write(script: str, e: OSError, out) -> NoReturn:
     if e.errno not in WRITE_ERRNOS:
         raise e
     fail(script, write_failure(None, e, e.filename or "a file", out))
+
+
+def run_command(script: str, run, cfg, argv=None, resumable: bool = False):
+    """run(cfg) as a command: the one way every script ends (sft, rl, prepare_data, evaluate's and judge's commands).
+      bad input (DataError)                  -> one line, exit 2 (fail)
+      a write that failed mid-run (OSError)  -> one line naming the file and OUT, exit 2 (fail_write)
+      a diverged run (FloatingPointError)    -> one line, exit 1 (the last good checkpoint is kept)
+      Ctrl-C / SIGTERM, resumable scripts    -> one line: the step, the checkpoint, the command that resumes; exit 130
+                                                (interrupted_exit; elsewhere Python's own KeyboardInterrupt)
+    Whatever happens, the run-folder locks are released and the process group is closed."""
+    try:
+        return run(cfg)
+    except DataError as e:
+        fail(script, e)
+    except FloatingPointError as e:
+        print(f"{script}: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    except (Interrupted, KeyboardInterrupt) as e:
+        if not resumable or cfg.out is None:
+            raise
+        interrupted_exit(script, e, Path(cfg.out), argv)
+    except OSError as e:
+        fail_write(script, e, cfg.out)
+    finally:
+        unlock_run_dirs()
+        dist_close(wait=False)  # no barrier on the way out of an error (dist_close)
 
 
 def check_model_dir(path, flag: str = "--model", config: bool = True, weights: bool = True, tokenizer: bool = True,
@@ -1301,21 +1328,6 @@ def shutdown_vllm(llm) -> None:
     llm.llm_engine.engine_core.shutdown()
 
 
-def data_parallel_rank(rank: int, world: int, tensor_parallel_size: int = 1) -> tuple[int, int]:
-    """(data-parallel rank, data-parallel size) of torchrun rank `rank` of `world` when every vLLM engine spans
-    tensor_parallel_size consecutive ranks (the external_launcher layout: data parallel x tensor parallel, as
-    vllm_llm_kwargs configures it). The ranks of one tensor-parallel group share a data-parallel rank: they must
-    send their engine the same prompts (different prompts hang the engine). A world that is not a multiple of
-    tensor_parallel_size is a one-line error. A world of one (no torchrun): the engine starts its own workers."""
-    if world == 1:
-        return 0, 1
-    if world % tensor_parallel_size:
-        raise DataError("--tensor_parallel_size", None, None, f"{tensor_parallel_size} GPUs per vLLM engine do not "
-                        f"divide the {world} torchrun ranks (each engine spans tensor_parallel_size consecutive "
-                        "ranks): use a --nproc_per_node that is a multiple of it", reason="bad_flag")
-    return rank // tensor_parallel_size, world // tensor_parallel_size
-
-
 def generate_within_budget(model_dir, prompts: dict, budget: int, chat: bool = True, world: int = 1,
                            **generate_kw) -> tuple[dict, dict]:
     """Generate only the prompts that fit: {key: user string} -> ({key: completion} of the prompts whose rendered
@@ -2423,6 +2435,10 @@ def memory_plan(config, world_size: int = 1, seq_len: int = 32768, micro_batch_s
     return plan
 
 
+# rl.py's plan (engine_plan, rl_memory_plan) is used by rl.py alone but stays here, beside memory_plan: it is built
+# from the same private pieces (the cached meta-device parameter counts, the trainer's activation model), so the one
+# memory model of both trainers is corrected in one place when a GPU run disagrees with it.
+
 def engine_plan(config, n_kv_tokens: int, dtype_bytes: int = 2) -> dict:
     """A colocated vLLM engine holding the whole model (tensor parallel 1): weights, the KV cache for n_kv_tokens
     tokens (the step's group: every prompt x G completions, prompt + max_new_tokens each, no prefix sharing counted)
@@ -2469,22 +2485,6 @@ def rl_memory_plan(config, world_size: int, micro_batch_tokens: int, activation_
     return t
 
 
-def state_bytes(model, optimizer) -> dict:
-    """What this rank actually holds: bytes of its parameter shards, gradient shards and optimizer state (DTensors:
-    the local shard; on the GPU or, with cpu_offload, in host RAM). The measured side of memory_plan's params /
-    grads / optimizer."""
-    import torch
-
-    def local(t):
-        t = t.to_local() if hasattr(t, "to_local") else t
-        return t.numel() * t.element_size()
-    params = list({id(p): p for p in model.parameters()}.values())
-    opt = sum(local(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
-    return {"params": sum(local(p) for p in params), "grads": sum(local(p.grad) for p in params if p.grad is not None),
-            "optimizer": opt, "device": params[0].to_local().device.type if hasattr(params[0], "to_local")
-            else params[0].device.type}
-
-
 PLAN_NOTES = {"params": "master weights, this rank's shard", "grads": "sharded",
               "optimizer": "AdamW exp_avg + exp_avg_sq (+ step)", "unsharded_params": "gathered bf16: root + 2 blocks",
               "activations": "saved for backward (measured on meta)",
@@ -2521,13 +2521,6 @@ def format_plan(rows: list, total: int, gpu_gb: float, header: str = "", notes: 
     lines.append(f"total per GPU: {total / GIB:.1f} GiB ({'fits' if ok else 'does not fit'} in "
                  f"{gpu_gb:g} GiB)")
     return "\n".join(lines)
-
-
-def format_memory_plan(plan: dict, gpu_gb: float, header: str = "") -> str:
-    """memory_plan's table (sft.py --dry_run)."""
-    notes = [f"(activations, AC off) {plan['activations_no_ac'] / GIB:9.2f}",
-             f"(activations, AC on)  {plan['activations_ac'] / GIB:9.2f}"]
-    return format_plan(plan_rows(plan), plan["total"], gpu_gb, header, notes, host=plan)
 
 
 def fits(total_bytes: int, gpu_gb: float, share: float = 1.0) -> bool:
@@ -2585,7 +2578,7 @@ def refuse_plan(script: str, table: str, suggestion: str | None, gpu_gb: float) 
 # 、/；/，/; separators); charges become canonical names (official list: strip 罪 and brackets; exact/alias/edit
 # distance), articles Criminal Law numbers 1..452 (款/项 ignored, 第133条之一 -> 133 as CAIL labels it).
 
-CHARGE_LIST_PATH = REPO.parent / "shared" / "data" / "cail2018" / "accu.txt"
+CHARGE_LIST_PATH = SHARED / "data" / "cail2018" / "accu.txt"
 CRIMINAL_LAW_ARTICLES = range(1, 453)  # 中华人民共和国刑法: articles 1..452
 # Used when the official list is absent (tests without ../shared): the most frequent CAIL charges and the nested ones.
 FALLBACK_CHARGES = ("盗窃", "诈骗", "合同诈骗", "信用卡诈骗", "集资诈骗", "故意伤害", "故意杀人", "抢劫", "抢夺", "危险驾驶",

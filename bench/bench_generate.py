@@ -24,7 +24,7 @@ import evaluate  # noqa: E402
 
 
 def lawbench_prompts(tasks: list[str], n: int) -> list[str]:
-    lb = utils.REPO.parent / "shared" / "lawbench"
+    lb = utils.utils.SHARED / "lawbench"
     if not (lb / "data").is_dir():
         facts = [f"被告人{x}于2016年窃取他人财物价值{v}元。" for x in "甲乙丙丁戊己庚辛壬癸" for v in range(800, 8000, 700)]
         return [utils.judgment_prompt(f) for f in facts][:n]

@@ -32,7 +32,7 @@ OFFICIAL_TASK_S = {"2-1": 214, "3-8": 40, "3-2": 11, "1-1": 9, "2-7": 7.5}  # ot
 
 @dataclasses.dataclass
 class BenchConfig:
-    lawbench_dir: str = dataclasses.field(default=str(REPO.parent / "shared" / "lawbench"),
+    lawbench_dir: str = dataclasses.field(default=str(utils.SHARED / "lawbench"),
                                           metadata={"help": "LawBench copy with predictions/"})
     shot: str = dataclasses.field(default="zero_shot", metadata={"help": "zero_shot or one_shot"})
     model: str = dataclasses.field(default="GPT4", metadata={"help": "model folder under predictions/<shot>/"})
@@ -40,7 +40,7 @@ class BenchConfig:
     peer: bool = dataclasses.field(default=True, metadata={"help": "re-run rouge_chinese on the ROUGE tasks"})
     lawbench: bool = dataclasses.field(default=True, metadata={"help": "time LawBench"})
     lexeval: bool = dataclasses.field(default=True, metadata={"help": "time LexEval: ours vs the official scorer"})
-    lexeval_dir: str = dataclasses.field(default=str(REPO.parent / "shared" / "lexeval"),
+    lexeval_dir: str = dataclasses.field(default=str(utils.SHARED / "lexeval"),
                                          metadata={"help": "LexEval copy with code/ and model_output/"})
     lexeval_setting: str = dataclasses.field(default="zero_shot", metadata={"help": "zero_shot or few_shot"})
 

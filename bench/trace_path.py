@@ -42,7 +42,7 @@ def traced(fn, *args):
     def prof(frame, event, arg):
         if event == "call":
             p = ours(frame.f_code.co_filename)
-            if p is not None:
+            if p is not None and "<" not in frame.f_code.co_qualname:  # comprehensions and lambdas are not read
                 seen[p.relative_to(REPO).as_posix()].add((frame.f_code.co_firstlineno, frame.f_code.co_qualname))
 
     sys.setprofile(prof)

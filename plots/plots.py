@@ -761,7 +761,7 @@ class PlotConfig:
     out: str | None = dataclasses.field(default=None, metadata={"help": "output folder (default RUN/plots)"})
     format: str = dataclasses.field(default="png", metadata={"help": "figure file format", "choices": ("png", "pdf")})
     lawbench_dir: str | None = dataclasses.field(
-        default=str(REPO.parent / "shared" / "lawbench"),
+        default=str(utils.SHARED / "lawbench"),
         metadata={"help": "LawBench copy with predictions/<shot>/results.csv for published baselines (none: off)"})
     baselines: str = dataclasses.field(default=",".join(DEFAULT_BASELINES),
                                        metadata={"help": "comma-separated LawBench model names drawn beside ours"})

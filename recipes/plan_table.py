@@ -45,7 +45,7 @@ def rows(shapes: Path, gpus: int) -> list[str]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("--shapes", default=str(REPO.parent / "shared" / "model_shapes"))
+    ap.add_argument("--shapes", default=str(utils.SHARED / "model_shapes"))
     ap.add_argument("--gpus", type=int, default=8)
     a = ap.parse_args(argv)
     print("\n".join(rows(Path(a.shapes), a.gpus)))

@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
+import utils
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = utils.SHARED
 
 
 @pytest.fixture(scope="session")

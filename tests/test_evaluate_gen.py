@@ -209,11 +209,11 @@ def test_bm25_on_shared_statutes(shared_dir):
 # ---- long documents ---------------------------------------------------------------------------------------------
 
 def test_char_f1_golden():
-    assert evaluate.char_f1("5300元", "共计5300元。") == pytest.approx(10 / 12)
-    assert evaluate.char_f1("有期徒刑十个月", "十个月") == pytest.approx(0.6)
-    assert evaluate.char_f1("ABC", "a b c！") == 1.0
-    assert evaluate.char_f1("", "，。") == 1.0 and evaluate.char_f1("x", "") == 0.0
-    assert evaluate.char_f1("驳回上诉", "维持原判") == 0.0
+    assert evaluate.lawbench_char_f1("5300元", "共计5300元。") == pytest.approx(10 / 12)
+    assert evaluate.lawbench_char_f1("有期徒刑十个月", "十个月") == pytest.approx(0.6)
+    assert evaluate.lawbench_char_f1("ABC", "a b c！") == 1.0
+    assert evaluate.lawbench_char_f1("", "，。") == 1.0 and evaluate.lawbench_char_f1("x", "") == 0.0
+    assert evaluate.lawbench_char_f1("驳回上诉", "维持原判") == 0.0
 
 
 def test_truncate_middle(tiny_model):
@@ -233,7 +233,7 @@ def test_longdoc_sample_end_to_end(tiny_model, tmp_path, capsys):
     sample = evaluate.load_longdoc(utils.REPO / "data" / "longdoc_sample.jsonl")
     assert len(sample) == 2 and sum(len(d["questions"]) for d in sample) == 10
     for d in sample:  # every answer is in its document (extractive questions)
-        assert all(evaluate.char_f1(q["answer"], d["document"]) > 0 for q in d["questions"])
+        assert all(evaluate.lawbench_char_f1(q["answer"], d["document"]) > 0 for q in d["questions"])
     rc, _ = _run(["longdoc", "--model", str(tiny_model), "--out", str(tmp_path), "--max_new_tokens", "2",
                   "--max_prompt_tokens", "298"], capsys)
     assert rc == 0

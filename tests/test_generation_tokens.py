@@ -156,14 +156,14 @@ def test_vllm_engine_kwargs_and_prompts_per_rank_under_tp_x_dp():
     assert all(kw == kws[0] for kw in kws)
     assert kws[0]["tensor_parallel_size"] == tp and kws[0]["distributed_executor_backend"] == "external_launcher"
     assert kws[0]["max_model_len"] == 4096 and kws[0]["seed"] == 0
-    groups = [utils.data_parallel_rank(r, world, tp) for r in range(world)]
+    groups = [evaluate.data_parallel_rank(r, world, tp) for r in range(world)]
     assert groups == [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4), (3, 4)]
     shares = [[i for i in range(21) if i % dp_world == dp_rank] for dp_rank, dp_world in groups]
     assert all(shares[r] == shares[r + 1] for r in range(0, world, tp))
     assert sorted(i for s in shares[::tp] for i in s) == list(range(21))
-    assert utils.data_parallel_rank(3, 4, 1) == (3, 4) and utils.data_parallel_rank(0, 1, 4) == (0, 1)
+    assert evaluate.data_parallel_rank(3, 4, 1) == (3, 4) and evaluate.data_parallel_rank(0, 1, 4) == (0, 1)
     with pytest.raises(utils.DataError, match="--tensor_parallel_size.*4 GPUs per vLLM engine do not divide the 6"):
-        utils.data_parallel_rank(0, 6, 4)
+        evaluate.data_parallel_rank(0, 6, 4)
 
 
 def test_generate_lawbench_tensor_parallel_ranks_send_the_same_prompts(tiny_model, tmp_path, monkeypatch):
