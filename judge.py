@@ -52,13 +52,33 @@ from utils import DataError
 # 1. Config
 # ----------------------------------------------------------------------------------------------------------------------
 
-@dataclass
-class JudgeConfig:
-    """Pairwise LLM judge with position swap. Also: judge.py rubric | human | agreement (each has --help)."""
+@dataclass(kw_only=True)
+class LLMJudgeConfig:
+    """What the pairwise judge and the rubric share: the questions, the judge endpoint and its client, the intervals."""
     questions: str = field(metadata={"help": "questions JSONL: id, question (or input), optional category, reference"})
     llm_url: str = field(metadata={"help": "judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1",
                                    "alias": "--judge_base_url"})
     llm_model: str = field(metadata={"help": "judge: model name sent to the endpoint", "alias": "--judge_model"})
+    llm_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key",
+                                                                 "alias": "--api_key_env"})
+    concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most", "min": 1})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per judge request", "gt": 0})
+    max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeout / connection / bad JSON",
+                                                  "min": 0})
+    backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds, doubled each retry", "min": 0})
+    backoff_max: float = field(default=60.0, metadata={"help": "longest retry wait (also caps Retry-After)", "min": 0})
+    max_reasks: int = field(default=2, metadata={"help": "re-asks on an unparsable reply", "min": 0})
+    judge_max_tokens: int = field(default=2048, metadata={"help": "max_tokens of the judge's reply", "min": 1})
+    max_items: int | None = field(default=None, metadata={"help": "first N questions only", "min": 1})
+    category_field: str = field(default="category", metadata={"help": "question field of the category"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
+                                                   "min": 0})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
+
+
+@dataclass(kw_only=True)
+class JudgeConfig(LLMJudgeConfig):
+    """Pairwise LLM judge with position swap. Also: judge.py rubric | human | agreement (each has --help)."""
     out: str = field(metadata={"help": "output folder (judgments.jsonl, summary.json, config.json)"})
     answers_a: str | None = field(default=None, metadata={"help": "answers JSONL of system A (id, answer)"})
     answers_b: str | None = field(default=None, metadata={"help": "answers JSONL of system B, or 'reference'"})
@@ -70,21 +90,6 @@ class JudgeConfig:
                                                   "choices": ("hf", "vllm")})
     max_new_tokens: int = field(default=1024, metadata={"help": "new tokens per generated answer", "min": 1})
     max_prompt_tokens: int | None = field(default=None, metadata={"help": utils.MAX_PROMPT_TOKENS_HELP, "min": 1})
-    llm_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key",
-                                                                 "alias": "--api_key_env"})
-    concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most", "min": 1})
-    timeout: float = field(default=120.0, metadata={"help": "seconds per judge request", "gt": 0})
-    max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeout / connection / bad JSON",
-                                                  "min": 0})
-    backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds, doubled each retry", "min": 0})
-    backoff_max: float = field(default=60.0, metadata={"help": "longest retry wait (also caps Retry-After)", "min": 0})
-    max_reasks: int = field(default=2, metadata={"help": "re-asks when the verdict cannot be parsed", "min": 0})
-    judge_max_tokens: int = field(default=2048, metadata={"help": "max_tokens of the judge's reply", "min": 1})
-    max_items: int | None = field(default=None, metadata={"help": "first N questions only", "min": 1})
-    category_field: str = field(default="category", metadata={"help": "question field of the category"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
-                                                   "min": 0})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
     overwrite: bool = field(default=False, metadata={
         "help": "OUT holds a comparison by another judge model / systems / questions: delete it and start clean"})
 
@@ -681,32 +686,15 @@ def summarize_rubric(records: list[dict], criteria: list[dict], n_boot: int, see
             for name, s in out.items()}
 
 
-@dataclass
-class RubricConfig:
+@dataclass(kw_only=True)
+class RubricConfig(LLMJudgeConfig):
     """Rubric grading by an LLM judge: each answer graded 1-5 per criterion with a short reason."""
-    questions: str = field(metadata={"help": "questions JSONL: id, question (or input), optional category, reference"})
     answers: str = field(metadata={"help": "comma-separated answers JSONL files (id, answer), one per system"})
-    llm_url: str = field(metadata={"help": "judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"})
-    llm_model: str = field(metadata={"help": "judge: model name sent to the endpoint"})
-    out: str = field(metadata={"help": "output folder (rubric_grades.jsonl, rubric_summary.json, config.json); name "
-                                       "it judge*/ to have plots/plots.py draw it"})
+    out: str = field(metadata={"help": "output folder (rubric_grades.jsonl, rubric_summary.json); name it judge*/ "
+                                       "for plots/plots.py"})
     names: str | None = field(default=None, metadata={"help": "comma-separated system names (default: file stems)"})
     criteria: str = field(default="disc", metadata={"help": "disc (accuracy, completeness, clarity), chatlaw (six) "
                                                             "or a JSON file of {name, label, description}"})
-    llm_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"})
-    concurrency: int = field(default=4, metadata={"help": "judge requests in flight at most", "min": 1})
-    timeout: float = field(default=120.0, metadata={"help": "seconds per judge request", "gt": 0})
-    max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeout / connection / bad JSON",
-                                                  "min": 0})
-    backoff: float = field(default=1.0, metadata={"help": "first retry wait in seconds, doubled each retry", "min": 0})
-    backoff_max: float = field(default=60.0, metadata={"help": "longest retry wait (also caps Retry-After)", "min": 0})
-    max_reasks: int = field(default=2, metadata={"help": "re-asks when a score is missing or invalid", "min": 0})
-    judge_max_tokens: int = field(default=2048, metadata={"help": "max_tokens of the judge's reply", "min": 1})
-    max_items: int | None = field(default=None, metadata={"help": "first N questions only", "min": 1})
-    category_field: str = field(default="category", metadata={"help": "question field of the category"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)",
-                                                   "min": 0})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed", "min": 0})
     overwrite: bool = field(default=False, metadata={"help": "replace the grades of another grading in --out"})
 
 
