@@ -676,6 +676,27 @@ class ScoreConfig:
         "help": "LawBench copy whose evaluation/utils/data holds 2-1's resources (default: ../shared/lawbench)"})
 
 
+def _preflight_score(cfg: ScoreConfig):
+    utils.check_fields(cfg)
+    if cfg.metric_gen != "Rouge_L" and not cfg.bert_model:
+        raise DataError("--metric_gen", None, None, f"{cfg.metric_gen} needs the model's weights: pass --bert_model "
+                        "DIR (not offered without them)", reason="bad_flag")
+    if cfg.bert_model and not Path(cfg.bert_model).is_dir():
+        raise DataError(cfg.bert_model, None, None, "folder not found (--bert_model)", reason="missing_file")
+    if cfg.benchmark == "lawbench" and (cfg.metric_choice, cfg.metric_gen, cfg.bert_model) != ("Accuracy", "Rouge_L",
+                                                                                              ""):
+        raise DataError("--metric_choice", None, None, "--metric_choice / --metric_gen / --bert_model are LexEval's "
+                        "(--benchmark lexeval)", reason="bad_flag")
+    if Path(cfg.out).is_dir():
+        raise DataError("--out", None, None, f"{cfg.out} is a folder (expected the path of the scores .csv)",
+                        reason="bad_flag")
+    utils.check_out_dir(Path(cfg.out).parent, "--out")  # writable, checked before anything is scored
+    if cfg.fill_from and not Path(cfg.fill_from).is_file():
+        raise DataError(cfg.fill_from, None, None, "file not found (--fill_from)", reason="missing_file")
+    if cfg.lawbench_dir and not Path(cfg.lawbench_dir).is_dir():
+        raise DataError(cfg.lawbench_dir, None, None, "folder not found (--lawbench_dir)", reason="missing_file")
+
+
 def cmd_score(cfg: ScoreConfig) -> int:
     if cfg.benchmark == "lexeval":
         return score_lexeval(cfg)  # section 5b
@@ -1304,6 +1325,16 @@ def open_run_dir(cfg, settings: tuple, outputs: tuple) -> dict:
     return identity
 
 
+def _preflight_judgment(cfg: JudgmentConfig):
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.out)
+    load_judgment_data(cfg.data, cfg.max_items)
+    if cfg.rag:
+        StatuteIndex(cfg.rag, cfg.rag_law)
+    utils.check_model_dir(cfg.model, chat_template=True)
+
+
 def run_judgment(cfg: JudgmentConfig) -> dict:
     data = load_judgment_data(cfg.data, cfg.max_items)
     identity = open_run_dir(cfg, JUDGMENT_SETTINGS, JUDGMENT_OUTPUTS)
@@ -1441,6 +1472,19 @@ def load_longdoc(path, doc_field: str = "document") -> list[dict]:
     if not out:  # a score over no documents would read as F1 0.0
         raise DataError(path, None, None, "no records (nothing to evaluate)", reason="empty_file")
     return out
+
+
+def _preflight_longdoc(cfg: LongDocConfig):
+    utils.check_fields(cfg)
+    utils.check_backend(cfg.backend)
+    utils.check_out_dir(cfg.out)
+    load_longdoc(cfg.data, cfg.doc_field)
+    utils.check_model_dir(cfg.model, chat_template=True)
+    if cfg.max_prompt_tokens is not None:
+        frame = utils.prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
+        if cfg.max_prompt_tokens <= frame:  # the rendered prompt without document and question
+            raise DataError("--max_prompt_tokens", None, None, f"{cfg.max_prompt_tokens} tokens leave no room for the "
+                            "document in the prompt", reason="bad_flag")
 
 
 def run_longdoc(cfg: LongDocConfig) -> dict:
@@ -1684,7 +1728,8 @@ def score_lexeval(cfg: ScoreConfig) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 6. Command line: python evaluate.py <subcommand> --flags   (each subcommand: a config dataclass via utils.parse_config)
+# 6. Command line: `generate`'s checks and dispatch (LawBench, code mode, LexEval), then python evaluate.py <subcommand>
+#    --flags (each subcommand: a config dataclass via utils.parse_config; score / judgment / longdoc check beside their run)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _preflight_generate(cfg: GenerateConfig):
@@ -1713,50 +1758,6 @@ def _preflight_generate(cfg: GenerateConfig):
     if cfg.code and code_mode_tasks(cfg) and not cfg.code_unsandboxed and not sandbox.boundary()["ok"]:
         raise DataError("--code", None, None, f"no OS sandbox for the model's programs: {sandbox.boundary()['why']}; "
                         "or pass --code_unsandboxed to run them without one", reason="no_sandbox")
-
-
-def _preflight_judgment(cfg: JudgmentConfig):
-    utils.check_fields(cfg)
-    utils.check_backend(cfg.backend)
-    utils.check_out_dir(cfg.out)
-    load_judgment_data(cfg.data, cfg.max_items)
-    if cfg.rag:
-        StatuteIndex(cfg.rag, cfg.rag_law)
-    utils.check_model_dir(cfg.model, chat_template=True)
-
-
-def _preflight_longdoc(cfg: LongDocConfig):
-    utils.check_fields(cfg)
-    utils.check_backend(cfg.backend)
-    utils.check_out_dir(cfg.out)
-    load_longdoc(cfg.data, cfg.doc_field)
-    utils.check_model_dir(cfg.model, chat_template=True)
-    if cfg.max_prompt_tokens is not None:
-        frame = utils.prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
-        if cfg.max_prompt_tokens <= frame:  # the rendered prompt without document and question
-            raise DataError("--max_prompt_tokens", None, None, f"{cfg.max_prompt_tokens} tokens leave no room for the "
-                            "document in the prompt", reason="bad_flag")
-
-
-def _preflight_score(cfg: ScoreConfig):
-    utils.check_fields(cfg)
-    if cfg.metric_gen != "Rouge_L" and not cfg.bert_model:
-        raise DataError("--metric_gen", None, None, f"{cfg.metric_gen} needs the model's weights: pass --bert_model "
-                        "DIR (not offered without them)", reason="bad_flag")
-    if cfg.bert_model and not Path(cfg.bert_model).is_dir():
-        raise DataError(cfg.bert_model, None, None, "folder not found (--bert_model)", reason="missing_file")
-    if cfg.benchmark == "lawbench" and (cfg.metric_choice, cfg.metric_gen, cfg.bert_model) != ("Accuracy", "Rouge_L",
-                                                                                              ""):
-        raise DataError("--metric_choice", None, None, "--metric_choice / --metric_gen / --bert_model are LexEval's "
-                        "(--benchmark lexeval)", reason="bad_flag")
-    if Path(cfg.out).is_dir():
-        raise DataError("--out", None, None, f"{cfg.out} is a folder (expected the path of the scores .csv)",
-                        reason="bad_flag")
-    utils.check_out_dir(Path(cfg.out).parent, "--out")  # writable, checked before anything is scored
-    if cfg.fill_from and not Path(cfg.fill_from).is_file():
-        raise DataError(cfg.fill_from, None, None, "file not found (--fill_from)", reason="missing_file")
-    if cfg.lawbench_dir and not Path(cfg.lawbench_dir).is_dir():
-        raise DataError(cfg.lawbench_dir, None, None, "folder not found (--lawbench_dir)", reason="missing_file")
 
 
 def cmd_generate(cfg: GenerateConfig):
