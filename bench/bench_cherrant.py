@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import cherrant
+import utils
 
 OFFICIAL_SECONDS = 214.0
 FILES = [(s, m) for s in ("zero_shot", "one_shot") for m in ("GPT4", "qwen-7b-chat-hf", "chatglm2-6b-hf")]
@@ -25,7 +26,7 @@ def published(lawbench: Path, setting: str, model: str) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lawbench_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "lawbench"))
+    ap.add_argument("--lawbench_dir", default=str(utils.SHARED / "lawbench"))
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     lawbench = Path(args.lawbench_dir)

@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import utils  # noqa: E402
+
 KINDS = [("judgments", "judgments.jsonl", 0.35), ("consultation", "consult_qa.jsonl", 0.25),
          ("statutes", "statutes.jsonl", 0.1), ("lawbench_task", "lawbench_style_tasks.jsonl", 0.2),
          ("general", "general_alpaca.json", 0.1)]
@@ -35,7 +37,6 @@ KINDS = [("judgments", "judgments.jsonl", 0.35), ("consultation", "consult_qa.js
 
 def make_mix(n: int, out: Path) -> Path:
     """Write ~n synthetic records (unique by a serial number) and a manifest; returns the manifest path."""
-    import utils
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     manifest = []
@@ -65,7 +66,7 @@ def make_mix(n: int, out: Path) -> Path:
 
 
 def lawbench_dir() -> Path:
-    shared = REPO.parent / "shared" / "lawbench"
+    shared = utils.SHARED / "lawbench"
     return shared if (shared / "data").is_dir() else REPO / "data" / "sample" / "lawbench"
 
 
@@ -85,7 +86,6 @@ def run_fast(manifest: Path, model: str, out: Path, seq_len: int, workers: int) 
 
 def run_naive(manifest: Path, model: str, seq_len: int) -> dict:
     import prepare_data as P
-    import utils
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
     cfg = P.Config(out="unused")
@@ -174,7 +174,6 @@ def main():
     work = Path(args.work).resolve()
     args.work = str(work)
     if args.model is None:
-        import utils
         args.model = str(utils.build_tiny_model(work / "model", overwrite=True))
     manifest = make_mix(args.n, work / "mix")
     results = {}

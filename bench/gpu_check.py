@@ -44,6 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import utils  # noqa: E402
+
 # stage -> seconds allowed (GPU; --tiny: CPU_LIMIT each). They add up to the promise (tests/test_gpu_check.py).
 PROMISE_S = 8 * 60
 STAGES = {"probe": 20, "build": 40, "attention": 30, "loss": 30, "sft_memory": 90, "sft_speed": 70,
@@ -80,7 +82,7 @@ def sync(dev):
 
 
 def shape_overrides(name: str) -> dict:
-    path = REPO.parent / "shared" / "model_shapes" / name / "config.json"
+    path = utils.SHARED / "model_shapes" / name / "config.json"
     if path.is_file():
         c = json.loads(path.read_text())
         return {k: c[k] for k in SHAPE_KEYS if k in c}
@@ -91,7 +93,6 @@ def build_model(out, shape: str | None, dev) -> Path:
     """The tiny model folder (tokenizer + config), re-shaped to `shape` (None: tiny) with random weights (bf16 on
     GPU to keep the write short)."""
     import torch
-    import utils
     from transformers import AutoConfig, AutoModelForCausalLM
     out = Path(out)
     utils.build_tiny_model(out, overwrite=True)
@@ -163,7 +164,6 @@ def stage_probe(spec) -> dict:
     import torch
     import transformers
     import sft
-    import utils
     from bench_sft import matmul_tflops
     dev = device()
     r = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
@@ -215,7 +215,6 @@ def stage_attention(spec) -> dict:
     """Packed attention on one pack: every available kernel vs exact, forward and backward, and its speed."""
     import torch
     import torch.nn.functional as F
-    import utils
     dev = device()
     tiny = spec["tiny"]
     T, hq, hkv, D = (512, 4, 2, 32) if tiny else (32768, 28, 4, 128)
@@ -272,7 +271,6 @@ def stage_loss(spec) -> dict:
     """Chunked cross-entropy (the trainer's) vs the full logits at N tokens x V vocab: value and peak memory."""
     import torch
     import torch.nn.functional as F
-    import utils
     dev = device()
     N, V, H = (512, 4096, 128) if spec["tiny"] else (32768, 151936, 896)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -336,7 +334,6 @@ def stage_sft_speed(spec) -> dict:
 
     import torch
     import sft
-    import utils
     from bench_sft import matmul_tflops
     from transformers import AutoConfig
     dev = device()
@@ -397,7 +394,6 @@ def stage_rl(spec) -> dict:
     import statistics
 
     import rl
-    import utils
     dev = device()
     out = Path(spec["out"])
     prompts = out / "rl_prompts.jsonl"
@@ -433,7 +429,6 @@ def stage_vllm(spec) -> dict:
     if importlib.util.find_spec("vllm") is None:
         return {"ok": True, "skipped": "vllm not installed"}
     import rl
-    import utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dev = device()
     utils.dist_init(0)
