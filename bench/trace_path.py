@@ -2,12 +2,13 @@
 gradient and one GRPO step from prompt to weight push").
 
 Runs, in this process and on the tiny offline model, (1) prepare_data.py on one raw JSONL source (the sample
-judgments), (2) sft.py for one optimizer step on the packed stage it wrote, (3) rl.py for one GRPO step (HF rollout)
+judgments), (2) sft.py for one optimizer step on the packed stage it wrote, (3) rl.py for one GRPO step (--backend)
 on the prompts it wrote, each under sys.setprofile, and prints for each the distinct functions of this repository
 (tests/ and bench/ excluded) that ran, grouped by file. A reader following the code by hand crosses the same set.
 
     python bench/trace_path.py              # three tables and a one-line summary per run
     python bench/trace_path.py --list       # also every function, file:line order
+    python bench/trace_path.py --backend vllm   # the GRPO step with vLLM rollouts and the weight push
 """
 import argparse
 import json
@@ -69,6 +70,8 @@ def report(name: str, seen: dict, show: bool) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", action="store_true", help="print every function crossed")
+    ap.add_argument("--backend", default="hf", choices=("hf", "vllm"),
+                    help="rl.py's rollout backend (vllm: the colocated engine and its weight push; slow on CPU)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lexlab_trace_"))
     model = tmp / "model"
@@ -85,7 +88,7 @@ def main():
          ["--model", str(model), "--data", str(data / "stage1"), "--out", str(tmp / "sft"), "--max_steps", "1"]),
         ("prompt -> one GRPO step -> weights (rl.py)", rl.main,
          ["--model", str(model), "--prompts", str(data / "rl_prompts.jsonl"), "--out", str(tmp / "rl"),
-          "--backend", "hf", "--group_size", "2", "--prompts_per_step", "1", "--max_steps", "1",
+          "--backend", args.backend, "--group_size", "2", "--prompts_per_step", "1", "--max_steps", "1",
           "--max_new_tokens", "8"]),
     ]
     summary = {}
