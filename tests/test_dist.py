@@ -86,3 +86,14 @@ def test_evaluate_starts_a_group_only_where_it_needs_one(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert evaluate._rank_world("hf") == (1, 2) and calls == ["init", "init"]
+
+
+def test_a_command_without_torch_does_not_import_it_on_the_way_out():
+    """utils.run_command closes the process group in its `finally`; a command that never touched torch (evaluate.py
+    score, judge.py agreement) must not pay torch's import for that (1.5 s: LexEval scoring took 1.5x as long)."""
+    import subprocess
+    import sys
+    code = ("import sys, utils; utils.run_command('x', lambda cfg: 0, None); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=utils.REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
