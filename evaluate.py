@@ -927,6 +927,11 @@ def _rank_world(backend: str) -> tuple[int, int]:
     return rank, world
 
 
+def prompt_lengths(model_dir, prompts: list[str], chat: bool = True) -> list[int]:
+    """Token counts of the prompts as generate() sends them (chat template or raw)."""
+    return [len(x) for x in utils.encode_prompts(utils.load_tokenizer(model_dir), prompts, chat)]
+
+
 def data_parallel_rank(rank: int, world: int, tensor_parallel_size: int = 1) -> tuple[int, int]:
     """(data-parallel rank, data-parallel size) of torchrun rank `rank` of `world` when every vLLM engine spans
     tensor_parallel_size consecutive ranks (the external_launcher layout: data parallel x tensor parallel, as
@@ -985,7 +990,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
                                        for it in items]
     max_model_len = None
     if cfg.backend == "vllm":  # no engine rebuilt between tasks, no engine sized to the model's whole context
-        n_tok = utils.prompt_lengths(cfg.model, [p for _, ps in work.values() for p in ps], chat=not cfg.raw)
+        n_tok = prompt_lengths(cfg.model, [p for _, ps in work.values() for p in ps], chat=not cfg.raw)
         max_model_len = max([n for n in n_tok if n <= budget], default=1) + cfg.max_new_tokens
     from tqdm import tqdm
     for shot in shots:
@@ -1406,11 +1411,11 @@ def rag_effect(out_dir) -> dict:
     out = Path(out_dir)
     if not (out / "metrics_plain.json").is_file():
         return {}
-    plain = json.loads((out / "metrics_plain.json").read_text(encoding="utf-8"))
+    plain = utils.read_json(out / "metrics_plain.json")
     same = ("data", "n", "model", "model_fingerprint")
     runs = {}
     for path in sorted(out.glob("metrics_*.json")):
-        rag = json.loads(path.read_text(encoding="utf-8"))
+        rag = utils.read_json(path)
         # a retrieval run of the same model on the same items only
         if path.name == "metrics_plain.json" or "rag_recall" not in rag or any(rag.get(k) != plain.get(k) for k in same):
             continue
@@ -1481,7 +1486,7 @@ def _preflight_longdoc(cfg: LongDocConfig):
     load_longdoc(cfg.data, cfg.doc_field)
     utils.check_model_dir(cfg.model, chat_template=True)
     if cfg.max_prompt_tokens is not None:
-        frame = utils.prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
+        frame = prompt_lengths(cfg.model, [LONGDOC_TEMPLATE.format(document="", question="")])[0]
         if cfg.max_prompt_tokens <= frame:  # the rendered prompt without document and question
             raise DataError("--max_prompt_tokens", None, None, f"{cfg.max_prompt_tokens} tokens leave no room for the "
                             "document in the prompt", reason="bad_flag")

@@ -1164,11 +1164,6 @@ def encode_prompts(tokenizer, prompts: list[str], chat: bool = True) -> list[lis
     return [tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=False)["input_ids"] for p in prompts]
 
 
-def prompt_lengths(model_dir, prompts: list[str], chat: bool = True) -> list[int]:
-    """Token counts of the prompts as generate() sends them (chat template or raw)."""
-    return [len(x) for x in encode_prompts(load_tokenizer(model_dir), prompts, chat)]
-
-
 END_OF_TURN_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<eoa>")  # ChatML / InternLM2, Llama 3, Phi, InternLM
 
 

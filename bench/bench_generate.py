@@ -48,7 +48,7 @@ def main():
     a = ap.parse_args()
     mdir = a.model or utils.build_tiny_model(Path(tempfile.mkdtemp(prefix="bench_gen_")) / "model")
     prompts = lawbench_prompts(a.tasks.split(","), 4 * a.n)
-    lengths = utils.prompt_lengths(mdir, prompts)
+    lengths = [len(x) for x in utils.encode_prompts(utils.load_tokenizer(mdir), prompts)]
     prompts = [p for p, n in zip(prompts, lengths) if n <= a.max_prompt_tokens][:a.n]
     tok = utils.load_tokenizer(mdir)
     rows = {}

@@ -299,7 +299,7 @@ def test_judgment_planted_40k_character_fact_is_cut_not_fatal(tiny_model, tmp_pa
     assert m["n"] == 2 and m["cut_items"] == 1 and m["refused_items"] == 0 and m["prompt_budget"] == 512
     rows = [r for _, r in utils.iter_records(tmp_path / "o" / "predictions_plain.jsonl")]
     assert rows[0]["cut_chars"] > 30000 and rows[1]["cut_chars"] == 0
-    assert max(utils.prompt_lengths(tiny_model, [r["prompt"] for r in rows])) <= 512
+    assert max(evaluate.prompt_lengths(tiny_model, [r["prompt"] for r in rows])) <= 512
     assert rows[0]["prompt"].endswith(utils.judgment_prompt(long_fact)[-20:])  # the fact's end survives the cut
 
 
@@ -318,7 +318,7 @@ def test_length_batches_and_input_order(tiny_model):
 def test_lawbench_over_budget_items_are_refused_and_resume(tiny_model, lawbench_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(utils, "generate", lambda model, prompts, **kw: calls.append(prompts) or ["x"] * len(prompts))
-    lengths = utils.prompt_lengths(tiny_model, [evaluate.lawbench_prompt(it) for it in
+    lengths = evaluate.prompt_lengths(tiny_model, [evaluate.lawbench_prompt(it) for it in
                                                 evaluate.load_lawbench_task(lawbench_dir, "zero", "3-3", 3)])
     budget = sorted(lengths)[1]  # the longest of the three does not fit
     cfg = evaluate.GenerateConfig(model=str(tiny_model), lawbench_dir=str(lawbench_dir), out=str(tmp_path),
@@ -349,7 +349,7 @@ def test_vllm_max_model_len_comes_from_the_prompts(tiny_model, monkeypatch):
     """No fixed 4k context: LawBench one-shot and long documents exceed it."""
     seen = {}
     monkeypatch.setattr(utils, "_generate_vllm", lambda kw, texts, *a: seen.update(kw) or [[]] * len(texts))
-    n = max(utils.prompt_lengths(tiny_model, ["盗窃" * 4000]))
+    n = max(evaluate.prompt_lengths(tiny_model, ["盗窃" * 4000]))
     utils.generate(tiny_model, ["盗窃" * 4000], backend="vllm", max_new_tokens=1024)
     assert n + 1024 <= seen["max_model_len"] <= utils.model_context(tiny_model) and n + 1024 > 4096
 

@@ -3,7 +3,6 @@ utils.generate_within_budget (evaluate generate / judgment / longdoc, judge.py),
 rl.py's HF rollouts), --max_prompt_tokens (one name, one meaning, one help text in rl / evaluate / judge)."""
 import dataclasses
 
-import pytest
 
 import evaluate
 import judge
@@ -34,7 +33,7 @@ def test_generate_within_budget_refuses_and_tokenizes_once(tiny_model, monkeypat
     ids counted (tokenized once, not again inside generate); nothing fits -> no backend call (world of one), but
     every torchrun rank calls it, an empty share too."""
     prompts = {3: "短", 7: "长" * 400, 9: "被告人张三"}
-    lengths = dict(zip(prompts, utils.prompt_lengths(tiny_model, list(prompts.values()))))
+    lengths = dict(zip(prompts, evaluate.prompt_lengths(tiny_model, list(prompts.values()))))
     encodes, real_encode, real_generate = [], utils.encode_prompts, utils.generate
 
     def counting_encode(tok, texts, chat=True):

@@ -186,7 +186,7 @@ def test_generate_lawbench_tensor_parallel_ranks_send_the_same_prompts(tiny_mode
     all_prompts = [evaluate.lawbench_prompt(it) for t in ("1-1", "3-1") for it in
                    evaluate.load_lawbench_task(cfg.lawbench_dir, "zero", t)]
     assert sorted(sent) == sorted(all_prompts)  # every item once per engine group, none twice
-    want = max(utils.prompt_lengths(tiny_model, all_prompts)) + 4
+    want = max(evaluate.prompt_lengths(tiny_model, all_prompts)) + 4
     assert {mml for r in calls for _, mml in calls[r]} == {want}
     assert reported[1] == [0] and reported[0] == [sum(len(prompts) for prompts, _ in calls[0])]  # own counts
 

@@ -127,12 +127,12 @@ def test_generate_layout_resume_budget(tiny_model, small_lexeval, tmp_path, monk
     metrics = _lines(out / "metrics.jsonl")[-1]
     assert metrics["generated"] == 8 and metrics["benchmark"] == "lexeval" and metrics["cut"] == 0
     # budget: the 5_3 inputs are cut in the middle to fit, the stored input stays the item's
-    budget = min(utils.prompt_lengths(tiny_model, sent[3:6])) - 20  # below every zero-shot 5_3 prompt
+    budget = min(evaluate.prompt_lengths(tiny_model, sent[3:6])) - 20  # below every zero-shot 5_3 prompt
     rc, cap = _run([*common, "--out", out / "b", "--max_prompt_tokens", budget], capsys)
     assert rc == 0, cap.err
     cut_prompts = sent[15:]
     assert all(utils.CUT_NOTE.split("{")[0] in p for p in cut_prompts) and len(cut_prompts) == 3
-    assert max(utils.prompt_lengths(tiny_model, cut_prompts)) <= budget
+    assert max(evaluate.prompt_lengths(tiny_model, cut_prompts)) <= budget
     assert _lines(out / "b" / "metrics.jsonl")[-1]["cut"] == 3
     assert [x["input"] for x in _lines(out / "b" / "zero_shot" / "tiny" / "tiny_5_3.jsonl")] == [
         it["input"] + "\n翻译结果:" for it in L.load_task(small_lexeval, "5_3")]
