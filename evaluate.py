@@ -807,6 +807,12 @@ class StatuteIndex:
 SHOTS = {"zero": "zero_shot", "one": "one_shot"}
 
 
+def shot_dirs(cfg) -> dict[str, str]:
+    """{shot: its output folder} for --shots on cfg's benchmark ('both': LawBench zero + one, LexEval zero + few)."""
+    names = LEXEVAL_SETTINGS if cfg.benchmark == "lexeval" else SHOTS
+    return dict(names) if cfg.shots == "both" else {cfg.shots: names[cfg.shots]}
+
+
 @dataclass
 class GenerateConfig:
     """LawBench generation: predictions in LawBench's layout <out>/<shot>_shot/<model_name>/<task>.json."""
@@ -967,7 +973,7 @@ def generate_lawbench(cfg: GenerateConfig) -> dict:
     tp = cfg.tensor_parallel_size if cfg.backend == "vllm" else 1
     dp_rank, dp_world = data_parallel_rank(rank, world, tp)
     lead = rank % tp == 0  # the rank that reports its tensor-parallel group's completions
-    shots = ["zero", "one"] if cfg.shots == "both" else [cfg.shots]
+    shots = list(shot_dirs(cfg))
     tasks = parse_tasks(cfg.tasks)
     code_mode_tasks(cfg)  # --code checked before any work (section 3b)
     name = cfg.model_name or utils.run_name(cfg.model)
@@ -1552,10 +1558,6 @@ def run_longdoc(cfg: LongDocConfig) -> dict:
 LEXEVAL_SETTINGS = {"zero": "zero_shot", "few": "few_shot"}
 
 
-def lexeval_shots(cfg) -> list[str]:
-    return ["zero", "few"] if cfg.shots == "both" else [cfg.shots]
-
-
 def lexeval_tasks(cfg) -> tuple[list[str], list[str]]:
     """(tasks to run, notes): 'all' = the 23 tasks that have data/<task>.json (the others named in a note); tasks
     asked for by name must have their data file."""
@@ -1583,7 +1585,7 @@ def _preflight_lexeval(cfg: GenerateConfig):
         raise DataError(Path(cfg.lexeval_dir) / "data", None, None, "no LexEval <task>.json files", "missing_file")
     for task in tasks:
         lexeval.load_task(cfg.lexeval_dir, task, cfg.max_items)
-        if "few" in lexeval_shots(cfg):
+        if "few" in shot_dirs(cfg):
             lexeval.load_examples(cfg.lexeval_dir, task)
     utils.check_model_dir(cfg.model, chat_template=not cfg.raw)
 
@@ -1592,9 +1594,9 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
     """Every (setting, task) file not already complete. -> {setting/task: items generated now, "cut": items whose
     input was cut, "refused": ..., "per_rank": ...}. Data parallel under torchrun exactly as generate_lawbench."""
     rank, world = _rank_world(cfg.backend)
-    shots = lexeval_shots(cfg)
+    shots = list(shot_dirs(cfg))
     tasks, notes = lexeval_tasks(cfg)
-    name = cfg.model_name or Path(cfg.model).resolve().name
+    name = cfg.model_name or utils.run_name(cfg.model)
     want = made_by(cfg)
     files = {(s, t): Path(cfg.out) / LEXEVAL_SETTINGS[s] / name / lexeval.output_name(name, t)
              for s in shots for t in tasks}
@@ -1749,7 +1751,7 @@ def _preflight_generate(cfg: GenerateConfig):
                         + (" (few is LexEval's: --benchmark lexeval)" if cfg.shots == "few" else ""), "bad_flag")
     if not cfg.lawbench_dir:
         raise DataError("--lawbench_dir", None, None, "required with --benchmark lawbench", reason="bad_flag")
-    for shot in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]):
+    for shot in shot_dirs(cfg):
         for task in parse_tasks(cfg.tasks):
             load_lawbench_task(cfg.lawbench_dir, shot, task, cfg.max_items)
     if cfg.rag:
@@ -1786,9 +1788,11 @@ def cmd_generate(cfg: GenerateConfig):
         rec.update(benchmark=cfg.benchmark, cut=cut or 0)
     utils.append_jsonl(Path(cfg.out) / "metrics.jsonl", rec)
     print(json.dumps(rec, ensure_ascii=False))
-    shots = ", ".join(str(Path(cfg.out) / SHOTS[s]) for s in (["zero", "one"] if cfg.shots == "both" else [cfg.shots]))
-    utils.done("evaluate.py generate", f"{shots} (<model_name>/<task>.json), {Path(cfg.out) / 'metrics.jsonl'}",
-               f"python evaluate.py score {Path(cfg.out) / SHOTS['one' if cfg.shots == 'one' else 'zero']} --out "
+    dirs = [Path(cfg.out) / d for d in shot_dirs(cfg).values()]
+    lexeval_run = cfg.benchmark == "lexeval"
+    layout = "<model_name>/<model_name>_<task>.jsonl" if lexeval_run else "<model_name>/<task>.json"
+    utils.done("evaluate.py generate", f"{', '.join(map(str, dirs))} ({layout}), {Path(cfg.out) / 'metrics.jsonl'}",
+               f"python evaluate.py score {'--benchmark lexeval ' if lexeval_run else ''}{dirs[-1]} --out "
                f"{Path(cfg.out) / 'scores.csv'}")
 
 

@@ -203,3 +203,14 @@ def test_generate_data_parallel_torchrun(tiny_model, small_lexeval, tmp_path, ca
     for task in ("1_1", "5_3"):
         name = f"zero_shot/tiny/tiny_{task}.jsonl"
         assert (tmp_path / "dp" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_shot_dirs_name_each_benchmarks_folders():
+    """One answer to "which shots, in which folders" for generation, its checks and its closing message (LexEval's
+    `--shots few` used to end in a KeyError after generating everything: the message looked it up in LawBench's)."""
+    import types
+    cfg = lambda benchmark, shots: types.SimpleNamespace(benchmark=benchmark, shots=shots)  # noqa: E731
+    assert evaluate.shot_dirs(cfg("lawbench", "both")) == {"zero": "zero_shot", "one": "one_shot"}
+    assert evaluate.shot_dirs(cfg("lawbench", "one")) == {"one": "one_shot"}
+    assert evaluate.shot_dirs(cfg("lexeval", "both")) == {"zero": "zero_shot", "few": "few_shot"}
+    assert evaluate.shot_dirs(cfg("lexeval", "few")) == {"few": "few_shot"}
