@@ -1594,6 +1594,9 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
     """Every (setting, task) file not already complete. -> {setting/task: items generated now, "cut": items whose
     input was cut, "refused": ..., "per_rank": ...}. Data parallel under torchrun exactly as generate_lawbench."""
     rank, world = _rank_world(cfg.backend)
+    tp = cfg.tensor_parallel_size if cfg.backend == "vllm" else 1
+    dp_rank, dp_world = data_parallel_rank(rank, world, tp)  # the ranks of one engine send it the same prompts
+    lead = rank % tp == 0  # the rank that reports its tensor-parallel group's completions
     shots = list(shot_dirs(cfg))
     tasks, notes = lexeval_tasks(cfg)
     name = cfg.model_name or utils.run_name(cfg.model)
@@ -1636,8 +1639,8 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
             bar = tqdm(total=len(todo), desc=f"{LEXEVAL_SETTINGS[shot]} {task}", disable=not todo or rank > 0)
             for start in range(0, len(todo), save_every):
                 chunk = todo[start:start + save_every]
-                mine = [i for i in chunk if i % world == rank]
-                mine_total += len(mine)
+                mine = [i for i in chunk if i % dp_world == dp_rank]
+                mine_total += len(mine) if lead else 0
                 prompts, refused, cut = {}, [], 0
                 for i in mine:  # the input's middle is cut until the rendered prompt fits (head and label kept)
                     head, label = parts[i][0], parts[i][1][len(items[i]["input"]):]
@@ -1652,6 +1655,7 @@ def generate_lexeval(cfg: GenerateConfig) -> dict:
                                                          **generation_settings(cfg))
                 refused += [{"setting": LEXEVAL_SETTINGS[shot], "task": task, "index": i, "prompt_tokens": n,
                              "budget": budget, "reason": "prompt longer than the budget"} for i, n in over.items()]
+                gen, refused, cut = (gen, refused, cut) if lead else ({}, [], 0)  # the group's others: reported once
                 gen, refused = _gather_shares(gen, refused)
                 cut = sum(_gather_shares({rank: cut}, [])[0].values())
                 if rank > 0:
