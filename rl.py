@@ -558,12 +558,12 @@ class PolicyLM(nn.Module):
         self.backend = utils.pick_attention_backend(device)
 
     def forward(self, input_ids, position_ids=None, cu_seqlens=None, gather=None, tokens=None, attention_mask=None,
-                generate: dict | None = None):
+                generate: dict | None = None, entropy: bool = True):
         if generate is not None:
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
         hidden = utils.packed_hidden(self.hf, input_ids, position_ids, cu_seqlens, self.backend)
         return utils.chunked_token_logprobs(hidden[0, gather], self.hf.lm_head.weight, tokens, self.temperature,
-                                            self.chunk, entropy=True)
+                                            self.chunk, entropy=entropy)
 
 
 def build_policy(path, dtype: str, device, hybrid_shard: bool = False, cpu_offload: bool = False,
@@ -614,17 +614,19 @@ def pack_rows(batch: dict, rows: list[int]) -> dict:
             "index": torch.tensor(index, dtype=torch.long)}
 
 
-def completion_logprobs(model: PolicyLM, batch: dict, rows) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logprobs(model: PolicyLM, batch: dict, rows, entropy: bool = True):
     """Log-probs and entropy [n, Tc] (0 after each completion) of the completion tokens of batch rows `rows` (a list
-    or a slice) under `model`, in one packed forward."""
+    or a slice) under `model`, in one packed forward. entropy=False (the old / reference passes): None, not computed."""
     rows = list(range(batch["tokens"].shape[0]))[rows] if isinstance(rows, slice) else list(rows)
     p = pack_rows(batch, rows)
     ids, pos, gather, tokens, idx = (utils.to_device(p[k], model.device)
                                      for k in ("input_ids", "position_ids", "gather", "tokens", "index"))
-    logp, ent = model(ids, pos, p["cu_seqlens"], gather, tokens)
+    logp, ent = model(ids, pos, p["cu_seqlens"], gather, tokens, entropy=entropy)
     n, Tc = len(rows), batch["tokens"].shape[1]
-    return (logp.new_zeros(n * Tc).index_add(0, idx, logp).view(n, Tc),
-            ent.new_zeros(n * Tc).index_add(0, idx, ent).view(n, Tc))
+
+    def spread(x):  # [K] -> [n, Tc]
+        return x.new_zeros(n * Tc).index_add(0, idx, x).view(n, Tc)
+    return spread(logp), (spread(ent) if entropy else None)
 
 
 def micro_batches(seq_lengths: list[int], micro_batch: int, max_tokens: int = 0) -> list[list[int]]:
@@ -653,7 +655,7 @@ def batch_logprobs(model: PolicyLM, batch: dict, micro_batch: int, max_tokens: i
     """Old / reference log-probs [N, Tc] (on CPU: one device-to-host copy at the end, not one per micro-batch)."""
     out = torch.zeros(batch["tokens"].shape, device=model.device)
     for rows in aligned_micro_batches(batch, micro_batch, max_tokens):
-        lp = completion_logprobs(model, batch, rows or [0])[0]
+        lp = completion_logprobs(model, batch, rows or [0], entropy=False)[0]
         if rows:
             out[rows] = lp
     return out.cpu()
@@ -949,7 +951,6 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     """GRPO in an initialised process group (main: torchrun or a world of one; tests: conftest.world_of_one);
     returns OUT. reward_fn(completion_text, truth) -> dict with 'total' (default legal_reward)."""
     from tqdm import tqdm
-    from transformers import AutoTokenizer
     rank, _, world, _ = utils.dist_info()
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
@@ -965,7 +966,7 @@ def train(cfg: RLConfig, device, reward_fn=None) -> Path:
     reward_fn = reward_fn or (lambda text, truth: legal_reward(text, truth, weights, charges))
 
     torch.manual_seed(cfg.seed)
-    tok = AutoTokenizer.from_pretrained(cfg.model)
+    tok = utils.load_tokenizer(cfg.model)
     budget = utils.prompt_budget(cfg.model, cfg.max_new_tokens, cfg.max_prompt_tokens)
     prompts, n_cut = load_prompts(cfg.prompts, tok, budget, cfg.response_prefix)
     if n_cut:

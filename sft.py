@@ -277,8 +277,8 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     batches = [data.batch(mine[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size]) for m in range(cfg.grad_accum)]
     counts = torch.tensor([sum(b["n_supervised"] for b in batches), sum(b["n_tokens"] for b in batches),
                            sum(L * L for b in batches for L in b["sample_lengths"])], dtype=torch.float64, device=device)
-    counts = utils.all_reduce(counts)
-    n_sup = max(1.0, counts[0].item())
+    n_sup_all, n_tok, sum_sq = utils.all_reduce(counts).tolist()  # one host sync for the three
+    n_sup = max(1.0, n_sup_all)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for m, b in enumerate(batches):
         if not cfg.reduce_every_micro_batch:
@@ -293,8 +293,7 @@ def train_step(model, optimizer, data: PackedStage, step_packs, cfg: SFTConfig, 
     grad_norm = utils.clip_grad_norm(model, cfg.max_grad_norm)
     utils.check_finite(step + 1, loss, grad_norm)  # a diverged run stops before the weights change
     optimizer.step()
-    return {"loss": loss, "grad_norm": grad_norm, "n_tokens": counts[1].item(), "sum_len_sq": counts[2].item(),
-            "n_supervised": counts[0].item()}
+    return {"loss": loss, "grad_norm": grad_norm, "n_tokens": n_tok, "sum_len_sq": sum_sq, "n_supervised": n_sup_all}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -314,8 +313,10 @@ def train(cfg: SFTConfig, device):
                         f"(world {world} x grad_accum {cfg.grad_accum} x micro_batch_size {cfg.micro_batch_size})")
     cfg, plan = plan_or_refuse(cfg, world, data.seq_len, device)  # before any weight is loaded; auto resolved
 
-    identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": utils.fingerprint(cfg.model),
-                                                      "init_fingerprint": utils.fingerprint(cfg.init_from or cfg.model),
+    model_fp = utils.fingerprint(cfg.model)
+    identity = utils.run_identity(cfg, RUN_SETTINGS, {"model_fingerprint": model_fp,
+                                                      "init_fingerprint": utils.fingerprint(cfg.init_from)
+                                                      if cfg.init_from else model_fp,
                                                       "data_fingerprint": utils.fingerprint(cfg.data)})
     utils.prepare_run_dir(out, identity, cfg.resume == "auto", cfg.overwrite, RUN_OUTPUTS, ckpt_dir=ckpt_root)
     order = pack_order(data.n, packs_per_step, cfg.num_epochs, cfg.seed)

@@ -1292,8 +1292,8 @@ def vllm_llm_kwargs(model_dir, seed: int, max_model_len: int, kv_cache_bytes: in
     of kv_cache_bytes, tensor_parallel_size 1. max_model_len: the longest prompt + new tokens.
     world_size > 1 (torchrun): the `external_launcher` executor (TRL's vllm_mode='colocate', verl's hybrid engine),
     so each rank's in-process engine runs on its own device (LOCAL_RANK) instead of every rank's on cuda:0; with
-    tensor_parallel_size > 1 too, one engine spans tensor_parallel_size consecutive ranks (data_parallel_rank says
-    which prompts each rank sends) and every rank gets the same kwargs (same seed: the group samples as one).
+    tensor_parallel_size > 1 too, one engine spans tensor_parallel_size consecutive ranks (evaluate.data_parallel_rank
+    says which prompts each rank sends) and every rank gets the same kwargs (same seed: the group samples as one).
     rl.py's needs (vLLM's defaults otherwise): worker_extension_cls (the weight push), logprobs_mode (the sampler's
     log-probs after temperature, what the trainer scores). Prefix caching is vLLM's default (rl.py resets it)."""
     kw = dict(model=str(model_dir), seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
@@ -1682,7 +1682,7 @@ def load_streamed(model, src, prefix: str, device) -> None:
                 f = files[key]
                 if f not in handles:
                     handles[f] = safe_open(str(f), framework="pt")
-                full = handles[f].get_tensor(key).to(device=device, dtype=t.dtype)
+                full = handles[f].get_tensor(key).to(device).to(t.dtype)  # cast on the device, not rank 0's CPU
             else:
                 full = torch.empty(t.shape, dtype=t.dtype, device=device)
             if isinstance(t, DTensor):  # scattered from rank 0 (src_data_rank=0): each rank gets its slice
@@ -1853,23 +1853,24 @@ def chunked_token_logprobs(hidden, weight, tokens, temperature: float = 1.0, chu
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    def chunk(hc, tc, w):
+    starts = range(0, hidden.shape[0], chunk_size)
+    ents = [None] * len(starts)
+
+    def chunk(hc, tc, w, k: int):
         logits = hc @ w.t()
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 kept
         logits = logits / temperature if temperature != 1.0 else logits
-        ent = None
-        if entropy:
-            with torch.no_grad():  # a metric only: -sum p log p
+        if entropy and ents[k] is None:  # once: not again when checkpoint recomputes the chunk in backward
+            with torch.no_grad():  # a metric only: -sum p log p, one more block than the logits (in-place product)
                 lsm = torch.log_softmax(logits.detach(), dim=-1)
-                ent = -(lsm.exp() * lsm).sum(-1)
-        return -F.cross_entropy(logits, tc, reduction="none"), ent
+                ents[k] = -lsm.exp().mul_(lsm).sum(-1)
+                del lsm
+        return -F.cross_entropy(logits, tc, reduction="none")
 
-    logps, ents = [], []
-    for s in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight)
-        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
-        logps.append(lp)
-        ents.append(ent)
+    logps = []
+    for k, s in enumerate(starts):
+        args = (hidden[s:s + chunk_size], tokens[s:s + chunk_size], weight, k)
+        logps.append(checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args))
     if not logps:  # N = 0
         logps, ents = [hidden.new_zeros(0, dtype=torch.float32)], [hidden.new_zeros(0, dtype=torch.float32)]
     return torch.cat(logps), (torch.cat(ents) if entropy else None)
@@ -2540,14 +2541,18 @@ def host_memory_gb() -> float:
 
 
 def check_host_ram(script: str, table: str, plan: dict) -> None:
-    """With cpu_offload on a GPU node: the plan's host RAM per node must fit this machine's RAM, else the table and
-    one line (exit 2) before anything is loaded."""
+    """On a GPU node: the plan's host RAM per node (offloaded state, or with or without it rank 0's load / export copy)
+    must fit this machine's RAM, else the table and one line (exit 2) before anything is loaded - not an OOM kill at
+    the export after hours of training."""
     have = host_memory_gb()
-    if plan["cpu_offload"] and plan["host_per_node"] / GIB > have:
+    if plan["host_per_node"] / GIB > have:
         if dist_info().rank == 0:
             print(table, file=sys.stderr, flush=True)
-        fail(script, f"--cpu_offload needs {plan['host_per_node'] / GIB:.0f} GiB of host RAM per node (table above), "
-                     f"this node has {have:.0f} GiB: use more nodes (--hybrid_shard false shards over all of them)")
+        fix = ("use more nodes (--hybrid_shard false shards over all of them)" if plan["cpu_offload"] else
+               "rank 0 holds the whole exported model in host RAM: a node with more RAM")
+        who = "--cpu_offload" if plan["cpu_offload"] else "the run"
+        fail(script, f"{who} needs {plan['host_per_node'] / GIB:.0f} GiB of host RAM per node (table above), this "
+                     f"node has {have:.0f} GiB: {fix}")
 
 
 def first_fit(try_plan, candidates: list[dict]) -> str | None:
