@@ -670,6 +670,11 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     in the error of a non-finite loss or gradient norm (utils.check_finite), raised before the optimizer step."""
     world = utils.dist_info().world
     dev = model.device
+    # the step's per-row tensors [N, Tc] go to the device once (a few MB), not as slices in every micro-batch
+    mask, old_logp, advantages = mask.to(dev), old_logp.to(dev), advantages.to(dev)
+    ref_logp = ref_logp.to(dev) if ref_logp is not None else None
+    tis = tis_weights(old_logp, sampler_logp.to(dev), cfg.tis_cap) if sampler_logp is not None and cfg.tis_cap > 0 \
+        else None
     n_tokens = utils.all_reduce(mask.sum()).item()
     n_seqs = utils.all_reduce(torch.tensor(float(mask.shape[0]))).item()
     stats = torch.zeros(5, device=dev)  # loss, kl*mask, clipped*mask, entropy*mask, tokens
@@ -678,13 +683,13 @@ def train_on_batch(model: PolicyLM, optimizer, batch: dict, advantages, old_logp
     for rows in mbs:  # gradients are reduce-scattered after every micro-batch: only sharded gradients are kept
         weight = 1.0 if rows else 0.0  # an empty micro-batch (rank alignment): row 0, no contribution
         rows = rows or [0]
-        m = mask[rows].to(dev) * weight
+        idx = torch.tensor(rows, device=dev)  # the micro-batch's one host-to-device copy besides its tokens
+        m = mask[idx] * weight
         logp, ent = completion_logprobs(model, batch, rows)
-        loss_tok, clipped = clipped_policy_loss(logp, old_logp[rows].to(dev), advantages[rows].to(dev),
-                                                cfg.clip_low, cfg.clip_high)
-        if sampler_logp is not None and cfg.tis_cap > 0:
-            loss_tok = loss_tok * tis_weights(old_logp[rows], sampler_logp[rows], cfg.tis_cap).to(dev)
-        kl = kl_k3(logp, ref_logp[rows].to(dev)) if ref_logp is not None else torch.zeros_like(logp)
+        loss_tok, clipped = clipped_policy_loss(logp, old_logp[idx], advantages[idx], cfg.clip_low, cfg.clip_high)
+        if tis is not None:
+            loss_tok = loss_tok * tis[idx]
+        kl = kl_k3(logp, ref_logp[idx]) if ref_logp is not None else torch.zeros_like(logp)
         if cfg.beta > 0:
             loss_tok = loss_tok + cfg.beta * kl
         loss = aggregate_loss(loss_tok, m, cfg.loss_agg, n_tokens_global=max(n_tokens, 1.0), n_seqs_global=n_seqs,
