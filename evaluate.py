@@ -697,7 +697,22 @@ def _preflight_score(cfg: ScoreConfig):
         raise DataError(cfg.lawbench_dir, None, None, "folder not found (--lawbench_dir)", reason="missing_file")
 
 
+def write_score_files(cfg: ScoreConfig, rows: list[dict], fields: list[str], table: list[dict],
+                      table_fields: list[str], markdown: str, metrics: list[dict]) -> Path:
+    """The files of `score` on either benchmark: OUT (per task), OUT_table.csv / _table.md (the ability table),
+    OUT.config.json and OUT_metrics.jsonl. -> OUT without its suffix (the stem of the others)."""
+    out = Path(cfg.out)
+    stem = out.with_suffix("")
+    write_csv(out, rows, fields)
+    write_csv(f"{stem}_table.csv", table, table_fields)
+    Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
+    utils.write_json(f"{stem}.config.json", dataclasses.asdict(cfg))
+    utils.write_jsonl(f"{stem}_metrics.jsonl", metrics)
+    return stem
+
+
 def cmd_score(cfg: ScoreConfig) -> int:
+    utils.lock_run_dir(Path(cfg.out).parent, f".{Path(cfg.out).name}.lock")  # one scorer writes these files at a time
     if cfg.benchmark == "lexeval":
         return score_lexeval(cfg)  # section 5b
     t0 = time.perf_counter()
@@ -707,22 +722,17 @@ def cmd_score(cfg: ScoreConfig) -> int:
     jobs, notes = find_prediction_files(cfg.pred_dir, models, skip)
     if not jobs:
         raise DataError(cfg.pred_dir, None, None, "no <model>/<task>.json prediction files found", "missing_file")
-    utils.lock_run_dir(Path(cfg.out).parent, f".{Path(cfg.out).name}.lock")  # one scorer writes these files at a time
     data_dir = Path(cfg.lawbench_dir) / "evaluation" / "utils" / "data" if cfg.lawbench_dir else None  # for 2-1
     rows, errors, metrics = score_jobs(jobs, cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1),
                                        data_dir=data_dir)
     seconds = time.perf_counter() - t0
 
     out = Path(cfg.out)
-    write_csv(out, rows, ["task", "model_name", "score", "abstention_rate"])
     table, table_notes = paper_table(rows, fill)
-    stem = out.with_suffix("")
-    write_csv(f"{stem}_table.csv", table, ["model_name", *LAWBENCH_CATEGORIES, "Average"])
     markdown = table_markdown(table)
-    Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
-    utils.write_json(f"{stem}.config.json", dataclasses.asdict(cfg))
-    utils.write_jsonl(f"{stem}_metrics.jsonl", [*metrics, {"total_seconds": round(seconds, 3), "files": len(jobs),
-                                                           "errors": len(errors)}])
+    stem = write_score_files(cfg, rows, ["task", "model_name", "score", "abstention_rate"], table,
+                             ["model_name", *LAWBENCH_CATEGORIES, "Average"], markdown,
+                             [*metrics, {"total_seconds": round(seconds, 3), "files": len(jobs), "errors": len(errors)}])
 
     print(markdown, end="")
     if any(r["Average"] is None for r in table):  # averages left blank: the per-task scores that were computed
@@ -1709,13 +1719,8 @@ def score_lexeval(cfg: ScoreConfig) -> int:
     seconds = time.perf_counter() - t0
 
     out = Path(cfg.out)
-    write_csv(out, rows, ["task", "model_name", "score"])
     table, table_notes = lexeval.ability_table(rows)
-    stem = out.with_suffix("")
-    write_csv(f"{stem}_table.csv", table, ["model_name", *lexeval.TABLE_COLUMNS])
     markdown = lexeval.table_markdown(table)
-    Path(f"{stem}_table.md").write_text(markdown, encoding="utf-8")
-    utils.write_json(f"{stem}.config.json", dataclasses.asdict(cfg))
     zeroed: dict[str, int] = {}
     lines = []
     for r in results:
@@ -1724,8 +1729,9 @@ def score_lexeval(cfg: ScoreConfig) -> int:
             zeroed[r["model"]] = zeroed.get(r["model"], 0) + res["zeroed"]
         lines.append({"model": r["model"], "task": r["task"], "metric": res.get("metric"), "items": res.get("items"),
                       "zeroed": res.get("zeroed"), "seconds": r["seconds"], "ok": r["error"] is None})
-    utils.write_jsonl(f"{stem}_metrics.jsonl", [*lines, {"total_seconds": round(seconds, 3), "files": len(jobs),
-                                                         "errors": len(errors), "zeroed_by_rouge_recursion": zeroed}])
+    stem = write_score_files(cfg, rows, ["task", "model_name", "score"], table, ["model_name", *lexeval.TABLE_COLUMNS],
+                             markdown, [*lines, {"total_seconds": round(seconds, 3), "files": len(jobs),
+                                                 "errors": len(errors), "zeroed_by_rouge_recursion": zeroed}])
     print(markdown, end="")
     for line in notes + table_notes:
         print("note:", line)
