@@ -94,14 +94,19 @@ class JudgeConfig(LLMJudgeConfig):
         "help": "OUT holds a comparison by another judge model / systems / questions: delete it and start clean"})
 
 
-def preflight(cfg: JudgeConfig) -> None:
-    """Every flag, input file and model folder, then the judge endpoint (one request), checked before anything is
-    generated, judged or written. A problem is a DataError (one line)."""
+def check_judge_flags(cfg: LLMJudgeConfig) -> None:
+    """What the pairwise judge and the rubric check first: every field, the judge's URL, OUT (DataError, one line)."""
     utils.check_fields(cfg)
     if not re.match(r"https?://[^/\s]+", cfg.llm_url):
         raise DataError("--llm_url", None, None, f"expected an http:// or https:// URL, got {cfg.llm_url!r}",
                         reason="bad_flag")
     utils.check_out_dir(cfg.out)
+
+
+def preflight(cfg: JudgeConfig) -> None:
+    """Every flag, input file and model folder, then the judge endpoint (one request), checked before anything is
+    generated, judged or written. A problem is a DataError (one line)."""
+    check_judge_flags(cfg)
     questions = load_questions(cfg.questions, cfg.category_field, cfg.max_items)
     for side in "ab":
         model = getattr(cfg, f"model_{side}")
@@ -723,11 +728,7 @@ def rubric_key(q: dict, system: str, answer: str, criteria: list[dict], judge_mo
 
 def run_rubric(cfg: RubricConfig) -> dict:
     # every flag and input, then the endpoint, before anything is asked or written
-    utils.check_fields(cfg)
-    if not re.match(r"https?://[^/\s]+", cfg.llm_url):
-        raise DataError("--llm_url", None, None, f"expected an http:// or https:// URL, got {cfg.llm_url!r}",
-                        reason="bad_flag")
-    utils.check_out_dir(cfg.out)
+    check_judge_flags(cfg)
     criteria = load_criteria(cfg.criteria)
     questions = load_questions(cfg.questions, cfg.category_field, cfg.max_items)
     systems = rubric_systems(cfg, questions)
